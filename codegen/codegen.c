@@ -1,0 +1,291 @@
+/* Specializations, kernel names, launch geometry, and the translation-unit frame
+ * (prelude, constants, entry wrapper) around a class lowering from lower.c. */
+#include "codegen.h"
+#include "lower.h"
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- specialization ----------------------------------------------------------------- */
+
+void di_spec_defaults(const di_spec *s, di_specialization *p)
+{
+    memset(p, 0, sizeof *p);
+    for (int i = 0; i < DI_MAX_DIMS && s->dims[i].name; i++) p->dims[i] = s->dims[i].value;
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) p->dtypes[i] = s->args[i].dtype;
+    p->profile = DI_PROFILE_EXACT;
+}
+
+static int dim_index(const di_spec *s, const char *name)
+{
+    for (int i = 0; i < DI_MAX_DIMS && s->dims[i].name; i++)
+        if (!strcmp(s->dims[i].name, name)) return i;
+    return -1;
+}
+
+static int arg_index(const di_spec *s, const char *name)
+{
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)
+        if (!strcmp(s->args[i].name, name)) return i;
+    return -1;
+}
+
+int di_spec_set_dim(const di_spec *s, di_specialization *p, const char *dim, long value, di_err *err)
+{
+    int i = dim_index(s, dim);
+    if (i < 0) return di_fail(err, DI_ESPEC, "spec %s: no dim named '%s'", s->name, dim);
+    if (value <= 0) return di_fail(err, DI_ESPEC, "spec %s: dim %s = %ld must be positive", s->name, dim, value);
+    p->dims[i] = value;
+    return DI_OK;
+}
+
+int di_spec_set_dtype(const di_spec *s, di_specialization *p, const char *arg, di_dtype t, di_err *err)
+{
+    int i = arg_index(s, arg);
+    if (i < 0) return di_fail(err, DI_ESPEC, "spec %s: no argument named '%s'", s->name, arg);
+    p->dtypes[i] = t;
+    return di_specialization_check(s, p, err);
+}
+
+long di_spec_dim(const di_spec *s, const di_specialization *p, const char *dim)
+{
+    int i = dim_index(s, dim);
+    return i < 0 ? -1 : p->dims[i];
+}
+
+int di_specialization_check(const di_spec *s, const di_specialization *p, di_err *err)
+{
+    for (int i = 0; i < DI_MAX_DIMS && s->dims[i].name; i++)
+        if (p->dims[i] <= 0 || p->dims[i] > (1L << 30))
+            return di_fail(err, DI_ESPEC, "spec %s: dim %s = %ld out of range", s->name, s->dims[i].name, p->dims[i]);
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
+        if (p->dtypes[i] == s->args[i].dtype) continue;
+        /* Only matmul operands convert on load/store; body-driven classes index f32 directly. */
+        bool ok = s->cls == DI_MATMUL && (!strcmp(s->args[i].name, "x") || !strcmp(s->args[i].name, "w") ||
+                                          !strcmp(s->args[i].name, "y")) && p->dtypes[i] != DI_I32;
+        if (!ok)
+            return di_fail(err, DI_ESPEC, "spec %s: argument %s cannot be specialized to %s", s->name,
+                           s->args[i].name, di_dtype_name(p->dtypes[i]));
+    }
+    if (s->cls == DI_ATTENTION) {
+        long nh = di_spec_dim(s, p, "NH"), nkv = di_spec_dim(s, p, "NKV");
+        if (nh % nkv)
+            return di_fail(err, DI_ESPEC, "spec %s: NH %ld is not a multiple of NKV %ld", s->name, nh, nkv);
+        if (di_spec_dim(s, p, "HD") > 1024)
+            return di_fail(err, DI_ESPEC, "spec %s: HD %ld over 1024", s->name, di_spec_dim(s, p, "HD"));
+    }
+    return DI_OK;
+}
+
+void di_kernel_name(const di_spec *s, const di_specialization *p, char *buf, size_t len)
+{
+    size_t n = (size_t)snprintf(buf, len, "%s_", s->name);
+    for (int i = 0; i < DI_MAX_DIMS && s->dims[i].name && n < len; i++)
+        n += (size_t)snprintf(buf + n, len - n, "_%s%ld", s->dims[i].name, p->dims[i]);
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name && n < len; i++)
+        if (p->dtypes[i] != s->args[i].dtype)
+            n += (size_t)snprintf(buf + n, len - n, "_%s%s", s->args[i].name, di_dtype_name(p->dtypes[i]));
+    if (p->profile == DI_PROFILE_FAST && n < len) snprintf(buf + n, len - n, "_fast");
+}
+
+/* ---- constant expressions over dims ------------------------------------------------- */
+
+typedef struct { const di_spec *s; const di_specialization *p; const char *at; di_err *err; int code; } parser;
+
+static long parse_sum(parser *ps);
+
+static void skip_ws(parser *ps) { while (isspace((unsigned char)*ps->at)) ps->at++; }
+
+static long parse_atom(parser *ps)
+{
+    skip_ws(ps);
+    if (*ps->at == '(') {
+        ps->at++;
+        long v = parse_sum(ps);
+        skip_ws(ps);
+        if (*ps->at != ')' && !ps->code) ps->code = di_fail(ps->err, DI_ESPEC, "spec %s: missing ')'", ps->s->name);
+        ps->at++;
+        return v;
+    }
+    if (isdigit((unsigned char)*ps->at)) {
+        long v = 0;
+        while (isdigit((unsigned char)*ps->at)) v = v * 10 + (*ps->at++ - '0');
+        return v;
+    }
+    if (isalpha((unsigned char)*ps->at) || *ps->at == '_') {
+        char id[64];
+        size_t n = 0;
+        while ((isalnum((unsigned char)*ps->at) || *ps->at == '_') && n + 1 < sizeof id) id[n++] = *ps->at++;
+        id[n] = 0;
+        long v = di_spec_dim(ps->s, ps->p, id);
+        if (v < 0 && !ps->code)
+            ps->code = di_fail(ps->err, DI_ESPEC, "spec %s: '%s' in an expression is not a dim", ps->s->name, id);
+        return v;
+    }
+    if (!ps->code) ps->code = di_fail(ps->err, DI_ESPEC, "spec %s: bad expression near '%s'", ps->s->name, ps->at);
+    return 0;
+}
+
+static long parse_product(parser *ps)
+{
+    long v = parse_atom(ps);
+    for (;;) {
+        skip_ws(ps);
+        char op = *ps->at;
+        if (op != '*' && op != '/' && op != '%') return v;
+        ps->at++;
+        long r = parse_atom(ps);
+        if (op != '*' && r == 0) {
+            if (!ps->code) ps->code = di_fail(ps->err, DI_ESPEC, "spec %s: division by zero", ps->s->name);
+            return 0;
+        }
+        v = op == '*' ? v * r : op == '/' ? v / r : v % r;
+    }
+}
+
+static long parse_sum(parser *ps)
+{
+    long v = parse_product(ps);
+    for (;;) {
+        skip_ws(ps);
+        char op = *ps->at;
+        if (op != '+' && op != '-') return v;
+        ps->at++;
+        long r = parse_product(ps);
+        v = op == '+' ? v + r : v - r;
+    }
+}
+
+int di_eval_expr(const di_spec *s, const di_specialization *p, const char *expr, long *out, di_err *err)
+{
+    parser ps = {s, p, expr, err, DI_OK};
+    long v = parse_sum(&ps);
+    skip_ws(&ps);
+    if (!ps.code && *ps.at) ps.code = di_fail(err, DI_ESPEC, "spec %s: trailing text in '%s'", s->name, expr);
+    *out = v;
+    return ps.code;
+}
+
+/* ---- geometry ------------------------------------------------------------------------ */
+
+static unsigned ceil_div(long a, long b) { return (unsigned)((a + b - 1) / b); }
+
+int di_geometry_for(const di_spec *s, const di_specialization *p, di_backend_kind b, const long *sizes,
+                    di_geometry *g, di_err *err)
+{
+    const di_schedule *k = &s->sched;
+    long rows = sizes[0], cols = 1;
+    memset(g, 0, sizeof *g);
+    g->grid[0] = g->grid[1] = g->grid[2] = 1;
+    g->block[0] = (unsigned)k->threads;
+    g->block[1] = g->block[2] = 1;
+    if (rows < 0 || rows > 65535)
+        return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows (must be 0..65535)", s->name, rows);
+    if (s->cols && di_eval_expr(s, p, s->cols, &cols, err)) return err->code;
+    switch (s->cls) {
+    case DI_MAP:
+    case DI_GATHER:
+        g->grid[0] = b == DI_BACKEND_C ? 1 : ceil_div(cols, k->threads);
+        g->grid[1] = (unsigned)rows;
+        break;
+    case DI_ROW_REDUCE:
+    case DI_SAMPLE:
+        g->grid[1] = (unsigned)rows;
+        break;
+    case DI_MATMUL: {
+        long n = di_spec_dim(s, p, "N");
+        long cg = b == DI_BACKEND_C ? 8L * k->tile_n : (long)k->threads * k->tile_n;
+        long rt = b == DI_BACKEND_C ? 4 : 1;
+        g->grid[0] = ceil_div(n, cg);
+        g->grid[1] = ceil_div(rows, rt);
+        break;
+    }
+    case DI_ATTENTION:
+        g->grid[0] = (unsigned)di_spec_dim(s, p, "NH");
+        g->grid[1] = (unsigned)rows;
+        break;
+    default:
+        return di_fail(err, DI_ESPEC, "spec %s: no geometry for class %d", s->name, (int)s->cls);
+    }
+    if (rows == 0) g->grid[1] = 0;
+    return DI_OK;
+}
+
+/* ---- the translation unit ------------------------------------------------------------ */
+
+const char *di_ctype(di_dtype t)
+{
+    return t == DI_BF16 ? "di_bf16" : t == DI_I32 ? "int" : "float";
+}
+
+static void emit_params(di_str *o, const di_spec *s, const di_specialization *p)
+{
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
+        const di_arg *a = &s->args[i];
+        if (i) di_str_puts(o, ", ");
+        if (a->role == DI_ROLE_SCALAR)
+            di_str_printf(o, "%s %s", di_ctype(p->dtypes[i]), a->name);
+        else
+            di_str_printf(o, "%s%s *%s_", a->role == DI_ROLE_IN ? "const " : "", di_ctype(p->dtypes[i]), a->name);
+    }
+    for (int i = 0; i < DI_MAX_SIZES && s->sizes[i]; i++) di_str_printf(o, ", long %s", s->sizes[i]);
+}
+
+static void emit_c_entry(di_str *o, const di_spec *s, const di_specialization *p, const char *name)
+{
+    di_str_printf(o, "void %s(long b0, long b1, long gx, void **argv)\n{\n", name);
+    di_str_printf(o, "    for (long b = b0; b < b1; b++)\n        %s_block(b %% gx, b / gx", name);
+    int n = 0;
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++, n++) {
+        const di_arg *a = &s->args[i];
+        if (a->role == DI_ROLE_SCALAR)
+            di_str_printf(o, ",\n            *(%s *)argv[%d]", di_ctype(p->dtypes[i]), n);
+        else
+            di_str_printf(o, ",\n            *(%s%s **)argv[%d]", a->role == DI_ROLE_IN ? "const " : "",
+                          di_ctype(p->dtypes[i]), n);
+    }
+    for (int i = 0; i < DI_MAX_SIZES && s->sizes[i]; i++, n++) di_str_printf(o, ",\n            *(long *)argv[%d]", n);
+    di_str_puts(o, ");\n}\n");
+}
+
+int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, di_str *o, di_err *err)
+{
+    char msg[512];
+    if (!di_spec_validate(s, msg, sizeof msg)) return di_fail(err, DI_ESPEC, "%s", msg);
+    if (di_specialization_check(s, p, err)) return err->code;
+    if (b == DI_BACKEND_CUDA && p->profile == DI_PROFILE_FAST)
+        return di_fail(err, DI_ESPEC, "spec %s: the fast profile has no CUDA lowering yet", s->name);
+    char name[256];
+    di_kernel_name(s, p, name, sizeof name);
+
+    di_str_printf(o, "/* detinfer generated source: spec %s (%s), kernels.def:%d, %s backend, %s profile.\n"
+                     " * Generator %s. Do not edit: change kernels.def or codegen/. */\n",
+                  s->name, di_class_name(s->cls), s->line, b == DI_BACKEND_C ? "C" : "CUDA",
+                  p->profile == DI_PROFILE_EXACT ? "exact" : "fast", DI_CODEGEN_SCHEMA);
+    if (b == DI_BACKEND_C) di_prelude_c(o); else di_prelude_cuda(o);
+    di_str_puts(o, di_prelude_math);
+    di_str_puts(o, "\n/* specialization and schedule: compile-time constants */\n");
+    for (int i = 0; i < DI_MAX_DIMS && s->dims[i].name; i++) di_str_printf(o, "#define %s %ldL\n", s->dims[i].name, p->dims[i]);
+    di_str_printf(o, "#define THREADS %d\n", s->sched.threads);
+    if (s->sched.lanes) di_str_printf(o, "#define LANES %d\n", s->sched.lanes);
+    if (s->sched.split) di_str_printf(o, "#define SPLIT %dL\n", s->sched.split);
+    if (s->sched.tile_n) di_str_printf(o, "#define TILE_N %d\n", s->sched.tile_n);
+    if (s->sched.kv_block) di_str_printf(o, "#define KVB %dL\n", s->sched.kv_block);
+    di_str_puts(o, "\n");
+
+    if (b == DI_BACKEND_C) {
+        di_str_printf(o, "static void %s_block(long bx, long by, ", name);
+        emit_params(o, s, p);
+        di_str_puts(o, ")\n{\n");
+    } else {
+        di_str_printf(o, "extern \"C\" __global__ void __launch_bounds__(THREADS) %s(", name);
+        emit_params(o, s, p);
+        di_str_puts(o, ")\n{\n    const long bx = blockIdx.x, by = blockIdx.y;\n");
+    }
+    di_str_puts(o, "    (void)bx; (void)by;\n");
+    int rc = di_lower_body(o, s, p, err);
+    if (rc) return rc;
+    di_str_puts(o, "}\n");
+    if (b == DI_BACKEND_C) emit_c_entry(o, s, p, name);
+    return DI_OK;
+}

@@ -1,0 +1,50 @@
+/* Lowering a spec + specialization to source: CUDA C for NVRTC, C for libtcc.
+ * Both come from one lowering per class; the backends differ only in a prelude of macros
+ * (how threads loop, what is shared, how blocks are numbered) and the entry wrapper, so
+ * each output's reduction order is the same text on both. Nothing here knows a model. */
+#ifndef DI_CODEGEN_H
+#define DI_CODEGEN_H
+#include "../dsl/dsl.h"
+#include "../runtime/err.h"
+#include "strbuf.h"
+
+/* Bump when generated text changes meaning without changing bytes (never, ideally). */
+#define DI_CODEGEN_SCHEMA "detinfer-codegen-1"
+
+typedef enum { DI_BACKEND_C, DI_BACKEND_CUDA } di_backend_kind;
+typedef enum { DI_PROFILE_EXACT, DI_PROFILE_FAST } di_profile;
+
+/* Compile-time choices for one spec: its dims' values and its arguments' dtypes. */
+typedef struct di_specialization {
+    long dims[DI_MAX_DIMS];        /* in the spec's dim order */
+    di_dtype dtypes[DI_MAX_ARGS];  /* in the spec's argument order */
+    di_profile profile;
+} di_specialization;
+
+void di_spec_defaults(const di_spec *s, di_specialization *p);
+int di_spec_set_dim(const di_spec *s, di_specialization *p, const char *dim, long value, di_err *err);
+int di_spec_set_dtype(const di_spec *s, di_specialization *p, const char *arg, di_dtype t, di_err *err);
+long di_spec_dim(const di_spec *s, const di_specialization *p, const char *dim); /* -1 if absent */
+int di_specialization_check(const di_spec *s, const di_specialization *p, di_err *err);
+
+/* Entry symbol, from spec + specialization only, e.g. "matmul__K576_N1536". */
+void di_kernel_name(const di_spec *s, const di_specialization *p, char *buf, size_t len);
+
+/* Appends the complete translation unit to out. */
+int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, di_str *out, di_err *err);
+
+/* Launch shape from runtime sizes (in the spec's SIZES order). For the C backend the
+ * blocks grid[0] * grid[1] are run by the CPU pool; block[] is unused there. */
+typedef struct di_geometry { unsigned grid[3], block[3]; unsigned smem; } di_geometry;
+int di_geometry_for(const di_spec *s, const di_specialization *p, di_backend_kind b, const long *sizes,
+                    di_geometry *g, di_err *err);
+
+/* Integer constant expressions over dims ("(NH + NKV) * (HD / 2)"). */
+int di_eval_expr(const di_spec *s, const di_specialization *p, const char *expr, long *out, di_err *err);
+
+/* Backend pieces (codegen/c.c, codegen/cuda.c). */
+void di_prelude_c(di_str *out);
+void di_prelude_cuda(di_str *out);
+extern const char di_prelude_math[];
+
+#endif

@@ -1,0 +1,252 @@
+/* One lowering per class. Each writes the block's work with DI_FOR_THREADS / DI_SYNC /
+ * DI_SHARED, which the C prelude turns into ordered loops and the CUDA prelude into
+ * thread-strided loops and barriers. The reduction order of every output is spelled out
+ * here, once, for both backends. */
+#include "lower.h"
+#include <stdio.h>
+#include <string.h>
+
+/* "rows, NH + 2 * NKV, HD" -> row length "(NH + 2 * NKV) * (HD)"; sliced when led by "rows". */
+static bool row_sliced(const di_arg *a, char *rowlen, size_t len)
+{
+    const char *comma = strchr(a->shape, ',');
+    size_t lead = comma ? (size_t)(comma - a->shape) : strlen(a->shape);
+    bool sliced = lead == 4 && !strncmp(a->shape, "rows", 4);
+    size_t n = 0;
+    rowlen[0] = 0;
+    while (comma) {
+        const char *next = strchr(comma + 1, ',');
+        size_t k = next ? (size_t)(next - comma - 1) : strlen(comma + 1);
+        n += (size_t)snprintf(rowlen + n, len > n ? len - n : 0, "%s(%.*s)", n ? " * " : "", (int)k, comma + 1);
+        comma = next;
+    }
+    if (!n) snprintf(rowlen, len, "1");
+    return sliced;
+}
+
+/* Per-row views of the tensor arguments: body text indexes within its row. */
+static void emit_slices(di_str *o, const di_spec *s, const di_specialization *p, const char *row, const char *indent)
+{
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
+        const di_arg *a = &s->args[i];
+        if (a->role == DI_ROLE_SCALAR) continue;
+        char rowlen[256];
+        const char *q = a->role == DI_ROLE_IN ? "const " : "";
+        if (row_sliced(a, rowlen, sizeof rowlen))
+            di_str_printf(o, "%s%s%s *%s = %s_ + (long)(%s) * (%s);\n", indent, q, di_ctype(p->dtypes[i]), a->name,
+                          a->name, row, rowlen);
+        else
+            di_str_printf(o, "%s%s%s *%s = %s_;\n", indent, q, di_ctype(p->dtypes[i]), a->name, a->name);
+        di_str_printf(o, "%s(void)%s;\n", indent, a->name);
+    }
+}
+
+static void lower_map(di_str *o, const di_spec *s, const di_specialization *p)
+{
+    di_str_puts(o, "    const long r = by;\n");
+    emit_slices(o, s, p, "r", "    ");
+    di_str_printf(o, "    DI_MAP_FOR(i, %s) {\n        %s\n    }\n", s->cols, s->body);
+}
+
+/* Lane l folds i = l, l + LANES, ... in order; then lanes combine by a halving tree
+ * (lane l takes lane l + s for s = LANES/2 ... 1). Same for every row count. */
+static void emit_reduce(di_str *o, const di_spec *s, const di_reduce *r)
+{
+    bool sum = r->op == DI_RSUM;
+    di_str_printf(o, "    /* %s %s: strided lanes, then a halving tree */\n", sum ? "sum" : "max", r->name);
+    di_str_printf(o, "    DI_FOR_THREADS(l, LANES) {\n"
+                     "        float a = %s;\n"
+                     "        for (long i = l; i < (long)(%s); i += LANES) {\n"
+                     "            float e = %s;\n"
+                     "            a = %s;\n"
+                     "        }\n"
+                     "        di_lane[l] = a;\n"
+                     "    }\n"
+                     "    DI_SYNC();\n",
+                  sum ? "0.0f" : "-DI_INF", s->cols, r->expr, sum ? "a + e" : "e > a ? e : a");
+    di_str_printf(o, "    for (int s = LANES / 2; s > 0; s >>= 1) {\n"
+                     "        DI_FOR_THREADS(l, s) {\n"
+                     "            di_lane[l] = %s;\n"
+                     "        }\n"
+                     "        DI_SYNC();\n"
+                     "    }\n"
+                     "    const float %s = di_lane[0];\n"
+                     "    DI_SYNC();\n",
+                  sum ? "di_lane[l] + di_lane[l + s]" : "di_lane[l + s] > di_lane[l] ? di_lane[l + s] : di_lane[l]",
+                  r->name);
+}
+
+static void lower_row_reduce(di_str *o, const di_spec *s, const di_specialization *p)
+{
+    di_str_puts(o, "    const long r = by;\n");
+    emit_slices(o, s, p, "r", "    ");
+    di_str_puts(o, "    DI_SHARED float di_lane[LANES];\n");
+    for (int i = 0; i < DI_MAX_REDUCE && s->reduce[i].name; i++) emit_reduce(o, s, &s->reduce[i]);
+    di_str_printf(o, "    DI_FOR_THREADS(i, %s) {\n        %s\n    }\n", s->cols, s->post);
+}
+
+/* argmax: lane l keeps its first largest value (strictly greater replaces), lanes combine
+ * by a halving tree preferring the larger value, then the lower id. NaN never wins. */
+static void lower_sample(di_str *o, const di_spec *s, const di_specialization *p)
+{
+    di_str_puts(o, "    const long r = by;\n");
+    emit_slices(o, s, p, "r", "    ");
+    di_str_printf(o,
+        "    DI_SHARED float di_bv[LANES];\n"
+        "    DI_SHARED int di_bi[LANES];\n"
+        "    DI_FOR_THREADS(l, LANES) {\n"
+        "        float bv = -DI_INF;\n"
+        "        int bi = -1;\n"
+        "        for (long i = l; i < (long)(%s); i += LANES) {\n"
+        "            float v = x[i];\n"
+        "            if (v > bv || (bi < 0 && v == v)) { bv = v; bi = (int)i; }\n"
+        "        }\n"
+        "        di_bv[l] = bv;\n"
+        "        di_bi[l] = bi;\n"
+        "    }\n"
+        "    DI_SYNC();\n"
+        "    for (int s = LANES / 2; s > 0; s >>= 1) {\n"
+        "        DI_FOR_THREADS(l, s) {\n"
+        "            float ov = di_bv[l + s];\n"
+        "            int oi = di_bi[l + s];\n"
+        "            if (oi >= 0 && (di_bi[l] < 0 || ov > di_bv[l] || (ov == di_bv[l] && oi < di_bi[l]))) {\n"
+        "                di_bv[l] = ov;\n"
+        "                di_bi[l] = oi;\n"
+        "            }\n"
+        "        }\n"
+        "        DI_SYNC();\n"
+        "    }\n"
+        "    DI_ONE_THREAD { id[0] = di_bi[0] < 0 ? 0 : di_bi[0]; }\n",
+        s->cols);
+}
+
+static const char *load_expr(di_dtype t) { return t == DI_BF16 ? "di_bf16_to_f32" : ""; }
+
+/* y[r][n] = sum over k of x[r][k] w[n][k]: for each chunk [kc, kc + SPLIT) an in-order
+ * chain from 0.0f, chunk partials added in chunk order. TILE_N outputs are carried side by
+ * side (independent chains, for the CPU's pipelines); a tail output runs the same chain. */
+static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p)
+{
+    int tn = s->sched.tile_n;
+    di_dtype xt = p->dtypes[0], wt = p->dtypes[0], yt = p->dtypes[0];
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
+        if (!strcmp(s->args[i].name, "x")) xt = p->dtypes[i];
+        if (!strcmp(s->args[i].name, "w")) wt = p->dtypes[i];
+        if (!strcmp(s->args[i].name, "y")) yt = p->dtypes[i];
+    }
+    const char *lx = load_expr(xt), *lw = load_expr(wt);
+    const char *store = yt == DI_BF16 ? "di_f32_to_bf16" : "";
+
+    di_str_puts(o, "    for (long r = by * DI_MM_RT; r < (by + 1) * DI_MM_RT && r < rows; r++) {\n");
+    emit_slices(o, s, p, "r", "        ");
+    di_str_puts(o, "        DI_FOR_THREADS(t, DI_MM_CG / TILE_N) {\n"
+                   "            const long n0 = (long)bx * DI_MM_CG + t * TILE_N;\n"
+                   "            if (n0 + TILE_N <= N) {\n");
+    for (int j = 0; j < tn; j++)
+        di_str_printf(o, "                const %s *w%d = w + (n0 + %d) * K;\n                float acc%d = 0.0f;\n",
+                      di_ctype(wt), j, j, j);
+    di_str_puts(o, "                for (long kc = 0; kc < K; kc += SPLIT) {\n"
+                   "                    const long ke = kc + SPLIT < K ? kc + SPLIT : K;\n");
+    for (int j = 0; j < tn; j++) di_str_printf(o, "                    float c%d = 0.0f;\n", j);
+    di_str_printf(o, "                    for (long k = kc; k < ke; k++) {\n"
+                     "                        const float xk = %s(x[k]);\n", lx);
+    for (int j = 0; j < tn; j++) di_str_printf(o, "                        c%d = c%d + xk * %s(w%d[k]);\n", j, j, lw, j);
+    di_str_puts(o, "                    }\n");
+    for (int j = 0; j < tn; j++) di_str_printf(o, "                    acc%d = acc%d + c%d;\n", j, j, j);
+    di_str_puts(o, "                }\n");
+    for (int j = 0; j < tn; j++)
+        di_str_printf(o, "                { const long n = n0 + %d; const float acc = acc%d; y[n] = %s(%s); }\n", j, j,
+                      store, s->body);
+    di_str_printf(o, "            } else {\n"
+                     "                for (long n = n0; n < N; n++) {\n"
+                     "                    const %s *wn = w + n * K;\n"
+                     "                    float acc = 0.0f;\n"
+                     "                    for (long kc = 0; kc < K; kc += SPLIT) {\n"
+                     "                        const long ke = kc + SPLIT < K ? kc + SPLIT : K;\n"
+                     "                        float c = 0.0f;\n"
+                     "                        for (long k = kc; k < ke; k++) c = c + %s(x[k]) * %s(wn[k]);\n"
+                     "                        acc = acc + c;\n"
+                     "                    }\n"
+                     "                    y[n] = %s(%s);\n"
+                     "                }\n"
+                     "            }\n"
+                     "        }\n"
+                     "    }\n",
+                  di_ctype(wt), lx, lw, store, s->body);
+}
+
+/* One block per (row, q head). Splits of SPLIT positions, aligned to KV blocks, in order:
+ * scores (an in-order dot over HD), split max, weights exp(s - max) and their in-order
+ * sum, acc[d] as an in-order chain over the split's positions; then the split is folded
+ * into the running (M, L, ACC) with the rescale factors exp(M - M') and exp(m - M'). */
+static void lower_attention(di_str *o, const di_spec *s, const di_specialization *p)
+{
+    di_str_puts(o, "    const long r = by, h = bx;\n");
+    emit_slices(o, s, p, "r", "    ");
+    di_str_puts(o,
+        "    const long KVW = NKV * HD;            /* floats per cached position */\n"
+        "    const float *q = qkv + h * HD;\n"
+        "    const long kvh = h / (NH / NKV);\n"
+        "    const long P = pos[0], S = seq[0];\n"
+        "    const float scale = 1.0f / di_sqrtf((float)HD);\n"
+        "    DI_SHARED float di_w[SPLIT];          /* one split's scores, then weights */\n"
+        "    DI_SHARED float di_acc[HD];\n"
+        "    DI_SHARED float di_ml[4];             /* running max, running sum, split max, split sum */\n"
+        "    const long nsplit = P / SPLIT + 1;\n"
+        "    for (long sp = 0; sp < nsplit; sp++) {\n"
+        "        const long j0 = sp * SPLIT;\n"
+        "        const long nj = P + 1 - j0 < SPLIT ? P + 1 - j0 : SPLIT;\n"
+        "        const long blk = btab[S * maxb + sp];\n"
+        "        const float *kb = kc + blk * KVB * KVW + kvh * HD;\n"
+        "        const float *vb = vc + blk * KVB * KVW + kvh * HD;\n"
+        "        DI_FOR_THREADS(j, nj) {\n"
+        "            const float *kr = kb + j * KVW;\n"
+        "            float d = 0.0f;\n"
+        "            for (long e = 0; e < HD; e++) d = d + q[e] * kr[e];\n"
+        "            di_w[j] = d * scale;\n"
+        "        }\n"
+        "        DI_SYNC();\n"
+        "        DI_ONE_THREAD {\n"
+        "            float m = di_w[0];\n"
+        "            for (long j = 1; j < nj; j++) m = di_w[j] > m ? di_w[j] : m;\n"
+        "            float l = 0.0f;\n"
+        "            for (long j = 0; j < nj; j++) {\n"
+        "                const float e = di_expf(di_w[j] - m);\n"
+        "                di_w[j] = e;\n"
+        "                l = l + e;\n"
+        "            }\n"
+        "            di_ml[2] = m;\n"
+        "            di_ml[3] = l;\n"
+        "        }\n"
+        "        DI_SYNC();\n"
+        "        const float m = di_ml[2], l = di_ml[3], M = di_ml[0], L = di_ml[1];\n"
+        "        const float Mn = sp == 0 ? m : (M > m ? M : m);\n"
+        "        const float c1 = sp == 0 ? 0.0f : di_expf(M - Mn);\n"
+        "        const float c2 = sp == 0 ? 1.0f : di_expf(m - Mn);\n"
+        "        DI_FOR_THREADS(d, HD) {\n"
+        "            float a = 0.0f;\n"
+        "            for (long j = 0; j < nj; j++) a = a + di_w[j] * vb[j * KVW + d];\n"
+        "            di_acc[d] = sp == 0 ? a : di_acc[d] * c1 + a * c2;\n"
+        "        }\n"
+        "        DI_SYNC();\n"
+        "        DI_ONE_THREAD {\n"
+        "            di_ml[0] = Mn;\n"
+        "            di_ml[1] = sp == 0 ? l : L * c1 + l * c2;\n"
+        "        }\n"
+        "        DI_SYNC();\n"
+        "    }\n"
+        "    DI_FOR_THREADS(d, HD) out[h * HD + d] = di_acc[d] / di_ml[1];\n");
+}
+
+int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, di_err *err)
+{
+    switch (s->cls) {
+    case DI_MAP:
+    case DI_GATHER: lower_map(o, s, p); return DI_OK;
+    case DI_ROW_REDUCE: lower_row_reduce(o, s, p); return DI_OK;
+    case DI_SAMPLE: lower_sample(o, s, p); return DI_OK;
+    case DI_MATMUL: lower_matmul(o, s, p); return DI_OK;
+    case DI_ATTENTION: lower_attention(o, s, p); return DI_OK;
+    default: return di_fail(err, DI_ESPEC, "spec %s: class %d has no lowering", s->name, (int)s->cls);
+    }
+}

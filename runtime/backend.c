@@ -1,0 +1,354 @@
+/* Runtime: kernel lookup (memory map -> disk cache -> compile), buffers and launches for
+ * the C backend (libtcc + CPU pool) and the CUDA backend (NVRTC + driver API). */
+#include "backend.h"
+#include "cache.h"
+#include "nvrtc.h"
+#include "pool.h"
+#include "tcc.h"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct di_kernel {
+    const di_spec *spec;
+    di_specialization sp;
+    char name[256];
+    di_block_fn cpu_fn;       /* C backend */
+    di_tcc_code *code;
+    di_cuda_module *mod;      /* CUDA backend */
+    void *cu_fn;
+    di_kernel *next;
+};
+
+struct di_rt {
+    di_rt_opts o;
+    di_pool *pool;
+    di_cuda *cuda;
+    di_cache *cache;
+    di_kernel *kernels;
+    char dump_dir[1024];
+    char desc[512];
+    char nvrtc_version[32];
+    di_rt_stats stats;
+};
+
+/* ---- opening ------------------------------------------------------------------------- */
+
+int di_rt_open(const di_rt_opts *o, di_rt **out, di_err *err)
+{
+    di_rt *rt = calloc(1, sizeof *rt);
+    if (!rt) return di_fail(err, DI_ENOMEM, "out of memory");
+    rt->o = *o;
+    const char *dump = o->dump_dir ? o->dump_dir : getenv("DETINFER_DUMP_DIR");
+    if (dump && *dump) snprintf(rt->dump_dir, sizeof rt->dump_dir, "%s", dump);
+    if (o->backend == DI_BACKEND_CUDA) {
+        int major = 0, minor = 0;
+        if (di_cuda_open(o->device, &rt->cuda, err) || di_nvrtc_load(err) || di_nvrtc_version(&major, &minor, err)) {
+            di_rt_close(rt);
+            return err->code;
+        }
+        snprintf(rt->nvrtc_version, sizeof rt->nvrtc_version, "%d.%d", major, minor);
+        const di_cuda_info *in = di_cuda_get_info(rt->cuda);
+        snprintf(rt->desc, sizeof rt->desc, "cuda %s (%s, %d SMs), NVRTC %s, %s profile", in->name, in->arch,
+                 in->sm_count, rt->nvrtc_version, o->profile == DI_PROFILE_EXACT ? "exact" : "fast");
+    } else {
+        if (o->profile != DI_PROFILE_EXACT) {
+            free(rt);
+            return di_fail(err, DI_EUSAGE, "--profile fast needs the GPU (tensor cores); the CPU runs exact");
+        }
+        rt->pool = di_pool_new(o->threads);
+        if (!rt->pool) { free(rt); return di_fail(err, DI_ENOMEM, "cannot start the CPU pool"); }
+        snprintf(rt->desc, sizeof rt->desc, "cpu (%d threads, libtcc), exact profile", di_pool_threads(rt->pool));
+    }
+    rt->cache = di_cache_open(o->cache_dir);
+    *out = rt;
+    return DI_OK;
+}
+
+void di_rt_close(di_rt *rt)
+{
+    if (!rt) return;
+    for (di_kernel *k = rt->kernels, *next; k; k = next) {
+        next = k->next;
+        di_tcc_free(k->code);
+        if (k->mod) di_cuda_module_unload(rt->cuda, k->mod);
+        free(k);
+    }
+    di_pool_free(rt->pool);
+    if (rt->cuda) di_cuda_close(rt->cuda);
+    if (rt->cache) di_cache_close(rt->cache);
+    free(rt);
+}
+
+di_backend_kind di_rt_backend(const di_rt *rt) { return rt->o.backend; }
+const char *di_rt_describe(const di_rt *rt) { return rt->desc; }
+di_rt_stats di_rt_get_stats(const di_rt *rt) { return rt->stats; }
+struct di_cache *di_rt_cache(di_rt *rt) { return rt->cache; }
+
+/* ---- buffers ------------------------------------------------------------------------- */
+
+int di_buf_alloc(di_rt *rt, size_t bytes, di_buf **out, di_err *err)
+{
+    di_buf *b = calloc(1, sizeof *b);
+    if (!b) return di_fail(err, DI_ENOMEM, "out of memory");
+    b->rt = rt;
+    b->bytes = bytes;
+    size_t n = bytes ? bytes : 1;
+    if (rt->cuda) {
+        if (di_cuda_alloc(rt->cuda, n, &b->dev, err) || di_cuda_memset8(rt->cuda, b->dev, 0, n, err)) {
+            free(b);
+            return err->code;
+        }
+    } else if (!(b->host = calloc(1, n))) {
+        free(b);
+        return di_fail(err, DI_ENOMEM, "cannot allocate %zu bytes", bytes);
+    }
+    *out = b;
+    return DI_OK;
+}
+
+void di_buf_free(di_buf *b)
+{
+    if (!b) return;
+    if (b->rt->cuda) di_cuda_free(b->rt->cuda, b->dev);
+    free(b->host);
+    free(b);
+}
+
+int di_buf_write(di_buf *b, size_t offset, const void *src, size_t bytes, di_err *err)
+{
+    if (offset > b->bytes || bytes > b->bytes - offset)
+        return di_fail(err, DI_EUSAGE, "buffer write of %zu bytes at %zu past its %zu bytes", bytes, offset, b->bytes);
+    if (b->rt->cuda) return di_cuda_upload(b->rt->cuda, b->dev + offset, src, bytes, err);
+    memcpy((char *)b->host + offset, src, bytes);
+    return DI_OK;
+}
+
+int di_buf_read(const di_buf *b, size_t offset, void *dst, size_t bytes, di_err *err)
+{
+    if (offset > b->bytes || bytes > b->bytes - offset)
+        return di_fail(err, DI_EUSAGE, "buffer read of %zu bytes at %zu past its %zu bytes", bytes, offset, b->bytes);
+    if (b->rt->cuda) return di_cuda_download(b->rt->cuda, dst, b->dev + offset, bytes, err);
+    memcpy(dst, (const char *)b->host + offset, bytes);
+    return DI_OK;
+}
+
+/* ---- source, options, dumps ---------------------------------------------------------- */
+
+int di_rt_source(const di_spec *s, const di_specialization *p, di_backend_kind b, char **src, di_err *err)
+{
+    di_str o = {0};
+    int rc = di_codegen(s, p, b, &o, err);
+    if (rc) { di_str_free(&o); return rc; }
+    *src = o.p;
+    return DI_OK;
+}
+
+int di_nvrtc_options(di_profile profile, const char *arch, const char **opts, int max)
+{
+    static char archopt[64];
+    snprintf(archopt, sizeof archopt, "-arch=%s", arch);
+    /* exact: no contraction, IEEE division and sqrt, denormals kept; never fast math. */
+    const char *exact[] = {archopt, "--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false", "-std=c++17"};
+    const char *fast[] = {archopt, "--fmad=true", "--prec-div=true", "--prec-sqrt=true", "--ftz=false", "-std=c++17"};
+    const char **src = profile == DI_PROFILE_EXACT ? exact : fast;
+    int n = 6 < max ? 6 : max;
+    for (int i = 0; i < n; i++) opts[i] = src[i];
+    return n;
+}
+
+static void dump_file(const di_rt *rt, const char *name, const char *ext, const void *data, size_t len)
+{
+    if (!rt->dump_dir[0] || !data) return;
+    mkdir(rt->dump_dir, 0777);
+    char path[1400];
+    snprintf(path, sizeof path, "%s/%s.%s", rt->dump_dir, name, ext);
+    FILE *f = fopen(path, "wb");
+    if (!f) { fprintf(stderr, "detinfer: cannot write dump %s: %s\n", path, strerror(errno)); return; }
+    fwrite(data, 1, len, f);
+    fclose(f);
+}
+
+/* ---- compile or fetch ---------------------------------------------------------------- */
+
+static int build_c(di_rt *rt, di_kernel *k, const char *src, di_err *err)
+{
+    di_keyb kb;
+    di_keyb_init(&kb);
+    di_keyb_add_str(&kb, "generator", DI_CODEGEN_SCHEMA);
+    di_keyb_add_str(&kb, "source", src);
+    di_keyb_add_str(&kb, "compiler", DI_TCC_IDENTITY);
+    di_keyb_add_str(&kb, "kind", "tcc-obj");
+    di_key key = di_keyb_final(&kb);
+    void *obj = NULL;
+    size_t len = 0;
+    bool hit = di_cache_get(rt->cache, &key, &obj, &len);
+    if (!hit) {
+        if (di_tcc_compile_obj(src, k->name, &obj, &len, err)) return err->code;
+        di_cache_put(rt->cache, &key, obj, len);
+        rt->stats.kernels_compiled++;
+    } else {
+        rt->stats.kernels_from_cache++;
+    }
+    void *fn = NULL;
+    int rc = di_tcc_load_obj(obj, len, k->name, &k->code, &fn, err);
+    free(obj);
+    if (rc && hit) {
+        /* a cached object that does not load is treated as corrupt: rebuild it */
+        di_err_clear(err);
+        if (di_tcc_compile_obj(src, k->name, &obj, &len, err)) return err->code;
+        di_cache_put(rt->cache, &key, obj, len);
+        rc = di_tcc_load_obj(obj, len, k->name, &k->code, &fn, err);
+        free(obj);
+    }
+    k->cpu_fn = (di_block_fn)fn;
+    char hex[65], log[256];
+    di_key_hex(&key, hex);
+    int n = snprintf(log, sizeof log, "kernel %s\nkey %s\ncache %s\ncompiler %s\n", k->name, hex, hit ? "hit" : "miss",
+                     DI_TCC_IDENTITY);
+    dump_file(rt, k->name, "log", log, (size_t)n);
+    return rc;
+}
+
+static di_key cuda_key(const di_rt *rt, const char *src, const char **opts, int nopts, const char *arch,
+                       const char *kind)
+{
+    di_keyb kb;
+    di_keyb_init(&kb);
+    di_keyb_add_str(&kb, "generator", DI_CODEGEN_SCHEMA);
+    di_keyb_add_str(&kb, "source", src);
+    for (int i = 0; i < nopts; i++) di_keyb_add_str(&kb, "option", opts[i]);
+    di_keyb_add_str(&kb, "nvrtc", rt->nvrtc_version);
+    di_keyb_add_str(&kb, "arch", arch);
+    di_keyb_add_str(&kb, "kind", kind);
+    return di_keyb_final(&kb);
+}
+
+static int build_cuda(di_rt *rt, di_kernel *k, const char *src, di_err *err)
+{
+    const char *arch = di_cuda_get_info(rt->cuda)->arch;
+    const char *opts[16];
+    int nopts = di_nvrtc_options(k->sp.profile, arch, opts, 16);
+    di_key kcubin = cuda_key(rt, src, opts, nopts, arch, "cubin");
+    di_key kptx = cuda_key(rt, src, opts, nopts, arch, "ptx");
+    di_key klog = cuda_key(rt, src, opts, nopts, arch, "log");
+    void *cubin = NULL, *ptx = NULL, *log = NULL;
+    size_t cubin_len = 0, ptx_len = 0, log_len = 0;
+    bool hit = di_cache_get(rt->cache, &kcubin, &cubin, &cubin_len);
+    if (hit) {
+        rt->stats.kernels_from_cache++;
+        di_cache_get(rt->cache, &kptx, &ptx, &ptx_len);
+        di_cache_get(rt->cache, &klog, &log, &log_len);
+    } else {
+        di_nvrtc_out nv = {0};
+        if (di_nvrtc_compile(src, k->name, opts, nopts, true, &nv, err)) {
+            dump_file(rt, k->name, "log", nv.log, nv.log ? strlen(nv.log) : 0);
+            di_nvrtc_out_free(&nv);
+            return err->code;
+        }
+        di_cache_put(rt->cache, &kcubin, nv.cubin, nv.cubin_len);
+        di_cache_put(rt->cache, &kptx, nv.ptx, nv.ptx_len);
+        di_cache_put(rt->cache, &klog, nv.log ? nv.log : "", nv.log ? strlen(nv.log) : 0);
+        cubin = nv.cubin; cubin_len = nv.cubin_len; nv.cubin = NULL;
+        ptx = nv.ptx; ptx_len = nv.ptx_len; nv.ptx = NULL;
+        log = nv.log; log_len = nv.log ? strlen(nv.log) : 0; nv.log = NULL;
+        di_nvrtc_out_free(&nv);
+        rt->stats.kernels_compiled++;
+    }
+    dump_file(rt, k->name, "ptx", ptx, ptx_len);
+    dump_file(rt, k->name, "log", log, log_len);
+    int rc = di_cuda_module_load(rt->cuda, cubin, &k->mod, err);
+    if (!rc) rc = di_cuda_function(k->mod, k->name, &k->cu_fn, err);
+    free(cubin);
+    free(ptx);
+    free(log);
+    return rc;
+}
+
+int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_kernel **out, di_err *err)
+{
+    di_specialization sp = *p;
+    sp.profile = rt->o.profile;
+    char name[256];
+    di_kernel_name(s, &sp, name, sizeof name);
+    for (di_kernel *k = rt->kernels; k; k = k->next)
+        if (k->spec == s && !strcmp(k->name, name)) { *out = k; return DI_OK; }
+
+    char *src = NULL;
+    if (di_rt_source(s, &sp, rt->o.backend, &src, err)) return err->code;
+    di_kernel *k = calloc(1, sizeof *k);
+    k->spec = s;
+    k->sp = sp;
+    snprintf(k->name, sizeof k->name, "%s", name);
+    dump_file(rt, name, rt->cuda ? "cu" : "c", src, strlen(src));
+    int rc = rt->cuda ? build_cuda(rt, k, src, err) : build_c(rt, k, src, err);
+    free(src);
+    if (rc) {
+        di_tcc_free(k->code);
+        free(k);
+        return rc;
+    }
+    k->next = rt->kernels;
+    rt->kernels = k;
+    *out = k;
+    return DI_OK;
+}
+
+/* ---- launch -------------------------------------------------------------------------- */
+
+/* A row-sliced argument must hold rows x (row length) elements. */
+static int check_arg(const di_kernel *k, int i, const di_val *v, long rows, di_err *err)
+{
+    const di_arg *a = &k->spec->args[i];
+    if (a->role == DI_ROLE_SCALAR) return DI_OK;
+    if (!v->buf) return di_fail(err, DI_EUSAGE, "kernel %s: argument %s is NULL", k->name, a->name);
+    if (strncmp(a->shape, "rows,", 5) != 0 && strcmp(a->shape, "rows") != 0) return DI_OK;
+    long len = 1;
+    for (const char *c = strchr(a->shape, ','); c; c = strchr(c + 1, ',')) {
+        char tok[128];
+        const char *e = strchr(c + 1, ',');
+        size_t n = e ? (size_t)(e - c - 1) : strlen(c + 1);
+        snprintf(tok, sizeof tok, "%.*s", (int)n, c + 1);
+        long v2;
+        if (di_eval_expr(k->spec, &k->sp, tok, &v2, err)) return err->code;
+        len *= v2;
+    }
+    size_t need = (size_t)rows * (size_t)len * di_dtype_size(k->sp.dtypes[i]);
+    if (v->buf->bytes < need)
+        return di_fail(err, DI_EUSAGE, "kernel %s: argument %s holds %zu bytes, %ld rows need %zu", k->name, a->name,
+                       v->buf->bytes, rows, need);
+    return DI_OK;
+}
+
+int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes, di_err *err)
+{
+    const di_spec *s = k->spec;
+    void *argv[DI_MAX_ARGS + DI_MAX_SIZES];
+    long size_vals[DI_MAX_SIZES];
+    int n = 0;
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++, n++) {
+        if (check_arg(k, i, &args[i], sizes[0], err)) return err->code;
+        if (s->args[i].role == DI_ROLE_SCALAR)
+            argv[n] = (void *)&args[i];
+        else
+            argv[n] = rt->cuda ? (void *)&args[i].buf->dev : (void *)&args[i].buf->host;
+    }
+    for (int i = 0; i < DI_MAX_SIZES && s->sizes[i]; i++, n++) {
+        size_vals[i] = sizes[i];
+        argv[n] = &size_vals[i];
+    }
+    di_geometry g;
+    if (di_geometry_for(s, &k->sp, rt->o.backend, sizes, &g, err)) return err->code;
+    rt->stats.launches++;
+    if ((long)g.grid[0] * g.grid[1] * g.grid[2] == 0) return DI_OK;
+    if (rt->cuda) return di_cuda_launch(rt->cuda, k->cu_fn, g.grid, g.block, g.smem, argv, err);
+    di_pool_run(rt->pool, k->cpu_fn, (long)g.grid[0] * g.grid[1], g.grid[0], argv);
+    return DI_OK;
+}
+
+int di_rt_sync(di_rt *rt, di_err *err)
+{
+    return rt->cuda ? di_cuda_sync(rt->cuda, err) : DI_OK;
+}

@@ -1,0 +1,47 @@
+/* CUDA Driver API through dlopen("libcuda.so.1"). Builds and runs without CUDA present:
+ * di_cuda_open returns DI_ENODEV with a message when there is no driver or no device. */
+#ifndef DI_CUDA_H
+#define DI_CUDA_H
+#include <stddef.h>
+#include <stdint.h>
+#include "err.h"
+
+typedef uint64_t di_dptr; /* device address (CUdeviceptr) */
+typedef struct di_cuda di_cuda;
+typedef struct di_cuda_module di_cuda_module;
+typedef struct di_cuda_event di_cuda_event;
+
+typedef struct di_cuda_info {
+    char name[256];
+    int cc_major, cc_minor;
+    int sm_count;
+    size_t smem_per_block_optin;
+    size_t total_mem;
+    char arch[16];              /* "sm_90a" on Hopper (the 'a' target for cc 9.0), "sm_80", ... */
+    int driver_version;
+} di_cuda_info;
+
+int di_cuda_open(int ordinal, di_cuda **out, di_err *err);  /* dlopen, cuInit, device, context, one stream */
+void di_cuda_close(di_cuda *c);
+const di_cuda_info *di_cuda_get_info(const di_cuda *c);
+
+int di_cuda_alloc(di_cuda *c, size_t bytes, di_dptr *out, di_err *err);
+void di_cuda_free(di_cuda *c, di_dptr p);
+int di_cuda_upload(di_cuda *c, di_dptr dst, const void *src, size_t bytes, di_err *err);
+int di_cuda_download(di_cuda *c, void *dst, di_dptr src, size_t bytes, di_err *err);
+int di_cuda_memset8(di_cuda *c, di_dptr dst, uint8_t v, size_t bytes, di_err *err);
+
+int di_cuda_module_load(di_cuda *c, const void *image, di_cuda_module **out, di_err *err); /* cubin or PTX */
+void di_cuda_module_unload(di_cuda *c, di_cuda_module *m);
+int di_cuda_function(di_cuda_module *m, const char *name, void **fn, di_err *err);
+/* params: array of pointers to each argument's value, as cuLaunchKernel takes them. */
+int di_cuda_launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3],
+                   unsigned smem_bytes, void **params, di_err *err);
+int di_cuda_sync(di_cuda *c, di_err *err);
+
+int di_cuda_event_create(di_cuda *c, di_cuda_event **ev, di_err *err);
+int di_cuda_event_record(di_cuda *c, di_cuda_event *ev, di_err *err);
+int di_cuda_event_elapsed_ms(di_cuda_event *a, di_cuda_event *b, float *ms, di_err *err);
+void di_cuda_event_destroy(di_cuda_event *ev);
+
+#endif
