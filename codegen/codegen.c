@@ -2,6 +2,7 @@
  * (prelude, constants, entry wrapper) around a class lowering from lower.c. */
 #include "codegen.h"
 #include "lower.h"
+#include "matmul_fast.h"
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
@@ -253,8 +254,8 @@ int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, 
     char msg[512];
     if (!di_spec_validate(s, msg, sizeof msg)) return di_fail(err, DI_ESPEC, "%s", msg);
     if (di_specialization_check(s, p, err)) return err->code;
-    if (b == DI_BACKEND_CUDA && p->profile == DI_PROFILE_FAST)
-        return di_fail(err, DI_ESPEC, "spec %s: the fast profile has no CUDA lowering yet", s->name);
+    if (b == DI_BACKEND_C && p->profile == DI_PROFILE_FAST)
+        return di_fail(err, DI_ESPEC, "spec %s: the fast profile is GPU-only", s->name);
     char name[256];
     di_kernel_name(s, p, name, sizeof name);
 
@@ -273,6 +274,7 @@ int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, 
     if (s->sched.kv_block) di_str_printf(o, "#define KVB %dL\n", s->sched.kv_block);
     di_str_puts(o, "\n");
 
+    if (di_matmul_fast_applies(s, p, b)) return di_lower_matmul_fast(o, s, p, name, err);
     if (b == DI_BACKEND_C) {
         di_str_printf(o, "static void %s_block(long bx, long by, ", name);
         emit_params(o, s, p);

@@ -1,6 +1,7 @@
 /* Runtime: kernel lookup (memory map -> disk cache -> compile), buffers and launches for
  * the C backend (libtcc + CPU pool) and the CUDA backend (NVRTC + driver API). */
 #include "backend.h"
+#include "../codegen/matmul_fast.h"
 #include "cache.h"
 #include "nvrtc.h"
 #include "pool.h"
@@ -19,6 +20,8 @@ struct di_kernel {
     di_tcc_code *code;
     di_cuda_module *mod;      /* CUDA backend */
     void *cu_fn;
+    void *cu_reduce;          /* fast matmul: phase 2, adding split partials in order */
+    di_buf *ws;               /* its workspace, grown on demand */
     di_kernel *next;
 };
 
@@ -73,6 +76,7 @@ void di_rt_close(di_rt *rt)
     for (di_kernel *k = rt->kernels, *next; k; k = next) {
         next = k->next;
         di_tcc_free(k->code);
+        di_buf_free(k->ws);
         if (k->mod) di_cuda_module_unload(rt->cuda, k->mod);
         free(k);
     }
@@ -261,6 +265,11 @@ static int build_cuda(di_rt *rt, di_kernel *k, const char *src, di_err *err)
     dump_file(rt, k->name, "log", log, log_len);
     int rc = di_cuda_module_load(rt->cuda, cubin, &k->mod, err);
     if (!rc) rc = di_cuda_function(k->mod, k->name, &k->cu_fn, err);
+    if (!rc && di_matmul_fast_applies(k->spec, &k->sp, DI_BACKEND_CUDA)) {
+        char reduce[300];
+        snprintf(reduce, sizeof reduce, "%s_reduce", k->name);
+        rc = di_cuda_function(k->mod, reduce, &k->cu_reduce, err);
+    }
     free(cubin);
     free(ptx);
     free(log);
@@ -322,10 +331,27 @@ static int check_arg(const di_kernel *k, int i, const di_val *v, long rows, di_e
     return DI_OK;
 }
 
+/* Fast matmul: partials per fixed K split into a workspace, then their in-order sum. */
+static int launch_two_phase(di_rt *rt, di_kernel *k, void **argv, int n, long rows, di_err *err)
+{
+    di_geometry g[2];
+    size_t ws_bytes = 0;
+    if (di_geometry_matmul_fast(k->spec, &k->sp, rows, g, &ws_bytes, err)) return err->code;
+    if (rows == 0) return DI_OK;
+    if (!k->ws || k->ws->bytes < ws_bytes) {
+        di_buf_free(k->ws);
+        k->ws = NULL;
+        if (di_buf_alloc(rt, ws_bytes, &k->ws, err)) return err->code;
+    }
+    argv[n] = &k->ws->dev;
+    if (di_cuda_launch(rt->cuda, k->cu_fn, g[0].grid, g[0].block, g[0].smem, argv, err)) return err->code;
+    return di_cuda_launch(rt->cuda, k->cu_reduce, g[1].grid, g[1].block, g[1].smem, argv, err);
+}
+
 int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes, di_err *err)
 {
     const di_spec *s = k->spec;
-    void *argv[DI_MAX_ARGS + DI_MAX_SIZES];
+    void *argv[DI_MAX_ARGS + DI_MAX_SIZES + 1];
     long size_vals[DI_MAX_SIZES];
     int n = 0;
     for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++, n++) {
@@ -339,9 +365,10 @@ int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes,
         size_vals[i] = sizes[i];
         argv[n] = &size_vals[i];
     }
+    rt->stats.launches++;
+    if (k->cu_reduce) return launch_two_phase(rt, k, argv, n, sizes[0], err);
     di_geometry g;
     if (di_geometry_for(s, &k->sp, rt->o.backend, sizes, &g, err)) return err->code;
-    rt->stats.launches++;
     if ((long)g.grid[0] * g.grid[1] * g.grid[2] == 0) return DI_OK;
     if (rt->cuda) return di_cuda_launch(rt->cuda, k->cu_fn, g.grid, g.block, g.smem, argv, err);
     di_pool_run(rt->pool, k->cpu_fn, (long)g.grid[0] * g.grid[1], g.grid[0], argv);

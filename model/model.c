@@ -1,0 +1,363 @@
+/* Llama forward over a ragged token batch, every op a kernels.def kernel.
+ * Read top to bottom: load (config, weights), then one step (embed, layers, logits). */
+#include "model.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct layer {
+    di_buf *attn_norm, *wqkv, *wo, *ffn_norm, *wgu, *wdown;
+} layer;
+
+/* every kernel a step launches, specialized to this model */
+typedef struct kernels {
+    di_kernel *embed, *rmsnorm, *qkv, *rope, *kv_write, *attention, *wo, *gu, *swiglu, *down;
+    di_kernel *gather, *lm_head, *log_softmax, *argmax;
+} kernels;
+
+struct di_model {
+    di_config c;
+    di_model_opts o;
+    di_gguf *g;
+    di_rt *rt;
+    layer *layers;
+    di_buf *embd, *lm_head, *out_norm, *rope_cs;
+    di_buf **kc, **vc, *btab;       /* KV cache per layer, block table */
+    int32_t *btab_host;
+    int maxb;                        /* block-table width: ctx / KVB rounded up */
+    /* per-step activations, max_batch_tokens rows */
+    di_buf *tok, *pos, *seq, *rows, *h, *xn, *qkv, *att, *gu, *act, *hsel, *logits, *lp, *ids;
+    kernels k;
+};
+
+const di_config *di_model_config(const di_model *m) { return &m->c; }
+const di_gguf *di_model_gguf(const di_model *m) { return m->g; }
+int di_model_kv_block(void) { return di_specs[DI_OP_kv_write].sched.kv_block; }
+int di_model_kv_blocks(const di_model *m) { return m->o.kv_blocks; }
+int di_model_max_seqs(const di_model *m) { return m->o.max_seqs; }
+
+/* ---- configuration --------------------------------------------------------------------- */
+
+static int read_config(const di_gguf *g, di_config *c, di_err *err)
+{
+    di_gguf_str arch;
+    if (di_gguf_get_str(g, "general.architecture", &arch, err)) return err->code;
+    if (arch.len != 5 || memcmp(arch.ptr, "llama", 5))
+        return di_fail(err, DI_EUSAGE, "%s: unsupported architecture '%.*s' (detinfer runs llama models)", g->path,
+                       (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+    struct { const char *key; int *dst; long max; } ints[] = {
+        {"llama.block_count", &c->n_layers, 1024},          {"llama.embedding_length", &c->dim, 65536},
+        {"llama.feed_forward_length", &c->ffn, 1 << 20},    {"llama.attention.head_count", &c->n_heads, 1024},
+        {"llama.attention.head_count_kv", &c->n_kv_heads, 1024}, {"llama.context_length", &c->ctx_train, 1 << 24},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        uint64_t v;
+        if (di_gguf_get_u64(g, ints[i].key, &v, err)) return err->code;
+        if (v == 0 || v > (uint64_t)ints[i].max)
+            return di_fail(err, DI_EFORMAT, "%s: %s = %llu is out of range", g->path, ints[i].key, (unsigned long long)v);
+        *ints[i].dst = (int)v;
+    }
+    if (di_gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &c->eps, err)) return err->code;
+    if (di_gguf_find(g, "llama.rope.freq_base")) {
+        if (di_gguf_get_f32(g, "llama.rope.freq_base", &c->rope_base, err)) return err->code;
+    } else {
+        c->rope_base = 10000.0f;
+    }
+    if (c->dim % c->n_heads || c->n_heads % c->n_kv_heads)
+        return di_fail(err, DI_EFORMAT, "%s: %d heads do not divide dim %d or are not a multiple of %d KV heads",
+                       g->path, c->n_heads, c->dim, c->n_kv_heads);
+    c->head_dim = c->dim / c->n_heads;
+    if (c->head_dim % 2) return di_fail(err, DI_EFORMAT, "%s: head dim %d is odd", g->path, c->head_dim);
+    const di_gguf_tensor *e = di_gguf_tensor_find(g, "token_embd.weight");
+    if (!e) return di_fail(err, DI_EFORMAT, "%s: missing tensor token_embd.weight", g->path);
+    c->vocab = (int)e->dims[1];
+    return DI_OK;
+}
+
+/* ---- weights --------------------------------------------------------------------------- */
+
+static const di_gguf_tensor *tensor(const di_model *m, const char *name, uint64_t in, uint64_t out, di_err *err)
+{
+    const di_gguf_tensor *t = di_gguf_tensor_find(m->g, name);
+    if (!t) { di_fail(err, DI_EFORMAT, "%s: missing tensor %s", m->g->path, name); return NULL; }
+    bool ok = out == 1 ? t->n_elems == in : t->n_dims == 2 && t->dims[0] == in && t->dims[1] == out;
+    if (!ok) {
+        di_fail(err, DI_EFORMAT, "%s: tensor %s has shape [%llu, %llu], expected [%llu, %llu]", m->g->path, name,
+                (unsigned long long)t->dims[0], (unsigned long long)(t->n_dims > 1 ? t->dims[1] : 1),
+                (unsigned long long)in, (unsigned long long)out);
+        return NULL;
+    }
+    return t;
+}
+
+static uint16_t to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* Several GGUF matrices [in, out_i] stacked row-wise into one bf16 [sum out_i, in] buffer. */
+static int load_matrix(di_model *m, const char *const *names, const uint64_t *outs, int count, uint64_t in,
+                       di_buf **dst, di_err *err)
+{
+    uint64_t rows = 0;
+    for (int i = 0; i < count; i++) rows += outs[i];
+    float *f = malloc(in * outs[0] * sizeof(float));
+    uint16_t *b = malloc(rows * in * 2);
+    int rc = (!f || !b) ? di_fail(err, DI_ENOMEM, "out of memory loading %s", names[0]) : DI_OK;
+    uint64_t row = 0;
+    for (int i = 0; i < count && !rc; i++) {
+        const di_gguf_tensor *t = tensor(m, names[i], in, outs[i], err);
+        float *tmp = t ? realloc(f, t->n_elems * sizeof(float)) : NULL;
+        if (!t) { rc = err->code; break; }
+        if (!tmp) { rc = di_fail(err, DI_ENOMEM, "out of memory loading %s", names[i]); break; }
+        f = tmp;
+        if ((rc = di_gguf_to_f32(m->g, t, f, err))) break;
+        for (uint64_t j = 0; j < t->n_elems; j++) b[row * in + j] = to_bf16(f[j]);
+        row += outs[i];
+    }
+    if (!rc && !(rc = di_buf_alloc(m->rt, rows * in * 2, dst, err))) rc = di_buf_write(*dst, 0, b, rows * in * 2, err);
+    free(f);
+    free(b);
+    return rc;
+}
+
+static int load_vector(di_model *m, const char *name, uint64_t n, di_buf **dst, di_err *err)
+{
+    const di_gguf_tensor *t = tensor(m, name, n, 1, err);
+    if (!t) return err->code;
+    float *f = malloc(n * sizeof(float));
+    if (!f) return di_fail(err, DI_ENOMEM, "out of memory loading %s", name);
+    int rc = di_gguf_to_f32(m->g, t, f, err);
+    if (!rc && !(rc = di_buf_alloc(m->rt, n * 4, dst, err))) rc = di_buf_write(*dst, 0, f, n * 4, err);
+    free(f);
+    return rc;
+}
+
+static int load_layer(di_model *m, int l, di_err *err)
+{
+    const di_config *c = &m->c;
+    layer *L = &m->layers[l];
+    char q[64], k[64], v[64], o[64], gate[64], up[64], down[64], an[64], fn[64];
+    snprintf(q, sizeof q, "blk.%d.attn_q.weight", l);
+    snprintf(k, sizeof k, "blk.%d.attn_k.weight", l);
+    snprintf(v, sizeof v, "blk.%d.attn_v.weight", l);
+    snprintf(o, sizeof o, "blk.%d.attn_output.weight", l);
+    snprintf(gate, sizeof gate, "blk.%d.ffn_gate.weight", l);
+    snprintf(up, sizeof up, "blk.%d.ffn_up.weight", l);
+    snprintf(down, sizeof down, "blk.%d.ffn_down.weight", l);
+    snprintf(an, sizeof an, "blk.%d.attn_norm.weight", l);
+    snprintf(fn, sizeof fn, "blk.%d.ffn_norm.weight", l);
+    uint64_t D = (uint64_t)c->dim, Q = (uint64_t)c->n_heads * c->head_dim, KV = (uint64_t)c->n_kv_heads * c->head_dim;
+    const char *qkv[] = {q, k, v}, *wo[] = {o}, *gu[] = {gate, up}, *dn[] = {down};
+    uint64_t qkv_out[] = {Q, KV, KV}, wo_out[] = {D}, gu_out[] = {(uint64_t)c->ffn, (uint64_t)c->ffn}, dn_out[] = {D};
+    if (load_vector(m, an, D, &L->attn_norm, err) || load_vector(m, fn, D, &L->ffn_norm, err) ||
+        load_matrix(m, qkv, qkv_out, 3, D, &L->wqkv, err) || load_matrix(m, wo, wo_out, 1, Q, &L->wo, err) ||
+        load_matrix(m, gu, gu_out, 2, D, &L->wgu, err) || load_matrix(m, dn, dn_out, 1, (uint64_t)c->ffn, &L->wdown, err))
+        return err->code;
+    return DI_OK;
+}
+
+/* cos, sin of pos * base^(-2i/HD) in double, rounded once: the same table for every backend */
+static int load_rope(di_model *m, di_err *err)
+{
+    const di_config *c = &m->c;
+    size_t n = (size_t)m->o.ctx * c->head_dim;
+    float *cs = malloc(n * sizeof(float));
+    if (!cs) return di_fail(err, DI_ENOMEM, "out of memory (rope table)");
+    for (int p = 0; p < m->o.ctx; p++)
+        for (int i = 0; i < c->head_dim / 2; i++) {
+            double a = p * pow((double)c->rope_base, -2.0 * i / c->head_dim);
+            cs[(size_t)p * c->head_dim + 2 * i] = (float)cos(a);
+            cs[(size_t)p * c->head_dim + 2 * i + 1] = (float)sin(a);
+        }
+    int rc = di_buf_alloc(m->rt, n * 4, &m->rope_cs, err);
+    if (!rc) rc = di_buf_write(m->rope_cs, 0, cs, n * 4, err);
+    free(cs);
+    return rc;
+}
+
+/* ---- kernels ------------------------------------------------------------------------------ */
+
+static int kernel(di_model *m, di_op op, const char *const *dims, const long *vals, int n, di_kernel **out, di_err *err)
+{
+    const di_spec *s = &di_specs[op];
+    di_specialization p;
+    di_spec_defaults(s, &p);
+    for (int i = 0; i < n; i++)
+        if (di_spec_set_dim(s, &p, dims[i], vals[i], err)) return err->code;
+    return di_rt_kernel(m->rt, s, &p, out, err);
+}
+
+static int prepare_kernels(di_model *m, di_err *err)
+{
+    const di_config *c = &m->c;
+    long D = c->dim, F = c->ffn, V = c->vocab, NH = c->n_heads, NKV = c->n_kv_heads, HD = c->head_dim;
+    long QKVW = (NH + 2 * NKV) * HD;
+    kernels *k = &m->k;
+    const char *heads[] = {"NH", "NKV", "HD", "CTX"};
+    long headv[] = {NH, NKV, HD, m->o.ctx};
+    const char *kn[] = {"K", "N"};
+    if (kernel(m, DI_OP_embed, (const char *[]){"D", "V"}, (long[]){D, V}, 2, &k->embed, err) ||
+        kernel(m, DI_OP_rmsnorm, (const char *[]){"D"}, (long[]){D}, 1, &k->rmsnorm, err) ||
+        kernel(m, DI_OP_matmul, kn, (long[]){D, QKVW}, 2, &k->qkv, err) ||
+        kernel(m, DI_OP_rope_adjacent, heads, headv, 4, &k->rope, err) ||
+        kernel(m, DI_OP_kv_write, heads, headv, 3, &k->kv_write, err) ||
+        kernel(m, DI_OP_attention, heads, headv, 3, &k->attention, err) ||
+        kernel(m, DI_OP_matmul_residual, kn, (long[]){NH * HD, D}, 2, &k->wo, err) ||
+        kernel(m, DI_OP_matmul, kn, (long[]){D, 2 * F}, 2, &k->gu, err) ||
+        kernel(m, DI_OP_swiglu, (const char *[]){"F"}, (long[]){F}, 1, &k->swiglu, err) ||
+        kernel(m, DI_OP_matmul_residual, kn, (long[]){F, D}, 2, &k->down, err) ||
+        kernel(m, DI_OP_gather_rows, (const char *[]){"D"}, (long[]){D}, 1, &k->gather, err) ||
+        kernel(m, DI_OP_matmul, kn, (long[]){D, V}, 2, &k->lm_head, err) ||
+        kernel(m, DI_OP_log_softmax, (const char *[]){"V"}, (long[]){V}, 1, &k->log_softmax, err) ||
+        kernel(m, DI_OP_argmax, (const char *[]){"V"}, (long[]){V}, 1, &k->argmax, err))
+        return di_wrap(err, "preparing kernels");
+    return DI_OK;
+}
+
+static int alloc_buffers(di_model *m, di_err *err)
+{
+    const di_config *c = &m->c;
+    size_t R = (size_t)m->o.max_batch_tokens, D = (size_t)c->dim, V = (size_t)c->vocab;
+    size_t QKVW = (size_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim, F = (size_t)c->ffn;
+    size_t kvb = (size_t)di_model_kv_block(), kvw = (size_t)c->n_kv_heads * c->head_dim;
+    m->maxb = (int)((m->o.ctx + kvb - 1) / kvb);
+    struct { di_buf **b; size_t bytes; } all[] = {
+        {&m->tok, R * 4}, {&m->pos, R * 4}, {&m->seq, R * 4}, {&m->rows, R * 4}, {&m->h, R * D * 4},
+        {&m->xn, R * D * 4}, {&m->qkv, R * QKVW * 4}, {&m->att, R * (size_t)c->n_heads * c->head_dim * 4},
+        {&m->gu, R * 2 * F * 4}, {&m->act, R * F * 4}, {&m->hsel, R * D * 4}, {&m->logits, R * V * 4},
+        {&m->lp, R * V * 4}, {&m->ids, R * 4}, {&m->btab, (size_t)m->o.max_seqs * m->maxb * 4},
+    };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (di_buf_alloc(m->rt, all[i].bytes, all[i].b, err)) return di_wrap(err, "activation buffers");
+    m->kc = calloc((size_t)c->n_layers, sizeof *m->kc);
+    m->vc = calloc((size_t)c->n_layers, sizeof *m->vc);
+    m->btab_host = calloc((size_t)m->o.max_seqs * m->maxb, sizeof *m->btab_host);
+    if (!m->kc || !m->vc || !m->btab_host) return di_fail(err, DI_ENOMEM, "out of memory (KV cache)");
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t bytes = (size_t)m->o.kv_blocks * kvb * kvw * 4;
+        if (di_buf_alloc(m->rt, bytes, &m->kc[l], err) || di_buf_alloc(m->rt, bytes, &m->vc[l], err))
+            return di_wrap(err, "KV cache (%d blocks)", m->o.kv_blocks);
+    }
+    return DI_OK;
+}
+
+int di_model_load(const char *path, di_rt *rt, const di_model_opts *o, di_model **out, di_err *err)
+{
+    di_model *m = calloc(1, sizeof *m);
+    if (!m) return di_fail(err, DI_ENOMEM, "out of memory");
+    m->rt = rt;
+    m->o = *o;
+    int rc = di_gguf_open(path, &m->g, err);
+    if (!rc) rc = read_config(m->g, &m->c, err);
+    if (!rc && (o->ctx <= 0 || o->max_batch_tokens <= 0 || o->kv_blocks <= 0 || o->max_seqs <= 0))
+        rc = di_fail(err, DI_EUSAGE, "model options must be positive");
+    if (!rc) {
+        const di_config *c = &m->c;
+        m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+        uint64_t D = (uint64_t)c->dim, V = (uint64_t)c->vocab;
+        const char *embd[] = {"token_embd.weight"}, *outw[] = {"output.weight"};
+        rc = load_matrix(m, embd, &V, 1, D, &m->embd, err);
+        /* tied embeddings when the file has no output.weight (SmolLM2) */
+        if (!rc && di_gguf_tensor_find(m->g, "output.weight")) rc = load_matrix(m, outw, &V, 1, D, &m->lm_head, err);
+        else if (!rc) m->lm_head = NULL;
+        if (!rc) rc = load_vector(m, "output_norm.weight", D, &m->out_norm, err);
+        for (int l = 0; l < c->n_layers && !rc; l++) rc = load_layer(m, l, err);
+    }
+    if (!rc) rc = load_rope(m, err);
+    if (!rc) rc = alloc_buffers(m, err);
+    if (!rc) rc = prepare_kernels(m, err);
+    if (rc) { di_model_free(m); return rc; }
+    *out = m;
+    return DI_OK;
+}
+
+void di_model_free(di_model *m)
+{
+    if (!m) return;
+    for (int l = 0; m->layers && l < m->c.n_layers; l++) {
+        layer *L = &m->layers[l];
+        di_buf_free(L->attn_norm); di_buf_free(L->wqkv); di_buf_free(L->wo);
+        di_buf_free(L->ffn_norm); di_buf_free(L->wgu); di_buf_free(L->wdown);
+        if (m->kc) di_buf_free(m->kc[l]);
+        if (m->vc) di_buf_free(m->vc[l]);
+    }
+    di_buf *bufs[] = {m->embd, m->lm_head, m->out_norm, m->rope_cs, m->btab, m->tok, m->pos, m->seq, m->rows, m->h,
+                      m->xn, m->qkv, m->att, m->gu, m->act, m->hsel, m->logits, m->lp, m->ids};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) di_buf_free(bufs[i]);
+    free(m->layers); free(m->kc); free(m->vc); free(m->btab_host);
+    di_gguf_close(m->g);
+    free(m);
+}
+
+int di_model_set_blocks(di_model *m, int slot, const int32_t *blocks, int n, di_err *err)
+{
+    if (slot < 0 || slot >= m->o.max_seqs) return di_fail(err, DI_EUSAGE, "sequence slot %d out of range", slot);
+    if (n > m->maxb) return di_fail(err, DI_EUSAGE, "%d KV blocks exceed the context (%d)", n, m->maxb);
+    int32_t *row = m->btab_host + (size_t)slot * m->maxb;
+    for (int i = 0; i < n; i++) {
+        if (blocks[i] < 0 || blocks[i] >= m->o.kv_blocks) return di_fail(err, DI_EUSAGE, "KV block %d out of range", blocks[i]);
+        row[i] = blocks[i];
+    }
+    return di_buf_write(m->btab, (size_t)slot * m->maxb * 4, row, (size_t)m->maxb * 4, err);
+}
+
+/* ---- one step ------------------------------------------------------------------------------- */
+
+#define LAUNCH(k, rows, ...) \
+    do { if (di_rt_launch(m->rt, (k), (di_val[]){__VA_ARGS__}, (long[]){(rows), m->maxb}, err)) return err->code; } while (0)
+#define B(x) {.buf = (x)}
+
+int di_model_forward(di_model *m, const di_step *s, di_err *err)
+{
+    const di_config *c = &m->c;
+    long n = s->n, V = c->vocab;
+    if (n <= 0 || n > m->o.max_batch_tokens)
+        return di_fail(err, DI_EUSAGE, "a step carries %ld tokens (1..%d)", n, m->o.max_batch_tokens);
+    if (s->n_out < 0 || s->n_out > n) return di_fail(err, DI_EUSAGE, "%d output rows for %ld tokens", s->n_out, n);
+    for (long i = 0; i < n; i++) {
+        if (s->tokens[i] < 0 || s->tokens[i] >= V) return di_fail(err, DI_EUSAGE, "token id %d out of range", s->tokens[i]);
+        if (s->pos[i] < 0 || s->pos[i] >= m->o.ctx) return di_fail(err, DI_EUSAGE, "position %d past the context (%d)", s->pos[i], m->o.ctx);
+        if (s->seq[i] < 0 || s->seq[i] >= m->o.max_seqs) return di_fail(err, DI_EUSAGE, "sequence slot %d out of range", s->seq[i]);
+    }
+    for (int i = 0; i < s->n_out; i++)
+        if (s->out_rows[i] < 0 || s->out_rows[i] >= n) return di_fail(err, DI_EUSAGE, "output row %d out of range", s->out_rows[i]);
+    if (di_buf_write(m->tok, 0, s->tokens, n * 4, err) || di_buf_write(m->pos, 0, s->pos, n * 4, err) ||
+        di_buf_write(m->seq, 0, s->seq, n * 4, err))
+        return err->code;
+
+    const kernels *k = &m->k;
+    LAUNCH(k->embed, n, B(m->h), B(m->embd), B(m->tok));
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer *L = &m->layers[l];
+        /* attention block: h += Wo . attn(rope(Wqkv . norm(h))) */
+        LAUNCH(k->rmsnorm, n, B(m->xn), B(m->h), B(L->attn_norm), {.f32 = c->eps});
+        LAUNCH(k->qkv, n, B(m->qkv), B(m->xn), B(L->wqkv));
+        LAUNCH(k->rope, n, B(m->qkv), B(m->pos), B(m->rope_cs));
+        LAUNCH(k->kv_write, n, B(m->kc[l]), B(m->vc[l]), B(m->qkv), B(m->pos), B(m->seq), B(m->btab));
+        LAUNCH(k->attention, n, B(m->att), B(m->qkv), B(m->kc[l]), B(m->vc[l]), B(m->pos), B(m->seq), B(m->btab));
+        LAUNCH(k->wo, n, B(m->h), B(m->att), B(L->wo), B(m->h));
+        /* MLP block: h += Wdown . (silu(Wgate . norm(h)) * Wup . norm(h)) */
+        LAUNCH(k->rmsnorm, n, B(m->xn), B(m->h), B(L->ffn_norm), {.f32 = c->eps});
+        LAUNCH(k->gu, n, B(m->gu), B(m->xn), B(L->wgu));
+        LAUNCH(k->swiglu, n, B(m->act), B(m->gu));
+        LAUNCH(k->down, n, B(m->h), B(m->act), B(L->wdown), B(m->h));
+    }
+    if (s->n_out == 0) return di_rt_sync(m->rt, err);
+    /* logits only for the rows that need them */
+    long r = s->n_out;
+    if (di_buf_write(m->rows, 0, s->out_rows, r * 4, err)) return err->code;
+    LAUNCH(k->gather, r, B(m->hsel), B(m->h), B(m->rows));
+    LAUNCH(k->rmsnorm, r, B(m->xn), B(m->hsel), B(m->out_norm), {.f32 = c->eps});
+    LAUNCH(k->lm_head, r, B(m->logits), B(m->xn), B(m->lm_head ? m->lm_head : m->embd));
+    LAUNCH(k->log_softmax, r, B(m->lp), B(m->logits));
+    LAUNCH(k->argmax, r, B(m->ids), B(m->logits));
+    if (s->logprobs && di_buf_read(m->lp, 0, s->logprobs, (size_t)r * V * 4, err)) return err->code;
+    if (s->logits && di_buf_read(m->logits, 0, s->logits, (size_t)r * V * 4, err)) return err->code;
+    if (s->greedy && di_buf_read(m->ids, 0, s->greedy, (size_t)r * 4, err)) return err->code;
+    return di_rt_sync(m->rt, err);
+}

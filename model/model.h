@@ -1,0 +1,53 @@
+/* A Llama-family transformer assembled from kernels.def ops. Weights are read from GGUF,
+ * converted once to the runtime format (bf16 matrices, f32 norms; q|k|v and gate|up fused
+ * row-wise), and the same bytes feed every backend. */
+#ifndef DI_MODEL_H
+#define DI_MODEL_H
+#include <stdbool.h>
+#include <stdint.h>
+#include "gguf.h"
+#include "../runtime/backend.h"
+
+typedef struct di_config {
+    int n_layers, dim, ffn, n_heads, n_kv_heads, head_dim, vocab, ctx_train;
+    float rope_base, eps;
+} di_config;
+
+typedef struct di_model di_model;
+
+typedef struct di_model_opts {
+    int max_batch_tokens;   /* rows one forward step may carry */
+    int ctx;                /* positions per sequence (rope table, block table width) */
+    int kv_blocks;          /* KV cache pool size, in blocks of KVB positions */
+    int max_seqs;           /* block-table rows */
+} di_model_opts;
+
+/* Opens the GGUF, checks it is a llama model with every tensor present and well shaped,
+ * converts and uploads the weights, and prepares every kernel. */
+int di_model_load(const char *path, di_rt *rt, const di_model_opts *o, di_model **out, di_err *err);
+void di_model_free(di_model *m);
+const di_config *di_model_config(const di_model *m);
+const di_gguf *di_model_gguf(const di_model *m);
+int di_model_kv_block(void);   /* KVB of the kv_write/attention specs */
+int di_model_kv_blocks(const di_model *m);  /* blocks in the KV pool */
+int di_model_max_seqs(const di_model *m);
+
+/* One forward step over a ragged batch: token i belongs to sequence seq[i] at position pos[i].
+ * Its k/v are written to that sequence's blocks (block table set with di_model_set_blocks)
+ * before attention reads them. For the n_out rows listed in out_rows, writes the log-probs
+ * (n_out x vocab) and the greedy ids (argmax of the logits, ties to the lowest id). */
+typedef struct di_step {
+    int n;
+    const int32_t *tokens, *pos, *seq;
+    int n_out;
+    const int32_t *out_rows;
+    float *logprobs;        /* n_out x vocab, or NULL */
+    float *logits;          /* n_out x vocab, or NULL */
+    int32_t *greedy;        /* n_out, or NULL */
+} di_step;
+int di_model_forward(di_model *m, const di_step *s, di_err *err);
+
+/* Block table row of a sequence slot: blocks[i] holds positions [i*KVB, (i+1)*KVB). */
+int di_model_set_blocks(di_model *m, int slot, const int32_t *blocks, int n_blocks, di_err *err);
+
+#endif
