@@ -26,6 +26,7 @@ typedef struct di_gguf_kv {
     int arr_type;             /* element type when type == ARRAY */
     uint64_t arr_len;
     const uint8_t *data;      /* points into the mapping: scalar value, string, or first array element */
+    uint64_t *str_offsets;    /* arrays of strings: offset of element i from data (built at open) */
 } di_gguf_kv;
 
 typedef struct di_gguf_tensor {
