@@ -19,14 +19,17 @@ int di_tokenizer_special(const di_tokenizer *t, const char *text);
 
 /* Encodes len bytes of text. parse_special: control tokens written in the text
  * (e.g. "<|im_start|>") become their ids; otherwise they are ordinary text.
- * *ids is malloc'd; caller frees. */
+ * *ids is malloc'd; caller frees. DI_EUSAGE, naming the byte, if the text holds a byte that no
+ * token stands for (SmolLM2 lacks 21 of the 256, e.g. 0x04 and 0xFF). */
 int di_tokenize(const di_tokenizer *t, const char *text, size_t len, bool parse_special,
                 int32_t **ids, size_t *n, di_err *err);
 /* The bytes a token stands for (byte-level decoding undone). Exact round trip:
  * concatenating the pieces of di_tokenize(s) gives back s. */
 int di_token_piece(const di_tokenizer *t, int32_t id, const char **bytes, size_t *len);
 
-/* ChatML: "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n" (malloc'd). */
+/* ChatML as SmolLM2's tokenizer.chat_template renders one user message (malloc'd): its default
+ * system turn "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging
+ * Face<|im_end|>\n", then "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n". */
 char *di_chat_prompt(const char *user_prompt);
 
 #endif
