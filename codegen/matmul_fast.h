@@ -15,4 +15,34 @@ int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p
 int di_geometry_matmul_fast(const di_spec *s, const di_specialization *p, long rows, di_geometry g[2],
                             size_t *workspace_bytes, di_err *err);
 
+/* ---- additions: the plan for a row count, and the tile configuration ------------------ */
+
+/* What a launch for `rows` does. ks and nsplit come from K only (never from rows); `fused`
+ * says whether one block runs every split of its tile and sums them itself (same order,
+ * same bits, no workspace), which the launch picks from the tile count. */
+typedef struct di_matmul_fast_plan {
+    long ks;        /* K split size, a multiple of the k tile */
+    long nsplit;    /* ceil(K / ks) */
+    long tiles;     /* ceil(rows / tm) * ceil(N / tn) */
+    bool fused;     /* phase 1 writes y; phase 2 does nothing */
+} di_matmul_fast_plan;
+int di_matmul_fast_plan_for(const di_spec *s, const di_specialization *p, long rows, di_matmul_fast_plan *pl,
+                            di_err *err);
+
+/* The tile configuration, process-wide. The product uses the defaults; the setter exists for
+ * benchmarks and tests (not thread-safe; open a new runtime after a change, since runtimes
+ * keep compiled kernels by name). ks_min / ks_max can change KS and so the result bits; the
+ * other fields should change only speed (the k16 order and split boundaries stay). */
+typedef struct di_matmul_fast_config {
+    int tm, tn, bk, stages;   /* block tile rows x cols, k tile, cp.async pipeline depth */
+    int warps_m, warps_n;     /* warp grid; a warp owns (tm/warps_m) x (tn/warps_n) outputs */
+    int ks_min, ks_max;       /* KS = the largest power of two <= K/8, clamped to [ks_min, ks_max] */
+    long fuse_min_tiles;      /* fused when tiles >= this and rows >= fuse_min_rows; 0: never fuse */
+    long fuse_min_rows;
+    int group_m;              /* block raster: this many row tiles side by side (L2 reuse) */
+} di_matmul_fast_config;
+const di_matmul_fast_config *di_matmul_fast_get_config(void);
+/* NULL restores the defaults. Validates shapes (divisibility, warp tile of 16 x 16 multiples). */
+int di_matmul_fast_set_config(const di_matmul_fast_config *c, di_err *err);
+
 #endif

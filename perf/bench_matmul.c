@@ -1,0 +1,703 @@
+/* bench_matmul: the fast profile's tensor-core matmul against cuBLASLt and the exact profile,
+ * at the Llama-8B projection shapes (K x N = 4096x6144, 4096x28672, 14336x4096) and
+ * M = 1 ... 8192, plus the checks that give the numbers their meaning:
+ *   - accuracy: sampled outputs of fast (and cuBLAS) against a float64 CPU dot product;
+ *   - batch invariance: row 0 of y for M = 1..64, 128, 512, 8192 against M = 1, bitwise,
+ *     for fast (must hold: exit status 1 otherwise) and for cuBLAS (reported: the
+ *     non-invariant reference).
+ * Inputs are random (never zeros), bf16 x and w for fast and cuBLAS, f32 x for exact (the
+ * model's activations); y is f32 for all three. For M <= 32 four weight copies are rotated
+ * so that w comes from memory, not L2.
+ *
+ * Timing: the runtime keeps its stream private, so times come from driver events on the
+ * legacy default stream, which orders itself against the runtime's stream (created with
+ * blocking flags, runtime/cuda.c; a non-blocking stream would break these numbers). Each run
+ * is a batch of BATCH back-to-back launches (amortizing the cross-stream hand-off, and
+ * including the launch gaps the product pays, e.g. fast's two phases); the figure is the
+ * median over the runs of (batch time / BATCH), after warm-up. cuBLAS runs on the same
+ * legacy stream, timed the same way.
+ *
+ * usage: bench_matmul [--runs N] [--no-exact] [--no-cublas] [--exact-max-m M]
+ *                     [--shapes KxN,...] [--ms M,...]
+ *                     [--bk N] [--stages N] [--tm N] [--tn N] [--wm N] [--wn N]
+ *                     [--ks-min N] [--ks-max N] [--fuse-tiles N] [--fuse-rows N] [--group-m N]
+ * The tile flags change di_matmul_fast_config for this process (tuning only). */
+#include "codegen/matmul_fast.h"
+#include "runtime/backend.h"
+#include <dlfcn.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { MAX_SHAPES = 8, MAX_MS = 16, WCOPIES = 4, BATCH = 5, WARMUP = 3 };
+
+typedef struct { long k, n; } shape;
+
+typedef struct {
+    long m, k, n;
+    double cublas_us, fast_us, exact_us;   /* < 0: not measured */
+} row_result;
+
+typedef struct {
+    int runs;
+    bool exact, cublas;
+    long exact_max_m;
+    int nshapes, nms;
+    shape shapes[MAX_SHAPES];
+    long ms[MAX_MS];
+} options;
+
+/* ---- random data ------------------------------------------------------------------------ */
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* uniform in [-1, 1), never exactly zero */
+static float rng_uniform(uint64_t *s)
+{
+    float f = (float)((double)(rng_next(s) >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    return f == 0.0f ? 0x1p-20f : f;
+}
+
+static uint16_t to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static float from_bf16(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint16_t *random_bf16(size_t n, uint64_t seed)
+{
+    uint16_t *p = malloc(n * sizeof *p);
+    if (p)
+        for (size_t i = 0; i < n; i++) p[i] = to_bf16(rng_uniform(&seed));
+    return p;
+}
+
+/* ---- the driver API, for events on the legacy default stream ----------------------------- */
+
+typedef struct cu_event_s *cu_event;
+static struct {
+    int (*event_create)(cu_event *, unsigned);
+    int (*event_record)(cu_event, void *);
+    int (*event_sync)(cu_event);
+    int (*event_elapsed)(float *, cu_event, cu_event);
+    int (*event_destroy)(cu_event);
+    int (*ctx_sync)(void);
+} drv;
+
+static int load_driver(char *msg, size_t len)
+{
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    if (!h) { snprintf(msg, len, "dlopen libcuda.so.1: %s", dlerror()); return -1; }
+    struct { void **fn; const char *a, *b; } syms[] = {
+        {(void **)&drv.event_create, "cuEventCreate", NULL},
+        {(void **)&drv.event_record, "cuEventRecord", NULL},
+        {(void **)&drv.event_sync, "cuEventSynchronize", NULL},
+        {(void **)&drv.event_elapsed, "cuEventElapsedTime_v2", "cuEventElapsedTime"},
+        {(void **)&drv.event_destroy, "cuEventDestroy_v2", "cuEventDestroy"},
+        {(void **)&drv.ctx_sync, "cuCtxSynchronize", NULL},
+    };
+    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
+        *syms[i].fn = dlsym(h, syms[i].a);
+        if (!*syms[i].fn && syms[i].b) *syms[i].fn = dlsym(h, syms[i].b);
+        if (!*syms[i].fn) { snprintf(msg, len, "libcuda.so.1 has no %s", syms[i].a); return -1; }
+    }
+    return 0;
+}
+
+/* ---- cuBLASLt, declared here (no cuBLAS headers) ---------------------------------------- */
+
+typedef void *lt_handle, *lt_desc, *lt_layout, *lt_pref;
+typedef struct { uint64_t data[8]; } lt_algo;
+typedef struct { lt_algo algo; size_t workspace; int state; float waves; int reserved[4]; } lt_heuristic;
+enum { LT_COMPUTE_32F = 68, LT_R_32F = 0, LT_R_16BF = 14, LT_DESC_TRANSA = 3, LT_DESC_TRANSB = 4,
+       LT_OP_N = 0, LT_OP_T = 1, LT_PREF_MAX_WORKSPACE = 1 };
+
+static struct {
+    int (*create)(lt_handle *);
+    int (*desc_create)(lt_desc *, int, int);
+    int (*desc_set)(lt_desc, int, const void *, size_t);
+    int (*desc_destroy)(lt_desc);
+    int (*layout_create)(lt_layout *, int, uint64_t, uint64_t, int64_t);
+    int (*layout_destroy)(lt_layout);
+    int (*pref_create)(lt_pref *);
+    int (*pref_set)(lt_pref, int, const void *, size_t);
+    int (*pref_destroy)(lt_pref);
+    int (*heuristic)(lt_handle, lt_desc, lt_layout, lt_layout, lt_layout, lt_layout, lt_pref, int, lt_heuristic *,
+                     int *);
+    int (*matmul)(lt_handle, lt_desc, const void *, const void *, lt_layout, const void *, lt_layout, const void *,
+                  const void *, lt_layout, void *, lt_layout, const lt_algo *, void *, size_t, void *);
+    lt_handle handle;
+} lt;
+
+static int load_cublaslt(char *msg, size_t len)
+{
+    const char *names[] = {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"};
+    void *h = NULL;
+    for (size_t i = 0; i < 3 && !h; i++) h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!h) { snprintf(msg, len, "no libcublasLt.so.13/.12/.so: %s", dlerror()); return -1; }
+    struct { void **fn; const char *name; } syms[] = {
+        {(void **)&lt.create, "cublasLtCreate"},
+        {(void **)&lt.desc_create, "cublasLtMatmulDescCreate"},
+        {(void **)&lt.desc_set, "cublasLtMatmulDescSetAttribute"},
+        {(void **)&lt.desc_destroy, "cublasLtMatmulDescDestroy"},
+        {(void **)&lt.layout_create, "cublasLtMatrixLayoutCreate"},
+        {(void **)&lt.layout_destroy, "cublasLtMatrixLayoutDestroy"},
+        {(void **)&lt.pref_create, "cublasLtMatmulPreferenceCreate"},
+        {(void **)&lt.pref_set, "cublasLtMatmulPreferenceSetAttribute"},
+        {(void **)&lt.pref_destroy, "cublasLtMatmulPreferenceDestroy"},
+        {(void **)&lt.heuristic, "cublasLtMatmulAlgoGetHeuristic"},
+        {(void **)&lt.matmul, "cublasLtMatmul"},
+    };
+    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
+        if (!(*syms[i].fn = dlsym(h, syms[i].name))) {
+            snprintf(msg, len, "cuBLASLt has no %s", syms[i].name);
+            return -1;
+        }
+    int st = lt.create(&lt.handle);
+    if (st) { snprintf(msg, len, "cublasLtCreate failed: status %d", st); return -1; }
+    return 0;
+}
+
+/* y[M, N] (row-major, f32) = x[M, K] (bf16) . w[N, K]^T (bf16). Column-major view:
+ * y^T (N x M, ld N) = op(w) (N x K) . x^T (K x M), op = T on w stored K x N (ld K). */
+typedef struct {
+    lt_desc desc;
+    lt_layout a, b, c;
+    lt_pref pref;
+    lt_heuristic heur;
+} lt_plan;
+
+static int cublas_plan(lt_plan *p, long m, long k, long n, size_t workspace, char *msg, size_t len)
+{
+    memset(p, 0, sizeof *p);
+    int ta = LT_OP_T, tb = LT_OP_N, found = 0, st;
+    if ((st = lt.desc_create(&p->desc, LT_COMPUTE_32F, LT_R_32F)) ||
+        (st = lt.desc_set(p->desc, LT_DESC_TRANSA, &ta, sizeof ta)) ||
+        (st = lt.desc_set(p->desc, LT_DESC_TRANSB, &tb, sizeof tb)) ||
+        (st = lt.layout_create(&p->a, LT_R_16BF, (uint64_t)k, (uint64_t)n, k)) ||
+        (st = lt.layout_create(&p->b, LT_R_16BF, (uint64_t)k, (uint64_t)m, k)) ||
+        (st = lt.layout_create(&p->c, LT_R_32F, (uint64_t)n, (uint64_t)m, n)) || (st = lt.pref_create(&p->pref)) ||
+        (st = lt.pref_set(p->pref, LT_PREF_MAX_WORKSPACE, &workspace, sizeof workspace)) ||
+        (st = lt.heuristic(lt.handle, p->desc, p->a, p->b, p->c, p->c, p->pref, 1, &p->heur, &found))) {
+        snprintf(msg, len, "cuBLASLt setup for M=%ld K=%ld N=%ld: status %d", m, k, n, st);
+        return -1;
+    }
+    if (!found) { snprintf(msg, len, "cuBLASLt: no algorithm for M=%ld K=%ld N=%ld", m, k, n); return -1; }
+    return 0;
+}
+
+static void cublas_plan_free(lt_plan *p)
+{
+    if (p->pref) lt.pref_destroy(p->pref);
+    if (p->c) lt.layout_destroy(p->c);
+    if (p->b) lt.layout_destroy(p->b);
+    if (p->a) lt.layout_destroy(p->a);
+    if (p->desc) lt.desc_destroy(p->desc);
+}
+
+static int cublas_run(const lt_plan *p, di_dptr y, di_dptr x, di_dptr w, di_dptr ws, size_t ws_bytes)
+{
+    const float one = 1.0f, zero = 0.0f;
+    return lt.matmul(lt.handle, p->desc, &one, (const void *)(uintptr_t)w, p->a, (const void *)(uintptr_t)x, p->b, &zero,
+                     (const void *)(uintptr_t)y, p->c, (void *)(uintptr_t)y, p->c, &p->heur.algo,
+                     (void *)(uintptr_t)ws, ws_bytes, NULL);
+}
+
+/* ---- timing ------------------------------------------------------------------------------ */
+
+/* One launch of the thing being timed; `i` picks the weight copy. Returns 0 or prints why not. */
+typedef int (*launch_fn)(void *ctx, int i);
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median over `runs` batches of BATCH launches of (batch time / BATCH), in microseconds. */
+static double time_median_us(launch_fn fn, void *ctx, int runs, int copies)
+{
+    cu_event ev[2];
+    if (drv.event_create(&ev[0], 0) || drv.event_create(&ev[1], 0)) return -1;
+    double *t = calloc((size_t)runs, sizeof *t), med = -1;
+    int call = 0;
+    for (int r = -WARMUP; r < runs; r++) {
+        if (drv.event_record(ev[0], NULL)) goto out;
+        for (int b = 0; b < BATCH; b++, call++)
+            if (fn(ctx, call % copies)) goto out;
+        float ms = 0;
+        if (drv.event_record(ev[1], NULL) || drv.event_sync(ev[1]) || drv.event_elapsed(&ms, ev[0], ev[1])) goto out;
+        if (r >= 0) t[r] = ms * 1000.0 / BATCH;
+    }
+    qsort(t, (size_t)runs, sizeof *t, cmp_double);
+    med = t[runs / 2];
+out:
+    free(t);
+    drv.event_destroy(ev[0]);
+    drv.event_destroy(ev[1]);
+    return med;
+}
+
+/* ---- one shape on the fast runtime ------------------------------------------------------- */
+
+typedef struct {
+    di_rt *rt;
+    di_kernel *k;
+    di_buf *y, *x, *w[WCOPIES];
+    long m;
+    di_err err;
+} fast_ctx;
+
+static int fast_launch(void *p, int i)
+{
+    fast_ctx *c = p;
+    di_val args[3] = {{.buf = c->y}, {.buf = c->x}, {.buf = c->w[i]}};
+    long sizes[1] = {c->m};
+    if (di_rt_launch(c->rt, c->k, args, sizes, &c->err)) {
+        fprintf(stderr, "bench_matmul: fast launch: %s\n", c->err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    const lt_plan *plan;
+    di_buf *y, *x, *w[WCOPIES], *ws;
+} cublas_ctx;
+
+static int cublas_launch(void *p, int i)
+{
+    cublas_ctx *c = p;
+    int st = cublas_run(c->plan, c->y->dev, c->x->dev, c->w[i]->dev, c->ws->dev, c->ws->bytes);
+    if (st) fprintf(stderr, "bench_matmul: cublasLtMatmul: status %d\n", st);
+    return st;
+}
+
+static int read_row0(di_buf *y, long n, float *out, di_err *err)
+{
+    if (drv.ctx_sync()) return di_fail(err, DI_EDEVICE, "cuCtxSynchronize failed");
+    return di_buf_read(y, 0, out, (size_t)n * sizeof(float), err);
+}
+
+/* All bytes 0xff (a NaN in f32), so that an element nobody wrote shows up in the samples. */
+static int poison(di_buf *y, di_err *err)
+{
+    void *h = malloc(y->bytes);
+    if (!h) return di_fail(err, DI_ENOMEM, "no host memory to poison y");
+    memset(h, 0xff, y->bytes);
+    int rc = drv.ctx_sync() ? di_fail(err, DI_EDEVICE, "cuCtxSynchronize failed") : di_buf_write(y, 0, h, y->bytes, err);
+    free(h);
+    return rc;
+}
+
+/* Sampled accuracy of y (first m rows) against a float64 dot product of the bf16 inputs:
+ * ||y - ref|| / ||ref|| over the samples, and the largest |y - ref| / sum |x w|. */
+static void sample_error(di_buf *y, const uint16_t *x, const uint16_t *w, long m, long k, long n, uint64_t seed,
+                         double *norm_rel, double *max_rel)
+{
+    double num = 0, den = 0, mx = 0;
+    if (drv.ctx_sync()) { *norm_rel = *max_rel = NAN; return; }
+    for (int s = 0; s < 64; s++) {
+        long r = (long)(rng_next(&seed) % (uint64_t)m), c = (long)(rng_next(&seed) % (uint64_t)n);
+        float got;
+        di_err e = {0};
+        if (di_buf_read(y, ((size_t)r * n + c) * sizeof(float), &got, sizeof got, &e)) { *norm_rel = *max_rel = NAN; return; }
+        double ref = 0, mag = 0;
+        for (long i = 0; i < k; i++) {
+            double p = (double)from_bf16(x[r * k + i]) * from_bf16(w[c * k + i]);
+            ref += p;
+            mag += fabs(p);
+        }
+        double d = (double)got - ref;
+        num += d * d;
+        den += ref * ref;
+        double rel = fabs(d) / (mag > 0 ? mag : 1);
+        mx = (rel != rel || mx != mx) ? NAN : rel > mx ? rel : mx;   /* a NaN (unwritten y) sticks */
+    }
+    *norm_rel = sqrt(num / (den > 0 ? den : 1));
+    *max_rel = mx;
+}
+
+/* ---- invariance ---------------------------------------------------------------------------- */
+
+static const long inv_extra[] = {128, 512, 8192};
+
+/* Row 0 for every M of the sweep against M = 1; returns the number of M that differ and the
+ * largest count of differing elements. */
+typedef int (*run_m_fn)(void *ctx, long m);
+
+static int invariance(run_m_fn run, void *ctx, di_buf *y, long n, long max_m, long *worst, di_err *err)
+{
+    float *ref = malloc((size_t)n * sizeof *ref), *row = malloc((size_t)n * sizeof *row);
+    int bad_ms = 0;
+    *worst = 0;
+    long total = 64 + (long)(sizeof inv_extra / sizeof inv_extra[0]);
+    for (long t = 0; t < total; t++) {
+        long m = t < 64 ? t + 1 : inv_extra[t - 64];
+        if (m > max_m) continue;
+        if (run(ctx, m) || read_row0(y, n, m == 1 ? ref : row, err)) { bad_ms = -1; break; }
+        if (m == 1) continue;
+        long diff = 0;
+        for (long i = 0; i < n; i++) diff += memcmp(&ref[i], &row[i], sizeof(float)) != 0;
+        if (diff) bad_ms++;
+        if (diff > *worst) *worst = diff;
+    }
+    free(ref);
+    free(row);
+    return bad_ms;
+}
+
+static int fast_run_m(void *p, long m)
+{
+    fast_ctx *c = p;
+    c->m = m;
+    return fast_launch(c, 0);
+}
+
+typedef struct { cublas_ctx *c; long k, n; size_t ws; } cublas_inv_ctx;
+
+static int cublas_run_m(void *p, long m)
+{
+    cublas_inv_ctx *ic = p;
+    lt_plan plan;
+    char msg[256];
+    if (cublas_plan(&plan, m, ic->k, ic->n, ic->ws, msg, sizeof msg)) { fprintf(stderr, "bench_matmul: %s\n", msg); return -1; }
+    const lt_plan *saved = ic->c->plan;
+    ic->c->plan = &plan;
+    int rc = cublas_launch(ic->c, 0);
+    ic->c->plan = saved;
+    if (drv.ctx_sync()) rc = -1;
+    cublas_plan_free(&plan);
+    return rc;
+}
+
+/* ---- the fast + cuBLAS pass over one shape --------------------------------------------------- */
+
+typedef struct {
+    double fast_err, fast_max, cublas_err, cublas_max;
+    int fast_bad_ms, cublas_bad_ms;
+    long fast_worst, cublas_worst;
+} shape_checks;
+
+static di_buf *buf_of(di_rt *rt, const void *data, size_t bytes, di_err *err)
+{
+    di_buf *b = NULL;
+    if (di_buf_alloc(rt, bytes, &b, err)) return NULL;
+    if (data && di_buf_write(b, 0, data, bytes, err)) { di_buf_free(b); return NULL; }
+    return b;
+}
+
+static int fast_shape(di_rt *rt, const options *o, shape sh, const uint16_t *x, const uint16_t *w, long max_m,
+                      row_result *res, shape_checks *chk, di_err *err)
+{
+    const di_spec *s = di_spec_find("matmul");
+    di_specialization p;
+    di_spec_defaults(s, &p);
+    if (di_spec_set_dim(s, &p, "K", sh.k, err) || di_spec_set_dim(s, &p, "N", sh.n, err) ||
+        di_spec_set_dtype(s, &p, "x", DI_BF16, err))
+        return err->code;
+    p.profile = DI_PROFILE_FAST;
+    fast_ctx fc = {.rt = rt};
+    cublas_ctx cc = {0};
+    int rc = DI_OK;
+    if (di_rt_kernel(rt, s, &p, &fc.k, err)) return err->code;
+    size_t wbytes = (size_t)sh.n * sh.k * 2, ybytes = (size_t)max_m * sh.n * sizeof(float);
+    fc.x = buf_of(rt, x, (size_t)max_m * sh.k * 2, err);
+    fc.y = buf_of(rt, NULL, ybytes, err);
+    for (int i = 0; i < WCOPIES; i++) fc.w[i] = buf_of(rt, w, wbytes, err);
+    if (o->cublas) {
+        cc.y = buf_of(rt, NULL, ybytes, err);
+        cc.ws = buf_of(rt, NULL, 32u << 20, err);
+        cc.x = fc.x;
+        for (int i = 0; i < WCOPIES; i++) cc.w[i] = fc.w[i];
+    }
+    for (int i = 0; i < WCOPIES; i++)
+        if (!fc.w[i]) rc = err->code;
+    if (!fc.x || !fc.y || (o->cublas && (!cc.y || !cc.ws))) rc = err->code;
+    if (rc) goto out;
+
+    for (int j = 0; j < o->nms; j++) {
+        long m = o->ms[j];
+        row_result *r = &res[j];
+        r->m = m, r->k = sh.k, r->n = sh.n;
+        int copies = m <= 32 ? WCOPIES : 1;
+        fc.m = m;
+        r->fast_us = time_median_us(fast_launch, &fc, o->runs, copies);
+        if (r->fast_us < 0) { rc = di_fail(err, DI_EDEVICE, "timing fast at M=%ld K=%ld N=%ld failed", m, sh.k, sh.n); goto out; }
+        r->cublas_us = -1;
+        if (o->cublas) {
+            lt_plan plan;
+            char msg[256];
+            if (cublas_plan(&plan, m, sh.k, sh.n, cc.ws->bytes, msg, sizeof msg)) {
+                fprintf(stderr, "bench_matmul: %s\n", msg);
+            } else {
+                cc.plan = &plan;
+                r->cublas_us = time_median_us(cublas_launch, &cc, o->runs, copies);
+                cublas_plan_free(&plan);
+            }
+        }
+        printf("  M=%-5ld K=%-5ld N=%-5ld  cublas %9.1f us  fast %9.1f us\n", m, sh.k, sh.n, r->cublas_us, r->fast_us);
+        fflush(stdout);
+    }
+
+    /* accuracy at the largest M measured (its y was written last with w copy 0..3: same data) */
+    long m_acc = o->ms[o->nms - 1];
+    fc.m = m_acc;
+    if (poison(fc.y, err) || fast_launch(&fc, 0)) { rc = DI_EDEVICE; goto out; }
+    sample_error(fc.y, x, w, m_acc, sh.k, sh.n, 99, &chk->fast_err, &chk->fast_max);
+    chk->cublas_err = chk->cublas_max = NAN;
+    if (o->cublas) {
+        cublas_inv_ctx ic = {&cc, sh.k, sh.n, cc.ws->bytes};
+        if (!poison(cc.y, err) && !cublas_run_m(&ic, m_acc)) sample_error(cc.y, x, w, m_acc, sh.k, sh.n, 99, &chk->cublas_err, &chk->cublas_max);
+    }
+
+    chk->fast_bad_ms = invariance(fast_run_m, &fc, fc.y, sh.n, max_m, &chk->fast_worst, err);
+    chk->cublas_bad_ms = -2;
+    if (o->cublas) {
+        cublas_inv_ctx ic = {&cc, sh.k, sh.n, cc.ws->bytes};
+        chk->cublas_bad_ms = invariance(cublas_run_m, &ic, cc.y, sh.n, max_m, &chk->cublas_worst, err);
+    }
+out:
+    di_buf_free(fc.x);
+    di_buf_free(fc.y);
+    for (int i = 0; i < WCOPIES; i++) di_buf_free(fc.w[i]);
+    di_buf_free(cc.y);
+    di_buf_free(cc.ws);
+    return rc;
+}
+
+/* ---- the exact pass -------------------------------------------------------------------------- */
+
+static int exact_shape(di_rt *rt, const options *o, shape sh, const uint16_t *x16, const uint16_t *w, row_result *res,
+                       di_err *err)
+{
+    const di_spec *s = di_spec_find("matmul");
+    di_specialization p;
+    di_spec_defaults(s, &p);
+    if (di_spec_set_dim(s, &p, "K", sh.k, err) || di_spec_set_dim(s, &p, "N", sh.n, err)) return err->code;
+    long max_m = 0;
+    for (int j = 0; j < o->nms; j++)
+        if (o->ms[j] <= o->exact_max_m && o->ms[j] > max_m) max_m = o->ms[j];
+    if (!max_m) return DI_OK;
+    fast_ctx fc = {.rt = rt};
+    if (di_rt_kernel(rt, s, &p, &fc.k, err)) return err->code;
+    float *xf = malloc((size_t)max_m * sh.k * sizeof *xf);
+    if (!xf) return di_fail(err, DI_ENOMEM, "no memory for f32 x");
+    for (size_t i = 0; i < (size_t)max_m * sh.k; i++) xf[i] = from_bf16(x16[i]);
+    int rc = DI_OK;
+    fc.x = buf_of(rt, xf, (size_t)max_m * sh.k * sizeof *xf, err);
+    fc.y = buf_of(rt, NULL, (size_t)max_m * sh.n * sizeof(float), err);
+    for (int i = 0; i < WCOPIES; i++) fc.w[i] = buf_of(rt, w, (size_t)sh.n * sh.k * 2, err);
+    free(xf);
+    for (int i = 0; i < WCOPIES; i++)
+        if (!fc.w[i]) rc = err->code;
+    if (!fc.x || !fc.y) rc = err->code;
+    for (int j = 0; j < o->nms && !rc; j++) {
+        long m = o->ms[j];
+        if (m > o->exact_max_m) continue;
+        fc.m = m;
+        res[j].exact_us = time_median_us(fast_launch, &fc, o->runs, m <= 32 ? WCOPIES : 1);
+        if (res[j].exact_us < 0) rc = di_fail(err, DI_EDEVICE, "timing exact at M=%ld failed", m);
+        printf("  M=%-5ld K=%-5ld N=%-5ld  exact %9.1f us\n", m, sh.k, sh.n, res[j].exact_us);
+        fflush(stdout);
+    }
+    di_buf_free(fc.x);
+    di_buf_free(fc.y);
+    for (int i = 0; i < WCOPIES; i++) di_buf_free(fc.w[i]);
+    return rc;
+}
+
+/* ---- options ---------------------------------------------------------------------------------- */
+
+static int parse_list(const char *s, long *out, int max)
+{
+    int n = 0;
+    for (char *end; *s && n < max; s = *end ? end + 1 : end) {
+        out[n++] = strtol(s, &end, 10);
+        if (end == s || out[n - 1] <= 0) return -1;
+    }
+    return n;
+}
+
+static int parse_shapes(const char *s, shape *out, int max)
+{
+    int n = 0;
+    for (char *end; *s && n < max; s = *end ? end + 1 : end) {
+        out[n].k = strtol(s, &end, 10);
+        if (*end != 'x') return -1;
+        out[n].n = strtol(end + 1, &end, 10);
+        if (out[n].k <= 0 || out[n].n <= 0) return -1;
+        n++;
+    }
+    return n;
+}
+
+static int usage(const char *why)
+{
+    fprintf(stderr, "bench_matmul: %s\nusage: bench_matmul [--runs N] [--no-exact] [--no-cublas] [--exact-max-m M]\n"
+                    "       [--shapes KxN,...] [--ms M,...] [--bk N] [--stages N] [--tm N] [--tn N] [--wm N] [--wn N]\n"
+                    "       [--ks-min N] [--ks-max N] [--fuse-tiles N] [--fuse-rows N] [--group-m N]\n", why);
+    return 2;
+}
+
+static int parse_options(int argc, char **argv, options *o, di_matmul_fast_config *cfg)
+{
+    *o = (options){.runs = 25, .exact = true, .cublas = true, .exact_max_m = 512, .nshapes = 3, .nms = 7,
+                   .shapes = {{4096, 6144}, {4096, 28672}, {14336, 4096}}, .ms = {1, 8, 32, 128, 512, 2048, 8192}};
+    *cfg = *di_matmul_fast_get_config();
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--no-exact")) { o->exact = false; continue; }
+        if (!strcmp(a, "--no-cublas")) { o->cublas = false; continue; }
+        if (!v) return usage("a flag is missing its value");
+        i++;
+        long n = strtol(v, NULL, 10);
+        if (!strcmp(a, "--runs")) o->runs = n < 20 ? 20 : (int)n;
+        else if (!strcmp(a, "--exact-max-m")) o->exact_max_m = n;
+        else if (!strcmp(a, "--shapes")) { if ((o->nshapes = parse_shapes(v, o->shapes, MAX_SHAPES)) <= 0) return usage("bad --shapes"); }
+        else if (!strcmp(a, "--ms")) { if ((o->nms = parse_list(v, o->ms, MAX_MS)) <= 0) return usage("bad --ms"); }
+        else if (!strcmp(a, "--bk")) cfg->bk = (int)n;
+        else if (!strcmp(a, "--stages")) cfg->stages = (int)n;
+        else if (!strcmp(a, "--tm")) cfg->tm = (int)n;
+        else if (!strcmp(a, "--tn")) cfg->tn = (int)n;
+        else if (!strcmp(a, "--wm")) cfg->warps_m = (int)n;
+        else if (!strcmp(a, "--wn")) cfg->warps_n = (int)n;
+        else if (!strcmp(a, "--ks-min")) cfg->ks_min = (int)n;
+        else if (!strcmp(a, "--ks-max")) cfg->ks_max = (int)n;
+        else if (!strcmp(a, "--fuse-tiles")) cfg->fuse_min_tiles = n;
+        else if (!strcmp(a, "--fuse-rows")) cfg->fuse_min_rows = n;
+        else if (!strcmp(a, "--group-m")) cfg->group_m = (int)n;
+        else return usage("unknown flag");
+    }
+    for (int j = 0; j < o->nms; j++)
+        if (o->ms[j] > 65535) return usage("M is at most 65535");
+    return 0;
+}
+
+/* A table cell: the value with `digits` decimals, or "-" when not measured. */
+static void cell(char *buf, size_t len, double v, bool ok, int digits)
+{
+    if (ok) snprintf(buf, len, "%.*f", digits, v);
+    else snprintf(buf, len, "-");
+}
+
+/* ---- main ------------------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    options o;
+    di_matmul_fast_config cfg;
+    int prc = parse_options(argc, argv, &o, &cfg);
+    if (prc) return prc;
+    di_err err = {0};
+    if (di_matmul_fast_set_config(&cfg, &err)) { fprintf(stderr, "bench_matmul: %s\n", err.msg); return 2; }
+    char msg[512];
+    di_rt *rt = NULL;
+    di_rt_opts ro = {.backend = DI_BACKEND_CUDA, .profile = DI_PROFILE_FAST};
+    if (di_rt_open(&ro, &rt, &err)) { fprintf(stderr, "bench_matmul: no GPU runtime: %s\n", err.msg); return 2; }
+    if (load_driver(msg, sizeof msg)) { fprintf(stderr, "bench_matmul: %s\n", msg); return 2; }
+    if (o.cublas && load_cublaslt(msg, sizeof msg)) {
+        fprintf(stderr, "bench_matmul: cuBLAS columns skipped: %s\n", msg);
+        o.cublas = false;
+    }
+    printf("bench_matmul: %s\n", di_rt_describe(rt));
+    printf("fast config: tile %dx%d, bk %d, %d stages, warps %dx%d, KS = pow2 <= K/8 in [%d, %d], fused at >= %ld tiles "
+           "and >= %ld rows, batch %d, median of %d runs\n",
+           cfg.tm, cfg.tn, cfg.bk, cfg.stages, cfg.warps_m, cfg.warps_n, cfg.ks_min, cfg.ks_max, cfg.fuse_min_tiles,
+           cfg.fuse_min_rows, BATCH, o.runs);
+
+    long max_m = 8192;
+    for (int j = 0; j < o.nms; j++)
+        if (o.ms[j] > max_m) max_m = o.ms[j];
+    row_result res[MAX_SHAPES][MAX_MS];
+    shape_checks chk[MAX_SHAPES];
+    uint16_t *xs[MAX_SHAPES] = {0}, *ws[MAX_SHAPES] = {0};
+    int status = 0;
+    for (int si = 0; si < o.nshapes; si++) {
+        shape sh = o.shapes[si];
+        for (int j = 0; j < o.nms; j++) res[si][j] = (row_result){o.ms[j], sh.k, sh.n, -1, -1, -1};
+        xs[si] = random_bf16((size_t)max_m * sh.k, 1000 + si);
+        ws[si] = random_bf16((size_t)sh.n * sh.k, 2000 + si);
+        if (!xs[si] || !ws[si]) { fprintf(stderr, "bench_matmul: out of host memory\n"); status = 2; break; }
+        printf("shape K=%ld N=%ld (fast + cuBLAS)\n", sh.k, sh.n);
+        if (fast_shape(rt, &o, sh, xs[si], ws[si], max_m, res[si], &chk[si], &err)) {
+            fprintf(stderr, "bench_matmul: K=%ld N=%ld: %s\n", sh.k, sh.n, err.msg);
+            status = 2;
+            break;
+        }
+    }
+    di_rt_close(rt);
+
+    if (o.exact && !status) {
+        di_rt_opts eo = {.backend = DI_BACKEND_CUDA, .profile = DI_PROFILE_EXACT};
+        if (di_rt_open(&eo, &rt, &err)) { fprintf(stderr, "bench_matmul: exact runtime: %s\n", err.msg); status = 2; }
+        for (int si = 0; si < o.nshapes && !status; si++) {
+            printf("shape K=%ld N=%ld (exact, M <= %ld)\n", o.shapes[si].k, o.shapes[si].n, o.exact_max_m);
+            if (exact_shape(rt, &o, o.shapes[si], xs[si], ws[si], res[si], &err)) {
+                fprintf(stderr, "bench_matmul: exact: %s\n", err.msg);
+                status = 2;
+            }
+        }
+        if (rt) di_rt_close(rt);
+    }
+
+    int nsh = status ? 0 : o.nshapes;
+    printf("\nchecks (accuracy at the largest M: ||y - ref|| / ||ref|| and max |y - ref| / sum |x w| over 64 samples;\n"
+           "invariance: row 0 for M = 1..64, 128, 512, 8192 against M = 1, bitwise)\n");
+    for (int si = 0; si < nsh; si++) {
+        shape_checks *c = &chk[si];
+        printf("  K=%-5ld N=%-5ld fast err %.2e (max %.2e)  cublas err %.2e (max %.2e)  | fast: %s",
+               o.shapes[si].k, o.shapes[si].n, c->fast_err, c->fast_max, c->cublas_err, c->cublas_max,
+               c->fast_bad_ms == 0 ? "invariant" : "NOT INVARIANT");
+        if (c->fast_bad_ms) printf(" (%d M differ, up to %ld elements)", c->fast_bad_ms, c->fast_worst);
+        if (c->cublas_bad_ms >= 0)
+            printf("  cublas: %d M differ, up to %ld of %ld elements", c->cublas_bad_ms, c->cublas_worst, o.shapes[si].n);
+        printf("\n");
+        if (c->fast_bad_ms != 0) status = 1;
+        if (!(c->fast_err < 1e-2) || !(c->fast_max < 1e-2)) {
+            printf("  K=%ld N=%ld: fast accuracy out of bounds\n", o.shapes[si].k, o.shapes[si].n);
+            status = 1;
+        }
+    }
+    printf("\n%6s %6s %6s %10s %10s %10s %8s %8s %9s %9s\n", "M", "K", "N", "cublas_us", "fast_us", "exact_us",
+           "speed", "GB/s", "TFLOP/s", "cuB_TF/s");
+    for (int si = 0; si < nsh; si++)
+        for (int j = 0; j < o.nms; j++) {
+            row_result *r = &res[si][j];
+            double flops = 2.0 * r->m * r->k * r->n;
+            double bytes = (double)r->n * r->k * 2 + (double)r->m * r->k * 2 + (double)r->m * r->n * 4;
+            char ex[16], gb[16], cu[16], sp[16], ct[16];
+            cell(ex, sizeof ex, r->exact_us, r->exact_us > 0, 1);
+            cell(cu, sizeof cu, r->cublas_us, r->cublas_us > 0, 1);
+            cell(sp, sizeof sp, r->cublas_us / r->fast_us, r->cublas_us > 0, 2);
+            cell(ct, sizeof ct, flops / r->cublas_us * 1e-6, r->cublas_us > 0, 1);
+            cell(gb, sizeof gb, bytes / r->fast_us * 1e-3, r->m <= 32, 0);
+            printf("%6ld %6ld %6ld %10s %10.1f %10s %8s %8s %9.1f %9s\n", r->m, r->k, r->n, cu, r->fast_us, ex, sp, gb,
+                   flops / r->fast_us * 1e-6, ct);
+        }
+    printf("speed = cublas_us / fast_us (above 1: fast is faster); GB/s counts w + x + y once (M <= 32);\n"
+           "exact (f32 x, scalar FP32) is skipped above M = %ld.%s\n", o.exact_max_m,
+           status == 1 ? "\nFAIL: the fast kernel's checks failed (see above)" : "");
+    for (int si = 0; si < o.nshapes; si++) {
+        free(xs[si]);
+        free(ws[si]);
+    }
+    return status;
+}

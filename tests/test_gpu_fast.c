@@ -1,0 +1,374 @@
+/* The fast profile's tensor-core matmul (codegen/matmul_fast.c).
+ * Without a GPU: where the path applies, that the split count depends on K only, that the
+ * generated source compiles with NVRTC to sm_90a code using mma.sync / ldmatrix / cp.async.
+ * With a GPU: accuracy against a float64 reference at odd shapes, and bitwise row invariance
+ * across M = 1..64 and 257, in both the split and the fused mode, with f32 and bf16 outputs
+ * and the residual epilogue (in place too). GPU tests skip with the reason when there is none. */
+#include "helpers.h"
+#include "codegen/matmul_fast.h"
+#include "runtime/nvrtc.h"
+#include <stdio.h>
+
+static di_specialization fast_spec(const char *name, long k, long n, di_dtype xt, di_dtype yt)
+{
+    const di_spec *s = di_spec_find(name);
+    cr_assert_not_null(s, "no spec %s", name);
+    di_specialization p;
+    di_spec_defaults(s, &p);
+    di_err e = {0};
+    cr_assert_eq(di_spec_set_dim(s, &p, "K", k, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_spec_set_dim(s, &p, "N", n, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_spec_set_dtype(s, &p, "x", xt, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_spec_set_dtype(s, &p, "y", yt, &e), 0, "%s", e.msg);
+    p.profile = DI_PROFILE_FAST;
+    return p;
+}
+
+/* ---- no GPU needed ------------------------------------------------------------------------ */
+
+Test(gpu_fast, applies_to_fast_cuda_matmul_with_bf16_weights_only)
+{
+    const di_spec *mm = di_spec_find("matmul"), *rms = di_spec_find("rmsnorm");
+    di_specialization p = fast_spec("matmul", 4096, 6144, DI_F32, DI_F32);
+    cr_assert(di_matmul_fast_applies(mm, &p, DI_BACKEND_CUDA));
+    cr_assert_not(di_matmul_fast_applies(mm, &p, DI_BACKEND_C), "the C backend has no tensor cores");
+    p.profile = DI_PROFILE_EXACT;
+    cr_assert_not(di_matmul_fast_applies(mm, &p, DI_BACKEND_CUDA), "exact keeps the scalar lowering");
+    p.profile = DI_PROFILE_FAST;
+    di_err e = {0};
+    cr_assert_eq(di_spec_set_dtype(mm, &p, "w", DI_F32, &e), 0, "%s", e.msg);
+    cr_assert_not(di_matmul_fast_applies(mm, &p, DI_BACKEND_CUDA), "f32 weights are not a tensor-core input");
+    di_specialization r;
+    di_spec_defaults(rms, &r);
+    r.profile = DI_PROFILE_FAST;
+    cr_assert_not(di_matmul_fast_applies(rms, &r, DI_BACKEND_CUDA));
+    di_specialization q = fast_spec("matmul_residual", 4096, 4096, DI_BF16, DI_BF16);
+    cr_assert(di_matmul_fast_applies(di_spec_find("matmul_residual"), &q, DI_BACKEND_CUDA));
+}
+
+Test(gpu_fast, split_count_depends_on_k_only)
+{
+    const di_spec *s = di_spec_find("matmul");
+    const long ks[] = {100, 576, 1001, 4096, 14336};
+    for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
+        di_matmul_fast_plan first = {0};
+        const long ns[] = {37, 6144, 28672}, rows[] = {1, 8, 63, 64, 65, 257, 8192, 65535};
+        for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
+            for (size_t b = 0; b < sizeof rows / sizeof rows[0]; b++) {
+                di_specialization p = fast_spec("matmul", ks[i], ns[a], DI_F32, DI_F32);
+                di_matmul_fast_plan pl;
+                di_geometry g[2];
+                size_t wsb = 0;
+                di_err e = {0};
+                cr_assert_eq(di_matmul_fast_plan_for(s, &p, rows[b], &pl, &e), 0, "%s", e.msg);
+                cr_assert_eq(di_geometry_matmul_fast(s, &p, rows[b], g, &wsb, &e), 0, "%s", e.msg);
+                if (a == 0 && b == 0) first = pl;
+                cr_assert_eq(pl.ks, first.ks, "K=%ld: KS %ld at N=%ld rows=%ld, %ld at N=37 rows=1", ks[i], pl.ks,
+                             ns[a], rows[b], first.ks);
+                cr_assert_eq(pl.nsplit, first.nsplit, "K=%ld: split count changed with N=%ld rows=%ld", ks[i], ns[a],
+                             rows[b]);
+                cr_assert_eq(pl.nsplit, (ks[i] + pl.ks - 1) / pl.ks);
+                cr_assert_eq(g[0].grid[2], pl.fused ? 1u : (unsigned)pl.nsplit);
+                cr_assert_eq(wsb, pl.fused ? 0 : (size_t)pl.nsplit * rows[b] * ns[a] * 4, "workspace bytes");
+                cr_assert_eq((long)g[0].grid[1] * 128 >= rows[b], 1);
+            }
+    }
+    /* the shapes the benchmark targets: enough blocks at M = 1 to stream w from every SM */
+    const long shapes[][2] = {{4096, 6144}, {4096, 28672}, {14336, 4096}};
+    for (int i = 0; i < 3; i++) {
+        di_specialization p = fast_spec("matmul", shapes[i][0], shapes[i][1], DI_BF16, DI_F32);
+        di_geometry g1[2], g2[2];
+        size_t w1, w2;
+        di_err e = {0};
+        cr_assert_eq(di_geometry_matmul_fast(s, &p, 1, g1, &w1, &e), 0, "%s", e.msg);
+        cr_assert_eq(di_geometry_matmul_fast(s, &p, 8192, g2, &w2, &e), 0, "%s", e.msg);
+        cr_assert_geq((long)g1[0].grid[0] * g1[0].grid[2], 264, "K=%ld N=%ld: %u x %u blocks at M=1", shapes[i][0],
+                      shapes[i][1], g1[0].grid[0], g1[0].grid[2]);
+        cr_assert_eq(g1[0].block[0], g2[0].block[0], "one tile configuration for every M");
+        cr_assert_eq(g1[0].smem, g2[0].smem);
+        cr_assert_eq(g1[0].grid[0], g2[0].grid[0]);
+    }
+}
+
+Test(gpu_fast, zero_rows_and_too_many_rows)
+{
+    const di_spec *s = di_spec_find("matmul");
+    di_specialization p = fast_spec("matmul", 4096, 6144, DI_F32, DI_F32);
+    di_geometry g[2];
+    size_t wsb = 1;
+    di_err e = {0};
+    cr_assert_eq(di_geometry_matmul_fast(s, &p, 0, g, &wsb, &e), 0, "%s", e.msg);
+    cr_assert_eq(g[0].grid[1], 0u, "no row tiles for no rows");
+    cr_assert_eq(wsb, 0u);
+    cr_assert_neq(di_geometry_matmul_fast(s, &p, 65536, g, &wsb, &e), 0);
+    cr_assert(strstr(e.msg, "matmul") && strstr(e.msg, "65536"), "message names the kernel and the count: %s", e.msg);
+}
+
+Test(gpu_fast, config_is_validated)
+{
+    di_matmul_fast_config c = *di_matmul_fast_get_config();
+    di_err e = {0};
+    c.bk = 48;
+    cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0);
+    cr_assert(strstr(e.msg, "bk"), "%s", e.msg);
+    c = *di_matmul_fast_get_config();
+    c.stages = 12;
+    cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0);
+    c = *di_matmul_fast_get_config();
+    c.tn = 100;
+    cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0);
+    cr_assert_eq(di_matmul_fast_get_config()->tn, 128, "a rejected config leaves the old one");
+    cr_assert_eq(di_matmul_fast_set_config(NULL, &e), 0);
+}
+
+static void compile_and_inspect(const char *spec, long k, long n, di_dtype xt, di_dtype yt, bool expect_cp_async)
+{
+    di_err e = {0};
+    if (di_nvrtc_load(&e)) cr_skip_test("no NVRTC: %s", e.msg);
+    const di_spec *s = di_spec_find(spec);
+    di_specialization p = fast_spec(spec, k, n, xt, yt);
+    char *src = NULL, name[256], entry[300];
+    cr_assert_eq(di_rt_source(s, &p, DI_BACKEND_CUDA, &src, &e), 0, "%s", e.msg);
+    di_kernel_name(s, &p, name, sizeof name);
+    const char *opts[16];
+    int nopts = di_nvrtc_options(DI_PROFILE_FAST, "sm_90a", opts, 16);
+    di_nvrtc_out out = {0};
+    int rc = di_nvrtc_compile(src, name, opts, nopts, true, &out, &e);
+    cr_assert_eq(rc, 0, "%s K=%ld N=%ld: %s", spec, k, n, e.msg);
+    cr_assert(out.cubin && out.cubin_len > 0, "no cubin");
+    cr_assert(strstr(out.ptx, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "%s: no bf16 mma in the PTX", name);
+    cr_assert(strstr(out.ptx, "ldmatrix.sync.aligned.m8n8.x4.shared.b16"), "%s: no ldmatrix", name);
+    if (expect_cp_async) cr_assert(strstr(out.ptx, "cp.async.cg.shared.global"), "%s: no cp.async", name);
+    snprintf(entry, sizeof entry, ".entry %s(", name);
+    cr_assert(strstr(out.ptx, entry), "%s: phase 1 entry missing", name);
+    snprintf(entry, sizeof entry, ".entry %s_reduce(", name);
+    cr_assert(strstr(out.ptx, entry), "%s: phase 2 entry missing", name);
+    cr_assert_null(strstr(out.ptx, ".local"), "%s: registers spilled to local memory", name);
+    di_nvrtc_out_free(&out);
+    free(src);
+}
+
+Test(gpu_fast, source_compiles_with_nvrtc_to_tensor_core_code, .timeout = 120)
+{
+    compile_and_inspect("matmul", 4096, 6144, DI_F32, DI_F32, true);
+    compile_and_inspect("matmul", 14336, 4096, DI_BF16, DI_BF16, true);
+    compile_and_inspect("matmul_residual", 1001, 37, DI_F32, DI_BF16, false);   /* K % 8: element loads */
+}
+
+/* ---- on the GPU ------------------------------------------------------------------------------ */
+
+static di_rt *fast_rt_or_skip(void)
+{
+    di_rt_opts o = {.backend = DI_BACKEND_CUDA, .profile = DI_PROFILE_FAST};
+    di_rt *rt = NULL;
+    di_err e = {0};
+    if (di_rt_open(&o, &rt, &e)) cr_skip_test("no GPU: %s", e.msg);
+    return rt;
+}
+
+typedef struct {
+    const char *spec;
+    long k, n;
+    di_dtype xt, yt;
+    bool residual;
+} mm_case;
+
+/* Host inputs for up to `rows` rows: x (f32 or bf16 bits), w bf16, res f32. */
+typedef struct {
+    void *x;
+    uint16_t *w;
+    float *res;
+    long rows;
+} mm_inputs;
+
+static mm_inputs make_inputs(const mm_case *c, long rows, uint64_t seed)
+{
+    mm_inputs in = {.rows = rows};
+    size_t nx = (size_t)rows * c->k;
+    in.x = malloc(nx * (c->xt == DI_BF16 ? 2 : 4));
+    for (size_t i = 0; i < nx; i++) {
+        float f = th_uniform(&seed);
+        if (c->xt == DI_BF16) ((uint16_t *)in.x)[i] = th_bf16(f);
+        else ((float *)in.x)[i] = f;
+    }
+    in.w = malloc((size_t)c->n * c->k * 2);
+    for (size_t i = 0; i < (size_t)c->n * c->k; i++) in.w[i] = th_bf16(th_uniform(&seed));
+    in.res = malloc((size_t)rows * c->n * sizeof(float));
+    th_fill(in.res, (size_t)rows * c->n, seed + 7);
+    return in;
+}
+
+static void free_inputs(mm_inputs *in)
+{
+    free(in->x);
+    free(in->w);
+    free(in->res);
+}
+
+/* y as f32 (bf16 outputs widened), for the first `rows` rows, poisoned before the launch so
+ * that an unwritten element shows. in_place: y and res are one buffer (h += o . W^T). */
+static float *run_fast(di_rt *rt, const mm_case *c, const mm_inputs *in, long rows, bool in_place)
+{
+    di_specialization p = fast_spec(c->spec, c->k, c->n, c->xt, c->yt);
+    di_kernel *k = th_kernel(rt, c->spec, &p);
+    size_t yel = (size_t)rows * c->n, ysz = c->yt == DI_BF16 ? 2 : 4;
+    di_buf *x = th_buf(rt, in->x, (size_t)rows * c->k * (c->xt == DI_BF16 ? 2 : 4));
+    di_buf *w = th_buf(rt, in->w, (size_t)c->n * c->k * 2);
+    di_buf *res = c->residual ? th_buf(rt, in->res, yel * 4) : NULL;
+    di_buf *y = in_place ? res : th_buf(rt, NULL, yel * ysz + 4);
+    if (!in_place) {
+        void *poison = malloc(yel * ysz + 4);
+        memset(poison, 0xff, yel * ysz + 4);   /* NaN in f32 and in bf16 */
+        di_err e = {0};
+        cr_assert_eq(di_buf_write(y, 0, poison, yel * ysz + 4, &e), 0, "%s", e.msg);
+        free(poison);
+    }
+    di_val args[DI_MAX_ARGS] = {{.buf = y}, {.buf = x}, {.buf = w}, {.buf = res}};
+    long sizes[1] = {rows};
+    th_launch(rt, k, args, sizes);
+    size_t got = yel * ysz + (in_place ? 0 : 4);
+    void *raw = malloc(got);
+    th_read(y, raw, got);
+    if (!in_place) {
+        uint32_t tail;
+        memcpy(&tail, (char *)raw + yel * ysz, 4);
+        cr_assert_eq(tail, 0xffffffffu, "%s: wrote past row %ld", c->spec, rows);
+    }
+    float *out = malloc(yel * sizeof *out + 1);
+    for (size_t i = 0; i < yel; i++)
+        out[i] = c->yt == DI_BF16 ? th_from_bf16(((uint16_t *)raw)[i]) : ((float *)raw)[i];
+    free(raw);
+    di_buf_free(x);
+    di_buf_free(w);
+    if (res) di_buf_free(res);
+    if (!in_place) di_buf_free(y);
+    return out;
+}
+
+/* float64 reference of one output from the bf16-rounded inputs the tensor cores see; `mag` is
+ * sum |x w| (+ |res|), the scale of the rounding error. */
+static double reference(const mm_case *c, const mm_inputs *in, long r, long n, double *mag)
+{
+    double acc = 0, m = 0;
+    for (long k = 0; k < c->k; k++) {
+        double xv = c->xt == DI_BF16 ? th_from_bf16(((const uint16_t *)in->x)[r * c->k + k])
+                                     : th_from_bf16(th_bf16(((const float *)in->x)[r * c->k + k]));
+        double p = xv * th_from_bf16(in->w[n * c->k + k]);
+        acc += p;
+        m += fabs(p);
+    }
+    if (c->residual) {
+        acc += in->res[r * c->n + n];
+        m += fabs(in->res[r * c->n + n]);
+    }
+    *mag = m;
+    return acc;
+}
+
+static void check_against_reference(const mm_case *c, const mm_inputs *in, const float *y, long rows)
+{
+    for (long r = 0; r < rows; r++)
+        for (long n = 0; n < c->n; n++) {
+            double mag, ref = reference(c, in, r, n, &mag);
+            double got = y[r * c->n + n];
+            /* f32 accumulation of exact bf16 products lands far under 1e-4 of sum |x w|;
+             * a bf16 y adds up to 2^-9 relative */
+            double tol = 1e-4 * mag + (c->yt == DI_BF16 ? fabs(ref) / 256 : 0) + 1e-30;
+            cr_assert(fabs(got - ref) <= tol, "%s K=%ld N=%ld rows=%ld: y[%ld][%ld] = %.9g, reference %.9g (tol %.3g)",
+                      c->spec, c->k, c->n, rows, r, n, got, ref, tol);
+        }
+}
+
+Test(gpu_fast, matches_a_float64_reference_at_odd_shapes, .timeout = 600)
+{
+    di_rt *rt = fast_rt_or_skip();
+    const mm_case cases[] = {
+        {"matmul", 1001, 37, DI_F32, DI_F32, false},            /* K % 8 != 0, 4 splits, N < one tile */
+        {"matmul", 200, 300, DI_BF16, DI_F32, false},           /* one split (fused), N % 128 != 0 */
+        {"matmul", 1000, 130, DI_F32, DI_BF16, false},          /* split tail of 232, bf16 y */
+        {"matmul_residual", 1000, 300, DI_BF16, DI_BF16, true},
+        {"matmul_residual", 576, 576, DI_F32, DI_F32, true},    /* SmolLM2's shape */
+    };
+    const long rows[] = {1, 3, 77, 300};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mm_inputs in = make_inputs(&cases[i], 300, 17 + i);
+        for (size_t j = 0; j < sizeof rows / sizeof rows[0]; j++) {
+            float *y = run_fast(rt, &cases[i], &in, rows[j], false);
+            check_against_reference(&cases[i], &in, y, rows[j]);
+            free(y);
+        }
+        if (cases[i].residual && cases[i].yt == DI_F32) {   /* in place (y aliases res): the same bits as out of place */
+            float *a = run_fast(rt, &cases[i], &in, 77, false), *b = run_fast(rt, &cases[i], &in, 77, true);
+            cr_assert(th_bits_equal(a, b, (size_t)77 * cases[i].n), "%s: in-place result differs", cases[i].spec);
+            free(a);
+            free(b);
+        }
+        free_inputs(&in);
+    }
+    di_rt_close(rt);
+}
+
+/* Every row of every M in 1..64 equals the same row at M = 257, bitwise. `fuse_tiles` > 0 runs
+ * the same check with M = 257 in the fused mode (one block sums all splits) and M <= 128 in
+ * the split mode (workspace + phase 2), against split-mode references from the default config. */
+static void check_invariance(const mm_case *c, long fuse_tiles)
+{
+    enum { MAXM = 257 };
+    mm_inputs in = make_inputs(c, MAXM, 4242);
+    di_rt *rt = fast_rt_or_skip();
+    float *ref = run_fast(rt, c, &in, MAXM, false);
+    di_matmul_fast_plan pl;
+    di_err e = {0};
+    di_specialization p = fast_spec(c->spec, c->k, c->n, c->xt, c->yt);
+    cr_assert_eq(di_matmul_fast_plan_for(di_spec_find(c->spec), &p, MAXM, &pl, &e), 0, "%s", e.msg);
+    cr_assert_not(pl.fused, "the reference run should use the split mode");
+    if (fuse_tiles) {
+        di_rt_close(rt);   /* runtimes keep kernels by name: a new config needs a new runtime */
+        di_matmul_fast_config cfg = *di_matmul_fast_get_config();
+        cfg.fuse_min_tiles = fuse_tiles;
+        cfg.fuse_min_rows = 1;
+        cr_assert_eq(di_matmul_fast_set_config(&cfg, &e), 0, "%s", e.msg);
+        cr_assert_eq(di_matmul_fast_plan_for(di_spec_find(c->spec), &p, MAXM, &pl, &e), 0, "%s", e.msg);
+        cr_assert(pl.fused, "M = 257 should now use the fused mode");
+        rt = fast_rt_or_skip();
+        float *fused = run_fast(rt, c, &in, MAXM, false);
+        cr_assert(th_bits_equal(fused, ref, (size_t)MAXM * c->n), "%s: fused and split modes differ", c->spec);
+        free(fused);
+    }
+    for (long m = 1; m <= 64; m++) {
+        float *y = run_fast(rt, c, &in, m, false);
+        for (long r = 0; r < m; r++)
+            cr_assert(th_bits_equal(y + r * c->n, ref + r * c->n, (size_t)c->n),
+                      "%s K=%ld N=%ld: row %ld at M=%ld differs from M=%d", c->spec, c->k, c->n, r, m, MAXM);
+        free(y);
+    }
+    check_against_reference(c, &in, ref, MAXM);
+    free(ref);
+    free_inputs(&in);
+    di_rt_close(rt);
+    cr_assert_eq(di_matmul_fast_set_config(NULL, &e), 0);
+}
+
+Test(gpu_fast, rows_are_bitwise_invariant_f32_output, .timeout = 600)
+{
+    mm_case c = {"matmul", 1000, 300, DI_F32, DI_F32, false};
+    check_invariance(&c, 0);
+}
+
+Test(gpu_fast, rows_are_bitwise_invariant_bf16_output, .timeout = 600)
+{
+    mm_case c = {"matmul", 1001, 200, DI_BF16, DI_BF16, false};
+    check_invariance(&c, 0);
+}
+
+Test(gpu_fast, rows_are_bitwise_invariant_residual, .timeout = 600)
+{
+    mm_case c = {"matmul_residual", 2048, 256, DI_F32, DI_F32, true};
+    check_invariance(&c, 0);
+}
+
+Test(gpu_fast, split_and_fused_modes_give_the_same_bits, .timeout = 600)
+{
+    mm_case c = {"matmul_residual", 1000, 300, DI_F32, DI_BF16, true};
+    check_invariance(&c, 6);   /* 3 column tiles: M <= 128 split, M = 257 (9 tiles) fused */
+}
