@@ -219,7 +219,7 @@ static void print_result(const args *a, const di_tokenizer *tok, const di_reques
                hex, r->finish == DI_DONE_EOS ? "stop" : "length", r->n_prompt, r->t_admit, r->t_first, r->t_end);
     } else {
         if (!streamed) { fwrite(text ? text : "", 1, text ? len : 0, stdout); }
-        if (!streamed || a->digest) fputc('\n', stdout);
+        fputc('\n', stdout);
         if (a->digest) printf("digest %d %s\n", index, hex);
     }
     free(text);

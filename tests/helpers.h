@@ -2,6 +2,8 @@
 #ifndef DI_TEST_HELPERS_H
 #define DI_TEST_HELPERS_H
 #include <criterion/criterion.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
