@@ -12,7 +12,10 @@
 #define DI_CODEGEN_SCHEMA "detinfer-codegen-1"
 
 typedef enum { DI_BACKEND_C, DI_BACKEND_CUDA } di_backend_kind;
-typedef enum { DI_PROFILE_EXACT, DI_PROFILE_FAST } di_profile;
+/* exact: CPU == GPU bit for bit. fast: tensor cores, invariant on one GPU. vendor: what engines
+ * do today (split counts and library GEMMs chosen from the batch); not invariant, it exists to
+ * measure against and as the negative control of every invariance test. */
+typedef enum { DI_PROFILE_EXACT, DI_PROFILE_FAST, DI_PROFILE_VENDOR } di_profile;
 
 /* Compile-time choices for one spec: its dims' values and its arguments' dtypes. */
 typedef struct di_specialization {

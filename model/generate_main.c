@@ -41,7 +41,7 @@ static void usage(FILE *f)
         "      --chunk N           prefill chunk size (default: whole prompt)\n"
         "      --max-batch-tokens N  tokens per forward step (default 256)\n"
         "      --device D          auto | cpu | cuda (default auto)\n"
-        "      --profile P         exact | fast (default exact)\n"
+        "      --profile P         exact | fast | vendor (default exact; vendor: not invariant, for comparison)\n"
         "      --digest            print each request's SHA-256 of generated ids and log-prob bits\n"
         "      --json              one JSON object per request on stdout\n"
         "      --dump-cuda DIR     write generated kernel sources (and logs) to DIR\n"
@@ -113,7 +113,7 @@ static int parse_args(int argc, char **argv, args *a)
             if (errno || end == v || *end) return bad_usage("--seed takes an unsigned integer, not '%s'", v);
         }
         else if (!strcmp(o, "--device")) { NEED(); a->device = v; if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda")) return bad_usage("--device takes auto, cpu or cuda, not '%s'", v); }
-        else if (!strcmp(o, "--profile")) { NEED(); a->profile = v; if (strcmp(v, "exact") && strcmp(v, "fast")) return bad_usage("--profile takes exact or fast, not '%s'", v); }
+        else if (!strcmp(o, "--profile")) { NEED(); a->profile = v; if (strcmp(v, "exact") && strcmp(v, "fast") && strcmp(v, "vendor")) return bad_usage("--profile takes exact, fast or vendor, not '%s'", v); }
         else if (!strcmp(o, "--dump-cuda") || !strcmp(o, "--dump-ptx")) { NEED(); a->dump_dir = v; }
         else return bad_usage("unknown option '%s'", o);
 #undef IS
@@ -261,7 +261,7 @@ int main(int argc, char **argv)
     }
 
     /* backend */
-    di_rt_opts ro = {.backend = DI_BACKEND_C, .profile = strcmp(a.profile, "fast") ? DI_PROFILE_EXACT : DI_PROFILE_FAST,
+    di_rt_opts ro = {.backend = DI_BACKEND_C, .profile = !strcmp(a.profile, "fast") ? DI_PROFILE_FAST : !strcmp(a.profile, "vendor") ? DI_PROFILE_VENDOR : DI_PROFILE_EXACT,
                      .threads = a.threads ? a.threads : (int)sysconf(_SC_NPROCESSORS_ONLN), .dump_dir = a.dump_dir};
     di_rt *rt = NULL;
     if (strcmp(a.device, "cpu")) {
