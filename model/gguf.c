@@ -53,7 +53,7 @@ static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v;
 
 static int read_u32(cursor *c, uint32_t *v, const char *what)
 {
-    const uint8_t *p;
+    const uint8_t *p = NULL;
     if (take(c, 4, &p, what)) return c->err->code;
     *v = rd32(p);
     return DI_OK;
@@ -61,7 +61,7 @@ static int read_u32(cursor *c, uint32_t *v, const char *what)
 
 static int read_u64(cursor *c, uint64_t *v, const char *what)
 {
-    const uint8_t *p;
+    const uint8_t *p = NULL;
     if (take(c, 8, &p, what)) return c->err->code;
     *v = rd64(p);
     return DI_OK;
@@ -69,8 +69,8 @@ static int read_u64(cursor *c, uint64_t *v, const char *what)
 
 static int read_str(cursor *c, di_gguf_str *s, const char *what)
 {
-    uint64_t n;
-    const uint8_t *p;
+    uint64_t n = 0;
+    const uint8_t *p = NULL;
     if (read_u64(c, &n, what) || take(c, n, &p, what)) return c->err->code;
     s->ptr = (const char *)p;
     s->len = n;
@@ -109,7 +109,7 @@ static int skip_array_elems(cursor *c, uint32_t et, uint64_t n, int depth, const
     char what[300];
     snprintf(what, sizeof what, "the elements of %s", key);
     size_t esz = scalar_size(et);
-    const uint8_t *p;
+    const uint8_t *p = NULL;
     if (esz) {
         if (n > left(c) / esz) return truncated(c, what);
         return take(c, n * esz, &p, what);
@@ -128,7 +128,7 @@ static int skip_value(cursor *c, uint32_t t, int depth, const char *key)
 {
     char what[300];
     snprintf(what, sizeof what, "the value of %s", key);
-    const uint8_t *p;
+    const uint8_t *p = NULL;
     size_t sz = scalar_size(t);
     if (sz) return take(c, sz, &p, what);
     if (t == DI_GGUF_STRING) {
@@ -136,8 +136,8 @@ static int skip_value(cursor *c, uint32_t t, int depth, const char *key)
         return read_str(c, &s, what);
     }
     if (t != DI_GGUF_ARRAY) return di_fail(c->err, DI_EFORMAT, "%s: key %s has unknown value type %u", c->label, key, t);
-    uint32_t et;
-    uint64_t n;
+    uint32_t et = 0;
+    uint64_t n = 0;
     if (read_u32(c, &et, what) || read_u64(c, &n, what)) return c->err->code;
     return skip_array_elems(c, et, n, depth, key);
 }
@@ -160,7 +160,7 @@ static int read_kv(cursor *c, di_gguf_kv *kv, uint64_t index)
 {
     char what[64];
     snprintf(what, sizeof what, "the key of metadata entry %llu", (unsigned long long)index);
-    uint32_t t;
+    uint32_t t = 0;
     if (read_str(c, &kv->key, what)) return c->err->code;
     keyname key = key_text(kv->key);
     if (kv->key.len == 0 || kv->key.len > MAX_KEY_LEN)
@@ -268,7 +268,7 @@ static int read_tensor_name(cursor *c, di_gguf_tensor *t, uint64_t index)
 {
     char what[64];
     snprintf(what, sizeof what, "the name of tensor %llu", (unsigned long long)index);
-    di_gguf_str name;
+    di_gguf_str name = {0};
     if (read_str(c, &name, what)) return c->err->code;
     if (name.len == 0 || name.len >= sizeof t->name)
         return di_fail(c->err, DI_EFORMAT, "%s: tensor %llu has a name of %llu bytes (1 to %zu allowed)", c->label,
@@ -284,7 +284,7 @@ static int read_tensor_dims(cursor *c, di_gguf_tensor *t)
 {
     char what[300];
     snprintf(what, sizeof what, "the shape of tensor %s", t->name);
-    uint32_t nd;
+    uint32_t nd = 0;
     if (read_u32(c, &nd, what)) return c->err->code;
     if (nd < 1 || nd > 4)
         return di_fail(c->err, DI_EFORMAT, "%s: tensor %s has %u dimensions (1 to 4 allowed)", c->label, t->name, nd);
@@ -307,7 +307,7 @@ static int read_tensor(cursor *c, di_gguf_tensor *t, uint64_t index)
     if (read_tensor_name(c, t, index) || read_tensor_dims(c, t)) return c->err->code;
     char what[300];
     snprintf(what, sizeof what, "the type and offset of tensor %s", t->name);
-    uint32_t type;
+    uint32_t type = 0;
     if (read_u32(c, &type, what) || read_u64(c, &t->offset, what)) return c->err->code;
     uint64_t be, bb;
     if (!type_layout((int)type, &be, &bb))
