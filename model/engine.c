@@ -11,11 +11,13 @@ static double now(void)
     return (double)t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-int di_request_blocks(const di_request *r)
+static int blocks_for(int positions)
 {
     int kvb = di_model_kv_block();
-    return (r->n_prompt + r->n_predict + kvb - 1) / kvb;
+    return (positions + kvb - 1) / kvb;
 }
+
+int di_request_blocks(const di_request *r) { return blocks_for(r->n_prompt + r->n_predict); }
 
 void di_request_release(di_request *r)
 {
@@ -23,24 +25,132 @@ void di_request_release(di_request *r)
     r->tokens = NULL; r->logprobs = NULL; r->prompt_lp = NULL; r->blocks = NULL;
 }
 
-/* ---- KV block pool ------------------------------------------------------------------------ */
+/* A request's known sequence: the prompt, then what it generated. After a preemption the
+ * whole of it is fed again, so generated tokens are prefill input like the prompt. */
+static int known(const di_request *r) { return r->n_prompt + r->n_gen; }
+static int32_t token_at(const di_request *r, int i) { return i < r->n_prompt ? r->prompt[i] : r->tokens[i - r->n_prompt]; }
 
-typedef struct pool { int32_t *free_ids; int n_free; } pool;
-
-static int grow_blocks(di_model *m, pool *p, di_request *r, int positions, di_err *err)
+/* Key of the request's block i: SHA-256(parent key, token ids of the block as int32 LE).
+ * Chaining makes the key name the whole prefix: KV at a position depends on every token
+ * before it, so two blocks with one key hold the same bits (kernels are batch invariant). */
+static void block_hash(const di_request *r, int i, const uint8_t parent[32], uint8_t out[32])
 {
-    int kvb = di_model_kv_block(), need = (positions + kvb - 1) / kvb;
-    if (need <= r->n_blocks) return DI_OK;
-    while (r->n_blocks < need) {
-        if (p->n_free == 0) return di_fail(err, DI_ENOMEM, "KV cache pool exhausted");
-        r->blocks[r->n_blocks++] = p->free_ids[--p->n_free];
+    int kvb = di_model_kv_block();
+    di_sha256 s;
+    di_sha256_init(&s);
+    di_sha256_update(&s, parent, 32);
+    for (int j = i * kvb; j < (i + 1) * kvb; j++) {
+        uint32_t t = (uint32_t)token_at(r, j);
+        uint8_t b[4] = {(uint8_t)t, (uint8_t)(t >> 8), (uint8_t)(t >> 16), (uint8_t)(t >> 24)};
+        di_sha256_update(&s, b, 4);
     }
-    return di_model_set_blocks(m, r->slot, r->blocks, r->n_blocks, err);
+    di_sha256_final(&s, out);
 }
 
-static void release_blocks(pool *p, di_request *r)
+/* ---- KV block pool and prefix cache --------------------------------------------------------- */
+
+/* A block is free (on the free list), held (ref > 0; read-only once cached) or cached and
+ * unheld: kept for future hits, and the first thing given up when the free list is empty. */
+typedef struct pool {
+    int nb, n_free, mask;
+    int32_t *free_ids;
+    int *ref;                 /* requests holding each block */
+    bool *cached;
+    uint8_t (*key)[32];
+    long *last_use;           /* when the last holder let go: LRU order of eviction */
+    int32_t *bucket, *next;   /* hash table of cached blocks, chained through next[] */
+    long tick;
+    di_engine_stats *st;
+} pool;
+
+static bool pool_init(pool *p, int nb, di_engine_stats *st)
 {
-    while (r->n_blocks > 0) p->free_ids[p->n_free++] = r->blocks[--r->n_blocks];
+    int nbk = 1;
+    while (nbk < nb) nbk <<= 1;
+    *p = (pool){.nb = nb, .mask = nbk - 1, .st = st};
+    p->free_ids = malloc(sizeof(int32_t) * (size_t)nb);
+    p->ref = calloc((size_t)nb, sizeof(int));
+    p->cached = calloc((size_t)nb, sizeof(bool));
+    p->key = malloc(32 * (size_t)nb);
+    p->last_use = calloc((size_t)nb, sizeof(long));
+    p->bucket = malloc(sizeof(int32_t) * (size_t)nbk);
+    p->next = malloc(sizeof(int32_t) * (size_t)nb);
+    if (!p->free_ids || !p->ref || !p->cached || !p->key || !p->last_use || !p->bucket || !p->next) return false;
+    for (int b = nb - 1; b >= 0; b--) p->free_ids[p->n_free++] = b;   /* block 0 handed out first */
+    for (int i = 0; i < nbk; i++) p->bucket[i] = -1;
+    return true;
+}
+
+static void pool_free(pool *p)
+{
+    free(p->free_ids); free(p->ref); free(p->cached); free(p->key); free(p->last_use); free(p->bucket); free(p->next);
+}
+
+static int32_t *bucket_of(pool *p, const uint8_t key[32])
+{
+    uint32_t x;
+    memcpy(&x, key, 4);
+    return &p->bucket[x & (uint32_t)p->mask];
+}
+
+static int cache_find(pool *p, const uint8_t key[32])
+{
+    for (int b = *bucket_of(p, key); b >= 0; b = p->next[b])
+        if (!memcmp(p->key[b], key, 32)) return b;
+    return -1;
+}
+
+static void cache_insert(pool *p, int b, const uint8_t key[32])
+{
+    int32_t *head = bucket_of(p, key);
+    memcpy(p->key[b], key, 32);
+    p->cached[b] = true;
+    p->next[b] = *head;
+    *head = b;
+}
+
+static void cache_remove(pool *p, int b)
+{
+    int32_t *link = bucket_of(p, p->key[b]);
+    while (*link != b) link = &p->next[*link];
+    *link = p->next[b];
+    p->cached[b] = false;
+}
+
+/* The least recently released cached block nobody holds, or -1. A scan: pools are small and
+ * this runs only when the free list is empty. */
+static int lru_unheld(const pool *p, int *count)
+{
+    int best = -1, n = 0;
+    for (int b = 0; b < p->nb; b++) {
+        if (!p->cached[b] || p->ref[b] > 0) continue;
+        n++;
+        if (best < 0 || p->last_use[b] < p->last_use[best]) best = b;
+    }
+    if (count) *count = n;
+    return best;
+}
+
+/* A block for new KV: a free one, else the LRU unheld cached one (evicted); -1 if none. */
+static int pool_take(pool *p)
+{
+    int b;
+    if (p->n_free > 0) {
+        b = p->free_ids[--p->n_free];
+    } else {
+        if ((b = lru_unheld(p, NULL)) < 0) return -1;
+        cache_remove(p, b);
+        p->st->evictions++;
+    }
+    p->ref[b] = 1;
+    return b;
+}
+
+static void pool_drop(pool *p, int b)
+{
+    if (--p->ref[b] > 0) return;
+    if (p->cached[b]) p->last_use[b] = ++p->tick;
+    else p->free_ids[p->n_free++] = b;
 }
 
 /* ---- one request's bookkeeping ------------------------------------------------------------ */
@@ -78,14 +188,74 @@ static void accept(const di_engine_opts *o, di_request *r, int32_t tok, float lp
     else if (r->n_gen >= r->n_predict) r->finish = DI_DONE_LENGTH;
 }
 
-/* ---- the loop ------------------------------------------------------------------------------- */
+/* ---- the engine ----------------------------------------------------------------------------- */
 
 typedef struct step_plan {
-    int n, n_out;
+    int n, n_out, n_prefill;
     int32_t *tok, *pos, *seq, *out_rows;
     di_request **owner;       /* per output row */
     int *kind;                /* per output row: 0 next token, 1 prompt score only */
 } step_plan;
+
+typedef struct engine {
+    di_model *m;
+    const di_engine_opts *o;
+    di_request **reqs;
+    int n, kvb, V, max_seqs;  /* max_seqs: the option, capped by the model's sequence slots */
+    int *order;               /* request indexes by (arrival step, index): first come, first served */
+    int *slot_used;
+    pool p;
+    step_plan plan;
+    float *lp;
+    int32_t *greedy;
+    long step, admit_seq;     /* step: engine steps so far, the clock arrivals are given in */
+    double t0;
+    di_engine_stats st;
+    di_err *err;
+} engine;
+
+enum { NEED_BLOCK = -1 };     /* planning ran out of KV blocks: someone must be preempted */
+
+/* Gives r blocks for positions [0, positions). */
+static int grow_blocks(engine *e, di_request *r, int positions)
+{
+    int need = blocks_for(positions), had = r->n_blocks;
+    while (r->n_blocks < need) {
+        int b = pool_take(&e->p);
+        if (b < 0) break;
+        r->blocks[r->n_blocks++] = b;
+    }
+    /* blocks taken before running dry stay with r; the block table must show them */
+    if (r->n_blocks > had && di_model_set_blocks(e->m, r->slot, r->blocks, r->n_blocks, e->err)) return e->err->code;
+    return r->n_blocks < need ? NEED_BLOCK : DI_OK;
+}
+
+/* Releases the tail first so that, among blocks let go together, LRU evicts tails before the
+ * prefixes other requests are likelier to share. */
+static void leave(engine *e, di_request *r)
+{
+    while (r->n_blocks > 0) pool_drop(&e->p, r->blocks[--r->n_blocks]);
+    e->slot_used[r->slot] = 0;
+    r->slot = -1;
+}
+
+/* Takes the most recently admitted running request out of the batch (it has done the least
+ * work to lose): its blocks go back, cached ones stay cached so its recompute may hit them,
+ * its generated tokens stay, and it waits to be admitted again. */
+static bool preempt_newest(engine *e)
+{
+    di_request *v = NULL;
+    for (int i = 0; i < e->n; i++) {
+        di_request *r = e->reqs[i];
+        if (r->slot >= 0 && (!v || r->admit_seq > v->admit_seq)) v = r;
+    }
+    if (!v) return false;
+    leave(e, v);
+    v->n_fed = v->n_hashed = 0;
+    v->preemptions++;
+    e->st.preemptions++;
+    return true;
+}
 
 static void plan_add(step_plan *p, di_request *r, int32_t tok, int pos, bool out, int kind)
 {
@@ -101,110 +271,301 @@ static void plan_add(step_plan *p, di_request *r, int32_t tok, int pos, bool out
     p->n++;
 }
 
+static bool is_decode(const di_request *r) { return r->n_gen > 0 && r->n_fed == known(r) - 1; }
+
+/* Positions [n_fed, n_fed + take) of r. Output rows: the last known position (its logits
+ * give the next token) and, if asked, prompt positions to score. */
+static void plan_positions(step_plan *p, di_request *r, int take)
+{
+    int last = known(r) - 1;
+    if (!is_decode(r)) p->n_prefill += take;
+    for (int j = 0; j < take; j++) {
+        int pos = r->n_fed + j;
+        bool score = r->score_prompt && pos + 1 < r->n_prompt;
+        plan_add(p, r, token_at(r, pos), pos, pos == last || score, pos == last ? 0 : 1);
+    }
+    r->take = take;
+}
+
+/* How many of r's pending positions go in this step: its chunk, within the budget left. */
+static int chunk_take(const engine *e, const di_request *r)
+{
+    int left = known(r) - r->n_fed, budget = e->o->max_batch_tokens - e->plan.n;
+    int take = r->chunk > 0 && r->chunk < left ? r->chunk : left;
+    return take < budget ? take : budget;
+}
+
+/* The running requests: decode tokens first, then prefill chunks. */
+static int plan_running(engine *e)
+{
+    for (int pass = 0; pass < 2; pass++)
+        for (int k = 0; k < e->n; k++) {
+            di_request *r = e->reqs[e->order[k]];
+            if (r->slot < 0 || is_decode(r) != (pass == 0)) continue;
+            int take = chunk_take(e, r);
+            if (take <= 0) continue;
+            int rc = grow_blocks(e, r, r->n_fed + take);
+            if (rc) return rc;
+            plan_positions(&e->plan, r, take);
+        }
+    return DI_OK;
+}
+
+/* Plans the running requests; when the pool runs dry, preempts the newest and starts over
+ * (the victim may already be in the plan). Blocks taken meanwhile stay with their holders. */
+static int plan_step(engine *e, bool *preempted)
+{
+    for (;;) {
+        e->plan.n = e->plan.n_out = e->plan.n_prefill = 0;
+        for (int i = 0; i < e->n; i++) e->reqs[i]->take = 0;
+        int rc = plan_running(e);
+        if (rc != NEED_BLOCK) return rc;
+        if (!preempt_newest(e)) return di_fail(e->err, DI_ENOMEM, "KV cache pool exhausted with no request to preempt");
+        *preempted = true;
+    }
+}
+
+/* Leading full blocks of r's known tokens that are in the prefix cache, written to
+ * r->blocks; chain gets the last one's key. The last known position is always computed:
+ * its logits give the next token, and its block must not be a shared one. */
+static int match_prefix(engine *e, di_request *r, uint8_t chain[32])
+{
+    memset(chain, 0, 32);
+    if (!e->o->prefix_cache || r->score_prompt) return 0;   /* scoring needs every prompt row computed */
+    int max = (known(r) - 1) / e->kvb, n = 0;
+    uint8_t key[32];
+    for (; n < max; n++) {
+        block_hash(r, n, chain, key);
+        int b = cache_find(&e->p, key);
+        if (b < 0) break;
+        r->blocks[n] = b;
+        memcpy(chain, key, 32);
+    }
+    return n;
+}
+
+/* Blocks that can be taken without preempting: free, or cached and unheld, less those that
+ * r's own hits are about to hold. */
+static int available(engine *e, const di_request *r, int hits)
+{
+    int unheld;
+    lru_unheld(&e->p, &unheld);
+    for (int i = 0; i < hits; i++) unheld -= e->p.ref[r->blocks[i]] == 0;
+    return e->p.n_free + unheld;
+}
+
+static void enter(engine *e, di_request *r, int slot, int hits, const uint8_t chain[32])
+{
+    for (int i = 0; i < hits; i++) e->p.ref[r->blocks[i]]++;
+    r->n_blocks = r->n_hashed = hits;
+    r->n_fed = hits * e->kvb;
+    memcpy(r->chain, chain, 32);
+    r->prefix_hit_tokens += r->n_fed;
+    e->st.prefix_hit_tokens += r->n_fed;
+    e->slot_used[slot] = 1;
+    r->slot = slot;
+    if (r->admit_seq == 0) r->t_admit = now() - e->t0;
+    r->admit_seq = ++e->admit_seq;
+}
+
+/* Admits r if a slot and budget are left and the blocks of its first chunk can be had without
+ * preempting anyone; takes its cached prefix and plans that chunk. */
+static int try_admit(engine *e, di_request *r, bool *admitted)
+{
+    int s = 0;
+    while (s < e->max_seqs && e->slot_used[s]) s++;
+    *admitted = false;
+    if (s == e->max_seqs || e->plan.n >= e->o->max_batch_tokens) return DI_OK;
+    uint8_t chain[32];
+    int hits = match_prefix(e, r, chain);
+    r->n_fed = hits * e->kvb;                       /* for chunk_take; undone if r must wait */
+    int take = chunk_take(e, r);
+    if (available(e, r, hits) < blocks_for(r->n_fed + take) - hits) { r->n_fed = 0; return DI_OK; }
+    enter(e, r, s, hits, chain);
+    int rc = grow_blocks(e, r, r->n_fed + take);   /* cannot run dry: checked above */
+    if (rc) return rc == NEED_BLOCK ? di_fail(e->err, DI_ENOMEM, "KV pool accounting broken") : rc;
+    plan_positions(&e->plan, r, take);
+    *admitted = true;
+    return DI_OK;
+}
+
+/* Waiting requests that have arrived, in order; nobody overtakes one that does not fit. */
+static int admit(engine *e)
+{
+    for (int k = 0; k < e->n; k++) {
+        di_request *r = e->reqs[e->order[k]];
+        if (r->slot >= 0 || r->finish != DI_RUNNING) continue;
+        if (r->arrival_step > e->step) break;
+        bool ok;
+        int rc = try_admit(e, r, &ok);
+        if (rc || !ok) return rc;
+    }
+    return DI_OK;
+}
+
+/* Keys r's newly completed blocks (every position's KV written) and offers them to the
+ * prefix cache; a block whose key is already cached stays private to r. */
+static void register_blocks(engine *e, di_request *r)
+{
+    while ((r->n_hashed + 1) * e->kvb <= r->n_fed) {
+        block_hash(r, r->n_hashed, r->chain, r->chain);
+        int b = r->blocks[r->n_hashed++];
+        if (!e->p.cached[b] && cache_find(&e->p, r->chain) < 0) cache_insert(&e->p, b, r->chain);
+    }
+}
+
+/* The forward pass of the plan, then sampling, scoring and the new KV's bookkeeping. */
+static int run_step(engine *e)
+{
+    step_plan *p = &e->plan;
+    double ts = now();
+    di_step s = {p->n, p->tok, p->pos, p->seq, p->n_out, p->out_rows, e->lp, NULL, e->greedy};
+    int rc = di_model_forward(e->m, &s, e->err);
+    if (rc) return rc;
+    double te = now();
+    e->st.steps++;
+    if (p->n_prefill) e->st.prefill_s += te - ts; else e->st.decode_s += te - ts;
+    for (int k = 0; k < p->n_out; k++) {
+        di_request *r = p->owner[k];
+        const float *row = e->lp + (size_t)k * e->V;
+        int pos = p->pos[p->out_rows[k]];
+        if (p->kind[k] == 1) { r->prompt_lp[pos] = row[r->prompt[pos + 1]]; continue; }
+        int32_t tok = di_sample(&r->sampler, row, e->V, e->greedy[k], r->rng_id, (uint64_t)pos + 1);
+        accept(e->o, r, tok, row[tok], te - e->t0);
+    }
+    for (int i = 0; i < e->n; i++) {
+        di_request *r = e->reqs[i];
+        r->n_fed += r->take;
+        if (r->take && e->o->prefix_cache) register_blocks(e, r);
+        r->take = 0;
+        if (r->slot >= 0 && r->finish != DI_RUNNING) { r->t_end = now() - e->t0; leave(e, r); }
+    }
+    return DI_OK;
+}
+
+/* Nothing to run: jump the clock to the next arrival. False if nobody is waiting. */
+static bool skip_to_arrival(engine *e)
+{
+    long next = -1;
+    for (int i = 0; i < e->n; i++) {
+        const di_request *r = e->reqs[i];
+        if (r->finish == DI_RUNNING && r->slot < 0 && (next < 0 || r->arrival_step < next)) next = r->arrival_step;
+    }
+    if (next < 0) return false;
+    if (next > e->step) e->step = next;
+    return true;
+}
+
+static int run_loop(engine *e)
+{
+    for (int idle = 0;;) {
+        bool preempted = false;
+        int rc = plan_step(e, &preempted);
+        /* no admissions in a step that preempted: the victim would come straight back */
+        if (!rc && !preempted) rc = admit(e);
+        if (rc) return rc;
+        if (e->plan.n == 0) {
+            if (!skip_to_arrival(e)) return DI_OK;
+            /* an empty engine always admits the first waiter: each fits the pool alone */
+            if (++idle > 2) return di_fail(e->err, DI_ENOMEM, "engine made no progress at step %ld", e->step);
+            continue;
+        }
+        idle = 0;
+        if ((rc = run_step(e))) return rc;
+        e->step++;
+    }
+}
+
+/* ---- setup ------------------------------------------------------------------------------- */
+
+static int init_request(di_request *r, int i, int pool_blocks, di_err *err)
+{
+    if (r->n_prompt <= 0) return di_fail(err, DI_EUSAGE, "request %d: empty prompt", i);
+    if (r->n_predict < 0) return di_fail(err, DI_EUSAGE, "request %d: negative n_predict", i);
+    /* the last generated token is never fed, so its position needs no KV */
+    int need = blocks_for(r->n_prompt + r->n_predict - 1);
+    if (need > pool_blocks)
+        return di_fail(err, DI_EUSAGE, "request %d needs %d KV blocks (%d prompt + %d generated tokens), more than the whole pool (%d)",
+                       i, need, r->n_prompt, r->n_predict, pool_blocks);
+    r->tokens = calloc((size_t)r->n_predict + 1, 4);
+    r->logprobs = calloc((size_t)r->n_predict + 1, 4);
+    r->prompt_lp = r->score_prompt ? calloc((size_t)r->n_prompt, 4) : NULL;
+    r->blocks = calloc((size_t)di_request_blocks(r) + 1, 4);
+    r->n_gen = r->n_fed = r->n_blocks = r->n_hashed = r->take = r->preemptions = r->prefix_hit_tokens = 0;
+    r->admit_seq = 0;
+    r->slot = -1;
+    r->finish = r->n_predict > 0 ? DI_RUNNING : DI_DONE_LENGTH;
+    if (!r->tokens || !r->logprobs || !r->blocks || (r->score_prompt && !r->prompt_lp))
+        return di_fail(err, DI_ENOMEM, "out of memory");
+    return DI_OK;
+}
+
+/* Admission order: by arrival step, ties by index (a stable insertion sort; n is small). */
+static void sort_arrivals(engine *e)
+{
+    for (int i = 0; i < e->n; i++) {
+        int j = i, x = i;
+        while (j > 0 && e->reqs[e->order[j - 1]]->arrival_step > e->reqs[x]->arrival_step) {
+            e->order[j] = e->order[j - 1];
+            j--;
+        }
+        e->order[j] = x;
+    }
+}
+
+static int engine_init(engine *e)
+{
+    int budget = e->o->max_batch_tokens;
+    if (budget <= 0 || e->o->max_seqs <= 0)
+        return di_fail(e->err, DI_EUSAGE, "engine: max_batch_tokens %d and max_seqs %d must be positive", budget, e->o->max_seqs);
+    e->max_seqs = e->o->max_seqs < di_model_max_seqs(e->m) ? e->o->max_seqs : di_model_max_seqs(e->m);
+    step_plan *p = &e->plan;
+    p->tok = malloc(sizeof(int32_t) * budget); p->pos = malloc(sizeof(int32_t) * budget);
+    p->seq = malloc(sizeof(int32_t) * budget); p->out_rows = malloc(sizeof(int32_t) * budget);
+    p->owner = malloc(sizeof(di_request *) * budget); p->kind = malloc(sizeof(int) * budget);
+    e->lp = malloc((size_t)budget * e->V * sizeof(float));
+    e->greedy = malloc(sizeof(int32_t) * budget);
+    e->order = malloc(sizeof(int) * (size_t)(e->n + 1));
+    e->slot_used = calloc((size_t)e->max_seqs, sizeof(int));
+    bool ok = pool_init(&e->p, di_model_kv_blocks(e->m), &e->st);
+    if (!ok || !p->tok || !p->pos || !p->seq || !p->out_rows || !p->owner || !p->kind || !e->lp || !e->greedy ||
+        !e->order || !e->slot_used)
+        return di_fail(e->err, DI_ENOMEM, "out of memory");
+    sort_arrivals(e);
+    for (int i = 0; i < e->n; i++) {
+        int rc = init_request(e->reqs[i], i, e->p.nb, e->err);
+        if (rc) return rc;
+    }
+    return DI_OK;
+}
+
+static void engine_free(engine *e)
+{
+    step_plan *p = &e->plan;
+    pool_free(&e->p);
+    free(p->tok); free(p->pos); free(p->seq); free(p->out_rows); free(p->owner); free(p->kind);
+    free(e->lp); free(e->greedy); free(e->order); free(e->slot_used);
+}
+
 int di_engine_run(di_model *m, di_request **reqs, int n, const di_engine_opts *o, di_engine_stats *st, di_err *err)
 {
-    const di_config *c = di_model_config(m);
-    int budget = o->max_batch_tokens, V = c->vocab;
-    di_engine_stats stats = {0};
+    engine e = {.m = m, .o = o, .reqs = reqs, .n = n, .kvb = di_model_kv_block(), .V = di_model_config(m)->vocab,
+                .t0 = now(), .err = err};
+    /* first, state that the cleanup below can trust whatever fails */
     for (int i = 0; i < n; i++) {
-        di_request *r = reqs[i];
-        if (r->n_prompt <= 0) return di_fail(err, DI_EUSAGE, "request %d: empty prompt", i);
-        r->tokens = calloc((size_t)r->n_predict + 1, 4);
-        r->logprobs = calloc((size_t)r->n_predict + 1, 4);
-        r->prompt_lp = r->score_prompt ? calloc((size_t)r->n_prompt, 4) : NULL;
-        r->blocks = calloc((size_t)di_request_blocks(r) + 1, 4);
-        r->n_gen = r->n_fed = r->n_blocks = 0;
-        r->slot = -1;
-        r->finish = r->n_predict > 0 ? DI_RUNNING : DI_DONE_LENGTH;
-        if (!r->tokens || !r->logprobs || !r->blocks || (r->score_prompt && !r->prompt_lp))
-            return di_fail(err, DI_ENOMEM, "out of memory");
+        reqs[i]->slot = -1;
+        reqs[i]->n_blocks = reqs[i]->n_gen = 0;
+        reqs[i]->tokens = NULL; reqs[i]->logprobs = NULL; reqs[i]->prompt_lp = NULL; reqs[i]->blocks = NULL;
     }
-    /* the pool: every block the model was given */
-    int nb = di_model_kv_blocks(m);
-    pool p = {malloc(sizeof(int32_t) * (size_t)nb), 0};
-    for (int b = nb - 1; b >= 0; b--) p.free_ids[p.n_free++] = b; /* block 0 handed out first */
-    int *slot_used = calloc((size_t)o->max_seqs, sizeof(int));
-    step_plan plan = {0};
-    plan.tok = malloc(sizeof(int32_t) * budget); plan.pos = malloc(sizeof(int32_t) * budget);
-    plan.seq = malloc(sizeof(int32_t) * budget); plan.out_rows = malloc(sizeof(int32_t) * budget);
-    plan.owner = malloc(sizeof(di_request *) * budget); plan.kind = malloc(sizeof(int) * budget);
-    float *lp = malloc((size_t)budget * V * sizeof(float));
-    int32_t *greedy = malloc(sizeof(int32_t) * budget);
-    int rc = (!p.free_ids || !slot_used || !lp || !greedy || !plan.kind) ? di_fail(err, DI_ENOMEM, "out of memory") : DI_OK;
-    double t0 = now();
-
-    for (;;) {
-        if (rc) break;
-        /* admit waiting requests, in order, while slots are free */
-        for (int i = 0; i < n; i++) {
-            di_request *r = reqs[i];
-            if (r->slot >= 0 || r->finish != DI_RUNNING || r->n_fed > 0) continue;
-            int s = 0;
-            while (s < o->max_seqs && slot_used[s]) s++;
-            if (s == o->max_seqs) break;
-            slot_used[s] = 1;
-            r->slot = s;
-            r->t_admit = now() - t0;
-        }
-        /* plan: decode tokens first, then prefill chunks, within the budget */
-        plan.n = plan.n_out = 0;
-        bool any = false, has_prefill = false;
-        for (int i = 0; i < n && plan.n < budget; i++) {
-            di_request *r = reqs[i];
-            if (r->slot < 0 || r->finish != DI_RUNNING || r->n_fed < r->n_prompt) continue;
-            int pos = r->n_prompt + r->n_gen - 1;
-            if ((rc = grow_blocks(m, &p, r, pos + 1, err))) break;
-            plan_add(&plan, r, r->tokens[r->n_gen - 1], pos, true, 0);
-            any = true;
-        }
-        for (int i = 0; i < n && plan.n < budget && !rc; i++) {
-            di_request *r = reqs[i];
-            if (r->slot < 0 || r->finish != DI_RUNNING || r->n_fed >= r->n_prompt) continue;
-            int left = r->n_prompt - r->n_fed, chunk = r->chunk > 0 ? r->chunk : left;
-            int take = left < chunk ? left : chunk;
-            if (take > budget - plan.n) take = budget - plan.n;
-            if ((rc = grow_blocks(m, &p, r, r->n_fed + take, err))) break;
-            for (int j = 0; j < take; j++) {
-                int pos = r->n_fed + j;
-                bool last = pos == r->n_prompt - 1;
-                plan_add(&plan, r, r->prompt[pos], pos, last || r->score_prompt, last ? 0 : 1);
-            }
-            r->n_fed += take;
-            any = has_prefill = true;
-        }
-        if (rc || !any) break;
-        double ts = now();
-        di_step step = {plan.n, plan.tok, plan.pos, plan.seq, plan.n_out, plan.out_rows, lp, NULL, greedy};
-        if ((rc = di_model_forward(m, &step, err))) break;
-        double te = now();
-        stats.steps++;
-        if (has_prefill) stats.prefill_s += te - ts; else stats.decode_s += te - ts;
-        for (int k = 0; k < plan.n_out; k++) {
-            di_request *r = plan.owner[k];
-            const float *row = lp + (size_t)k * V;
-            int pos = plan.pos[plan.out_rows[k]];
-            if (r->score_prompt && pos + 1 < r->n_prompt) r->prompt_lp[pos] = row[r->prompt[pos + 1]];
-            if (plan.kind[k] == 1) continue;
-            int32_t tok = di_sample(&r->sampler, row, V, greedy[k], r->rng_id, (uint64_t)pos + 1);
-            accept(o, r, tok, row[tok], te - t0);
-        }
-        for (int i = 0; i < n; i++) {
-            di_request *r = reqs[i];
-            if (r->slot >= 0 && r->finish != DI_RUNNING) {
-                r->t_end = now() - t0;
-                release_blocks(&p, r);
-                slot_used[r->slot] = 0;
-                r->slot = -1;
-            }
-        }
-    }
+    int rc = engine_init(&e);
+    if (!rc) rc = run_loop(&e);
     for (int i = 0; i < n; i++) {
-        digest(reqs[i]);
-        stats.prompt_tokens += reqs[i]->n_prompt;
-        stats.gen_tokens += reqs[i]->n_gen;
+        if (reqs[i]->slot >= 0) leave(&e, reqs[i]);
+        if (reqs[i]->tokens) digest(reqs[i]);
+        e.st.prompt_tokens += reqs[i]->n_prompt;
+        e.st.gen_tokens += reqs[i]->n_gen;
     }
-    if (st) *st = stats;
-    free(p.free_ids); free(slot_used); free(lp); free(greedy);
-    free(plan.tok); free(plan.pos); free(plan.seq); free(plan.out_rows); free(plan.owner); free(plan.kind);
+    if (st) *st = e.st;
+    engine_free(&e);
     return rc;
 }

@@ -1,6 +1,8 @@
 /* generate: text from a prompt, deterministically. Flags follow llama.cpp's where they exist.
  * One prompt (-p, -f) streams its text; --batch-file runs every line as its own request in
- * one batched engine and prints results in line order. */
+ * one batched engine and prints results in line order. Load experiments (--repeat,
+ * --background, --arrival-seed) run the prompt many times among other requests and count
+ * how many distinct completions and digests it got: with batch-invariant kernels, one. */
 #include "engine.h"
 #include "tokenizer.h"
 #include "../runtime/sha256.h"
@@ -15,12 +17,16 @@
 #define DEFAULT_MODEL "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 typedef struct args {
-    const char *model, *prompt, *prompt_file, *batch_file, *device, *profile, *dump_dir;
-    bool chat, digest, json;
-    int n_predict, top_k, ctx, threads, chunk, max_batch_tokens;
+    const char *model, *prompt, *prompt_file, *batch_file, *device, *profile, *dump_dir, *background;
+    bool chat, digest, json, no_prefix_cache, arrivals;
+    int n_predict, top_k, ctx, threads, chunk, max_batch_tokens, max_seqs, kv_blocks, repeat;
     float temp, top_p;
-    uint64_t seed;
+    uint64_t seed, arrival_seed;
 } args;
+
+/* what a request is, for --json and the load summary */
+enum { K_PROMPT, K_BATCH, K_REPEAT, K_BACKGROUND };
+static const char *const kind_name[] = {"prompt", "batch", "repeat", "background"};
 
 static void usage(FILE *f)
 {
@@ -40,6 +46,14 @@ static void usage(FILE *f)
         "  -t, --threads N         CPU threads (default: all cores)\n"
         "      --chunk N           prefill chunk size (default: whole prompt)\n"
         "      --max-batch-tokens N  tokens per forward step (default 256)\n"
+        "      --max-seqs N        requests in flight (default: all)\n"
+        "      --kv-blocks N       KV cache pool size in blocks (default: enough for every request at once)\n"
+        "      --no-prefix-cache   compute every prompt in full instead of sharing cached KV blocks\n"
+        "  load experiments (the prompt of -p or -f, run many times; ends with a 'repeats:' line):\n"
+        "      --repeat N          run the prompt as N separate requests\n"
+        "      --concurrency C     requests in flight (same as --max-seqs)\n"
+        "      --background FILE   other prompts, one per line, mixed in among the repeats\n"
+        "      --arrival-seed S    random arrival steps in [0, 4 x requests), reproducible from S\n"
         "      --device D          auto | cpu | cuda (default auto)\n"
         "      --profile P         exact | fast | vendor (default exact; vendor: not invariant, for comparison)\n"
         "      --digest            print each request's SHA-256 of generated ids and log-prob bits\n"
@@ -66,6 +80,15 @@ static bool parse_int(const char *s, int lo, int hi, int *out)
     if (errno || end == s || *end || v < lo || v > hi) return false;
     *out = (int)v;
     return true;
+}
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (*s == '-') return false;
+    *out = strtoull(s, &end, 10);
+    return !errno && end != s && !*end;
 }
 
 static bool parse_float(const char *s, float lo, float hi, float *out)
@@ -105,12 +128,17 @@ static int parse_args(int argc, char **argv, args *a)
         else if (!strcmp(o, "--max-batch-tokens")) { NEED(); if (!parse_int(v, 1, 65535, &a->max_batch_tokens)) return bad_usage("--max-batch-tokens takes 1..65535, not '%s'", v); }
         else if (!strcmp(o, "--temp")) { NEED(); if (!parse_float(v, 0, 100, &a->temp)) return bad_usage("--temp takes 0..100, not '%s'", v); }
         else if (!strcmp(o, "--top-p")) { NEED(); if (!parse_float(v, 0, 1, &a->top_p)) return bad_usage("--top-p takes 0..1, not '%s'", v); }
-        else if (IS("-s", "--seed")) {
+        else if (IS("-s", "--seed")) { NEED(); if (!parse_u64(v, &a->seed)) return bad_usage("--seed takes an unsigned integer, not '%s'", v); }
+        else if (!strcmp(o, "--max-seqs")) { NEED(); if (!parse_int(v, 1, 65535, &a->max_seqs)) return bad_usage("--max-seqs takes 1..65535, not '%s'", v); }
+        else if (!strcmp(o, "--concurrency")) { NEED(); if (!parse_int(v, 1, 65535, &a->max_seqs)) return bad_usage("--concurrency takes 1..65535, not '%s'", v); }
+        else if (!strcmp(o, "--kv-blocks")) { NEED(); if (!parse_int(v, 1, 1 << 24, &a->kv_blocks)) return bad_usage("--kv-blocks takes a positive count, not '%s'", v); }
+        else if (!strcmp(o, "--no-prefix-cache")) a->no_prefix_cache = true;
+        else if (!strcmp(o, "--repeat")) { NEED(); if (!parse_int(v, 1, 1 << 20, &a->repeat)) return bad_usage("--repeat takes a positive count, not '%s'", v); }
+        else if (!strcmp(o, "--background")) { NEED(); a->background = v; }
+        else if (!strcmp(o, "--arrival-seed")) {
             NEED();
-            char *end;
-            errno = 0;
-            a->seed = strtoull(v, &end, 10);
-            if (errno || end == v || *end) return bad_usage("--seed takes an unsigned integer, not '%s'", v);
+            a->arrivals = true;
+            if (!parse_u64(v, &a->arrival_seed)) return bad_usage("--arrival-seed takes an unsigned integer, not '%s'", v);
         }
         else if (!strcmp(o, "--device")) { NEED(); a->device = v; if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda")) return bad_usage("--device takes auto, cpu or cuda, not '%s'", v); }
         else if (!strcmp(o, "--profile")) { NEED(); a->profile = v; if (strcmp(v, "exact") && strcmp(v, "fast") && strcmp(v, "vendor")) return bad_usage("--profile takes exact, fast or vendor, not '%s'", v); }
@@ -121,6 +149,8 @@ static int parse_args(int argc, char **argv, args *a)
     }
     int sources = !!a->prompt + !!a->prompt_file + !!a->batch_file;
     if (sources != 1) return bad_usage("%s", "give exactly one of -p, -f or --batch-file");
+    if (a->batch_file && (a->repeat || a->background))
+        return bad_usage("%s", a->repeat ? "--repeat needs -p or -f, not --batch-file" : "--background needs -p or -f, not --batch-file");
     return -1;
 }
 
@@ -201,28 +231,151 @@ static char *request_text(const di_tokenizer *tok, const di_request *r, size_t *
     return out;
 }
 
-static void print_result(const args *a, const di_tokenizer *tok, const di_request *r, int index, bool streamed)
+static void print_result(const args *a, const di_tokenizer *tok, const di_request *r, int index, int kind, bool streamed)
 {
     char hex[65];
     di_hex(r->digest, 32, hex);
     size_t len;
     char *text = request_text(tok, r, &len);
     if (a->json) {
-        printf("{\"request\":%d,\"text\":", index);
+        printf("{\"request\":%d,\"kind\":\"%s\",\"text\":", index, kind_name[kind]);
         json_string(stdout, text ? text : "", text ? len : 0);
         printf(",\"tokens\":[");
         for (int i = 0; i < r->n_gen; i++) printf("%s%d", i ? "," : "", r->tokens[i]);
         printf("],\"logprobs\":[");
         for (int i = 0; i < r->n_gen; i++) printf("%s%.9g", i ? "," : "", r->logprobs[i]);
-        printf("],\"digest\":\"%s\",\"finish\":\"%s\",\"prompt_tokens\":%d,\"timings\":{\"admit_s\":%.6f,"
-               "\"first_token_s\":%.6f,\"end_s\":%.6f}}\n",
-               hex, r->finish == DI_DONE_EOS ? "stop" : "length", r->n_prompt, r->t_admit, r->t_first, r->t_end);
-    } else {
+        printf("],\"digest\":\"%s\",\"finish\":\"%s\",\"prompt_tokens\":%d,\"arrival_step\":%ld,\"preemptions\":%d,"
+               "\"prefix_hit_tokens\":%d,\"timings\":{\"admit_s\":%.6f,\"first_token_s\":%.6f,\"end_s\":%.6f}}\n",
+               hex, r->finish == DI_DONE_EOS ? "stop" : "length", r->n_prompt, r->arrival_step, r->preemptions,
+               r->prefix_hit_tokens, r->t_admit, r->t_first, r->t_end);
+    } else if (kind == K_PROMPT || kind == K_BATCH) {
         if (!streamed) { fwrite(text ? text : "", 1, text ? len : 0, stdout); }
         fputc('\n', stdout);
         if (a->digest) printf("digest %d %s\n", index, hex);
+    } else if (a->digest) {
+        printf("digest %d %s %s\n", index, kind_name[kind], hex);   /* load runs print no text: too many */
     }
     free(text);
+}
+
+/* The non-empty lines of a file, in place in one buffer; exit status 2 on a problem. */
+static int read_lines(const char *path, const char *flag, char ***lines, int *n)
+{
+    char *all = read_file(path, NULL);
+    if (!all) { fprintf(stderr, "generate: %s %s: %s\n", flag, path, strerror(errno)); return 2; }
+    *lines = NULL;
+    *n = 0;
+    for (char *line = all, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        if (!*line) { fprintf(stderr, "generate: %s %s:%d: empty prompt line\n", flag, path, *n + 1); return 2; }
+        *lines = realloc(*lines, sizeof **lines * (size_t)(*n + 1));
+        (*lines)[(*n)++] = line;
+    }
+    if (*n == 0) { fprintf(stderr, "generate: %s %s holds no prompt\n", flag, path); return 2; }
+    return 0;
+}
+
+/* The requests' texts and kinds. A load run spreads the repeats evenly among the background
+ * prompts (request i is a repeat when floor((i+1)N/T) steps up), so both kinds share steps. */
+static int gather_prompts(const args *a, char ***texts, int **kinds, int *n_req)
+{
+    char **bg = NULL, *prompt = (char *)a->prompt;
+    int n_bg = 0, rc;
+    if (a->batch_file) {
+        if ((rc = read_lines(a->batch_file, "--batch-file", texts, n_req))) return rc;
+        *kinds = calloc((size_t)*n_req, sizeof **kinds);
+        for (int i = 0; i < *n_req; i++) (*kinds)[i] = K_BATCH;
+        return 0;
+    }
+    if (a->prompt_file && !(prompt = read_file(a->prompt_file, NULL))) {
+        fprintf(stderr, "generate: -f %s: %s\n", a->prompt_file, strerror(errno));
+        return 2;
+    }
+    if (a->background && (rc = read_lines(a->background, "--background", &bg, &n_bg))) return rc;
+    long reps = a->repeat ? a->repeat : 1, total = reps + n_bg;
+    *n_req = (int)total;
+    *texts = malloc(sizeof **texts * (size_t)total);
+    *kinds = malloc(sizeof **kinds * (size_t)total);
+    bool load = a->repeat || a->background;
+    for (long i = 0, b = 0; i < total; i++) {
+        bool rep = (i + 1) * reps / total > i * reps / total;
+        (*texts)[i] = rep ? prompt : bg[b++];
+        (*kinds)[i] = !load ? K_PROMPT : rep ? K_REPEAT : K_BACKGROUND;
+    }
+    free(bg);
+    return 0;
+}
+
+/* Tokenizes every prompt into its request; sums the KV blocks they could need. */
+static int make_requests(const args *a, const di_tokenizer *tok, char **texts, int n_req, di_request *reqs,
+                         int32_t **ids, int *blocks)
+{
+    di_err err = {0};
+    *blocks = 0;
+    for (int i = 0; i < n_req; i++) {
+        char *text = a->chat ? di_chat_prompt(texts[i]) : texts[i];
+        size_t n = 0;
+        if (di_tokenize(tok, text, strlen(text), a->chat, &ids[i], &n, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
+        if (a->chat) free(text);
+        if (n == 0) { fprintf(stderr, "generate: prompt %d is empty\n", i + 1); return 2; }
+        if ((long)n >= a->ctx) {
+            fprintf(stderr, "generate: prompt %d is %zu tokens, longer than the context (--ctx %d)\n", i + 1, n, a->ctx);
+            return 2;
+        }
+        di_request *r = &reqs[i];
+        r->prompt = ids[i];
+        r->n_prompt = (int)n;
+        r->n_predict = a->n_predict < a->ctx - (int)n ? a->n_predict : a->ctx - (int)n;
+        r->sampler = (di_sampler){a->temp, a->top_k, a->top_p, a->seed};
+        r->rng_id = 0;   /* every request draws from its own (seed, position) stream: batch mates cannot shift it */
+        r->chunk = a->chunk;
+        /* a seeded schedule spreads arrivals over about four steps per request, so the
+         * batch grows and shrinks from step to step */
+        r->arrival_step = a->arrivals ? (long)(di_uniform(a->arrival_seed, (uint64_t)i, 0) * 4.0 * n_req) : 0;
+        *blocks += di_request_blocks(r);
+    }
+    return 0;
+}
+
+/* The last line of a load run: how many distinct results the repeated prompt got. */
+static void load_summary(const di_request *reqs, const int *kinds, int n_req, double seconds)
+{
+    int reps = 0, uniq_text = 0, uniq_digest = 0;
+    for (int i = 0; i < n_req; i++) {
+        if (kinds[i] != K_REPEAT) continue;
+        reps++;
+        bool seen_text = false, seen_digest = false;
+        for (int j = 0; j < i; j++) {
+            if (kinds[j] != K_REPEAT) continue;
+            seen_text |= reqs[j].n_gen == reqs[i].n_gen && !memcmp(reqs[j].tokens, reqs[i].tokens, sizeof(int32_t) * (size_t)reqs[i].n_gen);
+            seen_digest |= !memcmp(reqs[j].digest, reqs[i].digest, 32);
+        }
+        uniq_text += !seen_text;
+        uniq_digest += !seen_digest;
+    }
+    printf("repeats: %d, unique completions: %d, unique digests: %d, seconds: %.2f\n", reps, uniq_text, uniq_digest, seconds);
+}
+
+static di_rt *open_runtime(const args *a)
+{
+    di_err err = {0};
+    di_rt_opts ro = {.backend = DI_BACKEND_C, .profile = !strcmp(a->profile, "fast") ? DI_PROFILE_FAST : !strcmp(a->profile, "vendor") ? DI_PROFILE_VENDOR : DI_PROFILE_EXACT,
+                     .threads = a->threads ? a->threads : (int)sysconf(_SC_NPROCESSORS_ONLN), .dump_dir = a->dump_dir};
+    di_rt *rt = NULL;
+    if (strcmp(a->device, "cpu")) {
+        ro.backend = DI_BACKEND_CUDA;
+        if (di_rt_open(&ro, &rt, &err)) {
+            if (!strcmp(a->device, "cuda")) { fprintf(stderr, "generate: --device cuda: %s\n", err.msg); return NULL; }
+            fprintf(stderr, "generate: no usable GPU (%s); running on the CPU\n", err.msg);
+            rt = NULL;
+        }
+    }
+    if (!rt) {
+        ro.backend = DI_BACKEND_C;
+        if (di_rt_open(&ro, &rt, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return NULL; }
+    }
+    return rt;
 }
 
 int main(int argc, char **argv)
@@ -234,48 +387,11 @@ int main(int argc, char **argv)
     di_err err = {0};
     double t_load = wall();
 
-    /* prompts */
     char **texts = NULL;
-    int n_req = 0;
-    if (a.batch_file) {
-        size_t len;
-        char *all = read_file(a.batch_file, &len);
-        if (!all) { fprintf(stderr, "generate: --batch-file %s: %s\n", a.batch_file, strerror(errno)); return 2; }
-        for (char *line = all, *next; line && *line; line = next) {
-            next = strchr(line, '\n');
-            if (next) *next++ = 0;
-            texts = realloc(texts, sizeof *texts * (size_t)(n_req + 1));
-            texts[n_req++] = line;
-            if (!*line) { fprintf(stderr, "generate: %s:%d: empty prompt line\n", a.batch_file, n_req); return 2; }
-        }
-        if (n_req == 0) { fprintf(stderr, "generate: --batch-file %s holds no prompt\n", a.batch_file); return 2; }
-    } else {
-        texts = malloc(sizeof *texts);
-        n_req = 1;
-        if (a.prompt_file) {
-            texts[0] = read_file(a.prompt_file, NULL);
-            if (!texts[0]) { fprintf(stderr, "generate: -f %s: %s\n", a.prompt_file, strerror(errno)); return 2; }
-        } else {
-            texts[0] = (char *)a.prompt;
-        }
-    }
-
-    /* backend */
-    di_rt_opts ro = {.backend = DI_BACKEND_C, .profile = !strcmp(a.profile, "fast") ? DI_PROFILE_FAST : !strcmp(a.profile, "vendor") ? DI_PROFILE_VENDOR : DI_PROFILE_EXACT,
-                     .threads = a.threads ? a.threads : (int)sysconf(_SC_NPROCESSORS_ONLN), .dump_dir = a.dump_dir};
-    di_rt *rt = NULL;
-    if (strcmp(a.device, "cpu")) {
-        ro.backend = DI_BACKEND_CUDA;
-        if (di_rt_open(&ro, &rt, &err)) {
-            if (!strcmp(a.device, "cuda")) { fprintf(stderr, "generate: --device cuda: %s\n", err.msg); return 2; }
-            fprintf(stderr, "generate: no usable GPU (%s); running on the CPU\n", err.msg);
-            rt = NULL;
-        }
-    }
-    if (!rt) {
-        ro.backend = DI_BACKEND_C;
-        if (di_rt_open(&ro, &rt, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
-    }
+    int *kinds = NULL, n_req = 0;
+    if ((rc = gather_prompts(&a, &texts, &kinds, &n_req))) return rc;
+    di_rt *rt = open_runtime(&a);
+    if (!rt) return 2;
 
     /* model and tokenizer: the GGUF is opened once by the model */
     FILE *probe = fopen(model_path, "rb");
@@ -294,27 +410,11 @@ int main(int argc, char **argv)
     di_request **rp = calloc((size_t)n_req, sizeof *rp);
     int32_t **ids = calloc((size_t)n_req, sizeof *ids);
     int blocks = 0;
-    for (int i = 0; i < n_req; i++) {
-        char *text = a.chat ? di_chat_prompt(texts[i]) : texts[i];
-        size_t n = 0;
-        if (di_tokenize(tok, text, strlen(text), a.chat, &ids[i], &n, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
-        if (a.chat) free(text);
-        if (n == 0) { fprintf(stderr, "generate: prompt %d is empty\n", i + 1); return 2; }
-        if ((long)n >= a.ctx) {
-            fprintf(stderr, "generate: prompt %d is %zu tokens, longer than the context (--ctx %d)\n", i + 1, n, a.ctx);
-            return 2;
-        }
-        di_request *r = &reqs[i];
-        r->prompt = ids[i];
-        r->n_prompt = (int)n;
-        r->n_predict = a.n_predict < a.ctx - (int)n ? a.n_predict : a.ctx - (int)n;
-        r->sampler = (di_sampler){a.temp, a.top_k, a.top_p, a.seed};
-        r->rng_id = 0;   /* every request draws from its own (seed, position) stream: batch mates cannot shift it */
-        r->chunk = a.chunk;
-        rp[i] = r;
-        blocks += di_request_blocks(r);
-    }
-    di_model_opts mo = {.max_batch_tokens = a.max_batch_tokens, .ctx = a.ctx, .kv_blocks = blocks, .max_seqs = n_req};
+    if ((rc = make_requests(&a, tok, texts, n_req, reqs, ids, &blocks))) return rc;
+    for (int i = 0; i < n_req; i++) rp[i] = &reqs[i];
+    int in_flight = a.max_seqs && a.max_seqs < n_req ? a.max_seqs : n_req;
+    di_model_opts mo = {.max_batch_tokens = a.max_batch_tokens, .ctx = a.ctx, .kv_blocks = a.kv_blocks ? a.kv_blocks : blocks,
+                        .max_seqs = in_flight};
     di_model *m = NULL;
     if (di_model_load(model_path, rt, &mo, &m, &err)) {
         fprintf(stderr, "generate: %s\n", err.msg);
@@ -325,16 +425,25 @@ int main(int argc, char **argv)
 
     int32_t stops[2] = {di_tokenizer_eos(tok), di_tokenizer_special(tok, "<|endoftext|>")};
     stream_ctx sc = {tok, n_req == 1 && !a.json};
-    di_engine_opts eo = {.max_batch_tokens = a.max_batch_tokens, .max_seqs = n_req, .stop_ids = stops,
-                         .n_stop = stops[1] >= 0 ? 2 : 1, .on_token = on_token, .ctx = &sc};
+    di_engine_opts eo = {.max_batch_tokens = a.max_batch_tokens, .max_seqs = in_flight, .prefix_cache = !a.no_prefix_cache,
+                         .stop_ids = stops, .n_stop = stops[1] >= 0 ? 2 : 1, .on_token = on_token, .ctx = &sc};
     di_engine_stats st;
-    if (di_engine_run(m, rp, n_req, &eo, &st, &err)) { fprintf(stderr, "\ngenerate: %s\n", err.msg); return 1; }
-    for (int i = 0; i < n_req; i++) print_result(&a, tok, &reqs[i], i, sc.on);
-    fprintf(stderr, "generate: prompt %ld tokens in %.2f s (%.1f tok/s); generated %ld tokens in %.2f s (%.1f tok/s); %ld steps\n",
+    double t_run = wall();
+    if (di_engine_run(m, rp, n_req, &eo, &st, &err)) {
+        /* a request too big for the pool is the --kv-blocks value's fault: a usage error */
+        fprintf(stderr, "\ngenerate: %s%s\n", a.kv_blocks && err.code == DI_EUSAGE ? "--kv-blocks: " : "", err.msg);
+        return err.code == DI_EUSAGE ? 2 : 1;
+    }
+    t_run = wall() - t_run;
+    for (int i = 0; i < n_req; i++) print_result(&a, tok, &reqs[i], i, kinds[i], sc.on);
+    fprintf(stderr, "generate: prompt %ld tokens in %.2f s (%.1f tok/s); generated %ld tokens in %.2f s (%.1f tok/s); %ld steps; "
+            "prefix cache %ld tokens; %ld preemptions; %ld evictions\n",
             st.prompt_tokens, st.prefill_s, st.prefill_s > 0 ? st.prompt_tokens / st.prefill_s : 0.0, st.gen_tokens,
-            st.decode_s, st.decode_s > 0 ? (st.gen_tokens - n_req) / st.decode_s : 0.0, st.steps);
+            st.decode_s, st.decode_s > 0 ? (st.gen_tokens - n_req) / st.decode_s : 0.0, st.steps, st.prefix_hit_tokens,
+            st.preemptions, st.evictions);
+    if (a.repeat || a.background) load_summary(reqs, kinds, n_req, t_run);
     for (int i = 0; i < n_req; i++) { di_request_release(&reqs[i]); free(ids[i]); }
-    free(reqs); free(rp); free(ids);
+    free(reqs); free(rp); free(ids); free(kinds);
     di_model_free(m);
     di_tokenizer_free(tok);
     di_gguf_close(g);

@@ -23,6 +23,8 @@ static ran sh(const char *fmt, ...)
     cr_assert_not_null(p);
     size_t n = fread(r.out, 1, sizeof r.out - 1, p);
     r.out[n] = 0;
+    char rest[4096];   /* drain what does not fit: a closed pipe would kill the child (SIGPIPE) */
+    while (fread(rest, 1, sizeof rest, p) > 0) {}
     int st = pclose(p);
     r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     return r;
@@ -141,4 +143,42 @@ Test(cli, kgen_lists_emits_and_rejects)
     expect(&r, 2, "unknown command");
     r = sh(KGEN " ptx attention --arch sm_90a");
     expect(&r, 0, ".target sm_90a");
+}
+
+Test(cli, generate_load_flag_errors_exit_2)
+{
+    ran r = sh(GEN " -p hi --max-seqs 0");
+    expect(&r, 2, "--max-seqs takes 1..65535");
+    r = sh(GEN " -p hi --concurrency lots");
+    expect(&r, 2, "--concurrency takes 1..65535");
+    r = sh(GEN " -p hi --kv-blocks -3");
+    expect(&r, 2, "--kv-blocks takes a positive count");
+    r = sh(GEN " -p hi --repeat 0");
+    expect(&r, 2, "--repeat takes a positive count");
+    r = sh(GEN " -p hi --arrival-seed -1");
+    expect(&r, 2, "--arrival-seed takes an unsigned integer");
+    r = sh(GEN " -p hi --repeat");
+    expect(&r, 2, "--repeat needs a value");
+    r = sh(GEN " --batch-file /dev/null --repeat 2");
+    expect(&r, 2, "--repeat needs -p or -f");
+    r = sh(GEN " -p hi --background /nonexistent/bg.txt");
+    expect(&r, 2, "--background /nonexistent/bg.txt");
+    if (model_path()) {
+        /* a pool too small for the prompt: an error naming the flag, not a hang */
+        r = sh(GEN " -m %s --device cpu -t 1 -n 40 --kv-blocks 1 -p '%s'", model_path(),
+               "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen");
+        expect(&r, 2, "--kv-blocks");
+        cr_assert(strstr(r.out, "request 0"), "message does not name the request:\n%s", r.out);
+    }
+}
+
+/* The same prompt 4 times, 2 at a time: one completion, one digest, and that line last. */
+Test(cli, generate_repeat_gives_one_completion_and_digest, .timeout = 300)
+{
+    NEED_MODEL();
+    ran r = sh(GEN " -m %s --device cpu -t 1 -n 8 -p 'The capital of France is' --repeat 4 --concurrency 2 2>/dev/null",
+               model_path());
+    expect(&r, 0, "repeats: 4, unique completions: 1, unique digests: 1, seconds: ");
+    const char *last = strstr(r.out, "repeats: ");
+    cr_assert(strchr(last, '\n') && strchr(last, '\n')[1] == 0, "the repeats line is not the last:\n%s", r.out);
 }
