@@ -9,6 +9,21 @@
 
 /* ---- specialization ----------------------------------------------------------------- */
 
+const char *di_profile_name(di_profile p)
+{
+    return p == DI_PROFILE_EXACT ? "exact" : p == DI_PROFILE_FAST ? "fast" : p == DI_PROFILE_VENDOR ? "vendor" : "?";
+}
+
+static const int vendor_ksplits[] = {8, 4, 2, 1};
+
+int di_vendor_matmul_ksplits(long rows) { return rows <= 4 ? 8 : rows <= 32 ? 4 : rows <= 128 ? 2 : 1; }
+
+int di_vendor_ksplit_choices(const int **counts)
+{
+    *counts = vendor_ksplits;
+    return (int)(sizeof vendor_ksplits / sizeof vendor_ksplits[0]);
+}
+
 void di_spec_defaults(const di_spec *s, di_specialization *p)
 {
     memset(p, 0, sizeof *p);
@@ -68,6 +83,17 @@ int di_specialization_check(const di_spec *s, const di_specialization *p, di_err
             return di_fail(err, DI_ESPEC, "spec %s: argument %s cannot be specialized to %s", s->name,
                            s->args[i].name, di_dtype_name(p->dtypes[i]));
     }
+    if (p->ksplits) {
+        if (p->profile != DI_PROFILE_VENDOR)
+            return di_fail(err, DI_ESPEC, "spec %s: a K split count (%d) is the vendor profile's batch-dependent "
+                           "choice; the %s profile keeps the spec's fixed split size", s->name, p->ksplits,
+                           di_profile_name(p->profile));
+        if (s->cls != DI_MATMUL)
+            return di_fail(err, DI_ESPEC, "spec %s: a K split count applies to matmul specs only", s->name);
+        long k = di_spec_dim(s, p, "K");
+        if (p->ksplits < 0 || p->ksplits > k)
+            return di_fail(err, DI_ESPEC, "spec %s: K split count %d not in [1, K = %ld]", s->name, p->ksplits, k);
+    }
     if (s->cls == DI_ATTENTION) {
         long nh = di_spec_dim(s, p, "NH"), nkv = di_spec_dim(s, p, "NKV");
         if (nh % nkv)
@@ -87,6 +113,9 @@ void di_kernel_name(const di_spec *s, const di_specialization *p, char *buf, siz
         if (p->dtypes[i] != s->args[i].dtype)
             n += (size_t)snprintf(buf + n, len - n, "_%s%s", s->args[i].name, di_dtype_name(p->dtypes[i]));
     if (p->profile == DI_PROFILE_FAST && n < len) snprintf(buf + n, len - n, "_fast");
+    /* vendor kernels never share a name with exact ones: runtimes find kernels by name */
+    if (p->profile == DI_PROFILE_VENDOR && n < len) n += (size_t)snprintf(buf + n, len - n, "_vendor");
+    if (p->ksplits && n < len) snprintf(buf + n, len - n, "_ks%d", p->ksplits);
 }
 
 /* ---- constant expressions over dims ------------------------------------------------- */
@@ -262,14 +291,20 @@ int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, 
     di_str_printf(o, "/* detinfer generated source: spec %s (%s), kernels.def:%d, %s backend, %s profile.\n"
                      " * Generator %s. Do not edit: change kernels.def or codegen/. */\n",
                   s->name, di_class_name(s->cls), s->line, b == DI_BACKEND_C ? "C" : "CUDA",
-                  p->profile == DI_PROFILE_EXACT ? "exact" : "fast", DI_CODEGEN_SCHEMA);
+                  di_profile_name(p->profile), DI_CODEGEN_SCHEMA);
     if (b == DI_BACKEND_C) di_prelude_c(o); else di_prelude_cuda(o);
     di_str_puts(o, di_prelude_math);
     di_str_puts(o, "\n/* specialization and schedule: compile-time constants */\n");
     for (int i = 0; i < DI_MAX_DIMS && s->dims[i].name; i++) di_str_printf(o, "#define %s %ldL\n", s->dims[i].name, p->dims[i]);
     di_str_printf(o, "#define THREADS %d\n", s->sched.threads);
     if (s->sched.lanes) di_str_printf(o, "#define LANES %d\n", s->sched.lanes);
-    if (s->sched.split) di_str_printf(o, "#define SPLIT %dL\n", s->sched.split);
+    if (p->ksplits) {
+        long k = di_spec_dim(s, p, "K");
+        di_str_printf(o, "#define SPLIT %ldL  /* vendor: ceil(K / %d), a split count chosen from the row count */\n",
+                      (k + p->ksplits - 1) / p->ksplits, p->ksplits);
+    } else if (s->sched.split) {
+        di_str_printf(o, "#define SPLIT %dL\n", s->sched.split);
+    }
     if (s->sched.tile_n) di_str_printf(o, "#define TILE_N %d\n", s->sched.tile_n);
     if (s->sched.kv_block) di_str_printf(o, "#define KVB %dL\n", s->sched.kv_block);
     di_str_puts(o, "\n");

@@ -22,7 +22,21 @@ typedef struct di_specialization {
     long dims[DI_MAX_DIMS];        /* in the spec's dim order */
     di_dtype dtypes[DI_MAX_ARGS];  /* in the spec's argument order */
     di_profile profile;
+    /* Vendor profile, matmul only: K is cut into this many chunks of ceil(K / ksplits) instead
+     * of the spec's fixed SPLIT. A split *count* is exactly what the one rule forbids (the
+     * count follows the row count, so a row's order follows the batch); it exists so that the
+     * vendor profile can reproduce what engines do, and di_specialization_check rejects it in
+     * every other profile. 0: the spec's schedule. */
+    int ksplits;
 } di_specialization;
+
+const char *di_profile_name(di_profile p);   /* "exact", "fast", "vendor" */
+
+/* The vendor profile's split-K policy, as engines pick it: few rows leave most of the machine
+ * idle, so K is split more (8 splits for <= 4 rows, 4 for <= 32, 2 for <= 128, else 1).
+ * di_vendor_ksplit_choices lists every count the policy can return, largest first. */
+int di_vendor_matmul_ksplits(long rows);
+int di_vendor_ksplit_choices(const int **counts);
 
 void di_spec_defaults(const di_spec *s, di_specialization *p);
 int di_spec_set_dim(const di_spec *s, di_specialization *p, const char *dim, long value, di_err *err);
@@ -33,7 +47,9 @@ int di_specialization_check(const di_spec *s, const di_specialization *p, di_err
 /* Entry symbol, from spec + specialization only, e.g. "matmul__K576_N1536". */
 void di_kernel_name(const di_spec *s, const di_specialization *p, char *buf, size_t len);
 
-/* Appends the complete translation unit to out. */
+/* Appends the complete translation unit to out. Exact on both backends; fast on CUDA only;
+ * vendor on both (the class lowerings, with a matmul's K split count when ksplits is set;
+ * its GPU matmul is normally cuBLASLt, chosen in the runtime, not generated). */
 int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, di_str *out, di_err *err);
 
 /* Launch shape from runtime sizes (in the spec's SIZES order). For the C backend the

@@ -1,7 +1,9 @@
 /* kgen: print what the generator makes of a spec, for review.
  *   kgen list                               one spec per line: name, class, schedule
  *   kgen emit NAME [--backend c|cuda] [--set DIM=V]... [--dtype ARG=f32|bf16]...
- *   kgen ptx NAME [--arch sm_90a] [--set DIM=V]... [--fast]   (NVRTC; no GPU needed) */
+ *   kgen ptx NAME [--arch sm_90a] [--set DIM=V]...   (NVRTC; no GPU needed)
+ * both also take [--profile exact|fast|vendor] (default exact) and, vendor matmuls only,
+ * [--ksplits N]: the K split count the vendor runtime picks from the row count. */
 #include "codegen/codegen.h"
 #include "runtime/backend.h"
 #include "runtime/nvrtc.h"
@@ -14,7 +16,8 @@ static int usage(const char *why)
     if (why) fprintf(stderr, "kgen: %s\n", why);
     fprintf(stderr, "usage: kgen list\n"
                     "       kgen emit NAME [--backend c|cuda] [--set DIM=VALUE]... [--dtype ARG=f32|bf16]...\n"
-                    "       kgen ptx NAME [--arch sm_90a] [--set DIM=VALUE]...\n");
+                    "       kgen ptx NAME [--arch sm_90a] [--set DIM=VALUE]...\n"
+                    "       (both: [--profile exact|fast|vendor] [--ksplits N], N for vendor matmuls)\n");
     return 2;
 }
 
@@ -65,12 +68,25 @@ int main(int argc, char **argv)
     di_backend_kind backend = emit ? DI_BACKEND_C : DI_BACKEND_CUDA;
     const char *arch = "sm_90a";
     di_err err = {0};
+    int ksplits = 0;
     for (int i = 3; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--backend") && v && emit) {
             if (!strcmp(v, "c")) backend = DI_BACKEND_C;
             else if (!strcmp(v, "cuda")) backend = DI_BACKEND_CUDA;
             else return usage("--backend takes c or cuda");
+            i++;
+        } else if (!strcmp(a, "--profile") && v) {
+            if (!strcmp(v, "exact")) p.profile = DI_PROFILE_EXACT;
+            else if (!strcmp(v, "fast")) p.profile = DI_PROFILE_FAST;
+            else if (!strcmp(v, "vendor")) p.profile = DI_PROFILE_VENDOR;
+            else return usage("--profile takes exact, fast or vendor");
+            i++;
+        } else if (!strcmp(a, "--ksplits") && v) {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (*end || n <= 0 || n > 1 << 20) return usage("--ksplits takes a positive integer");
+            ksplits = (int)n;   /* applied after the loop: --dtype checks the specialization */
             i++;
         } else if (!strcmp(a, "--arch") && v && ptx) {
             arch = v;
@@ -100,6 +116,7 @@ int main(int argc, char **argv)
             return usage(NULL);
         }
     }
+    p.ksplits = ksplits;
     char *src = NULL;
     if (di_rt_source(s, &p, backend, &src, &err)) { fprintf(stderr, "kgen: %s\n", err.msg); return 2; }
     if (emit) {
@@ -108,7 +125,7 @@ int main(int argc, char **argv)
         return 0;
     }
     const char *opts[16];
-    int nopts = di_nvrtc_options(DI_PROFILE_EXACT, arch, opts, 16);
+    int nopts = di_nvrtc_options(p.profile, arch, opts, 16);
     char name[256];
     di_kernel_name(s, &p, name, sizeof name);
     di_nvrtc_out out = {0};

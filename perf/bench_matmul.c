@@ -24,6 +24,7 @@
  * The tile flags change di_matmul_fast_config for this process (tuning only). */
 #include "codegen/matmul_fast.h"
 #include "runtime/backend.h"
+#include "runtime/cublaslt.h"
 #include <dlfcn.h>
 #include <math.h>
 #include <stdint.h>
@@ -121,103 +122,29 @@ static int load_driver(char *msg, size_t len)
     return 0;
 }
 
-/* ---- cuBLASLt, declared here (no cuBLAS headers) ---------------------------------------- */
+/* ---- cuBLASLt (runtime/cublaslt.c: the loader the vendor profile uses) -------------------- */
 
-typedef void *lt_handle, *lt_desc, *lt_layout, *lt_pref;
-typedef struct { uint64_t data[8]; } lt_algo;
-typedef struct { lt_algo algo; size_t workspace; int state; float waves; int reserved[4]; } lt_heuristic;
-enum { LT_COMPUTE_32F = 68, LT_R_32F = 0, LT_R_16BF = 14, LT_DESC_TRANSA = 3, LT_DESC_TRANSB = 4,
-       LT_OP_N = 0, LT_OP_T = 1, LT_PREF_MAX_WORKSPACE = 1 };
+static di_cublaslt *lt;
 
-static struct {
-    int (*create)(lt_handle *);
-    int (*desc_create)(lt_desc *, int, int);
-    int (*desc_set)(lt_desc, int, const void *, size_t);
-    int (*desc_destroy)(lt_desc);
-    int (*layout_create)(lt_layout *, int, uint64_t, uint64_t, int64_t);
-    int (*layout_destroy)(lt_layout);
-    int (*pref_create)(lt_pref *);
-    int (*pref_set)(lt_pref, int, const void *, size_t);
-    int (*pref_destroy)(lt_pref);
-    int (*heuristic)(lt_handle, lt_desc, lt_layout, lt_layout, lt_layout, lt_layout, lt_pref, int, lt_heuristic *,
-                     int *);
-    int (*matmul)(lt_handle, lt_desc, const void *, const void *, lt_layout, const void *, lt_layout, const void *,
-                  const void *, lt_layout, void *, lt_layout, const lt_algo *, void *, size_t, void *);
-    lt_handle handle;
-} lt;
-
-static int load_cublaslt(char *msg, size_t len)
+/* y[M, N] (f32) = x[M, K] (bf16) . w[N, K]^T (bf16), with the heuristic's algorithm for M;
+ * NULL (the reason printed) when there is none. */
+static di_cublaslt_plan *cublas_plan(long m, long k, long n, size_t workspace)
 {
-    const char *names[] = {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"};
-    void *h = NULL;
-    for (size_t i = 0; i < 3 && !h; i++) h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
-    if (!h) { snprintf(msg, len, "no libcublasLt.so.13/.12/.so: %s", dlerror()); return -1; }
-    struct { void **fn; const char *name; } syms[] = {
-        {(void **)&lt.create, "cublasLtCreate"},
-        {(void **)&lt.desc_create, "cublasLtMatmulDescCreate"},
-        {(void **)&lt.desc_set, "cublasLtMatmulDescSetAttribute"},
-        {(void **)&lt.desc_destroy, "cublasLtMatmulDescDestroy"},
-        {(void **)&lt.layout_create, "cublasLtMatrixLayoutCreate"},
-        {(void **)&lt.layout_destroy, "cublasLtMatrixLayoutDestroy"},
-        {(void **)&lt.pref_create, "cublasLtMatmulPreferenceCreate"},
-        {(void **)&lt.pref_set, "cublasLtMatmulPreferenceSetAttribute"},
-        {(void **)&lt.pref_destroy, "cublasLtMatmulPreferenceDestroy"},
-        {(void **)&lt.heuristic, "cublasLtMatmulAlgoGetHeuristic"},
-        {(void **)&lt.matmul, "cublasLtMatmul"},
-    };
-    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
-        if (!(*syms[i].fn = dlsym(h, syms[i].name))) {
-            snprintf(msg, len, "cuBLASLt has no %s", syms[i].name);
-            return -1;
-        }
-    int st = lt.create(&lt.handle);
-    if (st) { snprintf(msg, len, "cublasLtCreate failed: status %d", st); return -1; }
-    return 0;
+    di_err e = {0};
+    di_cublaslt_plan *p = NULL;
+    if (di_cublaslt_plan_new(lt, m, k, n, DI_F32, workspace, &p, &e)) fprintf(stderr, "bench_matmul: %s\n", e.msg);
+    return p;
 }
 
-/* y[M, N] (row-major, f32) = x[M, K] (bf16) . w[N, K]^T (bf16). Column-major view:
- * y^T (N x M, ld N) = op(w) (N x K) . x^T (K x M), op = T on w stored K x N (ld K). */
-typedef struct {
-    lt_desc desc;
-    lt_layout a, b, c;
-    lt_pref pref;
-    lt_heuristic heur;
-} lt_plan;
-
-static int cublas_plan(lt_plan *p, long m, long k, long n, size_t workspace, char *msg, size_t len)
+/* On the legacy default stream (NULL), where the timing events are recorded. */
+static int cublas_run(const di_cublaslt_plan *p, di_dptr y, di_dptr x, di_dptr w, di_dptr ws, size_t ws_bytes)
 {
-    memset(p, 0, sizeof *p);
-    int ta = LT_OP_T, tb = LT_OP_N, found = 0, st;
-    if ((st = lt.desc_create(&p->desc, LT_COMPUTE_32F, LT_R_32F)) ||
-        (st = lt.desc_set(p->desc, LT_DESC_TRANSA, &ta, sizeof ta)) ||
-        (st = lt.desc_set(p->desc, LT_DESC_TRANSB, &tb, sizeof tb)) ||
-        (st = lt.layout_create(&p->a, LT_R_16BF, (uint64_t)k, (uint64_t)n, k)) ||
-        (st = lt.layout_create(&p->b, LT_R_16BF, (uint64_t)k, (uint64_t)m, k)) ||
-        (st = lt.layout_create(&p->c, LT_R_32F, (uint64_t)n, (uint64_t)m, n)) || (st = lt.pref_create(&p->pref)) ||
-        (st = lt.pref_set(p->pref, LT_PREF_MAX_WORKSPACE, &workspace, sizeof workspace)) ||
-        (st = lt.heuristic(lt.handle, p->desc, p->a, p->b, p->c, p->c, p->pref, 1, &p->heur, &found))) {
-        snprintf(msg, len, "cuBLASLt setup for M=%ld K=%ld N=%ld: status %d", m, k, n, st);
+    di_err e = {0};
+    if (di_cublaslt_matmul(lt, p, y, x, w, 0, ws, ws_bytes, NULL, &e)) {
+        fprintf(stderr, "bench_matmul: %s\n", e.msg);
         return -1;
     }
-    if (!found) { snprintf(msg, len, "cuBLASLt: no algorithm for M=%ld K=%ld N=%ld", m, k, n); return -1; }
     return 0;
-}
-
-static void cublas_plan_free(lt_plan *p)
-{
-    if (p->pref) lt.pref_destroy(p->pref);
-    if (p->c) lt.layout_destroy(p->c);
-    if (p->b) lt.layout_destroy(p->b);
-    if (p->a) lt.layout_destroy(p->a);
-    if (p->desc) lt.desc_destroy(p->desc);
-}
-
-static int cublas_run(const lt_plan *p, di_dptr y, di_dptr x, di_dptr w, di_dptr ws, size_t ws_bytes)
-{
-    const float one = 1.0f, zero = 0.0f;
-    return lt.matmul(lt.handle, p->desc, &one, (const void *)(uintptr_t)w, p->a, (const void *)(uintptr_t)x, p->b, &zero,
-                     (const void *)(uintptr_t)y, p->c, (void *)(uintptr_t)y, p->c, &p->heur.algo,
-                     (void *)(uintptr_t)ws, ws_bytes, NULL);
 }
 
 /* ---- timing ------------------------------------------------------------------------------ */
@@ -278,16 +205,14 @@ static int fast_launch(void *p, int i)
 }
 
 typedef struct {
-    const lt_plan *plan;
+    const di_cublaslt_plan *plan;
     di_buf *y, *x, *w[WCOPIES], *ws;
 } cublas_ctx;
 
 static int cublas_launch(void *p, int i)
 {
     cublas_ctx *c = p;
-    int st = cublas_run(c->plan, c->y->dev, c->x->dev, c->w[i]->dev, c->ws->dev, c->ws->bytes);
-    if (st) fprintf(stderr, "bench_matmul: cublasLtMatmul: status %d\n", st);
-    return st;
+    return cublas_run(c->plan, c->y->dev, c->x->dev, c->w[i]->dev, c->ws->dev, c->ws->bytes);
 }
 
 static int read_row0(di_buf *y, long n, float *out, di_err *err)
@@ -376,15 +301,14 @@ typedef struct { cublas_ctx *c; long k, n; size_t ws; } cublas_inv_ctx;
 static int cublas_run_m(void *p, long m)
 {
     cublas_inv_ctx *ic = p;
-    lt_plan plan;
-    char msg[256];
-    if (cublas_plan(&plan, m, ic->k, ic->n, ic->ws, msg, sizeof msg)) { fprintf(stderr, "bench_matmul: %s\n", msg); return -1; }
-    const lt_plan *saved = ic->c->plan;
-    ic->c->plan = &plan;
+    di_cublaslt_plan *plan = cublas_plan(m, ic->k, ic->n, ic->ws);
+    if (!plan) return -1;
+    const di_cublaslt_plan *saved = ic->c->plan;
+    ic->c->plan = plan;
     int rc = cublas_launch(ic->c, 0);
     ic->c->plan = saved;
     if (drv.ctx_sync()) rc = -1;
-    cublas_plan_free(&plan);
+    di_cublaslt_plan_free(plan);
     return rc;
 }
 
@@ -443,14 +367,11 @@ static int fast_shape(di_rt *rt, const options *o, shape sh, const uint16_t *x, 
         if (r->fast_us < 0) { rc = di_fail(err, DI_EDEVICE, "timing fast at M=%ld K=%ld N=%ld failed", m, sh.k, sh.n); goto out; }
         r->cublas_us = -1;
         if (o->cublas) {
-            lt_plan plan;
-            char msg[256];
-            if (cublas_plan(&plan, m, sh.k, sh.n, cc.ws->bytes, msg, sizeof msg)) {
-                fprintf(stderr, "bench_matmul: %s\n", msg);
-            } else {
-                cc.plan = &plan;
+            di_cublaslt_plan *plan = cublas_plan(m, sh.k, sh.n, cc.ws->bytes);
+            if (plan) {
+                cc.plan = plan;
                 r->cublas_us = time_median_us(cublas_launch, &cc, o->runs, copies);
-                cublas_plan_free(&plan);
+                di_cublaslt_plan_free(plan);
             }
         }
         printf("  M=%-5ld K=%-5ld N=%-5ld  cublas %9.1f us  fast %9.1f us\n", m, sh.k, sh.n, r->cublas_us, r->fast_us);
@@ -613,8 +534,9 @@ int main(int argc, char **argv)
     di_rt_opts ro = {.backend = DI_BACKEND_CUDA, .profile = DI_PROFILE_FAST};
     if (di_rt_open(&ro, &rt, &err)) { fprintf(stderr, "bench_matmul: no GPU runtime: %s\n", err.msg); return 2; }
     if (load_driver(msg, sizeof msg)) { fprintf(stderr, "bench_matmul: %s\n", msg); return 2; }
-    if (o.cublas && load_cublaslt(msg, sizeof msg)) {
-        fprintf(stderr, "bench_matmul: cuBLAS columns skipped: %s\n", msg);
+    if (o.cublas && di_cublaslt_open(&lt, &err)) {
+        fprintf(stderr, "bench_matmul: cuBLAS columns skipped: %s\n", err.msg);
+        di_err_clear(&err);
         o.cublas = false;
     }
     printf("bench_matmul: %s\n", di_rt_describe(rt));
@@ -643,6 +565,8 @@ int main(int argc, char **argv)
             break;
         }
     }
+    di_cublaslt_close(lt);   /* while the context is alive */
+    lt = NULL;
     di_rt_close(rt);
 
     if (o.exact && !status) {

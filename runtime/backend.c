@@ -3,6 +3,7 @@
 #include "backend.h"
 #include "../codegen/matmul_fast.h"
 #include "cache.h"
+#include "cublaslt.h"
 #include "nvrtc.h"
 #include "pool.h"
 #include "tcc.h"
@@ -22,8 +23,22 @@ struct di_kernel {
     void *cu_fn;
     void *cu_reduce;          /* fast matmul: phase 2, adding split partials in order */
     di_buf *ws;               /* its workspace, grown on demand */
+    /* Vendor matmul (the non-invariant reference): the kernel the model holds dispatches per
+     * launch on the row count, as engines do; see "the vendor matmul" below. */
+    di_kernel *variant[4];    /* generated, one per K split count of di_vendor_ksplit_choices */
+    int variant_ks[4], nvariants;
+    bool cublas;              /* GPU: cuBLASLt, its heuristic choosing per M */
+    di_kernel *cast;          /* cuBLASLt: f32 x to bf16 into ws first (NULL when x is bf16) */
+    struct lt_plan_list *plans;
+    int iy, ix, iw, ires;     /* argument positions of y, x, w, res (-1: none) */
     di_kernel *next;
 };
+
+/* cuBLASLt plans by M (the heuristic is asked once per row count a kernel meets). */
+typedef struct lt_plan_list {
+    di_cublaslt_plan *plan;
+    struct lt_plan_list *next;
+} lt_plan_list;
 
 struct di_rt {
     di_rt_opts o;
@@ -31,6 +46,9 @@ struct di_rt {
     di_cuda *cuda;
     di_cache *cache;
     di_kernel *kernels;
+    di_cublaslt *lt;          /* vendor profile on the GPU; NULL: generated variants instead */
+    di_buf *lt_ws;            /* cuBLASLt workspace, shared: one stream orders its users */
+    char lt_why[512];         /* why there is no cuBLASLt, for the description */
     char dump_dir[1024];
     char desc[512];
     char nvrtc_version[32];
@@ -54,16 +72,32 @@ int di_rt_open(const di_rt_opts *o, di_rt **out, di_err *err)
         }
         snprintf(rt->nvrtc_version, sizeof rt->nvrtc_version, "%d.%d", major, minor);
         const di_cuda_info *in = di_cuda_get_info(rt->cuda);
-        snprintf(rt->desc, sizeof rt->desc, "cuda %s (%s, %d SMs), NVRTC %s, %s profile", in->name, in->arch,
-                 in->sm_count, rt->nvrtc_version, o->profile == DI_PROFILE_EXACT ? "exact" : "fast");
+        int n = snprintf(rt->desc, sizeof rt->desc, "cuda %s (%s, %d SMs), NVRTC %s, %s profile", in->name, in->arch,
+                         in->sm_count, rt->nvrtc_version, di_profile_name(o->profile));
+        if (o->profile == DI_PROFILE_VENDOR) {
+            /* Without cuBLASLt the vendor matmul falls back to the generated K-split variants:
+             * still batch dependent, so the profile keeps its meaning. */
+            di_err le = {0};
+            if (di_cuda_make_current(rt->cuda, &le) || di_cublaslt_open(&rt->lt, &le))
+                snprintf(rt->lt_why, sizeof rt->lt_why, "%.500s", le.msg);
+            if (rt->lt)
+                snprintf(rt->desc + n, sizeof rt->desc - (size_t)n,
+                         " (not batch invariant: cuBLASLt %zu matmul, algorithm chosen per M)",
+                         di_cublaslt_version(rt->lt));
+            else
+                snprintf(rt->desc + n, sizeof rt->desc - (size_t)n,
+                         " (not batch invariant: matmul K split count from the row count; %s)", rt->lt_why);
+        }
     } else {
-        if (o->profile != DI_PROFILE_EXACT) {
+        if (o->profile == DI_PROFILE_FAST) {
             free(rt);
-            return di_fail(err, DI_EUSAGE, "--profile fast needs the GPU (tensor cores); the CPU runs exact");
+            return di_fail(err, DI_EUSAGE, "--profile fast needs the GPU (tensor cores); the CPU runs exact or vendor");
         }
         rt->pool = di_pool_new(o->threads);
         if (!rt->pool) { free(rt); return di_fail(err, DI_ENOMEM, "cannot start the CPU pool"); }
-        snprintf(rt->desc, sizeof rt->desc, "cpu (%d threads, libtcc), exact profile", di_pool_threads(rt->pool));
+        snprintf(rt->desc, sizeof rt->desc, "cpu (%d threads, libtcc), %s profile%s", di_pool_threads(rt->pool),
+                 di_profile_name(o->profile),
+                 o->profile == DI_PROFILE_VENDOR ? " (not batch invariant: matmul K split count from the row count)" : "");
     }
     rt->cache = di_cache_open(o->cache_dir);
     *out = rt;
@@ -77,9 +111,16 @@ void di_rt_close(di_rt *rt)
         next = k->next;
         di_tcc_free(k->code);
         di_buf_free(k->ws);
+        for (lt_plan_list *p = k->plans, *pn; p; p = pn) {
+            pn = p->next;
+            di_cublaslt_plan_free(p->plan);
+            free(p);
+        }
         if (k->mod) di_cuda_module_unload(rt->cuda, k->mod);
         free(k);
     }
+    di_buf_free(rt->lt_ws);
+    if (rt->lt && !di_cuda_make_current(rt->cuda, NULL)) di_cublaslt_close(rt->lt);
     di_pool_free(rt->pool);
     if (rt->cuda) di_cuda_close(rt->cuda);
     if (rt->cache) di_cache_close(rt->cache);
@@ -157,6 +198,7 @@ int di_nvrtc_options(di_profile profile, const char *arch, const char **opts, in
     /* exact: no contraction, IEEE division and sqrt, denormals kept; never fast math. */
     const char *exact[] = {archopt, "--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false", "-std=c++17"};
     const char *fast[] = {archopt, "--fmad=true", "--prec-div=true", "--prec-sqrt=true", "--ftz=false", "-std=c++17"};
+    /* vendor builds as engines do, contraction on: fast's options */
     const char **src = profile == DI_PROFILE_EXACT ? exact : fast;
     int n = 6 < max ? 6 : max;
     for (int i = 0; i < n; i++) opts[i] = src[i];
@@ -276,6 +318,74 @@ static int build_cuda(di_rt *rt, di_kernel *k, const char *src, di_err *err)
     return rc;
 }
 
+/* ---- the vendor matmul ----------------------------------------------------------------
+ * What engines do, on purpose (the non-invariant reference): the work for a row depends on
+ * how many rows share the launch. On the GPU cuBLASLt's heuristic picks tile, split-K count
+ * and reduction for each M. Without cuBLASLt, and on the CPU, the kernel the caller holds is a
+ * dispatcher over generated variants, one per K split count, and each launch takes the one
+ * di_vendor_matmul_ksplits(rows) names. Both are chosen here rather than in the model so that
+ * the model stays profile- and backend-blind, as it is for exact and fast. */
+
+static bool vendor_dispatch(const di_rt *rt, const di_spec *s, const di_specialization *sp)
+{
+    return rt->o.profile == DI_PROFILE_VENDOR && s->cls == DI_MATMUL && sp->ksplits == 0;
+}
+
+static int arg_pos(const di_spec *s, const char *name)
+{
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)
+        if (!strcmp(s->args[i].name, name)) return i;
+    return -1;
+}
+
+enum { LT_WORKSPACE = 32 << 20 };   /* cuBLASLt's own recommendation for Hopper */
+
+static int vendor_cublaslt_prepare(di_rt *rt, di_kernel *k, di_err *err)
+{
+    const di_spec *s = k->spec;
+    const di_specialization *p = &k->sp;
+    /* The epilogue must be one cuBLASLt has: beta = 0 (acc) or beta = 1 on f32 res (acc + res[n]). */
+    bool plain = !strcmp(s->body, "acc") && k->ires < 0;
+    bool residual = !strcmp(s->body, "acc + res[n]") && k->ires >= 0 && p->dtypes[k->ires] == DI_F32 &&
+                    p->dtypes[k->iy] == DI_F32;
+    if (!plain && !residual)
+        return di_fail(err, DI_ESPEC, "spec %s: epilogue '%s' has no cuBLASLt form in the vendor profile (acc, or "
+                       "acc + res[n] with f32 y and res)", s->name, s->body);
+    if (p->dtypes[k->iw] != DI_BF16)
+        return di_fail(err, DI_ESPEC, "spec %s: the vendor profile's cuBLASLt matmul takes bf16 w", s->name);
+    if (p->dtypes[k->ix] == DI_F32) {
+        const di_spec *cs = &di_specs[DI_OP_cast_bf16];
+        di_specialization cp;
+        di_spec_defaults(cs, &cp);
+        if (di_spec_set_dim(cs, &cp, "D", di_spec_dim(s, p, "K"), err) || di_rt_kernel(rt, cs, &cp, &k->cast, err))
+            return di_wrap(err, "spec %s (vendor, cuBLASLt)", s->name);
+    }
+    if (!rt->lt_ws && di_buf_alloc(rt, LT_WORKSPACE, &rt->lt_ws, err)) return err->code;
+    k->cublas = true;
+    return DI_OK;
+}
+
+static int vendor_matmul_prepare(di_rt *rt, di_kernel *k, di_err *err)
+{
+    const di_spec *s = k->spec;
+    k->iy = arg_pos(s, "y"), k->ix = arg_pos(s, "x"), k->iw = arg_pos(s, "w"), k->ires = arg_pos(s, "res");
+    if (rt->lt) return vendor_cublaslt_prepare(rt, k, err);
+    /* every variant is compiled now, at load, so that no launch compiles */
+    const int *ks;
+    int n = di_vendor_ksplit_choices(&ks);
+    long kdim = di_spec_dim(s, &k->sp, "K");
+    if (n > (int)(sizeof k->variant / sizeof k->variant[0]))
+        return di_fail(err, DI_ESPEC, "spec %s: %d vendor split variants, room for 4", s->name, n);
+    for (int i = 0; i < n; i++) {
+        di_specialization v = k->sp;
+        v.ksplits = ks[i] < kdim ? ks[i] : (int)kdim;
+        if (di_rt_kernel(rt, s, &v, &k->variant[i], err)) return err->code;
+        k->variant_ks[i] = ks[i];
+        k->nvariants = i + 1;
+    }
+    return DI_OK;
+}
+
 int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_kernel **out, di_err *err)
 {
     di_specialization sp = *p;
@@ -285,15 +395,24 @@ int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_ker
     for (di_kernel *k = rt->kernels; k; k = k->next)
         if (k->spec == s && !strcmp(k->name, name)) { *out = k; return DI_OK; }
 
-    char *src = NULL;
-    if (di_rt_source(s, &sp, rt->o.backend, &src, err)) return err->code;
+    char msg[512];
+    if (!di_spec_validate(s, msg, sizeof msg)) return di_fail(err, DI_ESPEC, "%s", msg);
+    if (di_specialization_check(s, &sp, err)) return err->code;
     di_kernel *k = calloc(1, sizeof *k);
+    if (!k) return di_fail(err, DI_ENOMEM, "out of memory");
     k->spec = s;
     k->sp = sp;
     snprintf(k->name, sizeof k->name, "%s", name);
-    dump_file(rt, name, rt->cuda ? "cu" : "c", src, strlen(src));
-    int rc = rt->cuda ? build_cuda(rt, k, src, err) : build_c(rt, k, src, err);
-    free(src);
+    int rc;
+    if (vendor_dispatch(rt, s, &sp)) {
+        rc = vendor_matmul_prepare(rt, k, err);
+    } else {
+        char *src = NULL;
+        if (di_rt_source(s, &sp, rt->o.backend, &src, err)) { free(k); return err->code; }
+        dump_file(rt, name, rt->cuda ? "cu" : "c", src, strlen(src));
+        rc = rt->cuda ? build_cuda(rt, k, src, err) : build_c(rt, k, src, err);
+        free(src);
+    }
     if (rc) {
         di_tcc_free(k->code);
         free(k);
@@ -331,6 +450,47 @@ static int check_arg(const di_kernel *k, int i, const di_val *v, long rows, di_e
     return DI_OK;
 }
 
+/* Vendor matmul on cuBLASLt: x to bf16 (engines keep bf16 activations), then the plan the
+ * heuristic gives for this M, on the runtime's stream so that it is ordered with our kernels. */
+static int launch_cublaslt(di_rt *rt, di_kernel *k, const di_val *args, long rows, di_err *err)
+{
+    if (rows == 0) return DI_OK;
+    long kd = di_spec_dim(k->spec, &k->sp, "K"), nd = di_spec_dim(k->spec, &k->sp, "N");
+    di_dptr x = args[k->ix].buf->dev;
+    if (k->cast) {
+        size_t need = (size_t)rows * (size_t)kd * 2;
+        if (!k->ws || k->ws->bytes < need) {
+            di_buf_free(k->ws);
+            k->ws = NULL;
+            if (di_buf_alloc(rt, need, &k->ws, err)) return err->code;
+        }
+        di_val cargs[2] = {{.buf = k->ws}, {.buf = args[k->ix].buf}};
+        long csizes[1] = {rows};
+        if (di_rt_launch(rt, k->cast, cargs, csizes, err)) return err->code;
+        x = k->ws->dev;
+    }
+    lt_plan_list *pl = k->plans;
+    while (pl && di_cublaslt_plan_m(pl->plan) != rows) pl = pl->next;
+    if (di_cuda_make_current(rt->cuda, err)) return err->code;
+    if (!pl) {
+        di_cublaslt_plan *plan = NULL;
+        if (di_cublaslt_plan_new(rt->lt, rows, kd, nd, k->sp.dtypes[k->iy], rt->lt_ws->bytes, &plan, err))
+            return di_wrap(err, "kernel %s", k->name);
+        if (!(pl = calloc(1, sizeof *pl))) {
+            di_cublaslt_plan_free(plan);
+            return di_fail(err, DI_ENOMEM, "out of memory");
+        }
+        pl->plan = plan;
+        pl->next = k->plans;
+        k->plans = pl;
+    }
+    di_dptr res = k->ires >= 0 ? args[k->ires].buf->dev : 0;
+    if (di_cublaslt_matmul(rt->lt, pl->plan, args[k->iy].buf->dev, x, args[k->iw].buf->dev, res, rt->lt_ws->dev,
+                           rt->lt_ws->bytes, di_cuda_stream(rt->cuda), err))
+        return di_wrap(err, "kernel %s", k->name);
+    return DI_OK;
+}
+
 /* Fast matmul: partials per fixed K split into a workspace, then their in-order sum. */
 static int launch_two_phase(di_rt *rt, di_kernel *k, void **argv, int n, long rows, di_err *err)
 {
@@ -351,6 +511,12 @@ static int launch_two_phase(di_rt *rt, di_kernel *k, void **argv, int n, long ro
 int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes, di_err *err)
 {
     const di_spec *s = k->spec;
+    if (k->nvariants) {
+        int want = di_vendor_matmul_ksplits(sizes[0]);
+        for (int i = 0; i < k->nvariants; i++)
+            if (k->variant_ks[i] == want) return di_rt_launch(rt, k->variant[i], args, sizes, err);
+        return di_fail(err, DI_EUSAGE, "kernel %s: no variant for %d K splits", k->name, want);
+    }
     void *argv[DI_MAX_ARGS + DI_MAX_SIZES + 1];
     long size_vals[DI_MAX_SIZES];
     int n = 0;
@@ -366,6 +532,7 @@ int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes,
         argv[n] = &size_vals[i];
     }
     rt->stats.launches++;
+    if (k->cublas) return launch_cublaslt(rt, k, args, sizes[0], err);
     if (k->cu_reduce) return launch_two_phase(rt, k, argv, n, sizes[0], err);
     di_geometry g;
     if (di_geometry_for(s, &k->sp, rt->o.backend, sizes, &g, err)) return err->code;

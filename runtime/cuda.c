@@ -449,6 +449,10 @@ int di_cuda_sync(di_cuda *c, di_err *err)
     return DI_OK;
 }
 
+int di_cuda_make_current(const di_cuda *c, di_err *err) { return bind(c, err); }
+
+void *di_cuda_stream(const di_cuda *c) { return c->stream; }
+
 int di_cuda_event_create(di_cuda *c, di_cuda_event **ev, di_err *err)
 {
     *ev = NULL;

@@ -38,6 +38,10 @@ int di_cuda_function(di_cuda_module *m, const char *name, void **fn, di_err *err
 int di_cuda_launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3],
                    unsigned smem_bytes, void **params, di_err *err);
 int di_cuda_sync(di_cuda *c, di_err *err);
+/* For libraries that enqueue their own kernels (cuBLASLt): make the context current on this
+ * thread, and the stream every launch goes to (a CUstream), so their work is ordered with ours. */
+int di_cuda_make_current(const di_cuda *c, di_err *err);
+void *di_cuda_stream(const di_cuda *c);
 
 int di_cuda_event_create(di_cuda *c, di_cuda_event **ev, di_err *err);
 int di_cuda_event_record(di_cuda *c, di_cuda_event *ev, di_err *err);

@@ -42,6 +42,24 @@ static inline fixture fixture_open(int threads, int max_batch_tokens, int kv_blo
     return f;
 }
 
+/* As fixture_open, with the numerics profile named by the caller (the vendor suite runs the
+ * same requests under vendor and exact); DETINFER_TEST_BACKEND=cuda still picks the GPU. */
+static inline fixture fixture_open_profile(di_profile profile, int threads, int max_batch_tokens, int kv_blocks,
+                                           int max_seqs)
+{
+    fixture f = {0};
+    di_err e = {0};
+    const char *b = getenv("DETINFER_TEST_BACKEND");
+    bool cuda = b && !strcmp(b, "cuda");
+    di_rt_opts ro = {.backend = cuda ? DI_BACKEND_CUDA : DI_BACKEND_C, .threads = threads, .profile = profile};
+    cr_assert_eq(di_rt_open(&ro, &f.rt, &e), 0, "runtime (%s profile): %s", di_profile_name(profile), e.msg);
+    di_model_opts o = {.max_batch_tokens = max_batch_tokens, .ctx = 512, .kv_blocks = kv_blocks, .max_seqs = max_seqs};
+    cr_assert_eq(di_model_load(model_path(), f.rt, &o, &f.m, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_gguf_open(model_path(), &f.g, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_tokenizer_load(f.g, &f.tok, &e), 0, "%s", e.msg);
+    return f;
+}
+
 static inline void fixture_close(fixture *f)
 {
     di_tokenizer_free(f->tok);
