@@ -1,0 +1,462 @@
+/* make_random_gguf: writes a GGUF v3 llama model of a given shape with deterministic
+ * pseudo-random weights, for benchmarking shapes we have no checkpoint of (Llama-3-8B) or
+ * that must run in seconds (tiny).
+ *
+ * Weights: element i of tensor T is std * g(hash(seed, name of T, i)), where g is a sum of
+ * four 16-bit uniforms scaled to mean 0, variance 1 (an Irwin-Hall approximation of a
+ * normal, bounded by +-3.5); std = 0.02 for matrices, and norm weights are 1 + 0.02 g. Values
+ * depend on (seed, tensor name, index) only, so the bf16 and q4_1 files of a shape are
+ * roundings of the same numbers, and --layers N gives the first N layers of the full model.
+ *
+ * The file holds everything model/model.c reads (general.architecture, the llama.* keys,
+ * token_embd/output_norm/output and blk.N.{attn_norm,attn_q,attn_k,attn_v,attn_output,
+ * ffn_norm,ffn_gate,ffn_up,ffn_down}.weight; matrices bf16 or q4_1, norms f32), plus a
+ * placeholder SentencePiece-style vocabulary (<unk>, <s>, </s>, the 256 byte tokens, then
+ * "<tN>") so that llama.cpp can open the file for comparison runs. Our tokenizer is not
+ * meant to read it: benchmarks feed token ids.
+ *
+ * Tensor data is generated in chunks on several threads and streamed to the file: memory
+ * stays at a few tens of MB whatever the model size. --header-only writes the metadata and
+ * tensor infos and then extends the file to its full size without writing data (a sparse
+ * file, reading as zeros): readers can check every key, shape and offset at no disk cost.
+ *
+ * usage: make_random_gguf OUT.gguf --shape smollm2|llama3-8b|tiny [--seed S] [--type bf16|q4_1]
+ *                         [--layers N] [--threads N] [--header-only] [--quiet] */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+    ALIGN = 32,
+    QK = 32,                        /* q4_1 block */
+    Q4_1_BYTES = 4 + QK / 2,
+    CHUNK_ELEMS = 1 << 22,          /* elements generated per write (a multiple of QK) */
+    MAX_THREADS = 64,
+    GGUF_U32 = 4, GGUF_I32 = 5, GGUF_F32 = 6, GGUF_BOOL = 7, GGUF_STRING = 8, GGUF_ARRAY = 9,
+    GGML_F32 = 0, GGML_Q4_1 = 3, GGML_BF16 = 30,
+    FTYPE_Q4_1 = 3, FTYPE_BF16 = 32,   /* llama.cpp's general.file_type values */
+};
+
+typedef struct shape {
+    const char *name, *label;
+    int layers, dim, heads, kv_heads, ffn, vocab, ctx;
+    float rope_base, eps;
+    bool tied;                      /* no output.weight: the lm head is token_embd */
+} shape;
+
+static const shape shapes[] = {
+    {"tiny", "random tiny", 2, 128, 4, 2, 256, 512, 2048, 10000.0f, 1e-5f, false},
+    {"smollm2", "random SmolLM2-135M shape", 30, 576, 9, 3, 1536, 49152, 8192, 100000.0f, 1e-5f, true},
+    {"llama3-8b", "random Llama-3-8B shape", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0f, 1e-5f, false},
+};
+
+/* ---- values ---------------------------------------------------------------------------- */
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27; x *= 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static uint64_t tensor_key(uint64_t seed, const char *name)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;  /* FNV-1a of the name */
+    for (const char *p = name; *p; p++) h = (h ^ (uint8_t)*p) * 0x100000001b3ULL;
+    return mix64(mix64(seed + 0x9e3779b97f4a7c15ULL) ^ h);
+}
+
+/* mean 0, variance 1 (approximately normal, within +-2 sqrt 3) */
+static inline float gauss(uint64_t key, uint64_t i)
+{
+    uint64_t h = mix64(key + (i + 1) * 0x9e3779b97f4a7c15ULL);
+    uint32_t s = (uint32_t)(h & 0xffff) + (uint32_t)((h >> 16) & 0xffff) + (uint32_t)((h >> 32) & 0xffff) + (uint32_t)(h >> 48);
+    return ((float)s * (1.0f / 65536.0f) - 2.0f) * 1.7320508f;
+}
+
+static uint16_t to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* binary32 to binary16, round to nearest even (finite inputs of moderate size suffice here) */
+static uint16_t to_f16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);          /* rounds past 65504: inf */
+    if (a < 0x38800000u) {                                              /* below 2^-14: subnormal */
+        if (a < 0x33000000u) return (uint16_t)sign;                     /* below 2^-25: zero */
+        uint32_t man = (a & 0x7fffffu) | 0x800000u;
+        int shift = 126 - (int)(a >> 23);                               /* 14..24 */
+        uint32_t half = 1u << (shift - 1), rest = man & ((1u << shift) - 1), q = man >> shift;
+        if (rest > half || (rest == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t r = a + 0xfffu + ((a >> 13) & 1u);
+    return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
+}
+
+/* ---- tensors ------------------------------------------------------------------------------ */
+
+typedef struct tensor {
+    char name[64];
+    int type;                 /* GGML_* */
+    uint64_t dims[2];         /* ggml order: dims[0] contiguous */
+    int n_dims;
+    bool norm;                /* 1 + 0.02 g, else 0.02 g */
+    uint64_t offset, nbytes;
+} tensor;
+
+static uint64_t align_up(uint64_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
+
+static void add_tensor(tensor *t, int *n, const char *name, int type, uint64_t d0, uint64_t d1, bool norm)
+{
+    tensor *x = &t[(*n)++];
+    snprintf(x->name, sizeof x->name, "%s", name);
+    x->type = norm ? GGML_F32 : type;
+    x->dims[0] = d0;
+    x->dims[1] = d1;
+    x->n_dims = d1 ? 2 : 1;
+    x->norm = norm;
+    uint64_t elems = d0 * (d1 ? d1 : 1);
+    x->nbytes = x->type == GGML_F32 ? elems * 4 : x->type == GGML_BF16 ? elems * 2 : elems / QK * Q4_1_BYTES;
+}
+
+static int build_tensors(const shape *s, int type, tensor *t)
+{
+    int n = 0;
+    uint64_t D = (uint64_t)s->dim, HD = (uint64_t)(s->dim / s->heads), Q = (uint64_t)s->heads * HD,
+             KV = (uint64_t)s->kv_heads * HD, F = (uint64_t)s->ffn, V = (uint64_t)s->vocab;
+    char name[64];
+    add_tensor(t, &n, "token_embd.weight", type, D, V, false);
+    add_tensor(t, &n, "output_norm.weight", type, D, 0, true);
+    if (!s->tied) add_tensor(t, &n, "output.weight", type, D, V, false);
+    for (int l = 0; l < s->layers; l++) {
+        struct { const char *what; uint64_t in, out; bool norm; } parts[] = {
+            {"attn_norm", D, 0, true}, {"attn_q", D, Q, false}, {"attn_k", D, KV, false},
+            {"attn_v", D, KV, false}, {"attn_output", Q, D, false}, {"ffn_norm", D, 0, true},
+            {"ffn_gate", D, F, false}, {"ffn_up", D, F, false}, {"ffn_down", F, D, false},
+        };
+        for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, parts[i].what);
+            add_tensor(t, &n, name, type, parts[i].in, parts[i].out, parts[i].norm);
+        }
+    }
+    uint64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        t[i].offset = off;
+        off = align_up(off + t[i].nbytes);
+    }
+    return n;
+}
+
+/* ---- metadata: built in memory (a few MB at most, the vocabulary), then written --------- */
+
+typedef struct mbuf { uint8_t *p; size_t n, cap; bool oom; } mbuf;
+
+static void put(mbuf *b, const void *src, size_t n)
+{
+    if (b->oom) return;
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 1 << 16;
+        while (cap < b->n + n) cap *= 2;
+        uint8_t *p = realloc(b->p, cap);
+        if (!p) { b->oom = true; return; }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+static void put_u32(mbuf *b, uint32_t v) { put(b, &v, 4); }
+static void put_u64(mbuf *b, uint64_t v) { put(b, &v, 8); }
+static void put_f32(mbuf *b, float v) { put(b, &v, 4); }
+static void put_str(mbuf *b, const char *s) { put_u64(b, strlen(s)); put(b, s, strlen(s)); }
+static void kv_str(mbuf *b, int *n, const char *k, const char *v) { put_str(b, k); put_u32(b, GGUF_STRING); put_str(b, v); (*n)++; }
+static void kv_u32(mbuf *b, int *n, const char *k, uint32_t v) { put_str(b, k); put_u32(b, GGUF_U32); put_u32(b, v); (*n)++; }
+static void kv_f32(mbuf *b, int *n, const char *k, float v) { put_str(b, k); put_u32(b, GGUF_F32); put_f32(b, v); (*n)++; }
+static void kv_bool(mbuf *b, int *n, const char *k, bool v) { uint8_t x = v; put_str(b, k); put_u32(b, GGUF_BOOL); put(b, &x, 1); (*n)++; }
+
+static int metadata(mbuf *b, const shape *s, int type, uint64_t seed)
+{
+    int n = 0;
+    char name[128];
+    snprintf(name, sizeof name, "%s (seed %llu)", s->label, (unsigned long long)seed);
+    kv_str(b, &n, "general.architecture", "llama");
+    kv_str(b, &n, "general.name", name);
+    kv_u32(b, &n, "general.alignment", ALIGN);
+    kv_u32(b, &n, "general.file_type", type == GGML_BF16 ? FTYPE_BF16 : FTYPE_Q4_1);
+    kv_u32(b, &n, "general.quantization_version", 2);
+    kv_u32(b, &n, "llama.block_count", (uint32_t)s->layers);
+    kv_u32(b, &n, "llama.context_length", (uint32_t)s->ctx);
+    kv_u32(b, &n, "llama.embedding_length", (uint32_t)s->dim);
+    kv_u32(b, &n, "llama.feed_forward_length", (uint32_t)s->ffn);
+    kv_u32(b, &n, "llama.attention.head_count", (uint32_t)s->heads);
+    kv_u32(b, &n, "llama.attention.head_count_kv", (uint32_t)s->kv_heads);
+    kv_f32(b, &n, "llama.rope.freq_base", s->rope_base);
+    kv_f32(b, &n, "llama.attention.layer_norm_rms_epsilon", s->eps);
+    kv_u32(b, &n, "llama.vocab_size", (uint32_t)s->vocab);
+    kv_u32(b, &n, "llama.rope.dimension_count", (uint32_t)(s->dim / s->heads));
+    /* placeholder vocabulary (SentencePiece layout, as llama.cpp's "llama" tokenizer wants it) */
+    kv_str(b, &n, "tokenizer.ggml.model", "llama");
+    put_str(b, "tokenizer.ggml.tokens"); put_u32(b, GGUF_ARRAY); put_u32(b, GGUF_STRING); put_u64(b, (uint64_t)s->vocab);
+    char tok[32];
+    for (int i = 0; i < s->vocab; i++) {
+        if (i < 3) put_str(b, (const char *[]){"<unk>", "<s>", "</s>"}[i]);
+        else if (i < 3 + 256) { snprintf(tok, sizeof tok, "<0x%02X>", i - 3); put_str(b, tok); }
+        else { snprintf(tok, sizeof tok, "<t%d>", i); put_str(b, tok); }
+    }
+    n++;
+    put_str(b, "tokenizer.ggml.scores"); put_u32(b, GGUF_ARRAY); put_u32(b, GGUF_F32); put_u64(b, (uint64_t)s->vocab);
+    for (int i = 0; i < s->vocab; i++) put_f32(b, i < 3 + 256 ? 0.0f : -(float)i);
+    n++;
+    put_str(b, "tokenizer.ggml.token_type"); put_u32(b, GGUF_ARRAY); put_u32(b, GGUF_I32); put_u64(b, (uint64_t)s->vocab);
+    for (int i = 0; i < s->vocab; i++) put_u32(b, i == 0 ? 2u : i < 3 ? 3u : i < 3 + 256 ? 6u : 1u);  /* unknown, control, byte, normal */
+    n++;
+    kv_u32(b, &n, "tokenizer.ggml.unknown_token_id", 0);
+    kv_u32(b, &n, "tokenizer.ggml.bos_token_id", 1);
+    kv_u32(b, &n, "tokenizer.ggml.eos_token_id", 2);
+    kv_bool(b, &n, "tokenizer.ggml.add_bos_token", true);
+    return n;
+}
+
+/* ---- data: chunks filled by worker threads -------------------------------------------------- */
+
+typedef struct job {
+    const tensor *t;
+    uint64_t key, first, count;   /* elements [first, first + count) of the tensor */
+    uint8_t *out;                 /* where element `first` goes */
+} job;
+
+static void fill(const job *j)
+{
+    const tensor *t = j->t;
+    float base = t->norm ? 1.0f : 0.0f, std = 0.02f;
+    if (t->type == GGML_F32) {
+        float *o = (float *)j->out;
+        for (uint64_t i = 0; i < j->count; i++) o[i] = base + std * gauss(j->key, j->first + i);
+    } else if (t->type == GGML_BF16) {
+        uint16_t *o = (uint16_t *)j->out;
+        for (uint64_t i = 0; i < j->count; i++) o[i] = to_bf16(std * gauss(j->key, j->first + i));
+    } else { /* q4_1, as ggml's reference quantizer: d = (max - min) / 15, m = min */
+        for (uint64_t b = 0; b < j->count / QK; b++) {
+            float x[QK], mn = INFINITY, mx = -INFINITY;
+            for (int k = 0; k < QK; k++) {
+                x[k] = std * gauss(j->key, j->first + b * QK + (uint64_t)k);
+                mn = x[k] < mn ? x[k] : mn;
+                mx = x[k] > mx ? x[k] : mx;
+            }
+            float d = (mx - mn) / 15.0f, id = d ? 1.0f / d : 0.0f;
+            uint8_t *blk = j->out + b * Q4_1_BYTES;
+            uint16_t hd = to_f16(d), hm = to_f16(mn);
+            memcpy(blk, &hd, 2);
+            memcpy(blk + 2, &hm, 2);
+            for (int k = 0; k < QK / 2; k++) {
+                int q0 = (int)((x[k] - mn) * id + 0.5f), q1 = (int)((x[k + QK / 2] - mn) * id + 0.5f);
+                q0 = q0 > 15 ? 15 : q0;
+                q1 = q1 > 15 ? 15 : q1;
+                blk[4 + k] = (uint8_t)(q0 | q1 << 4);
+            }
+        }
+    }
+}
+
+static void *fill_thread(void *p)
+{
+    fill(p);
+    return NULL;
+}
+
+static uint64_t bytes_of(int type, uint64_t elems)
+{
+    return type == GGML_F32 ? elems * 4 : type == GGML_BF16 ? elems * 2 : elems / QK * Q4_1_BYTES;
+}
+
+/* Generates the tensor chunk by chunk, nthreads workers per chunk, and writes it. */
+static int write_tensor(FILE *f, const tensor *t, uint64_t seed, int nthreads, uint8_t *buf, const char *path)
+{
+    uint64_t elems = t->dims[0] * (t->n_dims > 1 ? t->dims[1] : 1), key = tensor_key(seed, t->name);
+    for (uint64_t first = 0; first < elems; first += CHUNK_ELEMS) {
+        uint64_t count = elems - first < CHUNK_ELEMS ? elems - first : CHUNK_ELEMS;
+        /* split into per-thread ranges on QK boundaries */
+        uint64_t blocks = count / QK, per = (blocks + (uint64_t)nthreads - 1) / (uint64_t)nthreads;
+        job jobs[MAX_THREADS];
+        pthread_t th[MAX_THREADS];
+        int nj = 0;
+        if (count % QK || nthreads == 1 || count < 65536) {
+            jobs[nj++] = (job){t, key, first, count, buf};
+        } else {
+            for (uint64_t b = 0; b < blocks; b += per, nj++) {
+                uint64_t nb = blocks - b < per ? blocks - b : per;
+                jobs[nj] = (job){t, key, first + b * QK, nb * QK, buf + bytes_of(t->type, b * QK)};
+            }
+        }
+        int started = 0;
+        for (int i = 1; i < nj; i++, started++)
+            if (pthread_create(&th[i], NULL, fill_thread, &jobs[i])) break;
+        for (int i = 1 + started; i < nj; i++) fill(&jobs[i]);   /* threads that would not start */
+        fill(&jobs[0]);
+        for (int i = 1; i <= started; i++) pthread_join(th[i], NULL);
+        size_t nbytes = (size_t)bytes_of(t->type, count);
+        if (fwrite(buf, 1, nbytes, f) != nbytes) {
+            fprintf(stderr, "make_random_gguf: %s: write failed: %s\n", path, strerror(errno));
+            return 1;
+        }
+    }
+    static const uint8_t zeros[ALIGN];
+    size_t pad = (size_t)(align_up(t->nbytes) - t->nbytes);
+    if (pad && fwrite(zeros, 1, pad, f) != pad) {
+        fprintf(stderr, "make_random_gguf: %s: write failed: %s\n", path, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- main ------------------------------------------------------------------------------------- */
+
+static int usage(const char *why, const char *arg)
+{
+    if (why) {
+        fprintf(stderr, "make_random_gguf: ");
+        fprintf(stderr, why, arg);
+        fprintf(stderr, "\n");
+    }
+    fprintf(why ? stderr : stdout,
+            "usage: make_random_gguf OUT.gguf --shape smollm2|llama3-8b|tiny [--seed S] [--type bf16|q4_1]\n"
+            "                        [--layers N] [--threads N] [--header-only] [--quiet]\n"
+            "  --shape        tiny (2 layers, dim 128, 4/2 heads, ffn 256, vocab 512);\n"
+            "                 smollm2 (30 x 576, 9/3 heads, ffn 1536, vocab 49152, tied lm head);\n"
+            "                 llama3-8b (32 x 4096, 32/8 heads, ffn 14336, vocab 128256, rope 500000)\n"
+            "  --seed S       weights are a function of (S, tensor name, index) (default 1)\n"
+            "  --type T       matrices bf16 (default) or q4_1; norms are f32\n"
+            "  --layers N     only the first N layers (same weights as the full shape's)\n"
+            "  --threads N    generator threads (default: all cores, at most %d)\n"
+            "  --header-only  metadata and tensor infos, then a sparse extension to the full size\n", MAX_THREADS);
+    return why ? 2 : 0;
+}
+
+static bool parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!s || *s == '-') return false;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+    const char *out = NULL, *shape_name = NULL, *type_name = "bf16";
+    uint64_t seed = 1, layers = 0, threads = 0;
+    bool header_only = false, quiet = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(NULL, NULL);
+        else if (!strcmp(a, "--header-only")) header_only = true;
+        else if (!strcmp(a, "--quiet")) quiet = true;
+        else if (!strcmp(a, "--shape")) { if (!v) return usage("%s needs a value", a); shape_name = v; i++; }
+        else if (!strcmp(a, "--type")) { if (!v) return usage("%s needs a value", a); type_name = v; i++; }
+        else if (!strcmp(a, "--seed")) { if (!parse_u64(v, 0, UINT64_MAX, &seed)) return usage("--seed takes an unsigned integer, not '%s'", v ? v : ""); i++; }
+        else if (!strcmp(a, "--layers")) { if (!parse_u64(v, 1, 1024, &layers)) return usage("--layers takes 1..1024, not '%s'", v ? v : ""); i++; }
+        else if (!strcmp(a, "--threads")) { if (!parse_u64(v, 1, MAX_THREADS, &threads)) return usage("--threads takes 1..64, not '%s'", v ? v : ""); i++; }
+        else if (a[0] == '-' && a[1]) return usage("unknown option '%s'", a);
+        else if (!out) out = a;
+        else return usage("one output file only ('%s' is a second)", a);
+    }
+    if (!out) return usage("%s", "no output file given");
+    if (!shape_name) return usage("%s", "--shape is required (smollm2, llama3-8b or tiny)");
+    const shape *sp = NULL;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        if (!strcmp(shapes[i].name, shape_name)) sp = &shapes[i];
+    if (!sp) return usage("--shape takes smollm2, llama3-8b or tiny, not '%s'", shape_name);
+    int type = !strcmp(type_name, "bf16") ? GGML_BF16 : !strcmp(type_name, "q4_1") ? GGML_Q4_1 : -1;
+    if (type < 0) return usage("--type takes bf16 or q4_1, not '%s'", type_name);
+    shape s = *sp;
+    if (layers) s.layers = (int)layers;
+    if (!threads) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (uint64_t)n;
+    }
+
+    int max_tensors = 3 + 9 * s.layers;
+    tensor *ts = calloc((size_t)max_tensors, sizeof *ts);
+    mbuf kv = {0}, info = {0};
+    if (!ts) { fprintf(stderr, "make_random_gguf: out of memory\n"); return 1; }
+    int nt = build_tensors(&s, type, ts);
+    int nkv = metadata(&kv, &s, type, seed);
+    for (int i = 0; i < nt; i++) {
+        put_str(&info, ts[i].name);
+        put_u32(&info, (uint32_t)ts[i].n_dims);
+        for (int d = 0; d < ts[i].n_dims; d++) put_u64(&info, ts[i].dims[d]);
+        put_u32(&info, (uint32_t)ts[i].type);
+        put_u64(&info, ts[i].offset);
+    }
+    if (kv.oom || info.oom) { fprintf(stderr, "make_random_gguf: out of memory\n"); return 1; }
+    uint64_t header = 4 + 4 + 8 + 8 + kv.n + info.n, data_start = align_up(header);
+    uint64_t data_bytes = align_up(ts[nt - 1].offset + ts[nt - 1].nbytes), total = data_start + data_bytes;
+
+    FILE *f = fopen(out, "wb");
+    if (!f) { fprintf(stderr, "make_random_gguf: %s: %s\n", out, strerror(errno)); return 2; }
+    setvbuf(f, NULL, _IOFBF, 1 << 22);
+    uint32_t version = 3;
+    uint64_t n_tensors = (uint64_t)nt, n_kv = (uint64_t)nkv;
+    static const uint8_t zeros[ALIGN];
+    bool ok = fwrite("GGUF", 1, 4, f) == 4 && fwrite(&version, 4, 1, f) == 1 && fwrite(&n_tensors, 8, 1, f) == 1 &&
+              fwrite(&n_kv, 8, 1, f) == 1 && fwrite(kv.p, 1, kv.n, f) == kv.n && fwrite(info.p, 1, info.n, f) == info.n &&
+              fwrite(zeros, 1, (size_t)(data_start - header), f) == (size_t)(data_start - header);
+    free(kv.p);
+    free(info.p);
+    if (!ok) { fprintf(stderr, "make_random_gguf: %s: write failed: %s\n", out, strerror(errno)); fclose(f); return 1; }
+    if (!quiet)
+        fprintf(stderr, "make_random_gguf: %s: %s, %d layers, %s, %d tensors, %.2f GB (%s)\n", out, s.label, s.layers,
+                type_name, nt, total / 1e9, header_only ? "header only, sparse data" : "writing");
+
+    double t0 = now();
+    int rc = 0;
+    if (header_only) {
+        if (fflush(f) || ftruncate(fileno(f), (off_t)total)) {
+            fprintf(stderr, "make_random_gguf: %s: extending to %llu bytes: %s\n", out, (unsigned long long)total, strerror(errno));
+            rc = 1;
+        }
+    } else {
+        uint8_t *buf = malloc((size_t)CHUNK_ELEMS * 4);
+        if (!buf) { fprintf(stderr, "make_random_gguf: out of memory\n"); fclose(f); return 1; }
+        uint64_t done = 0;
+        bool progress = !quiet && data_bytes > (1ull << 30) && isatty(2);
+        for (int i = 0; i < nt && !rc; i++) {
+            rc = write_tensor(f, &ts[i], seed, (int)threads, buf, out);
+            done += align_up(ts[i].nbytes);
+            if (progress && (i % 9 == 0 || i == nt - 1))
+                fprintf(stderr, "\r  %5.1f%%  %.1f GB  %.0f s", 100.0 * done / data_bytes, done / 1e9, now() - t0);
+        }
+        if (progress) fprintf(stderr, "\n");
+        free(buf);
+    }
+    if (fclose(f) && !rc) { fprintf(stderr, "make_random_gguf: %s: %s\n", out, strerror(errno)); rc = 1; }
+    free(ts);
+    if (rc) { unlink(out); return rc; }
+    if (!quiet)
+        fprintf(stderr, "make_random_gguf: %s %llu bytes in %.1f s\n", header_only ? "extended (sparse) to" : "wrote",
+                (unsigned long long)total, now() - t0);
+    return 0;
+}
