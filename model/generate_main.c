@@ -18,7 +18,7 @@
 
 typedef struct args {
     const char *model, *prompt, *prompt_file, *batch_file, *device, *profile, *dump_dir, *background;
-    bool chat, digest, json, no_prefix_cache, arrivals;
+    bool chat, digest, json, no_prefix_cache, arrivals, ignore_eos;
     int n_predict, top_k, ctx, threads, chunk, max_batch_tokens, max_seqs, kv_blocks, repeat;
     float temp, top_p;
     uint64_t seed, arrival_seed;
@@ -37,6 +37,7 @@ static void usage(FILE *f)
         "  -f, --file FILE         read the prompt from FILE\n"
         "      --batch-file FILE   one prompt per line, all run together; results in line order\n"
         "      --chat              wrap the prompt in the model's ChatML template\n"
+        "      --ignore-eos        generate -n tokens even past end-of-text (load experiments)\n"
         "  -n, --n-predict N       tokens to generate (default 128)\n"
         "      --temp T            temperature (default 0.8; 0 = greedy)\n"
         "      --top-k K           (default 40; 0 = off)\n"
@@ -118,6 +119,7 @@ static int parse_args(int argc, char **argv, args *a)
         else if (IS("-f", "--file")) { NEED(); a->prompt_file = v; }
         else if (!strcmp(o, "--batch-file")) { NEED(); a->batch_file = v; }
         else if (!strcmp(o, "--chat")) a->chat = true;
+        else if (!strcmp(o, "--ignore-eos")) a->ignore_eos = true;
         else if (!strcmp(o, "--digest")) a->digest = true;
         else if (!strcmp(o, "--json")) a->json = true;
         else if (IS("-n", "--n-predict")) { NEED(); if (!parse_int(v, 0, 1 << 20, &a->n_predict)) return bad_usage("-n takes a count, not '%s'", v); }
@@ -426,7 +428,7 @@ int main(int argc, char **argv)
     int32_t stops[2] = {di_tokenizer_eos(tok), di_tokenizer_special(tok, "<|endoftext|>")};
     stream_ctx sc = {tok, n_req == 1 && !a.json};
     di_engine_opts eo = {.max_batch_tokens = a.max_batch_tokens, .max_seqs = in_flight, .prefix_cache = !a.no_prefix_cache,
-                         .stop_ids = stops, .n_stop = stops[1] >= 0 ? 2 : 1, .on_token = on_token, .ctx = &sc};
+                         .stop_ids = stops, .n_stop = a.ignore_eos ? 0 : stops[1] >= 0 ? 2 : 1, .on_token = on_token, .ctx = &sc};
     di_engine_stats st;
     double t_run = wall();
     if (di_engine_run(m, rp, n_req, &eo, &st, &err)) {
@@ -436,6 +438,7 @@ int main(int argc, char **argv)
     }
     t_run = wall() - t_run;
     for (int i = 0; i < n_req; i++) print_result(&a, tok, &reqs[i], i, kinds[i], sc.on);
+    fflush(stdout);   /* results before the timing line when both go to one terminal */
     fprintf(stderr, "generate: prompt %ld tokens in %.2f s (%.1f tok/s); generated %ld tokens in %.2f s (%.1f tok/s); %ld steps; "
             "prefix cache %ld tokens; %ld preemptions; %ld evictions\n",
             st.prompt_tokens, st.prefill_s, st.prefill_s > 0 ? st.prompt_tokens / st.prefill_s : 0.0, st.gen_tokens,
