@@ -267,34 +267,49 @@ static int read_lines(const char *path, const char *flag, char ***lines, int *n)
     if (!all) { fprintf(stderr, "generate: %s %s: %s\n", flag, path, strerror(errno)); return 2; }
     *lines = NULL;
     *n = 0;
-    for (char *line = all, *next; line && *line; line = next) {
+    bool empty_line = false;
+    for (char *line = all, *next; line && *line && !empty_line; line = next) {
         next = strchr(line, '\n');
         if (next) *next++ = 0;
-        if (!*line) { fprintf(stderr, "generate: %s %s:%d: empty prompt line\n", flag, path, *n + 1); return 2; }
+        if (!*line) {
+            fprintf(stderr, "generate: %s %s:%d: empty prompt line\n", flag, path, *n + 1);
+            empty_line = true;
+            break;
+        }
         *lines = realloc(*lines, sizeof **lines * (size_t)(*n + 1));
         (*lines)[(*n)++] = line;
     }
-    if (*n == 0) { fprintf(stderr, "generate: %s %s holds no prompt\n", flag, path); return 2; }
-    return 0;
+    if (*n == 0 || empty_line) {
+        if (!empty_line) fprintf(stderr, "generate: %s %s holds no prompt\n", flag, path);
+        free(all);
+        free(*lines);
+        *lines = NULL;
+        *n = 0;
+        return 2;
+    }
+    return 0;   /* (*lines)[0] is the file's buffer: freeing it frees every line */
 }
 
 /* The requests' texts and kinds. A load run spreads the repeats evenly among the background
  * prompts (request i is a repeat when floor((i+1)N/T) steps up), so both kinds share steps. */
-static int gather_prompts(const args *a, char ***texts, int **kinds, int *n_req)
+/* owned[0..1] receive the file buffers the texts point into (freed by the caller). */
+static int gather_prompts(const args *a, char ***texts, int **kinds, int *n_req, char *owned[2])
 {
     char **bg = NULL, *prompt = (char *)a->prompt;
     int n_bg = 0, rc;
     if (a->batch_file) {
         if ((rc = read_lines(a->batch_file, "--batch-file", texts, n_req))) return rc;
+        owned[0] = (*texts)[0];
         *kinds = calloc((size_t)*n_req, sizeof **kinds);
         for (int i = 0; i < *n_req; i++) (*kinds)[i] = K_BATCH;
         return 0;
     }
-    if (a->prompt_file && !(prompt = read_file(a->prompt_file, NULL))) {
+    if (a->prompt_file && !(prompt = owned[0] = read_file(a->prompt_file, NULL))) {
         fprintf(stderr, "generate: -f %s: %s\n", a->prompt_file, strerror(errno));
         return 2;
     }
     if (a->background && (rc = read_lines(a->background, "--background", &bg, &n_bg))) return rc;
+    if (bg) owned[1] = bg[0];
     long reps = a->repeat ? a->repeat : 1, total = reps + n_bg;
     *n_req = (int)total;
     *texts = malloc(sizeof **texts * (size_t)total);
@@ -318,8 +333,9 @@ static int make_requests(const args *a, const di_tokenizer *tok, char **texts, i
     for (int i = 0; i < n_req; i++) {
         char *text = a->chat ? di_chat_prompt(texts[i]) : texts[i];
         size_t n = 0;
-        if (di_tokenize(tok, text, strlen(text), a->chat, &ids[i], &n, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
+        int trc = di_tokenize(tok, text, strlen(text), a->chat, &ids[i], &n, &err);
         if (a->chat) free(text);
+        if (trc) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
         if (n == 0) { fprintf(stderr, "generate: prompt %d is empty\n", i + 1); return 2; }
         if ((long)n >= a->ctx) {
             fprintf(stderr, "generate: prompt %d is %zu tokens, longer than the context (--ctx %d)\n", i + 1, n, a->ctx);
@@ -380,77 +396,102 @@ static di_rt *open_runtime(const args *a)
     return rt;
 }
 
-int main(int argc, char **argv)
+/* Everything main holds, so that every exit, early or not, frees it in one place. */
+typedef struct run_state {
+    char *model_path, *owned[2];
+    char **texts;
+    int *kinds, n_req;
+    di_rt *rt;
+    di_gguf *g;
+    di_tokenizer *tok;
+    di_model *m;
+    di_request *reqs;
+    di_request **rp;
+    int32_t **ids;
+} run_state;
+
+static void run_state_free(run_state *s)
 {
-    args a;
-    int rc = parse_args(argc, argv, &a);
-    if (rc >= 0) return rc;
-    char *model_path = a.model ? strdup(a.model) : default_model();
+    for (int i = 0; s->reqs && i < s->n_req; i++) di_request_release(&s->reqs[i]);
+    for (int i = 0; s->ids && i < s->n_req; i++) free(s->ids[i]);
+    free(s->reqs); free(s->rp); free(s->ids); free(s->kinds); free(s->texts);
+    free(s->owned[0]); free(s->owned[1]);
+    di_model_free(s->m);
+    di_tokenizer_free(s->tok);
+    di_gguf_close(s->g);
+    if (s->rt) di_rt_close(s->rt);
+    free(s->model_path);
+}
+
+/* Loads, runs and prints; returns the exit status. */
+static int run(const args *ap, run_state *s)
+{
+    const args a = *ap;
     di_err err = {0};
     double t_load = wall();
-
-    char **texts = NULL;
-    int *kinds = NULL, n_req = 0;
-    if ((rc = gather_prompts(&a, &texts, &kinds, &n_req))) return rc;
-    di_rt *rt = open_runtime(&a);
-    if (!rt) return 2;
+    int rc;
+    if ((rc = gather_prompts(&a, &s->texts, &s->kinds, &s->n_req, s->owned))) return rc;
+    int n_req = s->n_req;
+    if (!(s->rt = open_runtime(&a))) return 2;
 
     /* model and tokenizer: the GGUF is opened once by the model */
-    FILE *probe = fopen(model_path, "rb");
+    FILE *probe = fopen(s->model_path, "rb");
     if (!probe) {
-        fprintf(stderr, "generate: model %s: %s (scripts/fetch-model downloads the default model)\n", model_path,
+        fprintf(stderr, "generate: model %s: %s (scripts/fetch-model downloads the default model)\n", s->model_path,
                 strerror(errno));
         return 2;
     }
     fclose(probe);
     /* tokenize first, to size the KV pool and reject prompts longer than the context */
-    di_gguf *g = NULL;
-    if (di_gguf_open(model_path, &g, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
-    di_tokenizer *tok = NULL;
-    if (di_tokenizer_load(g, &tok, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
-    di_request *reqs = calloc((size_t)n_req, sizeof *reqs);
-    di_request **rp = calloc((size_t)n_req, sizeof *rp);
-    int32_t **ids = calloc((size_t)n_req, sizeof *ids);
+    if (di_gguf_open(s->model_path, &s->g, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
+    if (di_tokenizer_load(s->g, &s->tok, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
+    s->reqs = calloc((size_t)n_req, sizeof *s->reqs);
+    s->rp = calloc((size_t)n_req, sizeof *s->rp);
+    s->ids = calloc((size_t)n_req, sizeof *s->ids);
+    if (!s->reqs || !s->rp || !s->ids) { fprintf(stderr, "generate: out of memory\n"); return 1; }
     int blocks = 0;
-    if ((rc = make_requests(&a, tok, texts, n_req, reqs, ids, &blocks))) return rc;
-    for (int i = 0; i < n_req; i++) rp[i] = &reqs[i];
+    if ((rc = make_requests(&a, s->tok, s->texts, n_req, s->reqs, s->ids, &blocks))) return rc;
+    for (int i = 0; i < n_req; i++) s->rp[i] = &s->reqs[i];
     int in_flight = a.max_seqs && a.max_seqs < n_req ? a.max_seqs : n_req;
     di_model_opts mo = {.max_batch_tokens = a.max_batch_tokens, .ctx = a.ctx, .kv_blocks = a.kv_blocks ? a.kv_blocks : blocks,
                         .max_seqs = in_flight};
-    di_model *m = NULL;
-    if (di_model_load(model_path, rt, &mo, &m, &err)) {
+    if (di_model_load(s->model_path, s->rt, &mo, &s->m, &err)) {
         fprintf(stderr, "generate: %s\n", err.msg);
         return err.code == DI_ENOMEM || err.code == DI_EDEVICE ? 1 : 2;
     }
     t_load = wall() - t_load;
-    fprintf(stderr, "generate: %s; model %s loaded in %.2f s\n", di_rt_describe(rt), model_path, t_load);
+    fprintf(stderr, "generate: %s; model %s loaded in %.2f s\n", di_rt_describe(s->rt), s->model_path, t_load);
 
-    int32_t stops[2] = {di_tokenizer_eos(tok), di_tokenizer_special(tok, "<|endoftext|>")};
-    stream_ctx sc = {tok, n_req == 1 && !a.json};
+    int32_t stops[2] = {di_tokenizer_eos(s->tok), di_tokenizer_special(s->tok, "<|endoftext|>")};
+    stream_ctx sc = {s->tok, n_req == 1 && !a.json};
     di_engine_opts eo = {.max_batch_tokens = a.max_batch_tokens, .max_seqs = in_flight, .prefix_cache = !a.no_prefix_cache,
                          .stop_ids = stops, .n_stop = a.ignore_eos ? 0 : stops[1] >= 0 ? 2 : 1, .on_token = on_token, .ctx = &sc};
     di_engine_stats st;
     double t_run = wall();
-    if (di_engine_run(m, rp, n_req, &eo, &st, &err)) {
+    if (di_engine_run(s->m, s->rp, n_req, &eo, &st, &err)) {
         /* a request too big for the pool is the --kv-blocks value's fault: a usage error */
         fprintf(stderr, "\ngenerate: %s%s\n", a.kv_blocks && err.code == DI_EUSAGE ? "--kv-blocks: " : "", err.msg);
         return err.code == DI_EUSAGE ? 2 : 1;
     }
     t_run = wall() - t_run;
-    for (int i = 0; i < n_req; i++) print_result(&a, tok, &reqs[i], i, kinds[i], sc.on);
+    for (int i = 0; i < n_req; i++) print_result(&a, s->tok, &s->reqs[i], i, s->kinds[i], sc.on);
     fflush(stdout);   /* results before the timing line when both go to one terminal */
     fprintf(stderr, "generate: prompt %ld tokens in %.2f s (%.1f tok/s); generated %ld tokens in %.2f s (%.1f tok/s); %ld steps; "
             "prefix cache %ld tokens; %ld preemptions; %ld evictions\n",
             st.prompt_tokens, st.prefill_s, st.prefill_s > 0 ? st.prompt_tokens / st.prefill_s : 0.0, st.gen_tokens,
             st.decode_s, st.decode_s > 0 ? (st.gen_tokens - n_req) / st.decode_s : 0.0, st.steps, st.prefix_hit_tokens,
             st.preemptions, st.evictions);
-    if (a.repeat || a.background) load_summary(reqs, kinds, n_req, t_run);
-    for (int i = 0; i < n_req; i++) { di_request_release(&reqs[i]); free(ids[i]); }
-    free(reqs); free(rp); free(ids); free(kinds);
-    di_model_free(m);
-    di_tokenizer_free(tok);
-    di_gguf_close(g);
-    di_rt_close(rt);
-    free(model_path);
+    if (a.repeat || a.background) load_summary(s->reqs, s->kinds, n_req, t_run);
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0) return rc;
+    run_state s = {.model_path = a.model ? strdup(a.model) : default_model()};
+    rc = run(&a, &s);
+    run_state_free(&s);
+    return rc;
 }
