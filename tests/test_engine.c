@@ -3,6 +3,7 @@
  * seeded random arrival schedule, concurrency 1, 4 and 16, prefill chunks of 1, 7 and 64,
  * KV blocks reused from the prefix cache, and preemption forced by a tiny KV pool; greedy
  * and sampled. Every request gets exactly one result; one that cannot fit fails at once.
+ * Negative controls: the same loads under --profile vendor give a subject other bits.
  * Kept small: the CPU backend runs about 7 tokens a second on 2 cores. */
 #include "model_fixture.h"
 
@@ -134,10 +135,29 @@ static void expect_subjects(const load *L, const result *res, uint8_t want[2][32
         }
 }
 
-static void check_loads(const load *loads, int n_loads, int kv_blocks, bool want_preempt)
+/* The negative control: the same loads under the vendor profile, whose matmul K-split count
+ * follows the rows of each step. A subject's digest must differ from alone somewhere in every
+ * load; if none did, the checks above could not tell an invariant engine from one that is not. */
+static void expect_some_subject_differs(const load *L, const result *res, uint8_t want[2][32], const char *what)
+{
+    expect_all_done(L, res);
+    int differ = 0, subjects = 0;
+    for (int i = 0, s = 0; i < L->n; i++)
+        if (is_subject(L, i)) {
+            differ += memcmp(res->digest[i], want[s % 2], 32) != 0;
+            subjects++;
+            s++;
+        }
+    cr_log_info("vendor %s: %d of %d subjects differ from alone", what, differ, subjects);
+    cr_assert_gt(differ, 0, "vendor %s: every subject equals alone; the negative control shows nothing", what);
+}
+
+static void check_loads_in(di_profile profile, const load *loads, int n_loads, int kv_blocks, bool want_preempt)
 {
     NEED_MODEL();
-    fixture f = fixture_open(1, 64, kv_blocks, 16);
+    /* exact here means "the suite's profile": fixture_open honours DETINFER_TEST_PROFILE */
+    fixture f = profile == DI_PROFILE_VENDOR ? fixture_open_profile(profile, 1, 64, kv_blocks, 16)
+                                             : fixture_open(1, 64, kv_blocks, 16);
     uint8_t want[2][32];
     alone(&f, subject_of(&loads[0]), want);
     long hits = 0, preempt = 0, subject_preempt = 0;
@@ -147,7 +167,8 @@ static void check_loads(const load *loads, int n_loads, int kv_blocks, bool want
         char what[96];
         snprintf(what, sizeof what, "load %d (%d requests, %d in flight, chunk %d, cache %s)", k, loads[k].n,
                  loads[k].max_seqs, loads[k].chunk, loads[k].prefix_cache ? "on" : "off");
-        expect_subjects(&loads[k], &res, want, what);
+        if (profile == DI_PROFILE_VENDOR) expect_some_subject_differs(&loads[k], &res, want, what);
+        else expect_subjects(&loads[k], &res, want, what);
         if (loads[k].prefix_cache) cr_assert_gt(res.st.prefix_hit_tokens, 0, "%s: no prefix cache hit", what);
         else cr_assert_eq(res.st.prefix_hit_tokens, 0, "%s: cache off yet hits", what);
         hits += res.st.prefix_hit_tokens;
@@ -161,6 +182,11 @@ static void check_loads(const load *loads, int n_loads, int kv_blocks, bool want
         cr_assert_gt(subject_preempt, 0, "no subject was preempted: its recompute is untested");
     }
     fixture_close(&f);
+}
+
+static void check_loads(const load *loads, int n_loads, int kv_blocks, bool want_preempt)
+{
+    check_loads_in(DI_PROFILE_EXACT, loads, n_loads, kv_blocks, want_preempt);
 }
 
 /* concurrency 1 (one at a time: later subjects hit the first one's cached block) and 16
@@ -235,4 +261,24 @@ Test(engine, request_that_cannot_fit_the_pool_fails, .timeout = 60)
     for (int i = 0; i < 2; i++) { di_request_release(&q->r[i]); free(q->ids[i]); }
     free(q);
     fixture_close(&f);
+}
+
+/* ---- negative controls: the loads above under --profile vendor ------------------------- */
+
+Test(engine, vendor_subject_differs_at_concurrency_16_with_cache, .timeout = 600)
+{
+    const load loads[] = {{.n = 16, .every = 5, .max_seqs = 16, .chunk = 64, .prefix_cache = true, .arrival_seed = 12}};
+    check_loads_in(DI_PROFILE_VENDOR, loads, 1, 64, false);
+}
+
+Test(engine, vendor_subject_differs_at_concurrency_4_cold_chunk_1, .timeout = 600)
+{
+    const load loads[] = {{.n = 8, .every = 5, .max_seqs = 4, .chunk = 1, .prefix_cache = false, .arrival_seed = 13}};
+    check_loads_in(DI_PROFILE_VENDOR, loads, 1, 64, false);
+}
+
+Test(engine, vendor_subject_differs_under_forced_preemption, .timeout = 600)
+{
+    const load loads[] = {{.subject = STEM, .n = 6, .every = 2, .max_seqs = 4, .chunk = 7, .prefix_cache = true}};
+    check_loads_in(DI_PROFILE_VENDOR, loads, 1, 3, true);
 }
