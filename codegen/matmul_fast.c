@@ -4,10 +4,10 @@
  * ---- Design notes -------------------------------------------------------------------------
  *
  * Tile. One configuration for every row count (defaults below, di_matmul_fast_config):
- * a block owns a TM x TN = 128 x 128 output tile, 8 warps as 2 (rows) x 4 (cols), each warp a
+ * a block owns a TM x TN = 64 x 128 output tile, 4 warps as 1 (rows) x 4 (cols), each warp a
  * 64 x 32 sub-tile = 4 x 4 mma.sync.m16n8k16 (bf16 in, f32 accumulate) fragments. The k tile
- * is BK = 64; a 4-stage cp.async pipeline stages [TM][BK] of x and [TN][BK] of w (32 KiB per
- * stage, 128 KiB of dynamic shared memory, so the runtime must raise the per-function limit)
+ * is BK = 64; a 4-stage cp.async pipeline stages [TM][BK] of x and [TN][BK] of w (24 KiB per
+ * stage, 96 KiB of dynamic shared memory, so the runtime must raise the per-function limit)
  * in 16-byte chunks, XOR-swizzled so that ldmatrix.x4 and the cp.async writes are free of bank
  * conflicts. f32 x is loaded to registers one stage ahead and converted to bf16 (cvt.rn,
  * round to nearest even) on its way into shared memory; bf16 x goes through cp.async like w.
@@ -43,9 +43,14 @@
  *
  * Resources (NVRTC, sm_90a, default config): phase 1 uses 248 registers with f32 x, 220 with
  * bf16 x, no local memory; SASS is HMMA.16816.F32.BF16, LDSM.16.M88.4, LDGSTS.E.BYPASS.128
- * (w, and bf16 x), LDG.E.128.CONSTANT + F2FP.BF16.F32.PACK_AB + STS.128 (f32 x). One block of
- * 8 warps per SM. Phase 2 uses ~30 registers.
+ * (w, and bf16 x), LDG.E.128.CONSTANT + F2FP.BF16.F32.PACK_AB + STS.128 (f32 x). Phase 2
+ * uses ~30 registers. Why 64 x 128 with 4 warps and not 128 x 128 with 8 (the first default):
+ * two blocks fit an SM (96 KiB of shared memory, 128 threads), which on the H100 took M <= 32
+ * from 0.71-0.81x cuBLAS to 0.78-0.91x and changed large M by under 10 % either way (sweep of
+ * 2026-11-22 in perf/RESULTS.md). The tile shape changes no bit: see "Why it is invariant".
  *
+ * Estimates written for the first, 128 x 128 default before any measurement (the measured
+ * figures, which fell short at large M, are in perf/RESULTS.md).
  * Expected performance (METHOD.md's two numbers; H100 ~3.0 TB/s; mma.sync ceiling taken as
  * ~500 TFLOP/s, to be measured). Bytes = w + x + y (+ workspace in split mode); the main loop
  * reads 6 ldmatrix.x4 per 16 mma per warp, so shared-memory bandwidth (128 B/clk/SM) caps it
@@ -69,7 +74,7 @@
 /* ---- configuration ------------------------------------------------------------------- */
 
 static const di_matmul_fast_config default_config = {
-    .tm = 128, .tn = 128, .bk = 64, .stages = 4, .warps_m = 2, .warps_n = 4,
+    .tm = 64, .tn = 128, .bk = 64, .stages = 4, .warps_m = 1, .warps_n = 4,
     .ks_min = 256, .ks_max = 1024, .fuse_min_tiles = 128, .fuse_min_rows = 64, .group_m = 8,
 };
 static di_matmul_fast_config config = default_config;
