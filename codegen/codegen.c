@@ -2,6 +2,7 @@
  * (prelude, constants, entry wrapper) around a class lowering from lower.c. */
 #include "codegen.h"
 #include "lower.h"
+#include "attention_fast.h"
 #include "matmul_fast.h"
 #include <ctype.h>
 #include <stdio.h>
@@ -310,6 +311,7 @@ int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, 
     di_str_puts(o, "\n");
 
     if (di_matmul_fast_applies(s, p, b)) return di_lower_matmul_fast(o, s, p, name, err);
+    if (di_attention_fast_applies(s, p, b)) return di_lower_attention_fast(o, s, p, name, err);
     if (b == DI_BACKEND_C) {
         di_str_printf(o, "static void %s_block(long bx, long by, ", name);
         emit_params(o, s, p);

@@ -1,6 +1,7 @@
 /* Runtime: kernel lookup (memory map -> disk cache -> compile), buffers and launches for
  * the C backend (libtcc + CPU pool) and the CUDA backend (NVRTC + driver API). */
 #include "backend.h"
+#include "../codegen/attention_fast.h"
 #include "../codegen/matmul_fast.h"
 #include "cache.h"
 #include "cublaslt.h"
@@ -22,7 +23,8 @@ struct di_kernel {
     di_cuda_module *mod;      /* CUDA backend */
     void *cu_fn;
     void *cu_reduce;          /* fast matmul: phase 2, adding split partials in order */
-    di_buf *ws;               /* its workspace, grown on demand */
+    void *cu_merge;           /* fast attention: phase 2, folding per-split results in order */
+    di_buf *ws;               /* their workspace, grown on demand */
     /* Vendor matmul (the non-invariant reference): the kernel the model holds dispatches per
      * launch on the row count, as engines do; see "the vendor matmul" below. */
     di_kernel *variant[4];    /* generated, one per K split count of di_vendor_ksplit_choices */
@@ -312,6 +314,11 @@ static int build_cuda(di_rt *rt, di_kernel *k, const char *src, di_err *err)
         snprintf(reduce, sizeof reduce, "%s_reduce", k->name);
         rc = di_cuda_function(k->mod, reduce, &k->cu_reduce, err);
     }
+    if (!rc && di_attention_fast_applies(k->spec, &k->sp, DI_BACKEND_CUDA)) {
+        char merge[300];
+        snprintf(merge, sizeof merge, "%s_merge", k->name);
+        rc = di_cuda_function(k->mod, merge, &k->cu_merge, err);
+    }
     free(cubin);
     free(ptx);
     free(log);
@@ -450,6 +457,15 @@ static int check_arg(const di_kernel *k, int i, const di_val *v, long rows, di_e
     return DI_OK;
 }
 
+/* A kernel's workspace, grown on demand (never shrunk; freed with the runtime). */
+static int grow_workspace(di_rt *rt, di_kernel *k, size_t bytes, di_err *err)
+{
+    if (k->ws && k->ws->bytes >= bytes) return DI_OK;
+    di_buf_free(k->ws);
+    k->ws = NULL;
+    return di_buf_alloc(rt, bytes ? bytes : 4, &k->ws, err);
+}
+
 /* Vendor matmul on cuBLASLt: x to bf16 (engines keep bf16 activations), then the plan the
  * heuristic gives for this M, on the runtime's stream so that it is ordered with our kernels. */
 static int launch_cublaslt(di_rt *rt, di_kernel *k, const di_val *args, long rows, di_err *err)
@@ -459,11 +475,7 @@ static int launch_cublaslt(di_rt *rt, di_kernel *k, const di_val *args, long row
     di_dptr x = args[k->ix].buf->dev;
     if (k->cast) {
         size_t need = (size_t)rows * (size_t)kd * 2;
-        if (!k->ws || k->ws->bytes < need) {
-            di_buf_free(k->ws);
-            k->ws = NULL;
-            if (di_buf_alloc(rt, need, &k->ws, err)) return err->code;
-        }
+        if (grow_workspace(rt, k, need, err)) return err->code;
         di_val cargs[2] = {{.buf = k->ws}, {.buf = args[k->ix].buf}};
         long csizes[1] = {rows};
         if (di_rt_launch(rt, k->cast, cargs, csizes, err)) return err->code;
@@ -491,6 +503,23 @@ static int launch_cublaslt(di_rt *rt, di_kernel *k, const di_val *args, long row
     return DI_OK;
 }
 
+/* Fast attention: fold mode (phase 2 returns at once) or split mode (per-split results to
+ * the workspace, folded in split order by phase 2); the plan picks from rows and maxb. */
+static int launch_attention_fast(di_rt *rt, di_kernel *k, void **argv, int n, const long *sizes, di_err *err)
+{
+    di_attention_fast_plan pl;
+    if (di_attention_fast_plan_for(k->spec, &k->sp, sizes[0], sizes[1], &pl, err)) return err->code;
+    if (sizes[0] == 0) return DI_OK;
+    if (grow_workspace(rt, k, pl.workspace, err)) return err->code;
+    long rpw = pl.rows_per_warp, split_mode = pl.split_mode;
+    argv[n] = &k->ws->dev;
+    argv[n + 1] = &rpw;
+    argv[n + 2] = &split_mode;
+    if (di_cuda_launch(rt->cuda, k->cu_fn, pl.g[0].grid, pl.g[0].block, pl.g[0].smem, argv, err)) return err->code;
+    if (!pl.split_mode) return DI_OK;
+    return di_cuda_launch(rt->cuda, k->cu_merge, pl.g[1].grid, pl.g[1].block, pl.g[1].smem, argv, err);
+}
+
 /* Fast matmul: partials per fixed K split into a workspace, then their in-order sum. */
 static int launch_two_phase(di_rt *rt, di_kernel *k, void **argv, int n, long rows, di_err *err)
 {
@@ -498,11 +527,7 @@ static int launch_two_phase(di_rt *rt, di_kernel *k, void **argv, int n, long ro
     size_t ws_bytes = 0;
     if (di_geometry_matmul_fast(k->spec, &k->sp, rows, g, &ws_bytes, err)) return err->code;
     if (rows == 0) return DI_OK;
-    if (!k->ws || k->ws->bytes < ws_bytes) {
-        di_buf_free(k->ws);
-        k->ws = NULL;
-        if (di_buf_alloc(rt, ws_bytes, &k->ws, err)) return err->code;
-    }
+    if (grow_workspace(rt, k, ws_bytes, err)) return err->code;
     argv[n] = &k->ws->dev;
     if (di_cuda_launch(rt->cuda, k->cu_fn, g[0].grid, g[0].block, g[0].smem, argv, err)) return err->code;
     return di_cuda_launch(rt->cuda, k->cu_reduce, g[1].grid, g[1].block, g[1].smem, argv, err);
@@ -517,7 +542,7 @@ int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes,
             if (k->variant_ks[i] == want) return di_rt_launch(rt, k->variant[i], args, sizes, err);
         return di_fail(err, DI_EUSAGE, "kernel %s: no variant for %d K splits", k->name, want);
     }
-    void *argv[DI_MAX_ARGS + DI_MAX_SIZES + 1];
+    void *argv[DI_MAX_ARGS + DI_MAX_SIZES + 3];
     long size_vals[DI_MAX_SIZES];
     int n = 0;
     for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++, n++) {
@@ -533,6 +558,7 @@ int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes,
     }
     rt->stats.launches++;
     if (k->cublas) return launch_cublaslt(rt, k, args, sizes[0], err);
+    if (k->cu_merge) return launch_attention_fast(rt, k, argv, n, sizes, err);
     if (k->cu_reduce) return launch_two_phase(rt, k, argv, n, sizes[0], err);
     di_geometry g;
     if (di_geometry_for(s, &k->sp, rt->o.backend, sizes, &g, err)) return err->code;

@@ -1,0 +1,405 @@
+/* The fast profile's attention on the GPU: causal GQA attention over the paged KV cache with
+ * Q.K^T and P.V on tensor cores, batch invariant by construction.
+ *
+ * ---- Design notes -------------------------------------------------------------------------
+ *
+ * Decomposition (the spec's, unchanged): a query at position P sees keys 0..P in splits of
+ * SPLIT positions, [s*SPLIT, (s+1)*SPLIT), s = 0..P/SPLIT. Each split gives (m, l, a): the
+ * split's score max, the sum of its weights and the weighted sum of its values; splits are
+ * folded in split order, s = 0 first (M, L, ACC = m, l, a), then for each next split
+ *   Mn = max(M, m), c1 = 2^(M - Mn), c2 = 2^(m - Mn), ACC = ACC*c1 + a*c2, L = L*c1 + l*c2
+ * with every operation a rounded IEEE operation (__fmul_rn / __fadd_rn, never contracted), and
+ * out = ACC / L. Scores are kept in base 2 (scaled by log2(e) / sqrt(HD)).
+ *
+ * A split on tensor cores. A block takes one KV head and a few consecutive batch rows, in runs
+ * of one sequence. For each split of a run its threads load the K and V rows (f32 in the
+ * cache) once, as bf16 (round to nearest even), into shared memory, K as [key][d], V
+ * transposed as [d][key], positions past the run's largest position as zeros (they may never
+ * have been written). Each warp takes an m16 tile of 16 query vectors: the G = NH/NKV heads of
+ * up to 16/G of the run's rows (its own rows of the block). Then
+ *   S = Q.K^T: SPLIT/8 n8 tiles, HD/16 k16 steps in increasing d, from 0 (mma.m16n8k16);
+ *   keys past a query's own position get -inf; m = the row max (a fixed xor-shuffle tree over
+ *   the quad that holds the row); p = 2^(s - m), rounded to bf16 (the P.V operand) and
+ *   l = the sum of the rounded p in a fixed order (thread-local columns, then the xor tree);
+ *   a = P.V: HD/8 n8 tiles, SPLIT/16 k16 steps in increasing key, from 0; then a + 0.0f, so
+ *   that an all-zero sum is +0 whatever signs its zero terms had.
+ * An mma output element depends only on its own A row, B column and accumulator, so a
+ * query's (m, l, a) for split s depends only on its q, its position and keys 0..P: not on the
+ * other queries in the tile, the other rows of the batch or the positions the tile masks for
+ * others (masked weights are exact zeros; zeroed or finite values times 0 add nothing).
+ *
+ * Two modes, chosen per launch from (rows, maxb) only; they give the same bits:
+ *  - fold mode (grid KV heads x row groups): a warp walks splits 0..P/SPLIT of its tile in
+ *    order and folds each into registers as above;
+ *  - split mode (grid KV heads x row groups x max splits, small batches: decode): block z
+ *    computes split z only and writes (a, m, l) to a workspace; phase 2 (`_merge`, one block
+ *    per (row, head)) folds them in split order with the same function (af_fold).
+ * This is how a decode batch of 1 at a long context fills 132 SMs (split-KV with a fixed split
+ * *size*; an engine's split *count* chosen from the batch is what the vendor profile does).
+ * The tests compare the two modes, and every query alone against inside mixed batches, bitwise.
+ *
+ * Not done yet (perf/RESULTS.md has the figures): K/V are f32 in the cache and converted per
+ * load (bf16 KV would halve the bytes); no cp.async pipeline across splits (latency is hidden
+ * by other blocks only). */
+#include "attention_fast.h"
+#include "lower.h"
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+enum { AF_WARPS = 4, MERGE_THREADS = 128 };
+static const size_t workspace_cap = (size_t)512 << 20;   /* split mode up to this many bytes */
+static const long split_mode_max_rows = 64;
+static int forced_mode;
+
+void di_attention_fast_force_mode(int mode) { forced_mode = mode; }
+
+bool di_attention_fast_applies(const di_spec *s, const di_specialization *p, di_backend_kind b)
+{
+    if (s->cls != DI_ATTENTION || b != DI_BACKEND_CUDA || p->profile != DI_PROFILE_FAST) return false;
+    long nh = di_spec_dim(s, p, "NH"), nkv = di_spec_dim(s, p, "NKV"), hd = di_spec_dim(s, p, "HD");
+    long split = s->sched.split, kvb = s->sched.kv_block;
+    if (nh <= 0 || nkv <= 0 || nh % nkv || nh / nkv > 16) return false;
+    if (hd <= 0 || hd % 16 || hd > 128) return false;
+    return split > 0 && split % 16 == 0 && split <= 64 && kvb > 0;
+}
+
+static long ceil_div(long a, long b) { return (a + b - 1) / b; }
+
+static long smem_bytes(long hd, long split) { return 2 * (split * (hd + 8) + hd * (split + 8)); }
+
+int di_attention_fast_plan_for(const di_spec *s, const di_specialization *p, long rows, long maxb,
+                               di_attention_fast_plan *pl, di_err *err)
+{
+    if (!di_attention_fast_applies(s, p, DI_BACKEND_CUDA))
+        return di_fail(err, DI_ESPEC, "spec %s: not a fast-profile attention of a supported shape", s->name);
+    if (rows < 0 || rows > 65535 * AF_WARPS)
+        return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows (must be 0..%d)", s->name, rows, 65535 * AF_WARPS);
+    long nh = di_spec_dim(s, p, "NH"), nkv = di_spec_dim(s, p, "NKV"), hd = di_spec_dim(s, p, "HD");
+    long split = s->sched.split, kvb = s->sched.kv_block;
+    long nsmax = ceil_div(maxb * kvb, split);
+    if (maxb < 1 || nsmax > 65535)
+        return di_fail(err, DI_EUSAGE, "kernel %s: block-table width %ld (must be 1..%ld)", s->name, maxb,
+                       65535L * split / kvb);
+    size_t ws = (size_t)rows * (size_t)nh * (size_t)nsmax * (size_t)(hd + 2) * sizeof(float);
+    memset(pl, 0, sizeof *pl);
+    pl->split_mode = forced_mode ? forced_mode == 2 : rows <= split_mode_max_rows && ws <= workspace_cap;
+    /* a decode batch: one row (G query vectors) per warp, so that rows spread over warps; a
+     * prefill: 16/G rows of one sequence per warp, so that a K/V load serves 16 queries */
+    pl->rows_per_warp = pl->split_mode || rows <= split_mode_max_rows ? 1 : 16 / (nh / nkv);
+    pl->workspace = pl->split_mode ? ws : 0;
+    long groups = ceil_div(rows, pl->rows_per_warp * AF_WARPS);
+    di_geometry *g = pl->g;
+    g[0].grid[0] = (unsigned)nkv;
+    g[0].grid[1] = (unsigned)groups;
+    g[0].grid[2] = pl->split_mode ? (unsigned)nsmax : 1;
+    g[0].block[0] = AF_WARPS * 32;
+    g[0].block[1] = g[0].block[2] = 1;
+    g[0].smem = (unsigned)smem_bytes(hd, split);
+    g[1].grid[0] = pl->split_mode ? (unsigned)nh : 1;
+    g[1].grid[1] = pl->split_mode ? (unsigned)rows : 1;
+    g[1].grid[2] = 1;
+    g[1].block[0] = MERGE_THREADS;
+    g[1].block[1] = g[1].block[2] = 1;
+    if (groups > 65535)
+        return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows need %ld row groups (grid y is at most 65535)", s->name,
+                       rows, groups);
+    return DI_OK;
+}
+
+/* ---- source -------------------------------------------------------------------------- */
+
+static const char device_helpers[] =
+    "#define AF_G (NH / NKV)                 /* query heads per KV head */\n"
+    "#define AF_NT (SPLIT / 8)               /* n8 tiles of keys in S */\n"
+    "#define AF_KT (HD / 16)                 /* k16 steps over d in Q.K^T */\n"
+    "#define AF_DT (HD / 8)                  /* n8 tiles of d in P.V */\n"
+    "#define AF_PK (SPLIT / 16)              /* k16 steps over keys in P.V */\n"
+    "#define AF_KS (HD + 8)                  /* K row stride in shared memory (bf16): no bank conflicts */\n"
+    "#define AF_VS (SPLIT + 8)               /* V^T row stride */\n"
+    "#define AF_WARP_SM (SPLIT * AF_KS + HD * AF_VS)\n"
+    "#define AF_WSR (HD + 2)                 /* workspace floats per (row, head, split): a, m, l */\n"
+    "static_assert(HD % 16 == 0 && SPLIT % 16 == 0 && AF_G >= 1 && AF_G <= 16, \"attention_fast shape\");\n"
+    "\n"
+    "/* two floats -> bf16x2, round to nearest even; lo in the low half */\n"
+    "DI_FN unsigned af_pack(float lo, float hi)\n"
+    "{\n"
+    "    unsigned d;\n"
+    "    asm(\"cvt.rn.bf16x2.f32 %0, %1, %2;\\n\" : \"=r\"(d) : \"f\"(hi), \"f\"(lo));\n"
+    "    return d;\n"
+    "}\n"
+    "DI_FN float af_lo(unsigned v) { return __uint_as_float(v << 16); }\n"
+    "DI_FN float af_hi(unsigned v) { return __uint_as_float(v & 0xffff0000u); }\n"
+    "\n"
+    "/* c += a . b on one 16 x 8 fragment, k = 16, f32 accumulate */\n"
+    "DI_FN void af_mma(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)\n"
+    "{\n"
+    "    asm volatile(\"mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, \"\n"
+    "                 \"{%8, %9}, {%0, %1, %2, %3};\\n\"\n"
+    "                 : \"+f\"(c[0]), \"+f\"(c[1]), \"+f\"(c[2]), \"+f\"(c[3])\n"
+    "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"r\"(b0), \"r\"(b1));\n"
+    "}\n"
+    "\n"
+    "/* The split fold, the only place it is written: phase 1 (fold mode) and phase 2 run it on\n"
+    " * the same values, so the two modes give the same bits. c1 and c2 for a given (M, m). */\n"
+    "DI_FN void af_rescale(float M, float m, float &Mn, float &c1, float &c2)\n"
+    "{\n"
+    "    Mn = M > m ? M : m;\n"
+    "    c1 = exp2f(__fsub_rn(M, Mn));\n"
+    "    c2 = exp2f(__fsub_rn(m, Mn));\n"
+    "}\n"
+    "DI_FN float af_fold(float acc, float c1, float a, float c2)\n"
+    "{\n"
+    "    return __fadd_rn(__fmul_rn(acc, c1), __fmul_rn(a, c2));\n"
+    "}\n"
+    "\n"
+    "/* The block's threads load keys [j0, j0 + SPLIT) of KV head kvh of sequence S as bf16: K to\n"
+    " * ks[key][d], V to vt[d][key]; positions past pmax are zeros (they may never have been written). */\n"
+    "DI_FN void af_load_split(unsigned short *ks, unsigned short *vt, const float *kc, const float *vc,\n"
+    "                         const int *btab, long maxb, long S, long kvh, long j0, long pmax)\n"
+    "{\n"
+    "#pragma unroll 4\n"
+    "    for (int i = threadIdx.x; i < SPLIT * HD / 4; i += blockDim.x) {\n"
+    "        const int key = i / (HD / 4), d4 = (i % (HD / 4)) * 4;\n"
+    "        const long p = j0 + key;\n"
+    "        float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;\n"
+    "        if (p <= pmax) {\n"
+    "            const long blk = btab[S * maxb + p / KVB];\n"
+    "            const long off = ((blk * KVB + p % KVB) * NKV + kvh) * HD + d4;\n"
+    "            kv = __ldg((const float4 *)(kc + off));\n"
+    "            vv = __ldg((const float4 *)(vc + off));\n"
+    "        }\n"
+    "        unsigned *kd = (unsigned *)(ks + key * AF_KS + d4);\n"
+    "        kd[0] = af_pack(kv.x, kv.y);\n"
+    "        kd[1] = af_pack(kv.z, kv.w);\n"
+    "        const unsigned v01 = af_pack(vv.x, vv.y), v23 = af_pack(vv.z, vv.w);\n"
+    "        vt[(d4 + 0) * AF_VS + key] = (unsigned short)(v01 & 0xffffu);\n"
+    "        vt[(d4 + 1) * AF_VS + key] = (unsigned short)(v01 >> 16);\n"
+    "        vt[(d4 + 2) * AF_VS + key] = (unsigned short)(v23 & 0xffffu);\n"
+    "        vt[(d4 + 3) * AF_VS + key] = (unsigned short)(v23 >> 16);\n"
+    "    }\n"
+    "}\n";
+
+/* Phase 1. A block takes nwarps * rows_per_warp consecutive batch rows and one KV head, and
+ * walks them in runs of one sequence: for each split of a run its threads load K and V once,
+ * then each warp multiplies its own rows' query vectors, v = (row - first row) * G + head
+ * within the group, as the rows of one m16 tile; this thread holds rows g and g + 8 (h = 0, 1)
+ * of every fragment. */
+static const char phase1_body[] =
+    "    extern __shared__ __align__(16) unsigned short af_sm[];\n"
+    "    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;\n"
+    "    unsigned short *ks = af_sm, *vt = af_sm + SPLIT * AF_KS;\n"
+    "    const long kvh = blockIdx.x, nwarps = blockDim.x / 32;\n"
+    "    const long rb0 = (long)blockIdx.y * nwarps * rows_per_warp;\n"
+    "    const long rbend = rb0 + nwarps * rows_per_warp < rows ? rb0 + nwarps * rows_per_warp : rows;\n"
+    "    const long rw0 = rb0 + warp * rows_per_warp, rwend = rw0 + rows_per_warp;   /* this warp's rows */\n"
+    "    const long nsmax = (maxb * KVB + SPLIT - 1) / SPLIT;\n"
+    "    /* the block's rows in runs of one sequence; control flow is block-uniform */\n"
+    "    for (long rs = rb0, re; rs < rbend; rs = re) {\n"
+    "        const long S = seq_[rs];\n"
+    "        long pmax = pos_[rs];\n"
+    "        for (re = rs + 1; re < rbend && seq_[re] == S; re++) pmax = pos_[re] > pmax ? pos_[re] : pmax;\n"
+    "        const long s_lo = split_mode ? (long)blockIdx.z : 0, s_hi = split_mode ? (long)blockIdx.z : pmax / SPLIT;\n"
+    "        if (s_lo > pmax / SPLIT) continue;\n"
+    "        /* this warp's part of the run, and this thread's two query vectors (v = g, g + 8) */\n"
+    "        const long wrs = rs > rw0 ? rs : rw0, wre = re < rwend ? re : rwend;\n"
+    "        const long nvec = wre > wrs ? (wre - wrs) * AF_G : 0;\n"
+    "        long vr[2], vh[2], vp[2];   /* batch row, head, position (-1: no vector) */\n"
+    "#pragma unroll\n"
+    "        for (int h = 0; h < 2; h++) {\n"
+    "            const long v = g + 8 * h;\n"
+    "            const bool ok = v < nvec;\n"
+    "            vr[h] = ok ? wrs + v / AF_G : rs;\n"
+    "            vh[h] = kvh * AF_G + v % AF_G;\n"
+    "            vp[h] = ok ? pos_[vr[h]] : -1;\n"
+    "        }\n"
+    "        /* Q as bf16 A fragments: a0a1 row g, a2a3 row g + 8, a4..a7 the same at d + 8 */\n"
+    "        unsigned qa[AF_KT][4];\n"
+    "#pragma unroll\n"
+    "        for (int kt = 0; kt < AF_KT; kt++)\n"
+    "#pragma unroll\n"
+    "            for (int e = 0; e < 4; e++) {\n"
+    "                const int h = e & 1, d = kt * 16 + 2 * q + (e >> 1) * 8;\n"
+    "                float2 v = make_float2(0.0f, 0.0f);\n"
+    "                if (vp[h] >= 0) v = *(const float2 *)(qkv_ + (vr[h] * (NH + 2 * NKV) + vh[h]) * HD + d);\n"
+    "                qa[kt][e] = af_pack(v.x, v.y);\n"
+    "            }\n"
+    "        float M[2] = {0.0f, 0.0f}, L[2] = {0.0f, 0.0f}, acc[AF_DT][4];\n"
+    "#pragma unroll\n"
+    "        for (int dt = 0; dt < AF_DT; dt++) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;\n"
+    "        for (long sp = s_lo; sp <= s_hi; sp++) {\n"
+    "            const long j0 = sp * SPLIT;\n"
+    "            __syncthreads();\n"
+    "            af_load_split(ks, vt, kc_, vc_, btab_, maxb, S, kvh, j0, pmax);\n"
+    "            __syncthreads();\n"
+    "            if (nvec == 0) continue;   /* warp-uniform: this warp has no rows in the run */\n"
+    "            /* S = Q.K^T, d in increasing k16 steps from 0 */\n"
+    "            float s[AF_NT][4];\n"
+    "#pragma unroll\n"
+    "            for (int nt = 0; nt < AF_NT; nt++) {\n"
+    "                s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;\n"
+    "                const unsigned short *kr = ks + (nt * 8 + g) * AF_KS + 2 * q;\n"
+    "#pragma unroll\n"
+    "                for (int kt = 0; kt < AF_KT; kt++)\n"
+    "                    af_mma(s[nt], qa[kt], *(const unsigned *)(kr + kt * 16), *(const unsigned *)(kr + kt * 16 + 8));\n"
+    "            }\n"
+    "            /* base-2 scores, keys past the query's position masked; row max */\n"
+    "            float m[2] = {-DI_INF, -DI_INF};\n"
+    "#pragma unroll\n"
+    "            for (int nt = 0; nt < AF_NT; nt++)\n"
+    "#pragma unroll\n"
+    "                for (int e = 0; e < 4; e++) {\n"
+    "                    const int h = e >> 1;\n"
+    "                    const long j = j0 + nt * 8 + 2 * q + (e & 1);\n"
+    "                    s[nt][e] = j <= vp[h] ? __fmul_rn(s[nt][e], AF_SCALE) : -DI_INF;\n"
+    "                    m[h] = s[nt][e] > m[h] ? s[nt][e] : m[h];\n"
+    "                }\n"
+    "#pragma unroll\n"
+    "            for (int h = 0; h < 2; h++) {\n"
+    "                float o = __shfl_xor_sync(0xffffffffu, m[h], 1);\n"
+    "                m[h] = o > m[h] ? o : m[h];\n"
+    "                o = __shfl_xor_sync(0xffffffffu, m[h], 2);\n"
+    "                m[h] = o > m[h] ? o : m[h];\n"
+    "                if (m[h] == -DI_INF) m[h] = 0.0f;   /* a vector with no key here: weights 0 */\n"
+    "            }\n"
+    "            /* weights, rounded to bf16 for P.V; l sums the rounded weights */\n"
+    "            unsigned pa[AF_PK][4];\n"
+    "            float l[2] = {0.0f, 0.0f};\n"
+    "#pragma unroll\n"
+    "            for (int nt = 0; nt < AF_NT; nt++)\n"
+    "#pragma unroll\n"
+    "                for (int h = 0; h < 2; h++) {\n"
+    "                    const float x0 = s[nt][2 * h], x1 = s[nt][2 * h + 1];\n"
+    "                    const unsigned pk = af_pack(x0 == -DI_INF ? 0.0f : exp2f(__fsub_rn(x0, m[h])),\n"
+    "                                                x1 == -DI_INF ? 0.0f : exp2f(__fsub_rn(x1, m[h])));\n"
+    "                    l[h] = __fadd_rn(__fadd_rn(l[h], af_lo(pk)), af_hi(pk));\n"
+    "                    pa[nt / 2][h + 2 * (nt % 2)] = pk;\n"
+    "                }\n"
+    "#pragma unroll\n"
+    "            for (int h = 0; h < 2; h++) {\n"
+    "                l[h] = __fadd_rn(l[h], __shfl_xor_sync(0xffffffffu, l[h], 1));\n"
+    "                l[h] = __fadd_rn(l[h], __shfl_xor_sync(0xffffffffu, l[h], 2));\n"
+    "            }\n"
+    "            /* which of this thread's vectors see this split, and their rescale factors */\n"
+    "            bool in[2];\n"
+    "            float Mn[2], c1[2], c2[2];\n"
+    "#pragma unroll\n"
+    "            for (int h = 0; h < 2; h++) {\n"
+    "                in[h] = vp[h] >= j0;\n"
+    "                af_rescale(M[h], m[h], Mn[h], c1[h], c2[h]);\n"
+    "            }\n"
+    "            /* a = P.V per n8 tile of d, keys in increasing k16 steps from 0; then folded or stored */\n"
+    "#pragma unroll\n"
+    "            for (int dt = 0; dt < AF_DT; dt++) {\n"
+    "                float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};\n"
+    "                const unsigned short *vr_ = vt + (dt * 8 + g) * AF_VS + 2 * q;\n"
+    "#pragma unroll\n"
+    "                for (int kk = 0; kk < AF_PK; kk++)\n"
+    "                    af_mma(a, pa[kk], *(const unsigned *)(vr_ + kk * 16), *(const unsigned *)(vr_ + kk * 16 + 8));\n"
+    "#pragma unroll\n"
+    "                for (int e = 0; e < 4; e++) {\n"
+    "                    const int h = e >> 1;\n"
+    "                    const float ae = __fadd_rn(a[e], 0.0f);\n"
+    "                    if (!in[h]) continue;\n"
+    "                    if (split_mode) {\n"
+    "                        const long d = dt * 8 + 2 * q + (e & 1);\n"
+    "                        ws[((vr[h] * NH + vh[h]) * nsmax + sp) * AF_WSR + d] = ae;\n"
+    "                    } else {\n"
+    "                        acc[dt][e] = sp == 0 ? ae : af_fold(acc[dt][e], c1[h], ae, c2[h]);\n"
+    "                    }\n"
+    "                }\n"
+    "            }\n"
+    "#pragma unroll\n"
+    "            for (int h = 0; h < 2; h++) {\n"
+    "                if (!in[h]) continue;\n"
+    "                if (split_mode) {\n"
+    "                    if (q == 0) {\n"
+    "                        float *w = ws + ((vr[h] * NH + vh[h]) * nsmax + sp) * AF_WSR + HD;\n"
+    "                        w[0] = m[h];\n"
+    "                        w[1] = l[h];\n"
+    "                    }\n"
+    "                } else {\n"
+    "                    L[h] = sp == 0 ? l[h] : af_fold(L[h], c1[h], l[h], c2[h]);\n"
+    "                    M[h] = sp == 0 ? m[h] : Mn[h];\n"
+    "                }\n"
+    "            }\n"
+    "        }\n"
+    "        if (split_mode) continue;\n"
+    "#pragma unroll\n"
+    "        for (int dt = 0; dt < AF_DT; dt++)\n"
+    "#pragma unroll\n"
+    "            for (int e = 0; e < 4; e++) {\n"
+    "                const int h = e >> 1;\n"
+    "                if (vp[h] < 0) continue;\n"
+    "                out_[(vr[h] * NH + vh[h]) * HD + dt * 8 + 2 * q + (e & 1)] = __fdiv_rn(acc[dt][e], L[h]);\n"
+    "            }\n"
+    "    }\n";
+
+/* Phase 2 (split mode): one block per (head, row); thread d folds column d over the row's
+ * splits in order, with the same functions as phase 1's fold mode. */
+static const char phase2_body[] =
+    "    if (!split_mode) return;\n"
+    "    (void)kc_; (void)vc_; (void)qkv_; (void)seq_; (void)btab_; (void)rows_per_warp;\n"
+    "    const long h = blockIdx.x, r = blockIdx.y;\n"
+    "    const long nsmax = (maxb * KVB + SPLIT - 1) / SPLIT, ns = pos_[r] / SPLIT + 1;\n"
+    "    const float *w = ws + (r * NH + h) * nsmax * AF_WSR;\n"
+    "    for (long d = threadIdx.x; d < HD; d += blockDim.x) {\n"
+    "        float M = w[HD], L = w[HD + 1], acc = w[d];\n"
+    "        for (long sp = 1; sp < ns; sp++) {\n"
+    "            const float *ws_ = w + sp * AF_WSR;\n"
+    "            float Mn, c1, c2;\n"
+    "            af_rescale(M, ws_[HD], Mn, c1, c2);\n"
+    "            acc = af_fold(acc, c1, ws_[d], c2);\n"
+    "            L = af_fold(L, c1, ws_[HD + 1], c2);\n"
+    "            M = Mn;\n"
+    "        }\n"
+    "        out_[(r * NH + h) * HD + d] = __fdiv_rn(acc, L);\n"
+    "    }\n";
+
+static void emit_params(di_str *o, const di_spec *s, const di_specialization *p)
+{
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
+        const di_arg *a = &s->args[i];
+        di_str_printf(o, "%s%s%s *%s_", i ? ", " : "", a->role == DI_ROLE_IN ? "const " : "", di_ctype(p->dtypes[i]),
+                      a->name);
+    }
+    for (int i = 0; i < DI_MAX_SIZES && s->sizes[i]; i++) di_str_printf(o, ", long %s", s->sizes[i]);
+    di_str_puts(o, ", float *ws, long rows_per_warp, long split_mode");
+}
+
+static const char *const needed_args[] = {"out", "qkv", "kc", "vc", "pos", "seq", "btab"};
+
+int di_lower_attention_fast(di_str *o, const di_spec *s, const di_specialization *p, const char *name, di_err *err)
+{
+    if (!di_attention_fast_applies(s, p, DI_BACKEND_CUDA))
+        return di_fail(err, DI_ESPEC, "spec %s: not a fast-profile attention of a supported shape", s->name);
+    for (size_t i = 0; i < sizeof needed_args / sizeof *needed_args; i++) {
+        bool found = false;
+        for (int j = 0; j < DI_MAX_ARGS && s->args[j].name; j++) found |= !strcmp(s->args[j].name, needed_args[i]);
+        if (!found)
+            return di_fail(err, DI_ESPEC, "spec %s: the fast attention needs an argument named %s", s->name,
+                           needed_args[i]);
+    }
+    if (!s->sizes[0] || strcmp(s->sizes[0], "rows") || !s->sizes[1] || strcmp(s->sizes[1], "maxb"))
+        return di_fail(err, DI_ESPEC, "spec %s: the fast attention needs sizes (rows, maxb)", s->name);
+    /* log2(e) / sqrt(HD), as a hex literal so that the constant is the same bits everywhere */
+    double scale = 1.4426950408889634 / sqrt((double)di_spec_dim(s, p, "HD"));
+    di_str_printf(o, "/* fast attention: tensor cores over the fixed KV splits (codegen/attention_fast.c) */\n"
+                     "#define AF_SCALE %af  /* log2(e) / sqrt(HD) */\n",
+                  (double)(float)scale);
+    di_str_puts(o, device_helpers);
+    di_str_printf(o, "\n/* phase 1: per-split results (split mode) or the whole fold (fold mode) */\n"
+                     "extern \"C\" __global__ void __launch_bounds__(%d) %s(",
+                  AF_WARPS * 32, name);
+    emit_params(o, s, p);
+    di_str_puts(o, ")\n{\n");
+    di_str_puts(o, phase1_body);
+    di_str_printf(o, "}\n\n/* phase 2: the per-split results folded in split order */\n"
+                     "extern \"C\" __global__ void __launch_bounds__(%d) %s_merge(",
+                  MERGE_THREADS, name);
+    emit_params(o, s, p);
+    di_str_puts(o, ")\n{\n");
+    di_str_puts(o, phase2_body);
+    di_str_puts(o, "}\n");
+    return DI_OK;
+}
