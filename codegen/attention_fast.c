@@ -54,11 +54,14 @@ static int forced_mode;
 
 void di_attention_fast_force_mode(int mode) { forced_mode = mode; }
 
+/* The spec's KV split size, or the vendor profile's per-launch choice. */
+static long kv_split(const di_spec *s, const di_specialization *p) { return p->kv_split ? p->kv_split : s->sched.split; }
+
 bool di_attention_fast_applies(const di_spec *s, const di_specialization *p, di_backend_kind b)
 {
-    if (s->cls != DI_ATTENTION || b != DI_BACKEND_CUDA || p->profile != DI_PROFILE_FAST) return false;
+    if (s->cls != DI_ATTENTION || b != DI_BACKEND_CUDA || p->profile == DI_PROFILE_EXACT) return false;
     long nh = di_spec_dim(s, p, "NH"), nkv = di_spec_dim(s, p, "NKV"), hd = di_spec_dim(s, p, "HD");
-    long split = s->sched.split, kvb = s->sched.kv_block;
+    long split = kv_split(s, p), kvb = s->sched.kv_block;
     if (nh <= 0 || nkv <= 0 || nh % nkv || nh / nkv > 16) return false;
     if (hd <= 0 || hd % 16 || hd > 128) return false;
     return split > 0 && split % 16 == 0 && split <= 64 && kvb > 0;
@@ -76,7 +79,7 @@ int di_attention_fast_plan_for(const di_spec *s, const di_specialization *p, lon
     if (rows < 0 || rows > 65535 * AF_WARPS)
         return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows (must be 0..%d)", s->name, rows, 65535 * AF_WARPS);
     long nh = di_spec_dim(s, p, "NH"), nkv = di_spec_dim(s, p, "NKV"), hd = di_spec_dim(s, p, "HD");
-    long split = s->sched.split, kvb = s->sched.kv_block;
+    long split = kv_split(s, p), kvb = s->sched.kv_block;
     long nsmax = ceil_div(maxb * kvb, split);
     if (maxb < 1 || nsmax > 65535)
         return di_fail(err, DI_EUSAGE, "kernel %s: block-table width %ld (must be 1..%ld)", s->name, maxb,

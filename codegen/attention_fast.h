@@ -5,8 +5,8 @@
 #define DI_ATTENTION_FAST_H
 #include "codegen.h"
 
-/* True when (spec, specialization, backend) takes this path: an attention spec, the fast
- * profile on CUDA, HD a multiple of 16 up to 128, SPLIT a multiple of 16 up to 64, and at most
+/* True when (spec, specialization, backend) takes this path: an attention spec on CUDA in
+ * the fast profile (or the vendor profile, which picks the split size per launch), HD a multiple of 16 up to 128, SPLIT a multiple of 16 up to 64, and at most
  * 16 query heads per KV head. Other shapes keep the scalar lowering. */
 bool di_attention_fast_applies(const di_spec *s, const di_specialization *p, di_backend_kind b);
 

@@ -25,6 +25,16 @@ int di_vendor_ksplit_choices(const int **counts)
     return (int)(sizeof vendor_ksplits / sizeof vendor_ksplits[0]);
 }
 
+static const int vendor_kv_splits[] = {16, 32, 64};
+
+int di_vendor_attention_kv_split(long rows) { return rows <= 8 ? 16 : rows <= 64 ? 32 : 64; }
+
+int di_vendor_kv_split_choices(const int **sizes)
+{
+    *sizes = vendor_kv_splits;
+    return (int)(sizeof vendor_kv_splits / sizeof vendor_kv_splits[0]);
+}
+
 void di_spec_defaults(const di_spec *s, di_specialization *p)
 {
     memset(p, 0, sizeof *p);
@@ -95,6 +105,16 @@ int di_specialization_check(const di_spec *s, const di_specialization *p, di_err
         if (p->ksplits < 0 || p->ksplits > k)
             return di_fail(err, DI_ESPEC, "spec %s: K split count %d not in [1, K = %ld]", s->name, p->ksplits, k);
     }
+    if (p->kv_split) {
+        if (p->profile != DI_PROFILE_VENDOR)
+            return di_fail(err, DI_ESPEC, "spec %s: a KV split size chosen per launch (%d) is the vendor profile's "
+                           "batch-dependent choice; the %s profile keeps the spec's", s->name, p->kv_split,
+                           di_profile_name(p->profile));
+        if (s->cls != DI_ATTENTION)
+            return di_fail(err, DI_ESPEC, "spec %s: a KV split size applies to attention specs only", s->name);
+        if (p->kv_split < 16 || p->kv_split > 64 || p->kv_split % 16)
+            return di_fail(err, DI_ESPEC, "spec %s: KV split size %d is not 16, 32, 48 or 64", s->name, p->kv_split);
+    }
     if (s->cls == DI_ATTENTION) {
         long nh = di_spec_dim(s, p, "NH"), nkv = di_spec_dim(s, p, "NKV");
         if (nh % nkv)
@@ -116,7 +136,8 @@ void di_kernel_name(const di_spec *s, const di_specialization *p, char *buf, siz
     if (p->profile == DI_PROFILE_FAST && n < len) snprintf(buf + n, len - n, "_fast");
     /* vendor kernels never share a name with exact ones: runtimes find kernels by name */
     if (p->profile == DI_PROFILE_VENDOR && n < len) n += (size_t)snprintf(buf + n, len - n, "_vendor");
-    if (p->ksplits && n < len) snprintf(buf + n, len - n, "_ks%d", p->ksplits);
+    if (p->ksplits && n < len) n += (size_t)snprintf(buf + n, len - n, "_ks%d", p->ksplits);
+    if (p->kv_split && n < len) snprintf(buf + n, len - n, "_kvs%d", p->kv_split);
 }
 
 /* ---- constant expressions over dims ------------------------------------------------- */
@@ -286,6 +307,9 @@ int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, 
     if (di_specialization_check(s, p, err)) return err->code;
     if (b == DI_BACKEND_C && p->profile == DI_PROFILE_FAST)
         return di_fail(err, DI_ESPEC, "spec %s: the fast profile is GPU-only", s->name);
+    if (p->kv_split && !di_attention_fast_applies(s, p, b))
+        return di_fail(err, DI_ESPEC, "spec %s: a vendor KV split size needs the GPU's tensor-core attention "
+                       "(the scalar lowering reads one cache block per split)", s->name);
     char name[256];
     di_kernel_name(s, p, name, sizeof name);
 
@@ -303,6 +327,8 @@ int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, 
         long k = di_spec_dim(s, p, "K");
         di_str_printf(o, "#define SPLIT %ldL  /* vendor: ceil(K / %d), a split count chosen from the row count */\n",
                       (k + p->ksplits - 1) / p->ksplits, p->ksplits);
+    } else if (p->kv_split) {
+        di_str_printf(o, "#define SPLIT %dL  /* vendor: a KV split size chosen from the row count */\n", p->kv_split);
     } else if (s->sched.split) {
         di_str_printf(o, "#define SPLIT %dL\n", s->sched.split);
     }

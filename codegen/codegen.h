@@ -28,6 +28,11 @@ typedef struct di_specialization {
      * vendor profile can reproduce what engines do, and di_specialization_check rejects it in
      * every other profile. 0: the spec's schedule. */
     int ksplits;
+    /* Vendor profile, attention only (the GPU's tensor-core attention): keys in splits of this
+     * many positions instead of the spec's fixed SPLIT, chosen per launch from the row count as
+     * engines choose a split-KV count from the batch. Rejected in every other profile. 0: the
+     * spec's schedule. */
+    int kv_split;
 } di_specialization;
 
 const char *di_profile_name(di_profile p);   /* "exact", "fast", "vendor" */
@@ -37,6 +42,11 @@ const char *di_profile_name(di_profile p);   /* "exact", "fast", "vendor" */
  * di_vendor_ksplit_choices lists every count the policy can return, largest first. */
 int di_vendor_matmul_ksplits(long rows);
 int di_vendor_ksplit_choices(const int **counts);
+/* The vendor profile's split-KV policy on the GPU: few rows, small splits (more of them, to
+ * fill the machine): 16 positions for <= 8 rows, 32 for <= 64, else 64. The choices, smallest
+ * first, from di_vendor_kv_split_choices. */
+int di_vendor_attention_kv_split(long rows);
+int di_vendor_kv_split_choices(const int **sizes);
 
 void di_spec_defaults(const di_spec *s, di_specialization *p);
 int di_spec_set_dim(const di_spec *s, di_specialization *p, const char *dim, long value, di_err *err);

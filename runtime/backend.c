@@ -27,7 +27,8 @@ struct di_kernel {
     di_buf *ws;               /* their workspace, grown on demand */
     /* Vendor matmul (the non-invariant reference): the kernel the model holds dispatches per
      * launch on the row count, as engines do; see "the vendor matmul" below. */
-    di_kernel *variant[4];    /* generated, one per K split count of di_vendor_ksplit_choices */
+    di_kernel *variant[4];    /* generated, one per K split count of di_vendor_ksplit_choices
+                               * (matmul) or KV split size of di_vendor_kv_split_choices (attention) */
     int variant_ks[4], nvariants;
     bool cublas;              /* GPU: cuBLASLt, its heuristic choosing per M */
     di_kernel *cast;          /* cuBLASLt: f32 x to bf16 into ws first (NULL when x is bf16) */
@@ -84,7 +85,8 @@ int di_rt_open(const di_rt_opts *o, di_rt **out, di_err *err)
                 snprintf(rt->lt_why, sizeof rt->lt_why, "%.500s", le.msg);
             if (rt->lt)
                 snprintf(rt->desc + n, sizeof rt->desc - (size_t)n,
-                         " (not batch invariant: cuBLASLt %zu matmul, algorithm chosen per M)",
+                         " (not batch invariant: cuBLASLt %zu matmul, algorithm chosen per M; attention KV split "
+                         "size chosen from the row count)",
                          di_cublaslt_version(rt->lt));
             else
                 snprintf(rt->desc + n, sizeof rt->desc - (size_t)n,
@@ -330,12 +332,40 @@ static int build_cuda(di_rt *rt, di_kernel *k, const char *src, di_err *err)
  * how many rows share the launch. On the GPU cuBLASLt's heuristic picks tile, split-K count
  * and reduction for each M. Without cuBLASLt, and on the CPU, the kernel the caller holds is a
  * dispatcher over generated variants, one per K split count, and each launch takes the one
- * di_vendor_matmul_ksplits(rows) names. Both are chosen here rather than in the model so that
- * the model stays profile- and backend-blind, as it is for exact and fast. */
+ * di_vendor_matmul_ksplits(rows) names. Vendor attention on the GPU is the same kind of
+ * dispatcher over the tensor-core attention, one variant per KV split size, and each launch
+ * takes the one di_vendor_attention_kv_split(rows) names (engines choose a split-KV count from
+ * the batch; at a given context that is a split size). All of it is chosen here rather than in
+ * the model so that the model stays profile- and backend-blind, as it is for exact and fast. */
 
 static bool vendor_dispatch(const di_rt *rt, const di_spec *s, const di_specialization *sp)
 {
-    return rt->o.profile == DI_PROFILE_VENDOR && s->cls == DI_MATMUL && sp->ksplits == 0;
+    if (rt->o.profile != DI_PROFILE_VENDOR) return false;
+    if (s->cls == DI_MATMUL) return sp->ksplits == 0;
+    /* attention: a split-KV size per launch on the GPU's tensor-core kernel */
+    if (s->cls == DI_ATTENTION && rt->cuda && sp->kv_split == 0) {
+        di_specialization v = *sp;
+        v.kv_split = s->sched.split;
+        return di_attention_fast_applies(s, &v, DI_BACKEND_CUDA);
+    }
+    return false;
+}
+
+/* Every variant of a vendor attention is compiled at load: one per KV split size. */
+static int vendor_attention_prepare(di_rt *rt, di_kernel *k, di_err *err)
+{
+    const int *sizes;
+    int n = di_vendor_kv_split_choices(&sizes);
+    if (n > (int)(sizeof k->variant / sizeof k->variant[0]))
+        return di_fail(err, DI_ESPEC, "spec %s: %d vendor KV split variants, room for 4", k->spec->name, n);
+    for (int i = 0; i < n; i++) {
+        di_specialization v = k->sp;
+        v.kv_split = sizes[i];
+        if (di_rt_kernel(rt, k->spec, &v, &k->variant[i], err)) return err->code;
+        k->variant_ks[i] = sizes[i];
+        k->nvariants = i + 1;
+    }
+    return DI_OK;
 }
 
 static int arg_pos(const di_spec *s, const char *name)
@@ -412,7 +442,7 @@ int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_ker
     snprintf(k->name, sizeof k->name, "%s", name);
     int rc;
     if (vendor_dispatch(rt, s, &sp)) {
-        rc = vendor_matmul_prepare(rt, k, err);
+        rc = s->cls == DI_ATTENTION ? vendor_attention_prepare(rt, k, err) : vendor_matmul_prepare(rt, k, err);
     } else {
         char *src = NULL;
         if (di_rt_source(s, &sp, rt->o.backend, &src, err)) { free(k); return err->code; }
@@ -537,10 +567,12 @@ int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes,
 {
     const di_spec *s = k->spec;
     if (k->nvariants) {
-        int want = di_vendor_matmul_ksplits(sizes[0]);
+        bool att = s->cls == DI_ATTENTION;
+        int want = att ? di_vendor_attention_kv_split(sizes[0]) : di_vendor_matmul_ksplits(sizes[0]);
         for (int i = 0; i < k->nvariants; i++)
             if (k->variant_ks[i] == want) return di_rt_launch(rt, k->variant[i], args, sizes, err);
-        return di_fail(err, DI_EUSAGE, "kernel %s: no variant for %d K splits", k->name, want);
+        return di_fail(err, DI_EUSAGE, "kernel %s: no variant for %s %d", k->name, att ? "KV split size" : "K splits",
+                       want);
     }
     void *argv[DI_MAX_ARGS + DI_MAX_SIZES + 3];
     long size_vals[DI_MAX_SIZES];

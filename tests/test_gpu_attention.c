@@ -61,6 +61,38 @@ Test(gpu_attention, plan_modes_follow_rows_and_width_only)
     di_attention_fast_force_mode(0);
 }
 
+Test(gpu_attention, vendor_kv_split_is_validated_and_named)
+{
+    const di_spec *s = di_spec_find("attention");
+    di_specialization p = att_spec(llama8b, DI_PROFILE_VENDOR);
+    di_err e = {0};
+    p.kv_split = 16;
+    cr_assert_eq(di_specialization_check(s, &p, &e), 0, "%s", e.msg);
+    char name[256];
+    di_kernel_name(s, &p, name, sizeof name);
+    cr_assert(strstr(name, "_vendor_kvs16"), "%s", name);
+    cr_assert(di_attention_fast_applies(s, &p, DI_BACKEND_CUDA), "vendor attention runs the tensor-core kernel");
+    di_str src = {0};
+    cr_assert_neq(di_codegen(s, &p, DI_BACKEND_C, &src, &e), 0, "the scalar lowering cannot take another split size");
+    cr_assert(strstr(e.msg, "KV split size"), "%s", e.msg);
+    free(src.p);
+    p.kv_split = 24;
+    cr_assert_neq(di_specialization_check(s, &p, &e), 0);
+    cr_assert(strstr(e.msg, "not 16, 32, 48 or 64"), "%s", e.msg);
+    p = att_spec(llama8b, DI_PROFILE_FAST);
+    p.kv_split = 16;
+    cr_assert_neq(di_specialization_check(s, &p, &e), 0, "fast keeps the spec's split");
+    cr_assert(strstr(e.msg, "vendor profile's batch-dependent choice"), "%s", e.msg);
+    di_specialization m = th_spec("matmul", NULL);
+    m.profile = DI_PROFILE_VENDOR;
+    m.kv_split = 32;
+    cr_assert_neq(di_specialization_check(di_spec_find("matmul"), &m, &e), 0);
+    cr_assert(strstr(e.msg, "attention specs only"), "%s", e.msg);
+    cr_assert_eq(di_vendor_attention_kv_split(1), 16);
+    cr_assert_eq(di_vendor_attention_kv_split(64), 32);
+    cr_assert_eq(di_vendor_attention_kv_split(300), 64);
+}
+
 static void compile_and_inspect(heads h)
 {
     di_err e = {0};
@@ -245,3 +277,32 @@ static void check_shape(heads h)
 
 Test(gpu_attention, smollm2_heads_accurate_and_bitwise_invariant, .timeout = 600) { check_shape(smollm2); }
 Test(gpu_attention, llama8b_heads_accurate_and_bitwise_invariant, .timeout = 600) { check_shape(llama8b); }
+
+/* The negative control: the vendor profile picks the KV split size from the row count, so the
+ * same sequence fed whole (300 rows: splits of 64) and in decode steps (1 row: splits of 16)
+ * differs, while each stays accurate. If this passes with equal bits, the checks above prove
+ * nothing about batch dependence being caught. */
+Test(gpu_attention, vendor_split_size_from_the_batch_changes_bits, .timeout = 300)
+{
+    di_rt_opts o = {.backend = DI_BACKEND_CUDA, .profile = DI_PROFILE_VENDOR};
+    di_rt *rt = NULL;
+    di_err e = {0};
+    if (di_rt_open(&o, &rt, &e)) cr_skip_test("no GPU: %s", e.msg);
+    heads h = llama8b;
+    long qkvw = (h.nh + 2 * h.nkv) * h.hd, ow = h.nh * h.hd;
+    float *x = malloc((size_t)T * qkvw * 4), *other = malloc((size_t)2 * T * qkvw * 4);
+    th_fill(x, (size_t)T * qkvw, 11);
+    th_fill(other, (size_t)2 * T * qkvw, 12);
+    float *whole = malloc((size_t)T * ow * 4), *decode = malloc((size_t)T * ow * 4);
+    run_seq(rt, h, x, other, T, 0, whole);
+    run_seq(rt, h, x, other, 1, 0, decode);
+    size_t differ = 0;
+    for (size_t i = 0; i < (size_t)T * ow; i++) differ += memcmp(&whole[i], &decode[i], 4) != 0;
+    cr_log_info("vendor attention: %zu of %zu outputs differ between prefill and decode", differ, (size_t)T * ow);
+    cr_assert_gt(differ, 0, "vendor attention gave the same bits with splits of 64 and of 16");
+    double worst = 0;
+    for (long t = 0; t < T; t += 23) worst = fmax(worst, fmax(check_accuracy(h, x, whole, t, 5), check_accuracy(h, x, decode, t, 5)));
+    cr_assert(worst <= 1e-2, "vendor attention: error %.3g against float64 over 1e-2", worst);
+    free(x); free(other); free(whole); free(decode);
+    di_rt_close(rt);
+}
