@@ -4,12 +4,16 @@
  * ---- Design notes -------------------------------------------------------------------------
  *
  * Tile. One configuration for every row count (defaults below, di_matmul_fast_config):
- * a block owns a TM x TN = 64 x 128 output tile, 4 warps as 1 (rows) x 4 (cols), each warp a
- * 64 x 32 sub-tile = 4 x 4 mma.sync.m16n8k16 (bf16 in, f32 accumulate) fragments. The k tile
- * is BK = 64; a 4-stage cp.async pipeline stages [TM][BK] of x and [TN][BK] of w (24 KiB per
- * stage, 96 KiB of dynamic shared memory, so the runtime must raise the per-function limit)
- * in 16-byte chunks, XOR-swizzled so that ldmatrix.x4 and the cp.async writes are free of bank
- * conflicts. f32 x is loaded to registers one stage ahead and converted to bf16 (cvt.rn,
+ * a block owns a TM x TN = 64 x 128 output tile and is one warpgroup (4 warps); each k16 step
+ * of a k tile is one sm_90a wgmma.m64n128k16 (bf16 in, f32 accumulate) reading both operands
+ * from shared memory (v3, 2026-11-30; see emit_wgmma_helpers). The k tile is BK = 64; a
+ * 4-stage cp.async pipeline stages [TM][BK] of x and [TN][BK] of w (24 KiB per stage, 96 KiB
+ * of dynamic shared memory, so the runtime must raise the per-function limit) in 16-byte
+ * chunks, XOR-swizzled (chunk c of row r at c ^ (r % 8)): the 128-byte swizzle wgmma reads,
+ * and free of bank conflicts for ldmatrix.x4 and the cp.async writes. Two k tiles load while
+ * a third is multiplied and the previous tile's wgmma may still run. The mma.sync main loop
+ * (v1, v2: warps 1 x 4, each a 64 x 32 sub-tile of 4 x 4 mma.sync.m16n8k16 fragments fed by
+ * ldmatrix) stays as a config (wgmma = 0) for other GPUs and for comparison. f32 x is loaded to registers one stage ahead and converted to bf16 (cvt.rn,
  * round to nearest even) on its way into shared memory; bf16 x goes through cp.async like w.
  * K not a multiple of 8 (rows not 16-byte aligned) takes a plain element-wise load path.
  *
@@ -41,13 +45,15 @@
  * expression the same way in both kernels.) The tests check the two modes against each other
  * and every M in 1..64 against M = 257, bitwise.
  *
- * Resources (NVRTC, sm_90a, default config): phase 1 uses 248 registers with f32 x, 220 with
- * bf16 x, no local memory; SASS is HMMA.16816.F32.BF16, LDSM.16.M88.4, LDGSTS.E.BYPASS.128
- * (w, and bf16 x), LDG.E.128.CONSTANT + F2FP.BF16.F32.PACK_AB + STS.128 (f32 x). Phase 2
- * uses ~30 registers. Why 64 x 128 with 4 warps and not 128 x 128 with 8 (the first default):
- * two blocks fit an SM (96 KiB of shared memory, 128 threads), which on the H100 took M <= 32
- * from 0.71-0.81x cuBLAS to 0.78-0.91x and changed large M by under 10 % either way (sweep of
- * 2026-11-22 in perf/RESULTS.md). The tile shape changes no bit: see "Why it is invariant".
+ * Resources (nvcc -Xptxas -v on the generated source, sm_90a, default config): phase 1 uses
+ * 240 registers with f32 x, 222 with bf16 x, no local memory (v2 with mma.sync: 248 and 220).
+ * Phase 2 uses ~30 registers. Why 64 x 128 and not 128 x 128 with two warpgroups: two blocks
+ * fit an SM, which keeps M <= 32 (memory-bound) near cuBLAS; 128 x 128 was 5-10 % faster at
+ * M >= 512 and 10-25 % slower at M <= 32 (sweep of 2026-11-30 in perf/RESULTS.md). Neither the
+ * tile shape nor mma.sync vs wgmma changes which products are summed in which order per
+ * output (k16 steps in order within a split, splits in order), only the instruction; whether
+ * wgmma and mma.sync round a k16 step alike is not claimed (the fast profile is per GPU
+ * architecture and per configuration). See "Why it is invariant".
  *
  * Estimates written for the first, 128 x 128 default before any measurement (the measured
  * figures, which fell short at large M, are in perf/RESULTS.md).
@@ -74,8 +80,8 @@
 /* ---- configuration ------------------------------------------------------------------- */
 
 static const di_matmul_fast_config default_config = {
-    .tm = 64, .tn = 128, .bk = 64, .stages = 4, .warps_m = 1, .warps_n = 4,
-    .ks_min = 256, .ks_max = 1024, .fuse_min_tiles = 128, .fuse_min_rows = 64, .group_m = 8,
+    .tm = 64, .tn = 128, .bk = 64, .stages = 4, .warps_m = 4, .warps_n = 1,
+    .ks_min = 256, .ks_max = 1024, .fuse_min_tiles = 128, .fuse_min_rows = 64, .group_m = 8, .wgmma = 1,
 };
 static di_matmul_fast_config config = default_config;
 
@@ -105,6 +111,11 @@ int di_matmul_fast_set_config(const di_matmul_fast_config *c, di_err *err)
     else if (smem_bytes(c) > 227L * 1024) why = "stages * (tm + tn) * bk * 2 bytes exceed 227 KiB of shared memory";
     else if (c->fuse_min_tiles < 0 || c->fuse_min_rows < 0 || c->group_m < 1)
         why = "fuse_min_tiles, fuse_min_rows must be >= 0 and group_m >= 1";
+    else if (c->wgmma && c->stages < 3)
+        why = "wgmma needs stages >= 3 (one stage stays with the multiply in flight)";
+    else if (c->wgmma && (c->tm % 64 || c->warps_m != c->tm / 16 || c->warps_n != 1 || c->bk != 64 || c->tn > 128))
+        why = "wgmma needs tm a multiple of 64 with warps (tm / 16) x 1 (a warpgroup per 64 rows), bk 64 "
+              "(128-byte swizzled rows) and tn <= 128";
     if (why) return di_fail(err, DI_EUSAGE, "fast matmul config (tm %d tn %d bk %d stages %d warps %dx%d): %s", c->tm,
                             c->tn, c->bk, c->stages, c->warps_m, c->warps_n, why);
     config = *c;
@@ -208,6 +219,8 @@ static const char device_helpers[] =
     "#define MMF_ACH (MMF_TM * MMF_CPR / MMF_THREADS)     /* x chunks per thread per stage */\n"
     "#define MMF_BCH (MMF_TN * MMF_CPR / MMF_THREADS)     /* w chunks per thread per stage */\n"
     "#define MMF_VEC (K % 8 == 0)                        /* rows 16-byte aligned: cp.async */\n"
+    "/* k tiles loaded ahead: wgmma keeps one more stage busy (the tile still being multiplied) */\n"
+    "#define MMF_AHEAD (MMF_WGMMA ? MMF_STAGES - 2 : MMF_STAGES - 1)\n"
     "#define MMF_XSTAGE (MMF_X_F32 && MMF_VEC)           /* f32 x: registers, then bf16 */\n"
     "#define MMF_TILES(rows) (((rows) + MMF_TM - 1) / MMF_TM * ((N + MMF_TN - 1) / MMF_TN))\n"
     "/* one block sums every split of its tile itself (same order); else phase 2 does */\n"
@@ -394,7 +407,7 @@ static const char device_helpers[] =
     "}\n";
 
 static const char phase1_body[] =
-    "    extern __shared__ __align__(128) unsigned char mmf_smem[];\n"
+    "    extern __shared__ __align__(1024) unsigned char mmf_smem[];   /* wgmma's 128-byte swizzle atoms */\n"
     "    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;\n"
     "    const int wm = warp / MMF_WN, wn = warp % MMF_WN;\n"
     "    /* grouped raster: GROUP_M row tiles side by side, so blocks that run together share\n"
@@ -424,9 +437,9 @@ static const char phase1_body[] =
     "    float4 xr[MMF_ACH][2];\n"
     "#endif\n"
     "\n"
-    "    /* prologue: the first STAGES - 1 k tiles in flight (one commit group each) */\n"
+    "    /* prologue: the first AHEAD k tiles in flight (one commit group each) */\n"
     "#pragma unroll\n"
-    "    for (int st = 0; st < MMF_STAGES - 1; st++) {\n"
+    "    for (int st = 0; st < MMF_AHEAD; st++) {\n"
     "        const long kt = kt0 + st;\n"
     "        if (kt < kt1) {\n"
     "            const unsigned sa = s0 + st * MMF_STAGE_BYTES;\n"
@@ -440,12 +453,15 @@ static const char phase1_body[] =
     "        }\n"
     "        mmf_commit();\n"
     "    }\n"
-    "    int cs = 0, ns = MMF_STAGES - 1;\n"
+    "    int cs = 0, ns = MMF_AHEAD;\n"
     "    long left = tps;   /* k tiles left in the current split (fused mode) */\n"
     "    for (long kt = kt0; kt < kt1; kt++) {\n"
-    "        mmf_wait<MMF_STAGES - 2>();   /* this thread's copies of tile kt have landed */\n"
+    "        mmf_wait<MMF_AHEAD - 1>();    /* this thread's copies of tile kt have landed */\n"
+    "#if MMF_WGMMA\n"
+    "        asm volatile(\"fence.proxy.async.shared::cta;\\n\" ::: \"memory\");   /* visible to wgmma's reads */\n"
+    "#endif\n"
     "        __syncthreads();              /* everyone's have; everyone is done with tile kt - 1 */\n"
-    "        const long nk = kt + MMF_STAGES - 1;\n"
+    "        const long nk = kt + MMF_AHEAD;\n"
     "        const bool more = nk < kt1;\n"
     "        const unsigned na = s0 + ns * MMF_STAGE_BYTES;   /* the stage tile kt - 1 used */\n"
     "        if (more) {\n"
@@ -458,12 +474,22 @@ static const char phase1_body[] =
     "        }\n"
     "        mmf_commit();\n"
     "        const unsigned ca = s0 + cs * MMF_STAGE_BYTES;\n"
+    "#if MMF_WGMMA\n"
+    "        /* tile kt's wgmma stay in flight while the next tiles load; tile kt - 1's are done\n"
+    "         * after the wait, so the stage loaded next iteration (tile kt - 1's) is free */\n"
+    "        mmf_wgmma_issue(c, ca, ca + MMF_A_BYTES, warp / 4);\n"
+    "        mmf_wgmma_wait<1>(c);\n"
+    "#else\n"
     "        mmf_compute<MMF_MT>(c, ca, ca + MMF_A_BYTES, lane, wm, wn, mt_act);\n"
+    "#endif\n"
     "#if MMF_XSTAGE\n"
     "        if (more) mmf_store_x(na, xr, rpad, tid);\n"
     "#endif\n"
     "        if (fused && (--left == 0 || kt + 1 == kt1)) {\n"
     "            /* a split is complete: add it to the running sum, as phase 2 would */\n"
+    "#if MMF_WGMMA\n"
+    "            mmf_wgmma_wait<0>(c);\n"
+    "#endif\n"
     "            left = tps;\n"
     "#pragma unroll\n"
     "            for (int i = 0; i < MMF_MT; i++)\n"
@@ -479,6 +505,9 @@ static const char phase1_body[] =
     "        ns = ns + 1 == MMF_STAGES ? 0 : ns + 1;\n"
     "    }\n"
     "    mmf_wait<0>();\n"
+    "#if MMF_WGMMA\n"
+    "    mmf_wgmma_wait<0>(c);\n"
+    "#endif\n"
     "\n"
     "    /* fragment element e of (i, j): row g (+8 for e >= 2), columns 2q, 2q + 1 */\n"
     "    const int g = lane >> 2, q = lane & 3;\n"
@@ -593,6 +622,58 @@ static void emit_epilogue(di_str *o, const di_spec *s, const di_specialization *
     di_str_puts(o, "); \\\n} while (0)\n\n");
 }
 
+/* The sm_90a main loop step: each warpgroup (4 warps) multiplies its 64 rows of the staged
+ * [TM][BK] x tile by the [TN][BK] w tile with BK/16 wgmma.m64nTNk16, k16 steps in increasing
+ * k, operands read from shared memory through descriptors. The staged tiles are K-major with
+ * the 128-byte swizzle that mmf_off already writes (chunk c of row r at c ^ (r % 8), rows of
+ * 128 bytes, 8-row atoms of 1024 bytes), so the descriptor is: start address, LBO 1 (unused
+ * when a k16 step stays inside the swizzle atom), SBO 1024 bytes, swizzle mode 1 (128 B).
+ * Accumulators: warp w holds rows 16w + g (+8) and, for n8 chunk j, columns 8j + 2q (+1), the
+ * mma.sync C layout, so c[0][j][e] is the same element the epilogue expects with warps
+ * (TM / 16) x 1. */
+static void emit_wgmma_helpers(di_str *o, int tn)
+{
+    int nregs = tn / 2;
+    di_str_puts(o, "\n"
+                   "DI_FN unsigned long long mmf_desc(unsigned addr)\n"
+                   "{\n"
+                   "    return (unsigned long long)((addr & 0x3ffffu) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);\n"
+                   "}\n"
+                   "DI_FN void mmf_fence_acc(float (&c)[MMF_MT][MMF_NT][4])\n"
+                   "{\n"
+                   "#pragma unroll\n"
+                   "    for (int j = 0; j < MMF_NT; j++)\n"
+                   "#pragma unroll\n"
+                   "        for (int e = 0; e < 4; e++) asm volatile(\"\" : \"+f\"(c[0][j][e])::\"memory\");\n"
+                   "}\n"
+                   "DI_FN void mmf_wgmma(float (&c)[MMF_MT][MMF_NT][4], unsigned long long da, unsigned long long db)\n"
+                   "{\n"
+                   "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, 1, 0;\\n\"\n");
+    di_str_printf(o, "                 \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.bf16.bf16 {", tn);
+    for (int i = 0; i < nregs; i++) di_str_printf(o, "%s%%%d", i ? ", " : "", i);
+    di_str_printf(o, "}, %%%d, %%%d, p, 1, 1, 0, 0;\\n}\\n\"\n                 : ", nregs, nregs + 1);
+    for (int i = 0; i < nregs; i++) di_str_printf(o, "%s\"+f\"(c[0][%d][%d])", i ? ", " : "", i / 4, i % 4);
+    di_str_puts(o, "\n                 : \"l\"(da), \"l\"(db) : \"memory\");\n"
+                   "}\n"
+                   "/* warpgroup wg multiplies x rows [64 wg, 64 wg + 64) of the stage: one commit group */\n"
+                   "DI_FN void mmf_wgmma_issue(float (&c)[MMF_MT][MMF_NT][4], unsigned sa, unsigned sb, int wg)\n"
+                   "{\n"
+                   "    sa += wg * (64 * MMF_BK * 2);\n"
+                   "    mmf_fence_acc(c);\n"
+                   "    asm volatile(\"wgmma.fence.sync.aligned;\\n\" ::: \"memory\");\n"
+                   "#pragma unroll\n"
+                   "    for (int kk = 0; kk < MMF_BK / 16; kk++) mmf_wgmma(c, mmf_desc(sa + kk * 32), mmf_desc(sb + kk * 32));\n"
+                   "    asm volatile(\"wgmma.commit_group.sync.aligned;\\n\" ::: \"memory\");\n"
+                   "    mmf_fence_acc(c);\n"
+                   "}\n"
+                   "/* at most P commit groups of this warpgroup still in flight */\n"
+                   "template <int P> DI_FN void mmf_wgmma_wait(float (&c)[MMF_MT][MMF_NT][4])\n"
+                   "{\n"
+                   "    asm volatile(\"wgmma.wait_group.sync.aligned %0;\\n\" ::\"n\"(P) : \"memory\");\n"
+                   "    mmf_fence_acc(c);\n"
+                   "}\n");
+}
+
 int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p, const char *name, di_err *err)
 {
     di_matmul_fast_plan pl;
@@ -607,10 +688,11 @@ int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p
                      "#define MMF_WM %d\n#define MMF_WN %d\n#define MMF_THREADS %d\n"
                      "#define MMF_KS %ldL\n#define MMF_NSPLIT %ldL\n"
                      "#define MMF_FUSE_TILES %ldL\n#define MMF_FUSE_ROWS %ldL\n#define MMF_GROUP_M %d\n"
-                     "#define MMF_X_F32 %d\n#define MMF_RV %d\n\n",
+                     "#define MMF_X_F32 %d\n#define MMF_RV %d\n#define MMF_WGMMA %d\n\n",
                   c->tm, c->tn, c->bk, c->stages, c->warps_m, c->warps_n, c->warps_m * c->warps_n * 32, pl.ks,
-                  pl.nsplit, c->fuse_min_tiles, c->fuse_min_rows, c->group_m, x_f32 ? 1 : 0, reduce_vec(n));
+                  pl.nsplit, c->fuse_min_tiles, c->fuse_min_rows, c->group_m, x_f32 ? 1 : 0, reduce_vec(n), c->wgmma ? 1 : 0);
     di_str_puts(o, device_helpers);
+    if (c->wgmma) emit_wgmma_helpers(o, c->tn);
     di_str_puts(o, "\n");
     emit_epilogue(o, s, p, y_bf16 ? "di_f32_to_bf16" : "");
 

@@ -40,6 +40,7 @@ typedef struct di_matmul_fast_config {
     long fuse_min_tiles;      /* fused when tiles >= this and rows >= fuse_min_rows; 0: never fuse */
     long fuse_min_rows;
     int group_m;              /* block raster: this many row tiles side by side (L2 reuse) */
+    int wgmma;                /* 1: sm_90a wgmma main loop (needs tm 64, warps 4 x 1, bk 64, tn <= 128) */
 } di_matmul_fast_config;
 const di_matmul_fast_config *di_matmul_fast_get_config(void);
 /* NULL restores the defaults. Validates shapes (divisibility, warp tile of 16 x 16 multiples). */

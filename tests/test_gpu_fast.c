@@ -118,6 +118,12 @@ Test(gpu_fast, config_is_validated)
     c.tn = 100;
     cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0);
     cr_assert_eq(di_matmul_fast_get_config()->tn, 128, "a rejected config leaves the old one");
+    c = *di_matmul_fast_get_config();
+    c.wgmma = 1;
+    c.warps_m = 1;
+    c.warps_n = 4;
+    cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0, "wgmma needs one warpgroup as 4 x 1 warps");
+    cr_assert(strstr(e.msg, "wgmma"), "%s", e.msg);
     cr_assert_eq(di_matmul_fast_set_config(NULL, &e), 0);
 }
 
@@ -136,8 +142,15 @@ static void compile_and_inspect(const char *spec, long k, long n, di_dtype xt, d
     int rc = di_nvrtc_compile(src, name, opts, nopts, true, &out, &e);
     cr_assert_eq(rc, 0, "%s K=%ld N=%ld: %s", spec, k, n, e.msg);
     cr_assert(out.cubin && out.cubin_len > 0, "no cubin");
-    cr_assert(strstr(out.ptx, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "%s: no bf16 mma in the PTX", name);
-    cr_assert(strstr(out.ptx, "ldmatrix.sync.aligned.m8n8.x4.shared.b16"), "%s: no ldmatrix", name);
+    if (di_matmul_fast_get_config()->wgmma) {
+        cr_assert(strstr(out.ptx, "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"), "%s: no bf16 wgmma in the PTX",
+                  name);
+        cr_assert(strstr(out.ptx, "fence.proxy.async.shared::cta"), "%s: no proxy fence before wgmma", name);
+    } else {
+        cr_assert(strstr(out.ptx, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "%s: no bf16 mma in the PTX",
+                  name);
+        cr_assert(strstr(out.ptx, "ldmatrix.sync.aligned.m8n8.x4.shared.b16"), "%s: no ldmatrix", name);
+    }
     if (expect_cp_async) cr_assert(strstr(out.ptx, "cp.async.cg.shared.global"), "%s: no cp.async", name);
     snprintf(entry, sizeof entry, ".entry %s(", name);
     cr_assert(strstr(out.ptx, entry), "%s: phase 1 entry missing", name);
@@ -371,4 +384,18 @@ Test(gpu_fast, split_and_fused_modes_give_the_same_bits, .timeout = 600)
 {
     mm_case c = {"matmul_residual", 1000, 300, DI_F32, DI_BF16, true};
     check_invariance(&c, 6);   /* 3 column tiles: M <= 128 split, M = 257 (9 tiles) fused */
+}
+
+/* The mma.sync main loop (the default before wgmma, still a config) stays accurate and
+ * invariant, in both modes. */
+Test(gpu_fast, mma_sync_main_loop_accurate_and_invariant, .timeout = 600)
+{
+    di_matmul_fast_config cfg = *di_matmul_fast_get_config();
+    cfg.wgmma = 0;
+    cfg.warps_m = 1;
+    cfg.warps_n = 4;
+    di_err e = {0};
+    cr_assert_eq(di_matmul_fast_set_config(&cfg, &e), 0, "%s", e.msg);
+    mm_case c = {"matmul_residual", 1000, 300, DI_F32, DI_BF16, true};
+    check_invariance(&c, 6);
 }
