@@ -629,19 +629,30 @@ static void deq_q4_1(const uint8_t *p, uint64_t nblocks, float *out)
     }
 }
 
+int di_gguf_to_f32_range(const di_gguf *g, const di_gguf_tensor *t, uint64_t first, uint64_t count, float *out,
+                         di_err *err)
+{
+    uint64_t be = 0, bb = 0;
+    if (!t->data) return di_fail(err, DI_EFORMAT, "%s: tensor %s has no data", g->path, t->name);
+    if (!type_layout(t->type, &be, &bb))
+        return di_fail(err, DI_EFORMAT, "%s: tensor %s has unsupported type %d", g->path, t->name, t->type);
+    if (first % be || count % be || first > t->n_elems || count > t->n_elems - first)
+        return di_fail(err, DI_EUSAGE, "%s: tensor %s: elements [%llu, +%llu) are not whole blocks of %llu inside %llu",
+                       g->path, t->name, (unsigned long long)first, (unsigned long long)count,
+                       (unsigned long long)be, (unsigned long long)t->n_elems);
+    const uint8_t *p = t->data + first / be * bb;
+    switch (t->type) {
+    case DI_GGML_F32: memcpy(out, p, (size_t)count * 4); break;
+    case DI_GGML_F16: deq_f16(p, count, out); break;
+    case DI_GGML_BF16: deq_bf16(p, count, out); break;
+    case DI_GGML_Q8_0: deq_q8_0(p, count / GGML_QK, out); break;
+    case DI_GGML_Q4_0: deq_q4_0(p, count / GGML_QK, out); break;
+    case DI_GGML_Q4_1: deq_q4_1(p, count / GGML_QK, out); break;
+    }
+    return DI_OK;
+}
+
 int di_gguf_to_f32(const di_gguf *g, const di_gguf_tensor *t, float *out, di_err *err)
 {
-    const uint8_t *p = t->data;
-    uint64_t n = t->n_elems;
-    if (!p) return di_fail(err, DI_EFORMAT, "%s: tensor %s has no data", g->path, t->name);
-    switch (t->type) {
-    case DI_GGML_F32: memcpy(out, p, (size_t)n * 4); return DI_OK;
-    case DI_GGML_F16: deq_f16(p, n, out); return DI_OK;
-    case DI_GGML_BF16: deq_bf16(p, n, out); return DI_OK;
-    case DI_GGML_Q8_0: deq_q8_0(p, n / GGML_QK, out); return DI_OK;
-    case DI_GGML_Q4_0: deq_q4_0(p, n / GGML_QK, out); return DI_OK;
-    case DI_GGML_Q4_1: deq_q4_1(p, n / GGML_QK, out); return DI_OK;
-    default:
-        return di_fail(err, DI_EFORMAT, "%s: tensor %s has unsupported type %d", g->path, t->name, t->type);
-    }
+    return di_gguf_to_f32_range(g, t, 0, t->n_elems, out, err);
 }

@@ -71,5 +71,9 @@ const di_gguf_tensor *di_gguf_tensor_find(const di_gguf *g, const char *name);
 const char *di_ggml_type_name(int type);
 /* Dequantizes a whole tensor to float32 (n_elems values, ggml order). */
 int di_gguf_to_f32(const di_gguf *g, const di_gguf_tensor *t, float *out, di_err *err);
+/* Elements [first, first + count) only; both whole blocks of the type (32 for Q8_0/Q4_0/Q4_1).
+ * Safe to call from several threads at once (it reads the mapped file, writes out). */
+int di_gguf_to_f32_range(const di_gguf *g, const di_gguf_tensor *t, uint64_t first, uint64_t count, float *out,
+                         di_err *err);
 
 #endif

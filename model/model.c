@@ -2,9 +2,11 @@
  * Read top to bottom: load (config, weights), then one step (embed, layers, logits). */
 #include "model.h"
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct layer {
     di_buf *attn_norm, *wqkv, *wo, *ffn_norm, *wgu, *wdown;
@@ -99,28 +101,76 @@ static uint16_t to_bf16(float f)
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+/* Rows [row0, row1) of one GGUF matrix to bf16, one row at a time through an f32 row. Rows are
+ * independent, so any split of them over threads gives the same bytes. */
+typedef struct {
+    const di_gguf *g;
+    const di_gguf_tensor *t;
+    uint64_t in, row0, row1;
+    uint16_t *dst;   /* row 0 of the tensor in the stacked buffer */
+    di_err err;
+    int rc;
+} convert_job;
+
+static void *convert_rows(void *arg)
+{
+    convert_job *j = arg;
+    float *f = malloc(j->in * sizeof(float));
+    if (!f) { j->rc = di_fail(&j->err, DI_ENOMEM, "out of memory loading %s", j->t->name); return NULL; }
+    for (uint64_t r = j->row0; r < j->row1 && !j->rc; r++) {
+        j->rc = di_gguf_to_f32_range(j->g, j->t, r * j->in, j->in, f, &j->err);
+        for (uint64_t k = 0; k < j->in && !j->rc; k++) j->dst[r * j->in + k] = to_bf16(f[k]);
+    }
+    free(f);
+    return NULL;
+}
+
+enum { CONVERT_MAX_THREADS = 16, CONVERT_MIN_ROWS = 64 };
+
+/* One tensor's rows over up to 16 threads (dequantization and rounding dominate the load of a
+ * large model: an 8B model took ~30 s on one thread). */
+static int convert_tensor(const di_gguf *g, const di_gguf_tensor *t, uint64_t in, uint64_t rows, uint16_t *dst,
+                          di_err *err)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    uint64_t n = cpus < 1 ? 1 : cpus > CONVERT_MAX_THREADS ? CONVERT_MAX_THREADS : (uint64_t)cpus;
+    if (rows / CONVERT_MIN_ROWS < n) n = rows / CONVERT_MIN_ROWS ? rows / CONVERT_MIN_ROWS : 1;
+    convert_job jobs[CONVERT_MAX_THREADS];
+    pthread_t tids[CONVERT_MAX_THREADS];
+    bool started[CONVERT_MAX_THREADS] = {false};
+    for (uint64_t i = 0; i < n; i++) {
+        jobs[i] = (convert_job){.g = g, .t = t, .in = in, .row0 = rows * i / n, .row1 = rows * (i + 1) / n, .dst = dst};
+        started[i] = i > 0 && pthread_create(&tids[i], NULL, convert_rows, &jobs[i]) == 0;
+        if (i > 0 && !started[i]) convert_rows(&jobs[i]);   /* no thread: do it here */
+    }
+    convert_rows(&jobs[0]);
+    int rc = DI_OK;
+    for (uint64_t i = 0; i < n; i++) {
+        if (started[i]) pthread_join(tids[i], NULL);
+        if (jobs[i].rc && !rc) {
+            *err = jobs[i].err;
+            rc = jobs[i].rc;
+        }
+    }
+    return rc;
+}
+
 /* Several GGUF matrices [in, out_i] stacked row-wise into one bf16 [sum out_i, in] buffer. */
 static int load_matrix(di_model *m, const char *const *names, const uint64_t *outs, int count, uint64_t in,
                        di_buf **dst, di_err *err)
 {
     uint64_t rows = 0;
     for (int i = 0; i < count; i++) rows += outs[i];
-    float *f = malloc(in * outs[0] * sizeof(float));
     uint16_t *b = malloc(rows * in * 2);
-    int rc = (!f || !b) ? di_fail(err, DI_ENOMEM, "out of memory loading %s", names[0]) : DI_OK;
+    int rc = !b ? di_fail(err, DI_ENOMEM, "out of memory loading %s", names[0]) : DI_OK;
     uint64_t row = 0;
     for (int i = 0; i < count && !rc; i++) {
         const di_gguf_tensor *t = tensor(m, names[i], in, outs[i], err);
-        float *tmp = t ? realloc(f, t->n_elems * sizeof(float)) : NULL;
         if (!t) { rc = err->code; break; }
-        if (!tmp) { rc = di_fail(err, DI_ENOMEM, "out of memory loading %s", names[i]); break; }
-        f = tmp;
-        if ((rc = di_gguf_to_f32(m->g, t, f, err))) break;
-        for (uint64_t j = 0; j < t->n_elems; j++) b[row * in + j] = to_bf16(f[j]);
+        rc = convert_tensor(m->g, t, in, outs[i], b + row * in, err);
         row += outs[i];
     }
     if (!rc && !(rc = di_buf_alloc(m->rt, rows * in * 2, dst, err))) rc = di_buf_write(*dst, 0, b, rows * in * 2, err);
-    free(f);
     free(b);
     return rc;
 }
