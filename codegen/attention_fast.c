@@ -64,6 +64,11 @@ bool di_attention_fast_applies(const di_spec *s, const di_specialization *p, di_
     long split = kv_split(s, p), kvb = s->sched.kv_block;
     if (nh <= 0 || nkv <= 0 || nh % nkv || nh / nkv > 16) return false;
     if (hd <= 0 || hd % 16 || hd > 128) return false;
+    /* the kernel text reads f32 q, K, V and writes f32 out; int positions and tables */
+    static const char *const f32_args[] = {"out", "qkv", "kc", "vc"};
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)
+        for (size_t j = 0; j < sizeof f32_args / sizeof *f32_args; j++)
+            if (!strcmp(s->args[i].name, f32_args[j]) && p->dtypes[i] != DI_F32) return false;
     return split > 0 && split % 16 == 0 && split <= 64 && kvb > 0;
 }
 
@@ -80,13 +85,16 @@ int di_attention_fast_plan_for(const di_spec *s, const di_specialization *p, lon
         return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows (must be 0..%d)", s->name, rows, 65535 * AF_WARPS);
     long nh = di_spec_dim(s, p, "NH"), nkv = di_spec_dim(s, p, "NKV"), hd = di_spec_dim(s, p, "HD");
     long split = kv_split(s, p), kvb = s->sched.kv_block;
+    if (maxb < 1) return di_fail(err, DI_EUSAGE, "kernel %s: block-table width %ld (must be >= 1)", s->name, maxb);
     long nsmax = ceil_div(maxb * kvb, split);
-    if (maxb < 1 || nsmax > 65535)
-        return di_fail(err, DI_EUSAGE, "kernel %s: block-table width %ld (must be 1..%ld)", s->name, maxb,
-                       65535L * split / kvb);
     size_t ws = (size_t)rows * (size_t)nh * (size_t)nsmax * (size_t)(hd + 2) * sizeof(float);
+    /* split mode puts the splits in grid z and the rows in phase 2's grid y */
+    bool split_fits = nsmax <= 65535 && rows <= 65535;
     memset(pl, 0, sizeof *pl);
-    pl->split_mode = forced_mode ? forced_mode == 2 : rows <= split_mode_max_rows && ws <= workspace_cap;
+    pl->split_mode = forced_mode ? forced_mode == 2 : rows <= split_mode_max_rows && ws <= workspace_cap && split_fits;
+    if (pl->split_mode && !split_fits)
+        return di_fail(err, DI_EUSAGE, "kernel %s: split mode with %ld rows and %ld splits (each at most 65535)",
+                       s->name, rows, nsmax);
     /* a decode batch: one row (G query vectors) per warp, so that rows spread over warps; a
      * prefill: 16/G rows of one sequence per warp, so that a K/V load serves 16 queries */
     pl->rows_per_warp = pl->split_mode || rows <= split_mode_max_rows ? 1 : 16 / (nh / nkv);

@@ -111,10 +111,12 @@ int di_matmul_fast_set_config(const di_matmul_fast_config *c, di_err *err)
     else if (smem_bytes(c) > 227L * 1024) why = "stages * (tm + tn) * bk * 2 bytes exceed 227 KiB of shared memory";
     else if (c->fuse_min_tiles < 0 || c->fuse_min_rows < 0 || c->group_m < 1)
         why = "fuse_min_tiles, fuse_min_rows must be >= 0 and group_m >= 1";
-    else if (c->wgmma && c->stages < 3)
-        why = "wgmma needs stages >= 3 (one stage stays with the multiply in flight)";
-    else if (c->wgmma && (c->tm % 64 || c->warps_m != c->tm / 16 || c->warps_n != 1 || c->bk != 64 || c->tn > 128))
-        why = "wgmma needs tm a multiple of 64 with warps (tm / 16) x 1 (a warpgroup per 64 rows), bk 64 "
+    else if (c->wgmma && c->stages < 4)
+        why = "wgmma needs stages >= 4 (two tiles load while one is multiplied and one may still be; "
+              "fewer is untested)";
+    else if (c->wgmma && ((c->tm != 64 && c->tm != 128) || c->warps_m != c->tm / 16 || c->warps_n != 1 ||
+                          c->bk != 64 || c->tn > 128))
+        why = "wgmma needs tm 64 or 128 with warps (tm / 16) x 1 (a warpgroup per 64 rows), bk 64 "
               "(128-byte swizzled rows) and tn <= 128";
     if (why) return di_fail(err, DI_EUSAGE, "fast matmul config (tm %d tn %d bk %d stages %d warps %dx%d): %s", c->tm,
                             c->tn, c->bk, c->stages, c->warps_m, c->warps_n, why);
@@ -462,10 +464,12 @@ static const char phase1_body[] =
     "#if MMF_WGMMA\n"
     "        asm volatile(\"fence.proxy.async.shared::cta;\\n\" ::: \"memory\");   /* visible to wgmma's reads */\n"
     "#endif\n"
-    "        __syncthreads();              /* everyone's have; everyone is done with tile kt - 1 */\n"
+    "        /* everyone's have; everyone is done with the stage loaded next (tile kt - 1's with\n"
+    "         * mma.sync; with wgmma tile kt - 2's, whose wgmma every warpgroup waited for) */\n"
+    "        __syncthreads();\n"
     "        const long nk = kt + MMF_AHEAD;\n"
     "        const bool more = nk < kt1;\n"
-    "        const unsigned na = s0 + ns * MMF_STAGE_BYTES;   /* the stage tile kt - 1 used */\n"
+    "        const unsigned na = s0 + ns * MMF_STAGE_BYTES;   /* the stage of tile kt + AHEAD - STAGES */\n"
     "        if (more) {\n"
     "            mmf_load_w(na + MMF_A_BYTES, w_, n0, nk * MMF_BK, tid);\n"
     "#if MMF_XSTAGE\n"
@@ -636,7 +640,7 @@ static void emit_epilogue(di_str *o, const di_spec *s, const di_specialization *
 static void emit_wgmma_helpers(di_str *o, int tn)
 {
     int nregs = tn / 2;
-    di_str_puts(o, "\n"
+    di_str_puts(o, "\n#if MMF_WGMMA\n"
                    "DI_FN unsigned long long mmf_desc(unsigned addr)\n"
                    "{\n"
                    "    return (unsigned long long)((addr & 0x3ffffu) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);\n"
@@ -673,7 +677,8 @@ static void emit_wgmma_helpers(di_str *o, int tn)
                    "{\n"
                    "    asm volatile(\"wgmma.wait_group.sync.aligned %0;\\n\" ::\"n\"(P) : \"memory\");\n"
                    "    mmf_fence_acc(c);\n"
-                   "}\n");
+                   "}\n"
+                   "#endif\n");
 }
 
 int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p, const char *name, di_err *err)
@@ -690,7 +695,10 @@ int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p
                      "#define MMF_WM %d\n#define MMF_WN %d\n#define MMF_THREADS %d\n"
                      "#define MMF_KS %ldL\n#define MMF_NSPLIT %ldL\n"
                      "#define MMF_FUSE_TILES %ldL\n#define MMF_FUSE_ROWS %ldL\n#define MMF_GROUP_M %d\n"
-                     "#define MMF_X_F32 %d\n#define MMF_RV %d\n#define MMF_WGMMA %d\n\n",
+                     "#define MMF_X_F32 %d\n#define MMF_RV %d\n"
+                     "/* wgmma is sm_90a's alone: other targets take the mma.sync loop with the same tile */\n"
+                     "#if %d && defined(__CUDA_ARCH_FEAT_SM90_ALL)\n#define MMF_WGMMA 1\n#else\n"
+                     "#define MMF_WGMMA 0\n#endif\n\n",
                   c->tm, c->tn, c->bk, c->stages, c->warps_m, c->warps_n, c->warps_m * c->warps_n * 32, pl.ks,
                   pl.nsplit, c->fuse_min_tiles, c->fuse_min_rows, c->group_m, x_f32 ? 1 : 0, reduce_vec(n), c->wgmma ? 1 : 0);
     di_str_puts(o, device_helpers);

@@ -1,8 +1,10 @@
 /* Llama forward over a ragged token batch, every op a kernels.def kernel.
  * Read top to bottom: load (config, weights), then one step (embed, layers, logits). */
+#define _GNU_SOURCE   /* sched_getaffinity */
 #include "model.h"
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,12 +129,20 @@ static void *convert_rows(void *arg)
 
 enum { CONVERT_MAX_THREADS = 16, CONVERT_MIN_ROWS = 64 };
 
+/* The CPUs this process may run on (a container's affinity mask, not the host's count). */
+static long usable_cpus(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+    return sysconf(_SC_NPROCESSORS_ONLN);
+}
+
 /* One tensor's rows over up to 16 threads (dequantization and rounding dominate the load of a
  * large model: an 8B model took ~30 s on one thread). */
 static int convert_tensor(const di_gguf *g, const di_gguf_tensor *t, uint64_t in, uint64_t rows, uint16_t *dst,
                           di_err *err)
 {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    long cpus = usable_cpus();
     uint64_t n = cpus < 1 ? 1 : cpus > CONVERT_MAX_THREADS ? CONVERT_MAX_THREADS : (uint64_t)cpus;
     if (rows / CONVERT_MIN_ROWS < n) n = rows / CONVERT_MIN_ROWS ? rows / CONVERT_MIN_ROWS : 1;
     convert_job jobs[CONVERT_MAX_THREADS];

@@ -103,4 +103,17 @@ static inline int th_bits_equal(const float *a, const float *b, size_t n)
     return memcmp(a, b, n * sizeof(float)) == 0;
 }
 
+/* ptxas -v reports "N bytes spill stores" per kernel; PTX cannot show spills (registers are
+ * allocated after it). Fails when ptxas printed no report or any kernel spilled. */
+static inline void th_assert_no_spills(const char *log, const char *what)
+{
+    cr_assert(log && strstr(log, "bytes spill stores"), "%s: no ptxas resource report in the log", what);
+    for (const char *p = strstr(log, "bytes spill stores"); p; p = strstr(p + 1, "bytes spill stores")) {
+        const char *q = p;
+        while (q > log && q[-1] == ' ') q--;
+        while (q > log && q[-1] >= '0' && q[-1] <= '9') q--;
+        cr_assert_eq(atol(q), 0, "%s: ptxas spilled registers (%.40s)", what, q);
+    }
+}
+
 #endif

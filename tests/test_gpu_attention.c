@@ -55,9 +55,17 @@ Test(gpu_attention, plan_modes_follow_rows_and_width_only)
     cr_assert_eq(di_attention_fast_plan_for(s, &p, 0, 256, &pl, &e), 0, "%s", e.msg);
     cr_assert_neq(di_attention_fast_plan_for(s, &p, 1, 0, &pl, &e), 0, "a zero-width block table is refused");
     cr_assert(strstr(e.msg, "block-table width"), "%s", e.msg);
+    /* a context of 2^22 positions: more splits than grid z holds, so fold mode, never an error */
+    cr_assert_eq(di_attention_fast_plan_for(s, &p, 1, (1L << 22) / 32, &pl, &e), 0, "%s", e.msg);
+    cr_assert_not(pl.split_mode);
+    di_specialization b = p;   /* di_spec_set_dtype refuses this; applies() must too, on its own */
+    cr_assert_str_eq(s->args[2].name, "kc");
+    b.dtypes[2] = DI_BF16;
+    cr_assert_not(di_attention_fast_applies(s, &b, DI_BACKEND_CUDA), "the kernel reads f32 K/V only");
     di_attention_fast_force_mode(2);
     cr_assert_eq(di_attention_fast_plan_for(s, &p, 4096, 4, &pl, &e), 0, "%s", e.msg);
     cr_assert(pl.split_mode);
+    cr_assert_neq(di_attention_fast_plan_for(s, &p, 70000, 4, &pl, &e), 0, "phase 2's grid y holds 65535 rows");
     di_attention_fast_force_mode(0);
 }
 
@@ -102,14 +110,15 @@ static void compile_and_inspect(heads h)
     char *src = NULL, name[256], entry[300];
     cr_assert_eq(di_rt_source(s, &p, DI_BACKEND_CUDA, &src, &e), 0, "%s", e.msg);
     di_kernel_name(s, &p, name, sizeof name);
-    const char *opts[16];
+    const char *opts[17];
     int nopts = di_nvrtc_options(DI_PROFILE_FAST, "sm_90a", opts, 16);
+    opts[nopts++] = "--ptxas-options=-v";
     di_nvrtc_out out = {0};
     cr_assert_eq(di_nvrtc_compile(src, name, opts, nopts, true, &out, &e), 0, "%s", e.msg);
     cr_assert(strstr(out.ptx, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "%s: no bf16 mma", name);
     snprintf(entry, sizeof entry, ".entry %s_merge(", name);
     cr_assert(strstr(out.ptx, entry), "%s: phase 2 entry missing", name);
-    cr_assert_null(strstr(out.ptx, ".local"), "%s: registers spilled to local memory", name);
+    th_assert_no_spills(out.log, name);
     di_nvrtc_out_free(&out);
     free(src);
 }
