@@ -132,25 +132,10 @@ static const char device_helpers[] =
     "#define AF_WSR (HD + 2)                 /* workspace floats per (row, head, split): a, m, l */\n"
     "static_assert(HD % 16 == 0 && SPLIT % 16 == 0 && AF_G >= 1 && AF_G <= 16, \"attention_fast shape\");\n"
     "\n"
-    "/* two floats -> bf16x2, round to nearest even; lo in the low half */\n"
-    "DI_FN unsigned af_pack(float lo, float hi)\n"
-    "{\n"
-    "    unsigned d;\n"
-    "    asm(\"cvt.rn.bf16x2.f32 %0, %1, %2;\\n\" : \"=r\"(d) : \"f\"(hi), \"f\"(lo));\n"
-    "    return d;\n"
-    "}\n"
     "DI_FN float af_lo(unsigned v) { return __uint_as_float(v << 16); }\n"
     "DI_FN float af_hi(unsigned v) { return __uint_as_float(v & 0xffff0000u); }\n"
     "\n"
-    "/* c += a . b on one 16 x 8 fragment, k = 16, f32 accumulate */\n"
-    "DI_FN void af_mma(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)\n"
-    "{\n"
-    "    asm volatile(\"mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, \"\n"
-    "                 \"{%8, %9}, {%0, %1, %2, %3};\\n\"\n"
-    "                 : \"+f\"(c[0]), \"+f\"(c[1]), \"+f\"(c[2]), \"+f\"(c[3])\n"
-    "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"r\"(b0), \"r\"(b1));\n"
-    "}\n"
-    "\n"
+
     "/* The split fold, the only place it is written: phase 1 (fold mode) and phase 2 run it on\n"
     " * the same values, so the two modes give the same bits. c1 and c2 for a given (M, m). */\n"
     "DI_FN void af_rescale(float M, float m, float &Mn, float &c1, float &c2)\n"
@@ -181,9 +166,9 @@ static const char device_helpers[] =
     "            vv = __ldg((const float4 *)(vc + off));\n"
     "        }\n"
     "        unsigned *kd = (unsigned *)(ks + key * AF_KS + d4);\n"
-    "        kd[0] = af_pack(kv.x, kv.y);\n"
-    "        kd[1] = af_pack(kv.z, kv.w);\n"
-    "        const unsigned v01 = af_pack(vv.x, vv.y), v23 = af_pack(vv.z, vv.w);\n"
+    "        kd[0] = di_pack_bf16x2(kv.x, kv.y);\n"
+    "        kd[1] = di_pack_bf16x2(kv.z, kv.w);\n"
+    "        const unsigned v01 = di_pack_bf16x2(vv.x, vv.y), v23 = di_pack_bf16x2(vv.z, vv.w);\n"
     "        vt[(d4 + 0) * AF_VS + key] = (unsigned short)(v01 & 0xffffu);\n"
     "        vt[(d4 + 1) * AF_VS + key] = (unsigned short)(v01 >> 16);\n"
     "        vt[(d4 + 2) * AF_VS + key] = (unsigned short)(v23 & 0xffffu);\n"
@@ -233,7 +218,7 @@ static const char phase1_body[] =
     "                const int h = e & 1, d = kt * 16 + 2 * q + (e >> 1) * 8;\n"
     "                float2 v = make_float2(0.0f, 0.0f);\n"
     "                if (vp[h] >= 0) v = *(const float2 *)(qkv_ + (vr[h] * (NH + 2 * NKV) + vh[h]) * HD + d);\n"
-    "                qa[kt][e] = af_pack(v.x, v.y);\n"
+    "                qa[kt][e] = di_pack_bf16x2(v.x, v.y);\n"
     "            }\n"
     "        float M[2] = {0.0f, 0.0f}, L[2] = {0.0f, 0.0f}, acc[AF_DT][4];\n"
     "#pragma unroll\n"
@@ -252,7 +237,7 @@ static const char phase1_body[] =
     "                const unsigned short *kr = ks + (nt * 8 + g) * AF_KS + 2 * q;\n"
     "#pragma unroll\n"
     "                for (int kt = 0; kt < AF_KT; kt++)\n"
-    "                    af_mma(s[nt], qa[kt], *(const unsigned *)(kr + kt * 16), *(const unsigned *)(kr + kt * 16 + 8));\n"
+    "                    di_mma_16816(s[nt], qa[kt], *(const unsigned *)(kr + kt * 16), *(const unsigned *)(kr + kt * 16 + 8));\n"
     "            }\n"
     "            /* base-2 scores, keys past the query's position masked; row max */\n"
     "            float m[2] = {-DI_INF, -DI_INF};\n"
@@ -281,7 +266,7 @@ static const char phase1_body[] =
     "#pragma unroll\n"
     "                for (int h = 0; h < 2; h++) {\n"
     "                    const float x0 = s[nt][2 * h], x1 = s[nt][2 * h + 1];\n"
-    "                    const unsigned pk = af_pack(x0 == -DI_INF ? 0.0f : exp2f(__fsub_rn(x0, m[h])),\n"
+    "                    const unsigned pk = di_pack_bf16x2(x0 == -DI_INF ? 0.0f : exp2f(__fsub_rn(x0, m[h])),\n"
     "                                                x1 == -DI_INF ? 0.0f : exp2f(__fsub_rn(x1, m[h])));\n"
     "                    l[h] = __fadd_rn(__fadd_rn(l[h], af_lo(pk)), af_hi(pk));\n"
     "                    pa[nt / 2][h + 2 * (nt % 2)] = pk;\n"
@@ -306,7 +291,7 @@ static const char phase1_body[] =
     "                const unsigned short *vr_ = vt + (dt * 8 + g) * AF_VS + 2 * q;\n"
     "#pragma unroll\n"
     "                for (int kk = 0; kk < AF_PK; kk++)\n"
-    "                    af_mma(a, pa[kk], *(const unsigned *)(vr_ + kk * 16), *(const unsigned *)(vr_ + kk * 16 + 8));\n"
+    "                    di_mma_16816(a, pa[kk], *(const unsigned *)(vr_ + kk * 16), *(const unsigned *)(vr_ + kk * 16 + 8));\n"
     "#pragma unroll\n"
     "                for (int e = 0; e < 4; e++) {\n"
     "                    const int h = e >> 1;\n"
@@ -369,12 +354,7 @@ static const char phase2_body[] =
 
 static void emit_params(di_str *o, const di_spec *s, const di_specialization *p)
 {
-    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
-        const di_arg *a = &s->args[i];
-        di_str_printf(o, "%s%s%s *%s_", i ? ", " : "", a->role == DI_ROLE_IN ? "const " : "", di_ctype(p->dtypes[i]),
-                      a->name);
-    }
-    for (int i = 0; i < DI_MAX_SIZES && s->sizes[i]; i++) di_str_printf(o, ", long %s", s->sizes[i]);
+    di_emit_params(o, s, p);
     di_str_puts(o, ", float *ws, long rows_per_warp, long split_mode");
 }
 
@@ -398,6 +378,7 @@ int di_lower_attention_fast(di_str *o, const di_spec *s, const di_specialization
     di_str_printf(o, "/* fast attention: tensor cores over the fixed KV splits (codegen/attention_fast.c) */\n"
                      "#define AF_SCALE %af  /* log2(e) / sqrt(HD) */\n",
                   (double)(float)scale);
+    di_str_puts(o, di_cuda_mma_helpers);
     di_str_puts(o, device_helpers);
     di_str_printf(o, "\n/* phase 1: per-split results (split mode) or the whole fold (fold mode) */\n"
                      "extern \"C\" __global__ void __launch_bounds__(%d) %s(",

@@ -270,7 +270,9 @@ const char *di_ctype(di_dtype t)
     return t == DI_BF16 ? "di_bf16" : t == DI_I32 ? "int" : "float";
 }
 
-static void emit_params(di_str *o, const di_spec *s, const di_specialization *p)
+/* The kernel parameters of a spec: tensors as `name_` pointers, scalars by value, then the
+ * runtime sizes as longs. The fast lowerings append their own after these. */
+void di_emit_params(di_str *o, const di_spec *s, const di_specialization *p)
 {
     for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
         const di_arg *a = &s->args[i];
@@ -340,11 +342,11 @@ int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, 
     if (di_attention_fast_applies(s, p, b)) return di_lower_attention_fast(o, s, p, name, err);
     if (b == DI_BACKEND_C) {
         di_str_printf(o, "static void %s_block(long bx, long by, ", name);
-        emit_params(o, s, p);
+        di_emit_params(o, s, p);
         di_str_puts(o, ")\n{\n");
     } else {
         di_str_printf(o, "extern \"C\" __global__ void __launch_bounds__(THREADS) %s(", name);
-        emit_params(o, s, p);
+        di_emit_params(o, s, p);
         di_str_puts(o, ")\n{\n    const long bx = blockIdx.x, by = blockIdx.y;\n");
     }
     di_str_puts(o, "    (void)bx; (void)by;\n");

@@ -1,7 +1,25 @@
 /* CUDA backend prelude (NVRTC). A block's threads stride over the same index ranges the C
  * backend loops over; DI_SYNC is a barrier. Built with --fmad=false in the exact profile,
  * so no multiply-add is contracted and every operation rounds as in C. */
-#include "codegen.h"
+#include "lower.h"
+
+const char di_cuda_mma_helpers[] =
+    "/* tensor-core helpers (codegen/cuda.c) */\n"
+    "/* two floats -> bf16x2, round to nearest even; lo in the low half (the lower address) */\n"
+    "DI_FN unsigned di_pack_bf16x2(float lo, float hi)\n"
+    "{\n"
+    "    unsigned d;\n"
+    "    asm(\"cvt.rn.bf16x2.f32 %0, %1, %2;\\n\" : \"=r\"(d) : \"f\"(hi), \"f\"(lo));\n"
+    "    return d;\n"
+    "}\n"
+    "/* c += a . b on one 16 x 8 fragment, k = 16, f32 accumulate */\n"
+    "DI_FN void di_mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)\n"
+    "{\n"
+    "    asm volatile(\"mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, \"\n"
+    "                 \"{%8, %9}, {%0, %1, %2, %3};\\n\"\n"
+    "                 : \"+f\"(c[0]), \"+f\"(c[1]), \"+f\"(c[2]), \"+f\"(c[3])\n"
+    "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"r\"(b0), \"r\"(b1));\n"
+    "}\n\n";
 
 void di_prelude_cuda(di_str *out)
 {

@@ -46,7 +46,7 @@
  * and every M in 1..64 against M = 257, bitwise.
  *
  * Resources (nvcc -Xptxas -v on the generated source, sm_90a, default config): phase 1 uses
- * 240 registers with f32 x, 222 with bf16 x, no local memory (v2 with mma.sync: 248 and 220).
+ * 242 registers with f32 x, 222 with bf16 x, no local memory (v2 with mma.sync: 248 and 220).
  * Phase 2 uses ~30 registers. Why 64 x 128 and not 128 x 128 with two warpgroups: two blocks
  * fit an SM, which keeps M <= 32 (memory-bound) near cuBLAS; 128 x 128 was 5-10 % faster at
  * M >= 512 and 10-25 % slower at M <= 32 (sweep of 2026-11-30 in perf/RESULTS.md). Neither the
@@ -252,29 +252,14 @@ static const char device_helpers[] =
     "                 : \"memory\");\n"
     "}\n"
     "\n"
-    "/* two floats -> bf16x2, round to nearest even; lo lands at the lower address */\n"
-    "DI_FN unsigned mmf_pack(float lo, float hi)\n"
-    "{\n"
-    "    unsigned d;\n"
-    "    asm(\"cvt.rn.bf16x2.f32 %0, %1, %2;\\n\" : \"=r\"(d) : \"f\"(hi), \"f\"(lo));\n"
-    "    return d;\n"
-    "}\n"
-    "\n"
+
     "DI_FN void mmf_ldsm4(unsigned addr, unsigned &r0, unsigned &r1, unsigned &r2, unsigned &r3)\n"
     "{\n"
     "    asm volatile(\"ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\\n\"\n"
     "                 : \"=r\"(r0), \"=r\"(r1), \"=r\"(r2), \"=r\"(r3) : \"r\"(addr) : \"memory\");\n"
     "}\n"
     "\n"
-    "/* c += a . b on one 16 x 8 fragment, k = 16 (f32 accumulate) */\n"
-    "DI_FN void mmf_mma(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)\n"
-    "{\n"
-    "    asm volatile(\"mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, \"\n"
-    "                 \"{%8, %9}, {%0, %1, %2, %3};\\n\"\n"
-    "                 : \"+f\"(c[0]), \"+f\"(c[1]), \"+f\"(c[2]), \"+f\"(c[3])\n"
-    "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"r\"(b0), \"r\"(b1));\n"
-    "}\n"
-    "\n"
+
     "DI_FN unsigned mmf_u16(const di_bf16 *p, long i, bool ok) { return ok ? (unsigned)p[i] : 0u; }\n"
     "DI_FN float mmf_f32(const float *p, long i, bool ok) { return ok ? p[i] : 0.0f; }\n"
     "\n"
@@ -338,7 +323,7 @@ static const char device_helpers[] =
     "        unsigned v[4];\n"
     "#pragma unroll\n"
     "        for (int e = 0; e < 4; e++)\n"
-    "            v[e] = mmf_pack(mmf_f32(src, 2 * e, in && gk + 2 * e < K), mmf_f32(src, 2 * e + 1, in && gk + 2 * e + 1 < K));\n"
+    "            v[e] = di_pack_bf16x2(mmf_f32(src, 2 * e, in && gk + 2 * e < K), mmf_f32(src, 2 * e + 1, in && gk + 2 * e + 1 < K));\n"
     "        mmf_st16(sa + mmf_off(row, cc), v[0], v[1], v[2], v[3]);\n"
     "    }\n"
     "}\n"
@@ -366,8 +351,8 @@ static const char device_helpers[] =
     "    for (int i = 0; i < MMF_ACH; i++) {\n"
     "        const int id = tid + i * MMF_THREADS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
     "        if (row < rpad)\n"
-    "            mmf_st16(sa + mmf_off(row, cc), mmf_pack(xr[i][0].x, xr[i][0].y), mmf_pack(xr[i][0].z, xr[i][0].w),\n"
-    "                     mmf_pack(xr[i][1].x, xr[i][1].y), mmf_pack(xr[i][1].z, xr[i][1].w));\n"
+    "            mmf_st16(sa + mmf_off(row, cc), di_pack_bf16x2(xr[i][0].x, xr[i][0].y), di_pack_bf16x2(xr[i][0].z, xr[i][0].w),\n"
+    "                     di_pack_bf16x2(xr[i][1].x, xr[i][1].y), di_pack_bf16x2(xr[i][1].z, xr[i][1].w));\n"
     "    }\n"
     "}\n"
     "\n"
@@ -394,7 +379,7 @@ static const char device_helpers[] =
     "#pragma unroll\n"
     "        for (int i = 0; i < MTA; i++)\n"
     "#pragma unroll\n"
-    "            for (int j = 0; j < MMF_NT; j++) mmf_mma(c[i][j], a[i], b[j][0], b[j][1]);\n"
+    "            for (int j = 0; j < MMF_NT; j++) di_mma_16816(c[i][j], a[i], b[j][0], b[j][1]);\n"
     "    }\n"
     "}\n"
     "\n"
@@ -590,15 +575,7 @@ static bool row_sliced(const di_arg *a, char *rowlen, size_t len)
 /* Kernel parameters exactly as the exact lowering emits them, then the workspace. */
 static void emit_params(di_str *o, const di_spec *s, const di_specialization *p)
 {
-    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
-        const di_arg *a = &s->args[i];
-        if (i) di_str_puts(o, ", ");
-        if (a->role == DI_ROLE_SCALAR)
-            di_str_printf(o, "%s %s", di_ctype(p->dtypes[i]), a->name);
-        else
-            di_str_printf(o, "%s%s *%s_", a->role == DI_ROLE_IN ? "const " : "", di_ctype(p->dtypes[i]), a->name);
-    }
-    for (int i = 0; i < DI_MAX_SIZES && s->sizes[i]; i++) di_str_printf(o, ", long %s", s->sizes[i]);
+    di_emit_params(o, s, p);
     di_str_puts(o, ", float *ws");
 }
 
@@ -701,6 +678,7 @@ int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p
                      "#define MMF_WGMMA 0\n#endif\n\n",
                   c->tm, c->tn, c->bk, c->stages, c->warps_m, c->warps_n, c->warps_m * c->warps_n * 32, pl.ks,
                   pl.nsplit, c->fuse_min_tiles, c->fuse_min_rows, c->group_m, x_f32 ? 1 : 0, reduce_vec(n), c->wgmma ? 1 : 0);
+    di_str_puts(o, di_cuda_mma_helpers);
     di_str_puts(o, device_helpers);
     if (c->wgmma) emit_wgmma_helpers(o, c->tn);
     di_str_puts(o, "\n");

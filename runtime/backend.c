@@ -351,21 +351,30 @@ static bool vendor_dispatch(const di_rt *rt, const di_spec *s, const di_speciali
     return false;
 }
 
-/* Every variant of a vendor attention is compiled at load: one per KV split size. */
+/* A vendor dispatcher's variants, compiled now, at load, so that no launch compiles: one per
+ * value the policy can pick, a K split count (matmul, at most K) or a KV split size (attention). */
+static int vendor_variants(di_rt *rt, di_kernel *k, const int *values, int n, di_err *err)
+{
+    bool attention = k->spec->cls == DI_ATTENTION;
+    long kdim = attention ? 0 : di_spec_dim(k->spec, &k->sp, "K");
+    if (n > (int)(sizeof k->variant / sizeof k->variant[0]))
+        return di_fail(err, DI_ESPEC, "spec %s: %d vendor variants, room for 4", k->spec->name, n);
+    for (int i = 0; i < n; i++) {
+        di_specialization v = k->sp;
+        if (attention) v.kv_split = values[i];
+        else v.ksplits = values[i] < kdim ? values[i] : (int)kdim;
+        if (di_rt_kernel(rt, k->spec, &v, &k->variant[i], err)) return err->code;
+        k->variant_ks[i] = values[i];
+        k->nvariants = i + 1;
+    }
+    return DI_OK;
+}
+
 static int vendor_attention_prepare(di_rt *rt, di_kernel *k, di_err *err)
 {
     const int *sizes;
     int n = di_vendor_kv_split_choices(&sizes);
-    if (n > (int)(sizeof k->variant / sizeof k->variant[0]))
-        return di_fail(err, DI_ESPEC, "spec %s: %d vendor KV split variants, room for 4", k->spec->name, n);
-    for (int i = 0; i < n; i++) {
-        di_specialization v = k->sp;
-        v.kv_split = sizes[i];
-        if (di_rt_kernel(rt, k->spec, &v, &k->variant[i], err)) return err->code;
-        k->variant_ks[i] = sizes[i];
-        k->nvariants = i + 1;
-    }
-    return DI_OK;
+    return vendor_variants(rt, k, sizes, n, err);
 }
 
 static int arg_pos(const di_spec *s, const char *name)
@@ -407,20 +416,9 @@ static int vendor_matmul_prepare(di_rt *rt, di_kernel *k, di_err *err)
     const di_spec *s = k->spec;
     k->iy = arg_pos(s, "y"), k->ix = arg_pos(s, "x"), k->iw = arg_pos(s, "w"), k->ires = arg_pos(s, "res");
     if (rt->lt) return vendor_cublaslt_prepare(rt, k, err);
-    /* every variant is compiled now, at load, so that no launch compiles */
     const int *ks;
     int n = di_vendor_ksplit_choices(&ks);
-    long kdim = di_spec_dim(s, &k->sp, "K");
-    if (n > (int)(sizeof k->variant / sizeof k->variant[0]))
-        return di_fail(err, DI_ESPEC, "spec %s: %d vendor split variants, room for 4", s->name, n);
-    for (int i = 0; i < n; i++) {
-        di_specialization v = k->sp;
-        v.ksplits = ks[i] < kdim ? ks[i] : (int)kdim;
-        if (di_rt_kernel(rt, s, &v, &k->variant[i], err)) return err->code;
-        k->variant_ks[i] = ks[i];
-        k->nvariants = i + 1;
-    }
-    return DI_OK;
+    return vendor_variants(rt, k, ks, n, err);
 }
 
 int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_kernel **out, di_err *err)

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "runtime/backend.h"
+#include "runtime/nvrtc.h"
 
 static inline uint64_t th_next(uint64_t *s)
 {
@@ -44,6 +45,16 @@ static inline di_rt *th_rt(di_backend_kind b, int threads)
     di_err e = {0};
     int rc = di_rt_open(&o, &rt, &e);
     cr_assert_eq(rc, 0, "runtime: %s", e.msg);
+    return rt;
+}
+
+/* A CUDA runtime in `profile`, or the test is skipped with the reason (no GPU here). */
+static inline di_rt *th_gpu_rt_or_skip(di_profile profile)
+{
+    di_rt_opts o = {.backend = DI_BACKEND_CUDA, .profile = profile};
+    di_rt *rt = NULL;
+    di_err e = {0};
+    if (di_rt_open(&o, &rt, &e)) cr_skip_test("no GPU: %s", e.msg);
     return rt;
 }
 
@@ -101,6 +112,24 @@ static inline di_specialization th_spec(const char *name, ...)
 static inline int th_bits_equal(const float *a, const float *b, size_t n)
 {
     return memcmp(a, b, n * sizeof(float)) == 0;
+}
+
+/* The fast-profile CUDA source of (s, p) compiled by NVRTC for sm_90a to a cubin, with ptxas's
+ * resource report in out->log; `name` gets the kernel's entry name. Skips without NVRTC. */
+static inline void th_compile_fast(const di_spec *s, const di_specialization *p, char *name, size_t len,
+                                   di_nvrtc_out *out)
+{
+    di_err e = {0};
+    if (di_nvrtc_load(&e)) cr_skip_test("no NVRTC: %s", e.msg);
+    char *src = NULL;
+    cr_assert_eq(di_rt_source(s, p, DI_BACKEND_CUDA, &src, &e), 0, "%s", e.msg);
+    di_kernel_name(s, p, name, len);
+    const char *opts[17];
+    int nopts = di_nvrtc_options(DI_PROFILE_FAST, "sm_90a", opts, 16);
+    opts[nopts++] = "--ptxas-options=-v";
+    cr_assert_eq(di_nvrtc_compile(src, name, opts, nopts, true, out, &e), 0, "%s: %s", name, e.msg);
+    cr_assert(out->cubin && out->cubin_len > 0, "%s: no cubin", name);
+    free(src);
 }
 
 /* ptxas -v reports "N bytes spill stores" per kernel; PTX cannot show spills (registers are

@@ -5,14 +5,7 @@
 #include "codegen/codegen.h"
 #include <ctype.h>
 
-static di_rt *gpu_or_skip(void)
-{
-    di_rt_opts o = {.backend = DI_BACKEND_CUDA, .profile = DI_PROFILE_EXACT};
-    di_rt *rt = NULL;
-    di_err e = {0};
-    if (di_rt_open(&o, &rt, &e)) cr_skip_test("no GPU: %s", e.msg);
-    return rt;
-}
+static di_rt *gpu_or_skip(void) { return th_gpu_rt_or_skip(DI_PROFILE_EXACT); }
 
 enum { NBLK = 24, NSEQ = 3, MAXB = 8 };
 

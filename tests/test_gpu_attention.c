@@ -7,7 +7,6 @@
  * and a query alone against the same query inside a decode batch of 64 sequences. */
 #include "helpers.h"
 #include "codegen/attention_fast.h"
-#include "runtime/nvrtc.h"
 
 typedef struct { long nh, nkv, hd; } heads;
 static const heads smollm2 = {9, 3, 64}, llama8b = {32, 8, 128};
@@ -103,24 +102,15 @@ Test(gpu_attention, vendor_kv_split_is_validated_and_named)
 
 static void compile_and_inspect(heads h)
 {
-    di_err e = {0};
-    if (di_nvrtc_load(&e)) cr_skip_test("no NVRTC: %s", e.msg);
-    const di_spec *s = di_spec_find("attention");
     di_specialization p = att_spec(h, DI_PROFILE_FAST);
-    char *src = NULL, name[256], entry[300];
-    cr_assert_eq(di_rt_source(s, &p, DI_BACKEND_CUDA, &src, &e), 0, "%s", e.msg);
-    di_kernel_name(s, &p, name, sizeof name);
-    const char *opts[17];
-    int nopts = di_nvrtc_options(DI_PROFILE_FAST, "sm_90a", opts, 16);
-    opts[nopts++] = "--ptxas-options=-v";
+    char name[256], entry[300];
     di_nvrtc_out out = {0};
-    cr_assert_eq(di_nvrtc_compile(src, name, opts, nopts, true, &out, &e), 0, "%s", e.msg);
+    th_compile_fast(di_spec_find("attention"), &p, name, sizeof name, &out);
     cr_assert(strstr(out.ptx, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "%s: no bf16 mma", name);
     snprintf(entry, sizeof entry, ".entry %s_merge(", name);
     cr_assert(strstr(out.ptx, entry), "%s: phase 2 entry missing", name);
     th_assert_no_spills(out.log, name);
     di_nvrtc_out_free(&out);
-    free(src);
 }
 
 Test(gpu_attention, source_compiles_with_nvrtc_to_tensor_core_code, .timeout = 120)
@@ -201,14 +191,6 @@ static void run_seq(di_rt *rt, heads h, const float *x, const float *other, long
     cache_free(&c);
 }
 
-static di_rt *fast_rt_or_skip(void)
-{
-    di_rt_opts o = {.backend = DI_BACKEND_CUDA, .profile = DI_PROFILE_FAST};
-    di_rt *rt = NULL;
-    di_err e = {0};
-    if (di_rt_open(&o, &rt, &e)) cr_skip_test("no GPU: %s", e.msg);
-    return rt;
-}
 
 static float bf16_round(float f) { return th_from_bf16(th_bf16(f)); }
 
@@ -242,7 +224,7 @@ static double check_accuracy(heads h, const float *x, const float *got, long t, 
  * three repetitions. */
 static void check_shape(heads h)
 {
-    di_rt *rt = fast_rt_or_skip();
+    di_rt *rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
     long qkvw = (h.nh + 2 * h.nkv) * h.hd, ow = h.nh * h.hd;
     float *x = malloc((size_t)T * qkvw * 4), *other = malloc((size_t)2 * T * qkvw * 4);
     th_fill(x, (size_t)T * qkvw, 11);
@@ -293,10 +275,7 @@ Test(gpu_attention, llama8b_heads_accurate_and_bitwise_invariant, .timeout = 600
  * nothing about batch dependence being caught. */
 Test(gpu_attention, vendor_split_size_from_the_batch_changes_bits, .timeout = 300)
 {
-    di_rt_opts o = {.backend = DI_BACKEND_CUDA, .profile = DI_PROFILE_VENDOR};
-    di_rt *rt = NULL;
-    di_err e = {0};
-    if (di_rt_open(&o, &rt, &e)) cr_skip_test("no GPU: %s", e.msg);
+    di_rt *rt = th_gpu_rt_or_skip(DI_PROFILE_VENDOR);
     heads h = llama8b;
     long qkvw = (h.nh + 2 * h.nkv) * h.hd, ow = h.nh * h.hd;
     float *x = malloc((size_t)T * qkvw * 4), *other = malloc((size_t)2 * T * qkvw * 4);

@@ -129,20 +129,10 @@ Test(gpu_fast, config_is_validated)
 
 static void compile_and_inspect(const char *spec, long k, long n, di_dtype xt, di_dtype yt, bool expect_cp_async)
 {
-    di_err e = {0};
-    if (di_nvrtc_load(&e)) cr_skip_test("no NVRTC: %s", e.msg);
-    const di_spec *s = di_spec_find(spec);
     di_specialization p = fast_spec(spec, k, n, xt, yt);
-    char *src = NULL, name[256], entry[300];
-    cr_assert_eq(di_rt_source(s, &p, DI_BACKEND_CUDA, &src, &e), 0, "%s", e.msg);
-    di_kernel_name(s, &p, name, sizeof name);
-    const char *opts[17];
-    int nopts = di_nvrtc_options(DI_PROFILE_FAST, "sm_90a", opts, 16);
-    opts[nopts++] = "--ptxas-options=-v";
+    char name[256], entry[300];
     di_nvrtc_out out = {0};
-    int rc = di_nvrtc_compile(src, name, opts, nopts, true, &out, &e);
-    cr_assert_eq(rc, 0, "%s K=%ld N=%ld: %s", spec, k, n, e.msg);
-    cr_assert(out.cubin && out.cubin_len > 0, "no cubin");
+    th_compile_fast(di_spec_find(spec), &p, name, sizeof name, &out);
     if (di_matmul_fast_get_config()->wgmma) {
         cr_assert(strstr(out.ptx, "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"), "%s: no bf16 wgmma in the PTX",
                   name);
@@ -161,7 +151,6 @@ static void compile_and_inspect(const char *spec, long k, long n, di_dtype xt, d
      * registers and spills 12 bytes (ptxas, CUDA 13.0); every 16-byte-aligned shape must not. */
     if (k % 8 == 0 || !di_matmul_fast_get_config()->wgmma) th_assert_no_spills(out.log, name);
     di_nvrtc_out_free(&out);
-    free(src);
 }
 
 Test(gpu_fast, source_compiles_with_nvrtc_to_tensor_core_code, .timeout = 120)
@@ -173,14 +162,6 @@ Test(gpu_fast, source_compiles_with_nvrtc_to_tensor_core_code, .timeout = 120)
 
 /* ---- on the GPU ------------------------------------------------------------------------------ */
 
-static di_rt *fast_rt_or_skip(void)
-{
-    di_rt_opts o = {.backend = DI_BACKEND_CUDA, .profile = DI_PROFILE_FAST};
-    di_rt *rt = NULL;
-    di_err e = {0};
-    if (di_rt_open(&o, &rt, &e)) cr_skip_test("no GPU: %s", e.msg);
-    return rt;
-}
 
 typedef struct {
     const char *spec;
@@ -297,7 +278,7 @@ static void check_against_reference(const mm_case *c, const mm_inputs *in, const
 
 Test(gpu_fast, matches_a_float64_reference_at_odd_shapes, .timeout = 600)
 {
-    di_rt *rt = fast_rt_or_skip();
+    di_rt *rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
     const mm_case cases[] = {
         {"matmul", 1001, 37, DI_F32, DI_F32, false},            /* K % 8 != 0, 4 splits, N < one tile */
         {"matmul", 200, 300, DI_BF16, DI_F32, false},           /* one split (fused), N % 128 != 0 */
@@ -331,7 +312,7 @@ static void check_invariance(const mm_case *c, long fuse_tiles)
 {
     enum { MAXM = 257 };
     mm_inputs in = make_inputs(c, MAXM, 4242);
-    di_rt *rt = fast_rt_or_skip();
+    di_rt *rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
     float *ref = run_fast(rt, c, &in, MAXM, false);
     di_matmul_fast_plan pl;
     di_err e = {0};
@@ -346,7 +327,7 @@ static void check_invariance(const mm_case *c, long fuse_tiles)
         cr_assert_eq(di_matmul_fast_set_config(&cfg, &e), 0, "%s", e.msg);
         cr_assert_eq(di_matmul_fast_plan_for(di_spec_find(c->spec), &p, MAXM, &pl, &e), 0, "%s", e.msg);
         cr_assert(pl.fused, "M = 257 should now use the fused mode");
-        rt = fast_rt_or_skip();
+        rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
         float *fused = run_fast(rt, c, &in, MAXM, false);
         cr_assert(th_bits_equal(fused, ref, (size_t)MAXM * c->n), "%s: fused and split modes differ", c->spec);
         free(fused);

@@ -279,10 +279,7 @@ Test(vendor, model_digest_alone_vs_batch_differs_under_vendor_equal_under_exact,
 
 static di_rt *vendor_gpu_or_skip(void)
 {
-    di_rt_opts o = {.backend = DI_BACKEND_CUDA, .profile = DI_PROFILE_VENDOR};
-    di_rt *rt = NULL;
-    di_err e = {0};
-    if (di_rt_open(&o, &rt, &e)) cr_skip_test("no GPU: %s", e.msg);
+    di_rt *rt = th_gpu_rt_or_skip(DI_PROFILE_VENDOR);
     fprintf(stderr, "vendor gpu: %s\n", di_rt_describe(rt));
     return rt;
 }
