@@ -4,18 +4,32 @@
  * ---- Design notes -------------------------------------------------------------------------
  *
  * Tile. One configuration for every row count (defaults below, di_matmul_fast_config):
- * a block owns a TM x TN = 64 x 128 output tile and is one warpgroup (4 warps); each k16 step
- * of a k tile is one sm_90a wgmma.m64n128k16 (bf16 in, f32 accumulate) reading both operands
- * from shared memory (v3, 2026-11-30; see emit_wgmma_helpers). The k tile is BK = 64; a
- * 4-stage cp.async pipeline stages [TM][BK] of x and [TN][BK] of w (24 KiB per stage, 96 KiB
- * of dynamic shared memory, so the runtime must raise the per-function limit) in 16-byte
- * chunks, XOR-swizzled (chunk c of row r at c ^ (r % 8)): the 128-byte swizzle wgmma reads,
- * and free of bank conflicts for ldmatrix.x4 and the cp.async writes. Two k tiles load while
- * a third is multiplied and the previous tile's wgmma may still run. The mma.sync main loop
- * (v1, v2: warps 1 x 4, each a 64 x 32 sub-tile of 4 x 4 mma.sync.m16n8k16 fragments fed by
- * ldmatrix) stays as a config (wgmma = 0) for other GPUs and for comparison. f32 x is loaded to registers one stage ahead and converted to bf16 (cvt.rn,
- * round to nearest even) on its way into shared memory; bf16 x goes through cp.async like w.
- * K not a multiple of 8 (rows not 16-byte aligned) takes a plain element-wise load path.
+ * a block owns TM x TN = 128 x 128 output tiles; each k16 step of a k tile (BK = 64) is one
+ * sm_90a wgmma.m64n128k16 (bf16 in, f32 accumulate) per 64-row warpgroup, both operands read
+ * from shared memory through descriptors (see emit_wgmma_helpers). Stages hold [TM][BK] of x
+ * and [TN][BK] of w as 128-byte rows whose 16-byte chunk c of row r sits at c ^ (r % 8): the
+ * 128-byte swizzle that wgmma reads and TMA writes, free of bank conflicts for ldmatrix.x4.
+ *
+ * The main loop, as numbered versions (each still a config; perf/RESULTS.md has them side by
+ * side, measured on the H200 on 2026-11-30):
+ *  - v2 (wgmma = 0): mma.sync.m16n8k16 fed by ldmatrix, 64 x 128 tiles, warps 1 x 4; every
+ *    warp loads (cp.async) and multiplies, one block-wide barrier per k tile.
+ *  - v3 (producers = 0): the same block, one warpgroup issuing wgmma.
+ *  - v4 (producers > 0, tma = 0): warp-specialized. Producer warps only load (cp.async, f32 x
+ *    through registers and converted with cvt.rn), two warpgroups only multiply; stages are
+ *    handed over by a full and an empty mbarrier each (phase1_ws_body), and blocks are
+ *    persistent: one per SM, each walking work units (below) with one pipeline that runs
+ *    ahead across units. v2-v4 all run near 280 TFLOP/s at large M: with the multiplies
+ *    removed, v4's loads alone ran at the same ~42 GB/s per SM, so cp.async loading, not the
+ *    barriers or the tile, was the limit.
+ *  - v5 (default, tma = 1, bf16 x, K % 8 == 0, sm_90a): one producer thread loads each stage
+ *    with two TMA tensor copies (x and w boxes, 128-byte swizzle, out-of-range rows and
+ *    columns arriving as zeros) that complete on the stage's full barrier: 470-600 TFLOP/s at
+ *    large M. Below one tile of rows the x box shrinks to the 16-row fragments that hold rows
+ *    (MMF_X_BOX_ROWS), which is what brings M <= 32 to 0.8-0.9x cuBLAS. f32 x reaches v5
+ *    through the runtime: a cast kernel rounds it to bf16 first (round to nearest even, what
+ *    the kernel would do on the way into shared memory, so the same bits).
+ * Targets other than sm_90a compile the same block with the mma.sync step (no wgmma, no TMA).
  *
  * Order. K is cut into splits of a fixed size KS, chosen from K only: the largest power of two
  * <= K/8, clamped to [256, 1024] (K=4096: KS=512, 8 splits; K=14336: KS=1024, 14 splits).
@@ -30,11 +44,11 @@
  * boundaries, whatever the other rows are, and an mma's output element depends only on its
  * own A row, B column and accumulator. `rows` changes only how many blocks run, which 16-row
  * fragments are skipped (those holding no valid row), and where the split sum is done:
- *  - split mode (small problems): grid (ceil(N/TN), ceil(rows/TM), nsplit); block z writes its
- *    split's partials to ws[z][rows][N]; phase 2 (`_reduce`) adds them in order and applies
- *    the epilogue. This is what gives a batch of 1 enough blocks to stream w at full rate.
- *  - fused mode (rows >= 64 and >= 128 output tiles, or a single split): grid z = 1; the block
- *    walks every split of its tile in order, keeps the running sum in registers and adds each
+ *  - split mode (small problems): a work unit is (tile, split z); it writes the split's
+ *    partials to ws[z][rows][N]; phase 2 (`_reduce`) adds them in order and applies the
+ *    epilogue. This is what gives a batch of 1 enough units to stream w from every SM.
+ *  - fused mode (rows >= 32 and >= 128 output tiles, or a single split): a unit is a tile; it
+ *    walks every split of the tile in order, keeps the running sum in registers and adds each
  *    finished split to it exactly as phase 2 would (0.0f + p0 + p1 ...), then applies the
  *    epilogue; phase 2 returns at once and no workspace is used. Same operations, same bits;
  *    it saves nsplit * rows * N * 8 bytes of workspace traffic, which at large M would cost
@@ -45,32 +59,18 @@
  * expression the same way in both kernels.) The tests check the two modes against each other
  * and every M in 1..64 against M = 257, bitwise.
  *
- * Resources (nvcc -Xptxas -v on the generated source, sm_90a, default config): phase 1 uses
- * 242 registers with f32 x, 222 with bf16 x, no local memory (v2 with mma.sync: 248 and 220).
- * Phase 2 uses ~30 registers. Why 64 x 128 and not 128 x 128 with two warpgroups: two blocks
- * fit an SM, which keeps M <= 32 (memory-bound) near cuBLAS; 128 x 128 was 5-10 % faster at
- * M >= 512 and 10-25 % slower at M <= 32 (sweep of 2026-11-30 in perf/RESULTS.md). Neither the
- * tile shape nor mma.sync vs wgmma changes which products are summed in which order per
- * output (k16 steps in order within a split, splits in order), only the instruction; whether
- * wgmma and mma.sync round a k16 step alike is not claimed (the fast profile is per GPU
- * architecture and per configuration). See "Why it is invariant".
+ * Which block runs a unit, and after which other units (v4, v5 are persistent), never
+ * changes the unit's arithmetic either.
  *
- * Estimates written for the first, 128 x 128 default before any measurement (the measured
- * figures, which fell short at large M, are in perf/RESULTS.md).
- * Expected performance (METHOD.md's two numbers; H100 ~3.0 TB/s; mma.sync ceiling taken as
- * ~500 TFLOP/s, to be measured). Bytes = w + x + y (+ workspace in split mode); the main loop
- * reads 6 ldmatrix.x4 per 16 mma per warp, so shared-memory bandwidth (128 B/clk/SM) caps it
- * near 470 TFLOP/s, realistically 300-380:
- *   M=1,    K=4096,  N=6144 : 50.3 MB of w -> 17 us floor (cuBLAS 30 us); 384 blocks.
- *   M=1,    K=4096,  N=28672: 235 MB -> 78 us floor (cuBLAS 93 us); 1792 blocks.
- *   M=1,    K=14336, N=4096 : 117 MB -> 39 us floor (cuBLAS 55 us); 448 blocks.
- *   M<=32: the same bytes plus < 15 MB of workspace that stays in L2, and ~3 us for phase 2;
- *          only the 16-row fragments that hold rows are multiplied. Expect 1.0-1.3x cuBLAS.
- *   M=8192, K=4096, N=6144: 412 GFLOP -> 0.82 ms at 500 TFLOP/s, ~1.2 ms at 350 (cuBLAS
- *          0.60 ms): expect ~0.5x cuBLAS, fused, 3072 tiles.
- *   M=512, K=4096, N=6144: 25.8 GFLOP, 192 tiles = 1.45 waves of 132 SMs: the weakest point,
- *          expect ~0.4-0.5x cuBLAS (41 us). If large M misses, the next step is a wgmma main
- *          loop (same split order; HGMMA instead of HMMA), not a different split.
+ * Resources (nvcc -Xptxas -v, sm_90a, default config): phase 1 uses 163 registers (the limit
+ * for 384 threads is 168), no local memory, 192 KiB of shared memory (6 stages of 32 KiB, so
+ * the runtime raises the per-function limit); phase 2 ~30. Why not 128 x 256 as cuBLAS: the
+ * fused split sum keeps a second accumulator, so a warpgroup's 64 x 256 would need 256
+ * registers a thread for accumulators alone (and ptxas keeps the 168 limit even after
+ * setmaxnreg). Neither the tile nor the instruction changes which products are summed in which
+ * order per output (k16 steps in order within a split, splits in order); whether wgmma and
+ * mma.sync round a k16 step alike is not claimed (the fast profile is per GPU architecture and
+ * per configuration), though the model's fast digest was the same with v2, v3 and v5.
  * Knobs for tuning live in di_matmul_fast_config (perf/bench_matmul takes them as flags). */
 #include "matmul_fast.h"
 #include "lower.h"
@@ -80,16 +80,30 @@
 /* ---- configuration ------------------------------------------------------------------- */
 
 static const di_matmul_fast_config default_config = {
-    .tm = 64, .tn = 128, .bk = 64, .stages = 4, .warps_m = 4, .warps_n = 1,
-    .ks_min = 256, .ks_max = 1024, .fuse_min_tiles = 128, .fuse_min_rows = 64, .group_m = 8, .wgmma = 1,
+    .tm = 128, .tn = 128, .bk = 64, .stages = 6, .warps_m = 8, .warps_n = 1,
+    .ks_min = 256, .ks_max = 1024, .fuse_min_tiles = 128, .fuse_min_rows = 32, .group_m = 8, .wgmma = 1,
+    .producers = 4, .tma = 1,
 };
 static di_matmul_fast_config config = default_config;
+static long sm_count = 132;   /* persistent grid size; the CUDA runtime sets the device's */
+
+void di_matmul_fast_set_sm_count(int sms)
+{
+    if (sms > 0) sm_count = sms;
+}
 
 const di_matmul_fast_config *di_matmul_fast_get_config(void) { return &config; }
 
 static bool pow2(long v) { return v > 0 && (v & (v - 1)) == 0; }
 
-static long smem_bytes(const di_matmul_fast_config *c) { return (long)c->stages * (c->tm + c->tn) * c->bk * 2; }
+/* the stages, then (warp-specialized) a full and an empty mbarrier per stage */
+static long smem_bytes(const di_matmul_fast_config *c)
+{
+    return (long)c->stages * (c->tm + c->tn) * c->bk * 2 + (c->producers ? c->stages * 16L : 0);
+}
+static int consumer_threads(const di_matmul_fast_config *c) { return c->warps_m * c->warps_n * 32; }
+static int block_threads(const di_matmul_fast_config *c) { return consumer_threads(c) + c->producers * 32; }
+static int loader_threads(const di_matmul_fast_config *c) { return c->producers ? c->producers * 32 : block_threads(c); }
 
 int di_matmul_fast_set_config(const di_matmul_fast_config *c, di_err *err)
 {
@@ -97,15 +111,16 @@ int di_matmul_fast_set_config(const di_matmul_fast_config *c, di_err *err)
         config = default_config;
         return DI_OK;
     }
-    long threads = (long)c->warps_m * c->warps_n * 32;
+    long threads = (long)c->warps_m * c->warps_n * 32, loaders = c->producers ? c->producers * 32L : threads;
     const char *why = NULL;
     if (c->warps_m < 1 || c->warps_n < 1 || threads > 1024) why = "warps_m * warps_n * 32 must be 32..1024";
+    else if (c->producers < 0 || c->producers > 8) why = "producers must be 0..8 warps";
     else if (c->tm <= 0 || c->tm % (c->warps_m * 16)) why = "tm must be a multiple of 16 * warps_m";
     else if (c->tn <= 0 || c->tn % (c->warps_n * 16)) why = "tn must be a multiple of 16 * warps_n";
     else if (c->bk < 16 || c->bk > 128 || !pow2(c->bk)) why = "bk must be 16, 32, 64 or 128";
     else if (c->stages < 2 || c->stages > 8) why = "stages must be 2..8";
-    else if ((long)c->tm * (c->bk / 8) % threads || (long)c->tn * (c->bk / 8) % threads)
-        why = "tm * bk / 8 and tn * bk / 8 must be multiples of the thread count";
+    else if ((long)c->tm * (c->bk / 8) % loaders || (long)c->tn * (c->bk / 8) % loaders)
+        why = "tm * bk / 8 and tn * bk / 8 must be multiples of the loading thread count";
     else if (!pow2(c->ks_min) || !pow2(c->ks_max) || c->ks_min < c->bk || c->ks_max < c->ks_min)
         why = "ks_min <= ks_max must be powers of two, at least bk";
     else if (smem_bytes(c) > 227L * 1024) why = "stages * (tm + tn) * bk * 2 bytes exceed 227 KiB of shared memory";
@@ -118,6 +133,9 @@ int di_matmul_fast_set_config(const di_matmul_fast_config *c, di_err *err)
                           c->bk != 64 || c->tn > 128))
         why = "wgmma needs tm 64 or 128 with warps (tm / 16) x 1 (a warpgroup per 64 rows), bk 64 "
               "(128-byte swizzled rows) and tn <= 128";
+    else if (c->producers && (!c->wgmma || c->warps_n != 1))
+        why = "producer warps need the wgmma layout (warps (tm / 16) x 1)";
+    else if (c->tma && !c->producers) why = "tma loads need producer warps";
     if (why) return di_fail(err, DI_EUSAGE, "fast matmul config (tm %d tn %d bk %d stages %d warps %dx%d): %s", c->tm,
                             c->tn, c->bk, c->stages, c->warps_m, c->warps_n, why);
     config = *c;
@@ -174,7 +192,19 @@ int di_matmul_fast_plan_for(const di_spec *s, const di_specialization *p, long r
     pl->tiles = ceil_div(rows, config.tm) * ceil_div(n, config.tn);
     pl->fused = pl->nsplit == 1 ||
                 (config.fuse_min_tiles > 0 && rows >= config.fuse_min_rows && pl->tiles >= config.fuse_min_tiles);
+    pl->units = pl->fused ? pl->tiles : pl->tiles * pl->nsplit;
     return DI_OK;
+}
+
+bool di_matmul_fast_tensor_maps(const di_spec *s, const di_specialization *p)
+{
+    return config.tma && config.producers && di_matmul_fast_applies(s, p, DI_BACKEND_CUDA) &&
+           p->dtypes[arg_index(s, "x")] == DI_BF16 && di_spec_dim(s, p, "K") % 8 == 0;
+}
+
+long di_matmul_fast_x_box_rows(long rows)
+{
+    return rows < config.tm ? (rows + 15) / 16 * 16 : config.tm;   /* as MMF_X_BOX_ROWS in the kernel */
 }
 
 static int reduce_vec(long n) { return n % 4 == 0 ? 4 : 1; }
@@ -187,10 +217,16 @@ int di_geometry_matmul_fast(const di_spec *s, const di_specialization *p, long r
     if (di_matmul_fast_plan_for(s, p, rows, &pl, err)) return err->code;
     long n = di_spec_dim(s, p, "N");
     memset(g, 0, 2 * sizeof *g);
-    g[0].grid[0] = (unsigned)ceil_div(n, config.tn);
-    g[0].grid[1] = (unsigned)ceil_div(rows, config.tm);
-    g[0].grid[2] = pl.fused ? 1 : (unsigned)pl.nsplit;
-    g[0].block[0] = (unsigned)(config.warps_m * config.warps_n * 32);
+    if (config.producers) {
+        /* persistent: one block per SM (the stages fill its shared memory), each walking units */
+        g[0].grid[0] = (unsigned)(pl.units < sm_count ? pl.units : sm_count);
+        g[0].grid[1] = g[0].grid[2] = 1;
+    } else {
+        g[0].grid[0] = (unsigned)ceil_div(n, config.tn);
+        g[0].grid[1] = (unsigned)ceil_div(rows, config.tm);
+        g[0].grid[2] = pl.fused ? 1 : (unsigned)pl.nsplit;
+    }
+    g[0].block[0] = (unsigned)block_threads(&config);
     g[0].block[1] = g[0].block[2] = 1;
     g[0].smem = (unsigned)smem_bytes(&config);
     g[1].block[0] = REDUCE_THREADS;
@@ -218,17 +254,19 @@ static const char device_helpers[] =
     "#define MMF_WTN (MMF_TN / MMF_WN)\n"
     "#define MMF_MT (MMF_WTM / 16)                       /* its m16 and n8 fragments */\n"
     "#define MMF_NT (MMF_WTN / 8)\n"
-    "#define MMF_ACH (MMF_TM * MMF_CPR / MMF_THREADS)     /* x chunks per thread per stage */\n"
-    "#define MMF_BCH (MMF_TN * MMF_CPR / MMF_THREADS)     /* w chunks per thread per stage */\n"
+    "#define MMF_ACH (MMF_TM * MMF_CPR / MMF_LOADERS)     /* x chunks per loading thread per stage */\n"
+    "#define MMF_BCH (MMF_TN * MMF_CPR / MMF_LOADERS)     /* w chunks per loading thread per stage */\n"
     "#define MMF_VEC (K % 8 == 0)                        /* rows 16-byte aligned: cp.async */\n"
     "/* k tiles loaded ahead: wgmma keeps one more stage busy (the tile still being multiplied) */\n"
     "#define MMF_AHEAD (MMF_WGMMA ? MMF_STAGES - 2 : MMF_STAGES - 1)\n"
     "#define MMF_XSTAGE (MMF_X_F32 && MMF_VEC)           /* f32 x: registers, then bf16 */\n"
+    "/* rows of the x boxes TMA loads: a whole tile, or the 16-row fragments below one tile */\n"
+    "#define MMF_X_BOX_ROWS(rows) ((rows) < MMF_TM ? ((rows) + 15) / 16 * 16 : MMF_TM)\n"
     "#define MMF_TILES(rows) (((rows) + MMF_TM - 1) / MMF_TM * ((N + MMF_TN - 1) / MMF_TN))\n"
     "/* one block sums every split of its tile itself (same order); else phase 2 does */\n"
     "#define MMF_FUSED(rows) (MMF_NSPLIT == 1 || (MMF_FUSE_TILES > 0 && (rows) >= MMF_FUSE_ROWS && \\\n"
     "                         MMF_TILES(rows) >= MMF_FUSE_TILES))\n"
-    "static_assert(MMF_TM * MMF_CPR % MMF_THREADS == 0 && MMF_TN * MMF_CPR % MMF_THREADS == 0, \"chunks\");\n"
+    "static_assert(MMF_TM * MMF_CPR % MMF_LOADERS == 0 && MMF_TN * MMF_CPR % MMF_LOADERS == 0, \"chunks\");\n"
     "static_assert(MMF_WTM % 16 == 0 && MMF_WTN % 16 == 0 && MMF_KS % MMF_BK == 0, \"tile shape\");\n"
     "\n"
     "/* Byte offset of 16-byte chunk c of row `row` in a [rows][BK] bf16 tile. The XOR puts the\n"
@@ -268,7 +306,7 @@ static const char device_helpers[] =
     "{\n"
     "#pragma unroll\n"
     "    for (int i = 0; i < MMF_BCH; i++) {\n"
-    "        const int id = tid + i * MMF_THREADS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
+    "        const int id = tid + i * MMF_LOADERS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
     "        const long gn = n0 + row, gk = k0 + cc * 8;\n"
     "#if MMF_VEC\n"
     "        const bool ok = gn < N && gk < K;\n"
@@ -292,7 +330,7 @@ static const char device_helpers[] =
     "{\n"
     "#pragma unroll\n"
     "    for (int i = 0; i < MMF_ACH; i++) {\n"
-    "        const int id = tid + i * MMF_THREADS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
+    "        const int id = tid + i * MMF_LOADERS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
     "        const long gk = k0 + cc * 8;\n"
     "        if (row >= rpad) continue;\n"
     "#if MMF_VEC\n"
@@ -315,7 +353,7 @@ static const char device_helpers[] =
     "{\n"
     "#pragma unroll\n"
     "    for (int i = 0; i < MMF_ACH; i++) {\n"
-    "        const int id = tid + i * MMF_THREADS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
+    "        const int id = tid + i * MMF_LOADERS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
     "        const long gk = k0 + cc * 8;\n"
     "        if (row >= rpad) continue;\n"
     "        const float *src = x + (m0 + row) * K + gk;\n"
@@ -334,7 +372,7 @@ static const char device_helpers[] =
     "{\n"
     "#pragma unroll\n"
     "    for (int i = 0; i < MMF_ACH; i++) {\n"
-    "        const int id = tid + i * MMF_THREADS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
+    "        const int id = tid + i * MMF_LOADERS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
     "        const long gk = k0 + cc * 8;\n"
     "        xr[i][0] = xr[i][1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);\n"
     "        if (row < rvalid && gk < K) {\n"
@@ -349,7 +387,7 @@ static const char device_helpers[] =
     "{\n"
     "#pragma unroll\n"
     "    for (int i = 0; i < MMF_ACH; i++) {\n"
-    "        const int id = tid + i * MMF_THREADS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
+    "        const int id = tid + i * MMF_LOADERS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
     "        if (row < rpad)\n"
     "            mmf_st16(sa + mmf_off(row, cc), di_pack_bf16x2(xr[i][0].x, xr[i][0].y), di_pack_bf16x2(xr[i][0].z, xr[i][0].w),\n"
     "                     di_pack_bf16x2(xr[i][1].x, xr[i][1].y), di_pack_bf16x2(xr[i][1].z, xr[i][1].w));\n"
@@ -393,6 +431,21 @@ static const char device_helpers[] =
     "{\n"
     "    if (mt_act >= MTA) mmf_tile<MTA>(c, sa, sb, lane, wm, wn);\n"
     "    else if constexpr (MTA > 1) mmf_compute<MTA - 1>(c, sa, sb, lane, wm, wn, mt_act);\n"
+    "}\n"
+    "\n"
+    "/* fused mode: a finished split joins the running sum (0.0f + p0 + p1 ..., as phase 2 adds\n"
+    " * them), and the next split's chain starts from 0 */\n"
+    "DI_FN void mmf_add_split(float (&sum)[MMF_MT][MMF_NT][4], float (&c)[MMF_MT][MMF_NT][4])\n"
+    "{\n"
+    "#pragma unroll\n"
+    "    for (int i = 0; i < MMF_MT; i++)\n"
+    "#pragma unroll\n"
+    "        for (int j = 0; j < MMF_NT; j++)\n"
+    "#pragma unroll\n"
+    "            for (int e = 0; e < 4; e++) {\n"
+    "                sum[i][j][e] = __fadd_rn(sum[i][j][e], c[i][j][e]);\n"
+    "                c[i][j][e] = 0.0f;\n"
+    "            }\n"
     "}\n";
 
 static const char phase1_body[] =
@@ -407,7 +460,7 @@ static const char phase1_body[] =
     "    const long m0 = (fm + pid % span % gs) * MMF_TM, n0 = pid % span / gs * MMF_TN;\n"
     "    const bool fused = MMF_FUSED(rows);\n"
     "    const long nkt = (K + MMF_BK - 1) / MMF_BK, tps = MMF_KS / MMF_BK;\n"
-    "    const long kt0 = fused ? 0 : (long)blockIdx.z * tps;\n"
+    "    const long zsplit = blockIdx.z, kt0 = fused ? 0 : zsplit * tps;\n"
     "    const long kt1 = fused ? nkt : (kt0 + tps < nkt ? kt0 + tps : nkt);\n"
     "    const int rvalid = rows - m0 < MMF_TM ? (int)(rows - m0) : MMF_TM;\n"
     "    const int rpad = (rvalid + 15) / 16 * 16;\n"
@@ -482,15 +535,7 @@ static const char phase1_body[] =
     "            mmf_wgmma_wait<0>(c);\n"
     "#endif\n"
     "            left = tps;\n"
-    "#pragma unroll\n"
-    "            for (int i = 0; i < MMF_MT; i++)\n"
-    "#pragma unroll\n"
-    "                for (int j = 0; j < MMF_NT; j++)\n"
-    "#pragma unroll\n"
-    "                    for (int e = 0; e < 4; e++) {\n"
-    "                        sum[i][j][e] = __fadd_rn(sum[i][j][e], c[i][j][e]);\n"
-    "                        c[i][j][e] = 0.0f;\n"
-    "                    }\n"
+    "            mmf_add_split(sum, c);\n"
     "        }\n"
     "        cs = cs + 1 == MMF_STAGES ? 0 : cs + 1;\n"
     "        ns = ns + 1 == MMF_STAGES ? 0 : ns + 1;\n"
@@ -498,7 +543,10 @@ static const char phase1_body[] =
     "    mmf_wait<0>();\n"
     "#if MMF_WGMMA\n"
     "    mmf_wgmma_wait<0>(c);\n"
-    "#endif\n"
+    "#endif\n";
+
+/* After either main loop: c (split mode) or sum (fused mode) to memory. */
+static const char phase1_store[] =
     "\n"
     "    /* fragment element e of (i, j): row g (+8 for e >= 2), columns 2q, 2q + 1 */\n"
     "    const int g = lane >> 2, q = lane & 3;\n"
@@ -515,7 +563,7 @@ static const char phase1_body[] =
     "                    if (nn < N) MMF_EPILOGUE(rr, nn, sum[i][j][2 * h]);\n"
     "                    if (nn + 1 < N) MMF_EPILOGUE(rr, nn + 1, sum[i][j][2 * h + 1]);\n"
     "                } else {\n"
-    "                    float *dst = ws + ((long)blockIdx.z * rows + rr) * N + nn;\n"
+    "                    float *dst = ws + (zsplit * rows + rr) * N + nn;\n"
     "#if N % 2 == 0\n"
     "                    if (nn < N) *(float2 *)dst = make_float2(c[i][j][2 * h], c[i][j][2 * h + 1]);\n"
     "#else\n"
@@ -524,6 +572,206 @@ static const char phase1_body[] =
     "#endif\n"
     "                }\n"
     "            }\n";
+
+/* v4, warp-specialized (producers > 0): MMF_PRODUCERS warps only load, the TM / 64
+ * warpgroups only multiply, and they hand stages over through two mbarriers per stage
+ * instead of a block-wide barrier per k tile. full[s] completes when every loading thread
+ * has arrived and its copies into stage s have landed (cp.async.mbarrier.arrive makes the
+ * phase wait for them); empty[s] completes when every multiplying warp is done reading the
+ * stage (its wgmma waited for). Loaders run up to STAGES k tiles ahead. Same k tiles, same
+ * k16 order, same split boundaries and split sum as phase1_body: only who waits for whom
+ * changes, so the bits are the same. */
+static const char ws_helpers[] =
+    "DI_FN void mmf_bar_init(unsigned bar, unsigned count)\n"
+    "{\n"
+    "    asm volatile(\"mbarrier.init.shared::cta.b64 [%0], %1;\\n\" ::\"r\"(bar), \"r\"(count) : \"memory\");\n"
+    "}\n"
+    "DI_FN void mmf_bar_arrive(unsigned bar)\n"
+    "{\n"
+    "    asm volatile(\"mbarrier.arrive.shared::cta.b64 _, [%0];\\n\" ::\"r\"(bar) : \"memory\");\n"
+    "}\n"
+    "/* the barrier's current phase also waits for this thread's cp.async copies issued so far */\n"
+    "DI_FN void mmf_bar_track_copies(unsigned bar)\n"
+    "{\n"
+    "    asm volatile(\"cp.async.mbarrier.arrive.shared::cta.b64 [%0];\\n\" ::\"r\"(bar) : \"memory\");\n"
+    "}\n"
+    "#if MMF_TMA\n"
+    "/* one arrival that also expects `bytes` of asynchronous copies in this phase */\n"
+    "DI_FN void mmf_bar_expect(unsigned bar, unsigned bytes)\n"
+    "{\n"
+    "    asm volatile(\"mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\\n\" ::\"r\"(bar), \"r\"(bytes) : \"memory\");\n"
+    "}\n"
+    "/* box (k, row) of a tensor map into shared memory; its bytes count on barrier `bar` */\n"
+    "DI_FN void mmf_tma_load(unsigned dst, const di_tmap *map, int k, int row, unsigned bar)\n"
+    "{\n"
+    "    asm volatile(\"cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\\n\"\n"
+    "                 ::\"r\"(dst), \"l\"((unsigned long long)map), \"r\"(k), \"r\"(row), \"r\"(bar) : \"memory\");\n"
+    "}\n"
+    "#endif\n"
+    "/* until the phase of parity `parity` has completed (on a fresh barrier, parity 1 at once) */\n"
+    "DI_FN void mmf_bar_wait(unsigned bar, unsigned parity)\n"
+    "{\n"
+    "    unsigned done;\n"
+    "    do {\n"
+    "#if __CUDA_ARCH__ >= 900\n"
+    "        asm volatile(\"{\\n.reg .pred p;\\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\\n\"\n"
+    "#else\n"
+    "        asm volatile(\"{\\n.reg .pred p;\\nmbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\\n\"\n"
+    "#endif\n"
+    "                     \"selp.u32 %0, 1, 0, p;\\n}\\n\" : \"=r\"(done) : \"r\"(bar), \"r\"(parity) : \"memory\");\n"
+    "    } while (!done);\n"
+    "}\n"
+    "/* Work unit u of a persistent block: a tile and (split mode) one K split of it, split-major\n"
+    " * (u = split * tiles + tile), tiles in the grouped raster: GROUP_M row tiles side by side, so\n"
+    " * units that run together share slices of x and w in L2. Which block runs a unit, and after\n"
+    " * which other units, never changes its arithmetic. */\n"
+    "DI_FN void mmf_unit(long u, bool fused, long gn, long gm, long tiles, long &m0, long &n0, long &kt0, long &kt1,\n"
+    "                    long &z)\n"
+    "{\n"
+    "    const long nkt = (K + MMF_BK - 1) / MMF_BK, tps = MMF_KS / MMF_BK;\n"
+    "    z = fused ? 0 : u / tiles;\n"
+    "    const long pid = fused ? u : u % tiles;\n"
+    "    const long span = (long)MMF_GROUP_M * gn, fm = pid / span * MMF_GROUP_M;\n"
+    "    const long gs = gm - fm < MMF_GROUP_M ? gm - fm : MMF_GROUP_M;\n"
+    "    m0 = (fm + pid % span % gs) * MMF_TM;\n"
+    "    n0 = pid % span / gs * MMF_TN;\n"
+    "    kt0 = fused ? 0 : z * tps;\n"
+    "    kt1 = fused ? nkt : (kt0 + tps < nkt ? kt0 + tps : nkt);\n"
+
+    "}\n"
+    "/* plain st.shared by this thread -> later wgmma reads (async proxy); cp.async copies are\n"
+    " * fenced by the multiplying warps after the full barrier instead */\n"
+    "#if MMF_WGMMA\n"
+    "#define MMF_FENCE_STORES() asm volatile(\"fence.proxy.async.shared::cta;\\n\" ::: \"memory\")\n"
+    "#else\n"
+    "#define MMF_FENCE_STORES() do { } while (0)\n"
+    "#endif\n";
+
+static const char phase1_ws_body[] =
+    "    extern __shared__ __align__(1024) unsigned char mmf_smem[];   /* wgmma's 128-byte swizzle atoms */\n"
+    "    const int tid = threadIdx.x;\n"
+    "    const bool fused = MMF_FUSED(rows);\n"
+    "    const long gn = (N + MMF_TN - 1) / MMF_TN, gm = (rows + MMF_TM - 1) / MMF_TM, tiles = gn * gm;\n"
+    "    const long units = fused ? tiles : tiles * MMF_NSPLIT;\n"
+    "    const long tps = MMF_KS / MMF_BK;\n"
+    "    const unsigned s0 = (unsigned)__cvta_generic_to_shared(mmf_smem);\n"
+    "    const unsigned full = s0 + MMF_STAGES * MMF_STAGE_BYTES, empty = full + 8 * MMF_STAGES;\n"
+    "    if (tid == 0)\n"
+    "        for (int st = 0; st < MMF_STAGES; st++) {\n"
+    "            mmf_bar_init(full + 8 * st, MMF_TMA ? 1 : MMF_LOADERS);\n"
+    "            mmf_bar_init(empty + 8 * st, MMF_CONSUMERS / 32);\n"
+    "        }\n"
+    "    __syncthreads();   /* the only block-wide barrier: the mbarriers exist */\n"
+    "\n"
+    "    if (tid >= MMF_CONSUMERS) {\n"
+    "        /* loaders: the block's units in order, k tile after k tile into stage after stage,\n"
+    "         * each stage once its last readers are done (so they run ahead across units) */\n"
+    "        const int lt = tid - MMF_CONSUMERS;\n"
+    "#if MMF_TMA\n"
+    "        if (lt != 0) return;   /* one thread: two tensor copies per stage */\n"
+    "        /* x boxes are MMF_X_BOX_ROWS(rows) tall (the runtime encodes the same): below one tile\n"
+    "         * of rows, only the 16-row fragments that hold rows are fetched */\n"
+    "        const unsigned stage_bytes = (unsigned)(MMF_X_BOX_ROWS(rows) + MMF_TN) * MMF_BK * 2;\n"
+    "#endif\n"
+    "#if MMF_XSTAGE\n"
+    "        float4 xr[MMF_ACH][2];\n"
+    "#endif\n"
+    "        int st = 0;\n"
+    "        unsigned ph = 0;\n"
+    "        for (long u = blockIdx.x; u < units; u += gridDim.x) {\n"
+    "            long m0, n0, kt0, kt1, z;\n"
+    "            mmf_unit(u, fused, gn, gm, tiles, m0, n0, kt0, kt1, z);\n"
+    "            const int rvalid = rows - m0 < MMF_TM ? (int)(rows - m0) : MMF_TM;\n"
+    "            const int rpad = (rvalid + 15) / 16 * 16;\n"
+    "            (void)rpad;\n"
+    "            for (long kt = kt0; kt < kt1; kt++) {\n"
+    "                mmf_bar_wait(empty + 8 * st, ph ^ 1);\n"
+    "                const unsigned sa = s0 + st * MMF_STAGE_BYTES;\n"
+    "#if MMF_TMA\n"
+    "                /* whole boxes land (rows past `rows`, columns past N as zeros), so the full\n"
+    "                 * barrier waits for the stage's bytes */\n"
+    "                mmf_bar_expect(full + 8 * st, stage_bytes);\n"
+    "                mmf_tma_load(sa, &mmf_tx, (int)(kt * MMF_BK), (int)m0, full + 8 * st);\n"
+    "                mmf_tma_load(sa + MMF_A_BYTES, &mmf_tw, (int)(kt * MMF_BK), (int)n0, full + 8 * st);\n"
+    "#else\n"
+    "#if MMF_XSTAGE\n"
+    "                /* f32 x through registers (converted to bf16 on the way), fenced for wgmma\n"
+    "                 * before this thread's w copies are issued: a proxy fence waits for every copy\n"
+    "                 * the thread still has in flight, so it must not follow them */\n"
+    "                mmf_fetch_x(xr, x_, m0, rvalid, kt * MMF_BK, lt);\n"
+    "                mmf_store_x(sa, xr, rpad, lt);\n"
+    "                MMF_FENCE_STORES();\n"
+    "                mmf_load_w(sa + MMF_A_BYTES, w_, n0, kt * MMF_BK, lt);\n"
+    "#else\n"
+    "                mmf_load_w(sa + MMF_A_BYTES, w_, n0, kt * MMF_BK, lt);\n"
+    "                mmf_load_x(sa, x_, m0, rvalid, rpad, kt * MMF_BK, lt);\n"
+    "#if !MMF_VEC\n"
+    "                MMF_FENCE_STORES();   /* element-wise loads: plain stores, no copies in flight */\n"
+    "#endif\n"
+    "#endif\n"
+    "                mmf_bar_track_copies(full + 8 * st);\n"
+    "                mmf_bar_arrive(full + 8 * st);\n"
+    "#endif\n"
+    "                if (++st == MMF_STAGES) st = 0, ph ^= 1;\n"
+    "            }\n"
+    "        }\n"
+    "        return;\n"
+    "    }\n"
+    "\n"
+    "    /* multiplying warps: warp wm owns rows [16 wm, 16 wm + 16) of the tile, all TN columns */\n"
+    "    const int lane = tid & 31, wm = tid >> 5, wn = 0;\n"
+    "    float c[MMF_MT][MMF_NT][4], sum[MMF_MT][MMF_NT][4];\n"
+    "    int st = 0, prev = -1;\n"
+    "    unsigned ph = 0;\n"
+    "    for (long u = blockIdx.x; u < units; u += gridDim.x) {\n"
+    "        long m0, n0, kt0, kt1, zsplit;\n"
+    "        mmf_unit(u, fused, gn, gm, tiles, m0, n0, kt0, kt1, zsplit);\n"
+    "        const int rvalid = rows - m0 < MMF_TM ? (int)(rows - m0) : MMF_TM;\n"
+    "        const int rpad = (rvalid + 15) / 16 * 16;\n"
+    "#if MMF_WGMMA\n"
+    "        const bool busy = (wm / 4) * 64 < rpad;   /* its warpgroup's 64 rows hold a valid row */\n"
+    "#else\n"
+    "        const int mt_act = max(0, min((rpad - wm * MMF_WTM) / 16, (int)MMF_MT));\n"
+    "#endif\n"
+    "#pragma unroll\n"
+    "        for (int i = 0; i < MMF_MT; i++)\n"
+    "#pragma unroll\n"
+    "            for (int j = 0; j < MMF_NT; j++)\n"
+    "#pragma unroll\n"
+    "                for (int e = 0; e < 4; e++) c[i][j][e] = sum[i][j][e] = 0.0f;\n"
+    "        long left = tps;   /* k tiles left in the current split (fused mode) */\n"
+    "        for (long kt = kt0; kt < kt1; kt++) {\n"
+    "            mmf_bar_wait(full + 8 * st, ph);\n"
+    "            const unsigned ca = s0 + st * MMF_STAGE_BYTES;\n"
+    "#if MMF_WGMMA\n"
+    "#if !MMF_TMA\n"
+    "            asm volatile(\"fence.proxy.async.shared::cta;\\n\" ::: \"memory\");   /* cp.async -> wgmma */\n"
+    "#endif\n"
+    "            if (busy) {\n"
+    "                mmf_wgmma_issue(c, ca, ca + MMF_A_BYTES, wm / 4);\n"
+    "                mmf_wgmma_wait<1>(c);   /* the previous k tile's wgmma are done: its stage is free */\n"
+    "            }\n"
+    "            if (prev >= 0 && lane == 0) mmf_bar_arrive(empty + 8 * prev);\n"
+    "#else\n"
+    "            mmf_compute<MMF_MT>(c, ca, ca + MMF_A_BYTES, lane, wm, wn, mt_act);\n"
+    "            __syncwarp();\n"
+    "            if (lane == 0) mmf_bar_arrive(empty + 8 * st);\n"
+    "#endif\n"
+    "            if (fused && (--left == 0 || kt + 1 == kt1)) {\n"
+    "                /* a split is complete: add it to the running sum, as phase 2 would */\n"
+    "#if MMF_WGMMA\n"
+    "                mmf_wgmma_wait<0>(c);\n"
+    "#endif\n"
+    "                left = tps;\n"
+    "                mmf_add_split(sum, c);\n"
+    "            }\n"
+    "            prev = st;\n"
+    "            if (++st == MMF_STAGES) st = 0, ph ^= 1;\n"
+    "        }\n"
+    "#if MMF_WGMMA\n"
+    "        mmf_wgmma_wait<0>(c);\n"
+    "#endif\n"
+;
 
 static const char phase2_body[] =
     "    if (MMF_FUSED(rows)) return;   /* phase 1 already summed and stored */\n"
@@ -670,25 +918,37 @@ int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p
     di_str_printf(o, "/* fast matmul: tensor cores, one tile for every M, K split size fixed by K (codegen/matmul_fast.c) */\n"
                      "#define MMF_TM %d\n#define MMF_TN %d\n#define MMF_BK %d\n#define MMF_STAGES %d\n"
                      "#define MMF_WM %d\n#define MMF_WN %d\n#define MMF_THREADS %d\n"
+                     "#define MMF_PRODUCERS %d   /* warps that only load (v4); 0: every warp loads */\n"
+                     "#define MMF_CONSUMERS %d\n#define MMF_LOADERS %d\n"
                      "#define MMF_KS %ldL\n#define MMF_NSPLIT %ldL\n"
                      "#define MMF_FUSE_TILES %ldL\n#define MMF_FUSE_ROWS %ldL\n#define MMF_GROUP_M %d\n"
                      "#define MMF_X_F32 %d\n#define MMF_RV %d\n"
                      "/* wgmma is sm_90a's alone: other targets take the mma.sync loop with the same tile */\n"
                      "#if %d && defined(__CUDA_ARCH_FEAT_SM90_ALL)\n#define MMF_WGMMA 1\n#else\n"
-                     "#define MMF_WGMMA 0\n#endif\n\n",
-                  c->tm, c->tn, c->bk, c->stages, c->warps_m, c->warps_n, c->warps_m * c->warps_n * 32, pl.ks,
-                  pl.nsplit, c->fuse_min_tiles, c->fuse_min_rows, c->group_m, x_f32 ? 1 : 0, reduce_vec(n), c->wgmma ? 1 : 0);
+                     "#define MMF_WGMMA 0\n#endif\n"
+                     "/* phase 1 takes TMA descriptors of x and w; sm_90a loads through them */\n"
+                     "#define MMF_TMAP %d\n#define MMF_TMA (MMF_TMAP && MMF_WGMMA)\n"
+                     "struct __align__(64) di_tmap { unsigned long long v[16]; };\n\n",
+                  c->tm, c->tn, c->bk, c->stages, c->warps_m, c->warps_n, block_threads(c), c->producers,
+                  consumer_threads(c), loader_threads(c), pl.ks,
+                  pl.nsplit, c->fuse_min_tiles, c->fuse_min_rows, c->group_m, x_f32 ? 1 : 0, reduce_vec(n), c->wgmma ? 1 : 0,
+                  di_matmul_fast_tensor_maps(s, p) ? 1 : 0);
     di_str_puts(o, di_cuda_mma_helpers);
     di_str_puts(o, device_helpers);
     if (c->wgmma) emit_wgmma_helpers(o, c->tn);
+    if (c->producers) di_str_puts(o, ws_helpers);
     di_str_puts(o, "\n");
     emit_epilogue(o, s, p, y_bf16 ? "di_f32_to_bf16" : "");
 
     di_str_printf(o, "/* phase 1: per-split partials (split mode) or the whole sum (fused mode) */\n"
                      "extern \"C\" __global__ void __launch_bounds__(MMF_THREADS, 1) %s(", name);
     emit_params(o, s, p);
+    if (di_matmul_fast_tensor_maps(s, p))
+        di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx, const __grid_constant__ di_tmap mmf_tw");
     di_str_puts(o, ")\n{\n");
-    di_str_puts(o, phase1_body);
+    di_str_puts(o, c->producers ? phase1_ws_body : phase1_body);
+    di_str_puts(o, phase1_store);
+    if (c->producers) di_str_puts(o, "    }   /* next unit */\n");
     di_str_puts(o, "}\n\n");
 
     di_str_printf(o, "/* phase 2: partials added in split order from 0.0f, then the epilogue */\n"

@@ -1,7 +1,8 @@
-/* The fast profile's matmul on the GPU: tensor cores (mma.sync bf16 -> f32), one fixed tile
- * configuration for every M, a fixed K order, and a fixed K split *size* (never a split count
- * chosen from M): phase 1 writes per-split partials to a workspace, phase 2 adds them in
- * split order and applies the epilogue. Batch invariant by construction on one GPU arch. */
+/* The fast profile's matmul on the GPU: tensor cores (sm_90a wgmma, bf16 -> f32; mma.sync
+ * elsewhere), one fixed tile configuration for every M, a fixed K order, and a fixed K split
+ * *size* (never a split count chosen from M): per-split partials go to a workspace that
+ * phase 2 adds in split order (split mode), or one block adds them in the same order itself
+ * (fused mode). Batch invariant by construction on one GPU arch. */
 #ifndef DI_MATMUL_FAST_H
 #define DI_MATMUL_FAST_H
 #include "codegen.h"
@@ -24,6 +25,7 @@ typedef struct di_matmul_fast_plan {
     long ks;        /* K split size, a multiple of the k tile */
     long nsplit;    /* ceil(K / ks) */
     long tiles;     /* ceil(rows / tm) * ceil(N / tn) */
+    long units;     /* work units: a tile (fused) or a tile's split (split mode) */
     bool fused;     /* phase 1 writes y; phase 2 does nothing */
 } di_matmul_fast_plan;
 int di_matmul_fast_plan_for(const di_spec *s, const di_specialization *p, long rows, di_matmul_fast_plan *pl,
@@ -40,9 +42,19 @@ typedef struct di_matmul_fast_config {
     long fuse_min_tiles;      /* fused when tiles >= this and rows >= fuse_min_rows; 0: never fuse */
     long fuse_min_rows;
     int group_m;              /* block raster: this many row tiles side by side (L2 reuse) */
-    int wgmma;                /* 1: sm_90a wgmma main loop (needs tm 64, warps 4 x 1, bk 64, tn <= 128) */
+    int wgmma;                /* 1: sm_90a wgmma main loop (tm 64 or 128, warps (tm/16) x 1, bk 64) */
+    int producers;            /* warps that only load, handing stages over by mbarrier (v4); 0: none */
+    int tma;                  /* 1: with bf16 x and K % 8 == 0, load by TMA (one thread, v5) on sm_90a */
 } di_matmul_fast_config;
 const di_matmul_fast_config *di_matmul_fast_get_config(void);
+/* True when phase 1 takes TMA descriptors after `ws`: x as [rows][K] in x_box_rows x 64 boxes,
+ * then w as [N][K] in TN x 64 boxes (di_cuda_tensor_map_bf16), built per launch. */
+bool di_matmul_fast_tensor_maps(const di_spec *s, const di_specialization *p);
+/* Rows of x's TMA box for a launch of `rows`: a whole tile, or below one tile only the 16-row
+ * fragments that hold rows (the kernel expects exactly these bytes per stage). */
+long di_matmul_fast_x_box_rows(long rows);
+/* Warp-specialized configs run persistent blocks, one per SM: the runtime says how many. */
+void di_matmul_fast_set_sm_count(int sms);
 /* NULL restores the defaults. Validates shapes (divisibility, warp tile of 16 x 16 multiples). */
 int di_matmul_fast_set_config(const di_matmul_fast_config *c, di_err *err);
 

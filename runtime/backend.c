@@ -23,6 +23,7 @@ struct di_kernel {
     di_cuda_module *mod;      /* CUDA backend */
     void *cu_fn;
     void *cu_reduce;          /* fast matmul: phase 2, adding split partials in order */
+    bool tensor_maps;         /* fast matmul: phase 1 takes TMA descriptors of x and w */
     void *cu_merge;           /* fast attention: phase 2, folding per-split results in order */
     di_buf *ws;               /* their workspace, grown on demand */
     /* Vendor matmul (the non-invariant reference): the kernel the model holds dispatches per
@@ -31,7 +32,8 @@ struct di_kernel {
                                * (matmul) or KV split size of di_vendor_kv_split_choices (attention) */
     int variant_ks[4], nvariants;
     bool cublas;              /* GPU: cuBLASLt, its heuristic choosing per M */
-    di_kernel *cast;          /* cuBLASLt: f32 x to bf16 into ws first (NULL when x is bf16) */
+    di_kernel *cast;          /* cuBLASLt, fast matmul via bf16 x: f32 x to bf16 into ws first */
+    di_kernel *bf16x;         /* fast matmul on f32 x: the bf16-x kernel it runs after the cast */
     struct lt_plan_list *plans;
     int iy, ix, iw, ires;     /* argument positions of y, x, w, res (-1: none) */
     di_kernel *next;
@@ -75,6 +77,7 @@ int di_rt_open(const di_rt_opts *o, di_rt **out, di_err *err)
         }
         snprintf(rt->nvrtc_version, sizeof rt->nvrtc_version, "%d.%d", major, minor);
         const di_cuda_info *in = di_cuda_get_info(rt->cuda);
+        di_matmul_fast_set_sm_count(in->sm_count);
         int n = snprintf(rt->desc, sizeof rt->desc, "cuda %s (%s, %d SMs), NVRTC %s, %s profile", in->name, in->arch,
                          in->sm_count, rt->nvrtc_version, di_profile_name(o->profile));
         if (o->profile == DI_PROFILE_VENDOR) {
@@ -276,6 +279,13 @@ static di_key cuda_key(const di_rt *rt, const char *src, const char **opts, int 
     return di_keyb_final(&kb);
 }
 
+static int arg_pos(const di_spec *s, const char *name)
+{
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)
+        if (!strcmp(s->args[i].name, name)) return i;
+    return -1;
+}
+
 static int build_cuda(di_rt *rt, di_kernel *k, const char *src, di_err *err)
 {
     const char *arch = di_cuda_get_info(rt->cuda)->arch;
@@ -315,6 +325,8 @@ static int build_cuda(di_rt *rt, di_kernel *k, const char *src, di_err *err)
         char reduce[300];
         snprintf(reduce, sizeof reduce, "%s_reduce", k->name);
         rc = di_cuda_function(k->mod, reduce, &k->cu_reduce, err);
+        k->tensor_maps = di_matmul_fast_tensor_maps(k->spec, &k->sp);
+        k->ix = arg_pos(k->spec, "x"), k->iw = arg_pos(k->spec, "w");
     }
     if (!rc && di_attention_fast_applies(k->spec, &k->sp, DI_BACKEND_CUDA)) {
         char merge[300];
@@ -377,13 +389,6 @@ static int vendor_attention_prepare(di_rt *rt, di_kernel *k, di_err *err)
     return vendor_variants(rt, k, sizes, n, err);
 }
 
-static int arg_pos(const di_spec *s, const char *name)
-{
-    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)
-        if (!strcmp(s->args[i].name, name)) return i;
-    return -1;
-}
-
 enum { LT_WORKSPACE = 32 << 20 };   /* cuBLASLt's own recommendation for Hopper */
 
 static int vendor_cublaslt_prepare(di_rt *rt, di_kernel *k, di_err *err)
@@ -421,6 +426,33 @@ static int vendor_matmul_prepare(di_rt *rt, di_kernel *k, di_err *err)
     return vendor_variants(rt, k, ks, n, err);
 }
 
+/* The fast matmul on f32 x, where the bf16-x kernel loads by TMA: round x to bf16 first (the
+ * cast kernel, round to nearest even, as the kernel itself would on the way into shared
+ * memory), then run the bf16-x kernel. Same products, same order, same bits; TMA cannot
+ * convert, and the f32 path's register staging is slower. */
+static bool fast_matmul_via_bf16(const di_rt *rt, const di_spec *s, const di_specialization *p)
+{
+    if (!rt->cuda || p->profile != DI_PROFILE_FAST || !di_matmul_fast_applies(s, p, DI_BACKEND_CUDA)) return false;
+    int ix = arg_pos(s, "x");
+    if (p->dtypes[ix] != DI_F32) return false;
+    di_specialization b = *p;
+    b.dtypes[ix] = DI_BF16;
+    return di_matmul_fast_tensor_maps(s, &b);
+}
+
+static int fast_matmul_via_bf16_prepare(di_rt *rt, di_kernel *k, di_err *err)
+{
+    const di_spec *cs = &di_specs[DI_OP_cast_bf16];
+    di_specialization cp, b = k->sp;
+    di_spec_defaults(cs, &cp);
+    k->ix = arg_pos(k->spec, "x");
+    b.dtypes[k->ix] = DI_BF16;
+    if (di_spec_set_dim(cs, &cp, "D", di_spec_dim(k->spec, &k->sp, "K"), err) ||
+        di_rt_kernel(rt, cs, &cp, &k->cast, err) || di_rt_kernel(rt, k->spec, &b, &k->bf16x, err))
+        return di_wrap(err, "spec %s (fast, bf16 x)", k->spec->name);
+    return DI_OK;
+}
+
 int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_kernel **out, di_err *err)
 {
     di_specialization sp = *p;
@@ -441,6 +473,8 @@ int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_ker
     int rc;
     if (vendor_dispatch(rt, s, &sp)) {
         rc = s->cls == DI_ATTENTION ? vendor_attention_prepare(rt, k, err) : vendor_matmul_prepare(rt, k, err);
+    } else if (fast_matmul_via_bf16(rt, s, &sp)) {
+        rc = fast_matmul_via_bf16_prepare(rt, k, err);
     } else {
         char *src = NULL;
         if (di_rt_source(s, &sp, rt->o.backend, &src, err)) { free(k); return err->code; }
@@ -548,8 +582,25 @@ static int launch_attention_fast(di_rt *rt, di_kernel *k, void **argv, int n, co
     return di_cuda_launch(rt->cuda, k->cu_merge, pl.g[1].grid, pl.g[1].block, pl.g[1].smem, argv, err);
 }
 
+/* Fast matmul on f32 x through its bf16-x kernel: x rounded into the workspace, then that
+ * kernel with the workspace as x. */
+static int launch_via_bf16(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes, di_err *err)
+{
+    long rows = sizes[0], kd = di_spec_dim(k->spec, &k->sp, "K");
+    if (rows == 0) return DI_OK;
+    if (check_arg(k, k->ix, &args[k->ix], rows, err)) return err->code;
+    if (grow_workspace(rt, k, (size_t)rows * (size_t)kd * 2, err)) return err->code;
+    di_val cargs[2] = {{.buf = k->ws}, {.buf = args[k->ix].buf}};
+    long csizes[1] = {rows};
+    if (di_rt_launch(rt, k->cast, cargs, csizes, err)) return err->code;
+    di_val bargs[DI_MAX_ARGS];
+    for (int i = 0; i < DI_MAX_ARGS && k->spec->args[i].name; i++) bargs[i] = args[i];
+    bargs[k->ix].buf = k->ws;
+    return di_rt_launch(rt, k->bf16x, bargs, sizes, err);
+}
+
 /* Fast matmul: partials per fixed K split into a workspace, then their in-order sum. */
-static int launch_two_phase(di_rt *rt, di_kernel *k, void **argv, int n, long rows, di_err *err)
+static int launch_two_phase(di_rt *rt, di_kernel *k, const di_val *args, void **argv, int n, long rows, di_err *err)
 {
     di_geometry g[2];
     size_t ws_bytes = 0;
@@ -557,6 +608,18 @@ static int launch_two_phase(di_rt *rt, di_kernel *k, void **argv, int n, long ro
     if (rows == 0) return DI_OK;
     if (grow_workspace(rt, k, ws_bytes, err)) return err->code;
     argv[n] = &k->ws->dev;
+    di_tensor_map maps[2];   /* x [rows][K] and w [N][K], in the tile's boxes (per launch: x and rows change) */
+    if (k->tensor_maps) {
+        const di_matmul_fast_config *c = di_matmul_fast_get_config();
+        uint64_t kdim = (uint64_t)di_spec_dim(k->spec, &k->sp, "K"), ndim = (uint64_t)di_spec_dim(k->spec, &k->sp, "N");
+        if (di_cuda_tensor_map_bf16(rt->cuda, &maps[0], args[k->ix].buf->dev, (uint64_t)rows, kdim,
+                                    (unsigned)di_matmul_fast_x_box_rows(rows), (unsigned)c->bk, err) ||
+            di_cuda_tensor_map_bf16(rt->cuda, &maps[1], args[k->iw].buf->dev, ndim, kdim, (unsigned)c->tn,
+                                    (unsigned)c->bk, err))
+            return di_wrap(err, "kernel %s", k->name);
+        argv[n + 1] = &maps[0];
+        argv[n + 2] = &maps[1];
+    }
     if (di_cuda_launch(rt->cuda, k->cu_fn, g[0].grid, g[0].block, g[0].smem, argv, err)) return err->code;
     return di_cuda_launch(rt->cuda, k->cu_reduce, g[1].grid, g[1].block, g[1].smem, argv, err);
 }
@@ -586,10 +649,11 @@ int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes,
         size_vals[i] = sizes[i];
         argv[n] = &size_vals[i];
     }
+    if (k->bf16x) return launch_via_bf16(rt, k, args, sizes, err);
     rt->stats.launches++;
     if (k->cublas) return launch_cublaslt(rt, k, args, sizes[0], err);
     if (k->cu_merge) return launch_attention_fast(rt, k, argv, n, sizes, err);
-    if (k->cu_reduce) return launch_two_phase(rt, k, argv, n, sizes[0], err);
+    if (k->cu_reduce) return launch_two_phase(rt, k, args, argv, n, sizes[0], err);
     di_geometry g;
     if (di_geometry_for(s, &k->sp, rt->o.backend, sizes, &g, err)) return err->code;
     if ((long)g.grid[0] * g.grid[1] * g.grid[2] == 0) return DI_OK;

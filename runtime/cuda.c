@@ -77,6 +77,10 @@ static struct {
     cu_result (*event_sync)(cu_event e);
     cu_result (*event_elapsed)(float *ms, cu_event a, cu_event b);
     cu_result (*event_destroy)(cu_event e);
+    /* optional (CUDA 12+): looked up apart, so that an older driver still runs the rest */
+    cu_result (*tensor_map_encode_tiled)(void *map, int dtype, unsigned rank, void *base, const uint64_t *dims,
+                                         const uint64_t *strides, const unsigned *box, const unsigned *elem_strides,
+                                         int interleave, int swizzle, int l2_promotion, int oob_fill);
 } cu;
 
 /* One entry point: where it goes, and the exported names to try, newest first. */
@@ -146,6 +150,8 @@ static void load_driver(void)
         }
         memcpy(s->slot, &f, sizeof f); /* object pointer to function pointer, as POSIX dlsym intends */
     }
+    void *f = dlsym(h, "cuTensorMapEncodeTiled");
+    if (f) memcpy(&cu.tensor_map_encode_tiled, &f, sizeof f);
     /* The handle stays open for the life of the process: the function pointers live in it. */
 }
 
@@ -437,6 +443,28 @@ int di_cuda_launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned 
         snprintf(what, sizeof what, "grid (%u,%u,%u), block (%u,%u,%u), %u bytes of shared memory", grid[0], grid[1],
                  grid[2], block[0], block[1], block[2], smem_bytes);
         return cu_fail(r, "cuLaunchKernel", what, err);
+    }
+    return DI_OK;
+}
+
+int di_cuda_tensor_map_bf16(di_cuda *c, di_tensor_map *m, di_dptr base, uint64_t rows, uint64_t cols,
+                            unsigned box_rows, unsigned box_cols, di_err *err)
+{
+    /* Driver API values: CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, _INTERLEAVE_NONE, _SWIZZLE_128B,
+     * _L2_PROMOTION_L2_256B, _FLOAT_OOB_FILL_NONE (elements outside the matrix read as zero) */
+    enum { BF16 = 9, INTERLEAVE_NONE = 0, SWIZZLE_128B = 3, L2_256B = 3, OOB_ZERO = 0 };
+    (void)c;
+    if (!cu.tensor_map_encode_tiled)
+        return di_fail(err, DI_EDEVICE, "CUDA: this driver lacks cuTensorMapEncodeTiled (CUDA 12 or newer needed)");
+    const uint64_t dims[2] = {cols, rows}, strides[1] = {cols * 2};
+    const unsigned box[2] = {box_cols, box_rows}, elem_strides[2] = {1, 1};
+    cu_result r = cu.tensor_map_encode_tiled(m->v, BF16, 2, (void *)(uintptr_t)base, dims, strides, box, elem_strides,
+                                             INTERLEAVE_NONE, SWIZZLE_128B, L2_256B, OOB_ZERO);
+    if (r) {
+        char what[160];
+        snprintf(what, sizeof what, "a %llu x %llu bf16 matrix in %u x %u boxes", (unsigned long long)rows,
+                 (unsigned long long)cols, box_rows, box_cols);
+        return cu_fail(r, "cuTensorMapEncodeTiled", what, err);
     }
     return DI_OK;
 }

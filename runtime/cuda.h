@@ -38,6 +38,16 @@ int di_cuda_function(di_cuda_module *m, const char *name, void **fn, di_err *err
 int di_cuda_launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3],
                    unsigned smem_bytes, void **params, di_err *err);
 int di_cuda_sync(di_cuda *c, di_err *err);
+
+/* A TMA descriptor (CUtensorMap, 128 bytes, passed to kernels by value) for a row-major bf16
+ * matrix [rows][cols] read in boxes of box_rows x box_cols with the 128-byte swizzle
+ * (box_cols * 2 <= 128); elements outside the matrix read as zero. cols * 2 must be a
+ * multiple of 16 and base 16-byte aligned. */
+typedef struct di_tensor_map {
+    _Alignas(64) uint64_t v[16];
+} di_tensor_map;
+int di_cuda_tensor_map_bf16(di_cuda *c, di_tensor_map *m, di_dptr base, uint64_t rows, uint64_t cols,
+                            unsigned box_rows, unsigned box_cols, di_err *err);
 /* For libraries that enqueue their own kernels (cuBLASLt): make the context current on this
  * thread, and the stream every launch goes to (a CUstream), so their work is ordered with ours. */
 int di_cuda_make_current(const di_cuda *c, di_err *err);

@@ -68,9 +68,11 @@ Test(gpu_fast, split_count_depends_on_k_only)
                 cr_assert_eq(pl.nsplit, first.nsplit, "K=%ld: split count changed with N=%ld rows=%ld", ks[i], ns[a],
                              rows[b]);
                 cr_assert_eq(pl.nsplit, (ks[i] + pl.ks - 1) / pl.ks);
-                cr_assert_eq(g[0].grid[2], pl.fused ? 1u : (unsigned)pl.nsplit);
                 cr_assert_eq(wsb, pl.fused ? 0 : (size_t)pl.nsplit * rows[b] * ns[a] * 4, "workspace bytes");
-                cr_assert_eq((long)g[0].grid[1] * 128 >= rows[b], 1);
+                cr_assert_eq(pl.tiles, (rows[b] + 127) / 128 * ((ns[a] + 127) / 128), "128 x 128 tiles");
+                cr_assert_eq(pl.units, pl.fused ? pl.tiles : pl.tiles * pl.nsplit);
+                /* persistent blocks: as many as units, at most one per SM */
+                cr_assert_eq((long)g[0].grid[0] * g[0].grid[1] * g[0].grid[2], pl.units < 132 ? pl.units : 132);
             }
     }
     /* the shapes the benchmark targets: enough blocks at M = 1 to stream w from every SM */
@@ -82,8 +84,10 @@ Test(gpu_fast, split_count_depends_on_k_only)
         di_err e = {0};
         cr_assert_eq(di_geometry_matmul_fast(s, &p, 1, g1, &w1, &e), 0, "%s", e.msg);
         cr_assert_eq(di_geometry_matmul_fast(s, &p, 8192, g2, &w2, &e), 0, "%s", e.msg);
-        cr_assert_geq((long)g1[0].grid[0] * g1[0].grid[2], 264, "K=%ld N=%ld: %u x %u blocks at M=1", shapes[i][0],
-                      shapes[i][1], g1[0].grid[0], g1[0].grid[2]);
+        di_matmul_fast_plan pl;
+        cr_assert_eq(di_matmul_fast_plan_for(s, &p, 1, &pl, &e), 0, "%s", e.msg);
+        cr_assert_geq(pl.units, 264, "K=%ld N=%ld: %ld work units at M=1 (two per SM at least)", shapes[i][0],
+                      shapes[i][1], pl.units);
         cr_assert_eq(g1[0].block[0], g2[0].block[0], "one tile configuration for every M");
         cr_assert_eq(g1[0].smem, g2[0].smem);
         cr_assert_eq(g1[0].grid[0], g2[0].grid[0]);
@@ -98,7 +102,7 @@ Test(gpu_fast, zero_rows_and_too_many_rows)
     size_t wsb = 1;
     di_err e = {0};
     cr_assert_eq(di_geometry_matmul_fast(s, &p, 0, g, &wsb, &e), 0, "%s", e.msg);
-    cr_assert_eq(g[0].grid[1], 0u, "no row tiles for no rows");
+    cr_assert_eq((long)g[0].grid[0] * g[0].grid[1] * g[0].grid[2], 0, "no blocks for no rows");
     cr_assert_eq(wsb, 0u);
     cr_assert_neq(di_geometry_matmul_fast(s, &p, 65536, g, &wsb, &e), 0);
     cr_assert(strstr(e.msg, "matmul") && strstr(e.msg, "65536"), "message names the kernel and the count: %s", e.msg);
@@ -124,6 +128,15 @@ Test(gpu_fast, config_is_validated)
     c.warps_n = 4;
     cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0, "wgmma needs one warpgroup as 4 x 1 warps");
     cr_assert(strstr(e.msg, "wgmma"), "%s", e.msg);
+    c = *di_matmul_fast_get_config();
+    c.producers = 2;
+    c.wgmma = 0;
+    cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0, "producer warps need the wgmma layout");
+    cr_assert(strstr(e.msg, "producer"), "%s", e.msg);
+    c = *di_matmul_fast_get_config();
+    c.producers = 3;   /* 96 loading threads do not divide 128 rows x 8 chunks */
+    cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0);
+    cr_assert(strstr(e.msg, "loading thread"), "%s", e.msg);
     cr_assert_eq(di_matmul_fast_set_config(NULL, &e), 0);
 }
 
@@ -136,7 +149,19 @@ static void compile_and_inspect(const char *spec, long k, long n, di_dtype xt, d
     if (di_matmul_fast_get_config()->wgmma) {
         cr_assert(strstr(out.ptx, "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"), "%s: no bf16 wgmma in the PTX",
                   name);
-        cr_assert(strstr(out.ptx, "fence.proxy.async.shared::cta"), "%s: no proxy fence before wgmma", name);
+        if (di_matmul_fast_tensor_maps(di_spec_find(spec), &p)) {
+            cr_assert(strstr(out.ptx, "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"),
+                      "%s: no TMA loads", name);
+            cr_assert(strstr(out.ptx, "mbarrier.arrive.expect_tx.shared::cta.b64"), "%s: bytes not expected", name);
+            expect_cp_async = false;
+        } else {
+            cr_assert(strstr(out.ptx, "fence.proxy.async.shared::cta"), "%s: no proxy fence before wgmma", name);
+        }
+        if (di_matmul_fast_get_config()->producers) {
+            cr_assert(strstr(out.ptx, "mbarrier.try_wait.parity.shared::cta.b64"), "%s: no mbarrier wait", name);
+            if (expect_cp_async)
+                cr_assert(strstr(out.ptx, "cp.async.mbarrier.arrive.shared::cta.b64"), "%s: copies not tracked", name);
+        }
     } else {
         cr_assert(strstr(out.ptx, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "%s: no bf16 mma in the PTX",
                   name);
@@ -147,9 +172,10 @@ static void compile_and_inspect(const char *spec, long k, long n, di_dtype xt, d
     cr_assert(strstr(out.ptx, entry), "%s: phase 1 entry missing", name);
     snprintf(entry, sizeof entry, ".entry %s_reduce(", name);
     cr_assert(strstr(out.ptx, entry), "%s: phase 2 entry missing", name);
-    /* Known: with wgmma, K % 8 != 0 (element-wise x loads, never a model's shape) needs 255
-     * registers and spills 12 bytes (ptxas, CUDA 13.0); every 16-byte-aligned shape must not. */
-    if (k % 8 == 0 || !di_matmul_fast_get_config()->wgmma) th_assert_no_spills(out.log, name);
+    /* Known: with the unspecialized wgmma loop (v3), K % 8 != 0 (element-wise x loads, never a
+     * model's shape) needs 255 registers and spills 12 bytes (ptxas, CUDA 13.0); nothing else may. */
+    const di_matmul_fast_config *cfg = di_matmul_fast_get_config();
+    if (k % 8 == 0 || !cfg->wgmma || cfg->producers) th_assert_no_spills(out.log, name);
     di_nvrtc_out_free(&out);
 }
 
@@ -364,22 +390,46 @@ Test(gpu_fast, rows_are_bitwise_invariant_residual, .timeout = 600)
     check_invariance(&c, 0);
 }
 
+/* bf16 x with K % 8 == 0: the TMA loads (v5) where the config has them; N = 200 leaves the
+ * second column tile's w box partly outside the matrix (read as zeros), M = 257 the last row
+ * tile's x box. Fused mode (M = 257 with >= 2 tiles) against split mode, bitwise. */
+Test(gpu_fast, rows_are_bitwise_invariant_bf16_x, .timeout = 600)
+{
+    mm_case c = {"matmul", 1024, 200, DI_BF16, DI_F32, false};
+    check_invariance(&c, 2);
+}
+
 Test(gpu_fast, split_and_fused_modes_give_the_same_bits, .timeout = 600)
 {
     mm_case c = {"matmul_residual", 1000, 300, DI_F32, DI_BF16, true};
     check_invariance(&c, 6);   /* 3 column tiles: M <= 128 split, M = 257 (9 tiles) fused */
 }
 
-/* The mma.sync main loop (the default before wgmma, still a config) stays accurate and
- * invariant, in both modes. */
-Test(gpu_fast, mma_sync_main_loop_accurate_and_invariant, .timeout = 600)
+/* The earlier main loops stay configs: v2 (mma.sync, 64 x 128, warps 1 x 4, every warp
+ * loads), v3 (wgmma, 64 x 128, one warpgroup that loads and multiplies) and v4 (producer warps
+ * loading with cp.async: what runs without TMA, f32 x staged through registers). Each stays
+ * accurate and invariant, in both modes. */
+static void check_main_loop(int wgmma, int producers, int tm, int stages, int warps_m, int warps_n)
 {
     di_matmul_fast_config cfg = *di_matmul_fast_get_config();
-    cfg.wgmma = 0;
-    cfg.warps_m = 1;
-    cfg.warps_n = 4;
+    cfg.wgmma = wgmma;
+    cfg.producers = producers;
+    cfg.tma = 0;
+    cfg.tm = tm;
+    cfg.stages = stages;
+    cfg.warps_m = warps_m;
+    cfg.warps_n = warps_n;
     di_err e = {0};
     cr_assert_eq(di_matmul_fast_set_config(&cfg, &e), 0, "%s", e.msg);
     mm_case c = {"matmul_residual", 1000, 300, DI_F32, DI_BF16, true};
     check_invariance(&c, 6);
 }
+
+Test(gpu_fast, mma_sync_main_loop_accurate_and_invariant, .timeout = 600) { check_main_loop(0, 0, 64, 4, 1, 4); }
+
+Test(gpu_fast, unspecialized_wgmma_main_loop_accurate_and_invariant, .timeout = 600)
+{
+    check_main_loop(1, 0, 64, 4, 4, 1);
+}
+
+Test(gpu_fast, cp_async_producers_accurate_and_invariant, .timeout = 600) { check_main_loop(1, 4, 128, 6, 8, 1); }
