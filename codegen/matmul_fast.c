@@ -92,6 +92,23 @@ void di_matmul_fast_set_sm_count(int sms)
     if (sms > 0) sm_count = sms;
 }
 
+int di_matmul_fast_sm_count(void) { return (int)sm_count; }
+
+/* v2's block: mma.sync, 64 x 128, every warp loads, 96 KiB of shared memory (fits sm_80/sm_89) */
+static const di_matmul_fast_config mma_sync_config = {
+    .tm = 64, .tn = 128, .bk = 64, .stages = 4, .warps_m = 1, .warps_n = 4,
+    .ks_min = 256, .ks_max = 1024, .fuse_min_tiles = 128, .fuse_min_rows = 64, .group_m = 8, .wgmma = 0,
+    .producers = 0, .tma = 0,
+};
+
+void di_matmul_fast_set_target(const char *arch)
+{
+    /* the default needs sm_90a (wgmma, TMA, 192 KiB of shared memory); elsewhere the default
+     * is v2's block, the one run on a GPU without them (as a config, on the H100 and H200) */
+    bool hopper = arch && !strcmp(arch, "sm_90a");
+    if (!hopper && !memcmp(&config, &default_config, sizeof config)) config = mma_sync_config;
+}
+
 const di_matmul_fast_config *di_matmul_fast_get_config(void) { return &config; }
 
 static bool pow2(long v) { return v > 0 && (v & (v - 1)) == 0; }
@@ -661,6 +678,10 @@ static const char phase1_ws_body[] =
     "            mmf_bar_init(full + 8 * st, MMF_TMA ? 1 : MMF_LOADERS);\n"
     "            mmf_bar_init(empty + 8 * st, MMF_CONSUMERS / 32);\n"
     "        }\n"
+    "#if MMF_TMA\n"
+    "    /* the inits visible to the async proxy, whose TMA completions signal the full barriers */\n"
+    "    if (tid == 0) asm volatile(\"fence.mbarrier_init.release.cluster;\\n\" ::: \"memory\");\n"
+    "#endif\n"
     "    __syncthreads();   /* the only block-wide barrier: the mbarriers exist */\n"
     "\n"
     "    if (tid >= MMF_CONSUMERS) {\n"

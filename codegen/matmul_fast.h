@@ -55,6 +55,10 @@ bool di_matmul_fast_tensor_maps(const di_spec *s, const di_specialization *p);
 long di_matmul_fast_x_box_rows(long rows);
 /* Warp-specialized configs run persistent blocks, one per SM: the runtime says how many. */
 void di_matmul_fast_set_sm_count(int sms);
+int di_matmul_fast_sm_count(void);
+/* The runtime names the device's target ("sm_90a", "sm_80", ...): anything but sm_90a
+ * replaces the default config (wgmma + TMA) with the mma.sync one (v2). Not run on such a GPU. */
+void di_matmul_fast_set_target(const char *arch);
 /* NULL restores the defaults. Validates shapes (divisibility, warp tile of 16 x 16 multiples). */
 int di_matmul_fast_set_config(const di_matmul_fast_config *c, di_err *err);
 

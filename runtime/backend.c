@@ -24,6 +24,7 @@ struct di_kernel {
     void *cu_fn;
     void *cu_reduce;          /* fast matmul: phase 2, adding split partials in order */
     bool tensor_maps;         /* fast matmul: phase 1 takes TMA descriptors of x and w */
+    di_matmul_fast_config built_with;   /* fast matmul: the config its source was made with */
     void *cu_merge;           /* fast attention: phase 2, folding per-split results in order */
     di_buf *ws;               /* their workspace, grown on demand */
     /* Vendor matmul (the non-invariant reference): the kernel the model holds dispatches per
@@ -78,6 +79,7 @@ int di_rt_open(const di_rt_opts *o, di_rt **out, di_err *err)
         snprintf(rt->nvrtc_version, sizeof rt->nvrtc_version, "%d.%d", major, minor);
         const di_cuda_info *in = di_cuda_get_info(rt->cuda);
         di_matmul_fast_set_sm_count(in->sm_count);
+        di_matmul_fast_set_target(in->arch);
         int n = snprintf(rt->desc, sizeof rt->desc, "cuda %s (%s, %d SMs), NVRTC %s, %s profile", in->name, in->arch,
                          in->sm_count, rt->nvrtc_version, di_profile_name(o->profile));
         if (o->profile == DI_PROFILE_VENDOR) {
@@ -326,6 +328,7 @@ static int build_cuda(di_rt *rt, di_kernel *k, const char *src, di_err *err)
         snprintf(reduce, sizeof reduce, "%s_reduce", k->name);
         rc = di_cuda_function(k->mod, reduce, &k->cu_reduce, err);
         k->tensor_maps = di_matmul_fast_tensor_maps(k->spec, &k->sp);
+        k->built_with = *di_matmul_fast_get_config();
         k->ix = arg_pos(k->spec, "x"), k->iw = arg_pos(k->spec, "w");
     }
     if (!rc && di_attention_fast_applies(k->spec, &k->sp, DI_BACKEND_CUDA)) {
@@ -587,6 +590,8 @@ static int launch_attention_fast(di_rt *rt, di_kernel *k, void **argv, int n, co
 static int launch_via_bf16(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes, di_err *err)
 {
     long rows = sizes[0], kd = di_spec_dim(k->spec, &k->sp, "K");
+    di_matmul_fast_plan plan;
+    if (di_matmul_fast_plan_for(k->bf16x->spec, &k->bf16x->sp, rows, &plan, err)) return err->code;
     if (rows == 0) return DI_OK;
     if (check_arg(k, k->ix, &args[k->ix], rows, err)) return err->code;
     if (grow_workspace(rt, k, (size_t)rows * (size_t)kd * 2, err)) return err->code;
@@ -604,6 +609,11 @@ static int launch_two_phase(di_rt *rt, di_kernel *k, const di_val *args, void **
 {
     di_geometry g[2];
     size_t ws_bytes = 0;
+    /* geometry and TMA boxes come from the current config and must match the compiled kernel
+     * (a mismatch in the bytes a stage expects would hang it); the struct has no padding */
+    if (memcmp(&k->built_with, di_matmul_fast_get_config(), sizeof k->built_with))
+        return di_fail(err, DI_EUSAGE, "kernel %s: the fast matmul config changed after it was built (open a new "
+                       "runtime after di_matmul_fast_set_config)", k->name);
     if (di_geometry_matmul_fast(k->spec, &k->sp, rows, g, &ws_bytes, err)) return err->code;
     if (rows == 0) return DI_OK;
     if (grow_workspace(rt, k, ws_bytes, err)) return err->code;

@@ -331,7 +331,8 @@ Test(gpu_fast, matches_a_float64_reference_at_odd_shapes, .timeout = 600)
     di_rt_close(rt);
 }
 
-/* Every row of every M in 1..64 equals the same row at M = 257, bitwise. `fuse_tiles` > 0 runs
+/* Every row of every M in 1..64 (and 65, 80, 100, 112, 127, 128, 129) equals the same row at
+ * M = 257, bitwise. `fuse_tiles` > 0 runs
  * the same check with M = 257 in the fused mode (one block sums all splits) and M <= 128 in
  * the split mode (workspace + phase 2), against split-mode references from the default config. */
 static void check_invariance(const mm_case *c, long fuse_tiles)
@@ -358,7 +359,10 @@ static void check_invariance(const mm_case *c, long fuse_tiles)
         cr_assert(th_bits_equal(fused, ref, (size_t)MAXM * c->n), "%s: fused and split modes differ", c->spec);
         free(fused);
     }
-    for (long m = 1; m <= 64; m++) {
+    /* every M in 1..64, then around the second warpgroup and the whole-tile x box (65..129) */
+    const long extra[] = {65, 80, 100, 112, 127, 128, 129};
+    for (long mi = 0; mi < 64 + (long)(sizeof extra / sizeof extra[0]); mi++) {
+        long m = mi < 64 ? mi + 1 : extra[mi - 64];
         float *y = run_fast(rt, c, &in, m, false);
         for (long r = 0; r < m; r++)
             cr_assert(th_bits_equal(y + r * c->n, ref + r * c->n, (size_t)c->n),
@@ -392,7 +396,10 @@ Test(gpu_fast, rows_are_bitwise_invariant_residual, .timeout = 600)
 
 /* bf16 x with K % 8 == 0: the TMA loads (v5) where the config has them; N = 200 leaves the
  * second column tile's w box partly outside the matrix (read as zeros), M = 257 the last row
- * tile's x box. Fused mode (M = 257 with >= 2 tiles) against split mode, bitwise. */
+ * tile's x box. The reference (M = 257) runs in split mode; with fuse_tiles 2 and
+ * fuse_min_rows 1 every other M then runs fused (2 column tiles), so this compares fused
+ * against split, bitwise. The split mode with short x boxes is what the f32-x cases run (the
+ * runtime routes them through this same bf16-x kernel). */
 Test(gpu_fast, rows_are_bitwise_invariant_bf16_x, .timeout = 600)
 {
     mm_case c = {"matmul", 1024, 200, DI_BF16, DI_F32, false};
@@ -403,6 +410,42 @@ Test(gpu_fast, split_and_fused_modes_give_the_same_bits, .timeout = 600)
 {
     mm_case c = {"matmul_residual", 1000, 300, DI_F32, DI_BF16, true};
     check_invariance(&c, 6);   /* 3 column tiles: M <= 128 split, M = 257 (9 tiles) fused */
+}
+
+/* Persistent blocks: with 1, 3 or 7 blocks each walks many units (running its pipeline ahead
+ * across them); the bits must equal those of a block per SM, in split mode (M = 77 here) and
+ * fused mode (M = 257 with fuse_tiles 2), for f32 x (through the cast) and bf16 x. */
+Test(gpu_fast, persistent_blocks_give_the_same_bits_on_any_grid, .timeout = 600)
+{
+    const mm_case cases[] = {{"matmul_residual", 1000, 300, DI_F32, DI_BF16, true}, {"matmul", 1024, 200, DI_BF16, DI_F32, false}};
+    di_matmul_fast_config cfg = *di_matmul_fast_get_config();
+    cfg.fuse_min_tiles = 2;
+    cfg.fuse_min_rows = 100;
+    di_err e = {0};
+    cr_assert_eq(di_matmul_fast_set_config(&cfg, &e), 0, "%s", e.msg);
+    for (int i = 0; i < 2; i++) {
+        const mm_case *c = &cases[i];
+        mm_inputs in = make_inputs(c, 257, 99);
+        di_rt *rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
+        const int sms = di_matmul_fast_sm_count(), grids[] = {1, 3, 7};
+        float *ref77 = run_fast(rt, c, &in, 77, false), *ref257 = run_fast(rt, c, &in, 257, false);
+        for (int g = 0; g < 3; g++) {
+            di_matmul_fast_set_sm_count(grids[g]);
+            float *y77 = run_fast(rt, c, &in, 77, false), *y257 = run_fast(rt, c, &in, 257, false);
+            cr_assert(th_bits_equal(y77, ref77, (size_t)77 * c->n), "%s: M = 77 on %d blocks differs", c->spec, grids[g]);
+            cr_assert(th_bits_equal(y257, ref257, (size_t)257 * c->n), "%s: M = 257 on %d blocks differs", c->spec,
+                      grids[g]);
+            free(y77);
+            free(y257);
+        }
+        di_matmul_fast_set_sm_count(sms);
+        check_against_reference(c, &in, ref257, 257);
+        free(ref77);
+        free(ref257);
+        free_inputs(&in);
+        di_rt_close(rt);
+    }
+    cr_assert_eq(di_matmul_fast_set_config(NULL, &e), 0);
 }
 
 /* The earlier main loops stay configs: v2 (mma.sync, 64 x 128, warps 1 x 4, every warp
