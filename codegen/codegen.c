@@ -80,6 +80,18 @@ long di_spec_dim(const di_spec *s, const di_specialization *p, const char *dim)
     return i < 0 ? -1 : p->dims[i];
 }
 
+/* A split chosen per launch is the vendor profile's alone, and only for its class of spec. */
+static int check_vendor_choice(const di_spec *s, const di_specialization *p, int value, const char *what,
+                               di_class cls, const char *cls_name, di_err *err)
+{
+    if (p->profile != DI_PROFILE_VENDOR)
+        return di_fail(err, DI_ESPEC, "spec %s: %s chosen per launch (%d) is the vendor profile's batch-dependent "
+                       "choice; the %s profile keeps the spec's fixed split size", s->name, what, value,
+                       di_profile_name(p->profile));
+    if (s->cls != cls) return di_fail(err, DI_ESPEC, "spec %s: %s applies to %s specs only", s->name, what, cls_name);
+    return DI_OK;
+}
+
 int di_specialization_check(const di_spec *s, const di_specialization *p, di_err *err)
 {
     for (int i = 0; i < DI_MAX_DIMS && s->dims[i].name; i++)
@@ -95,23 +107,14 @@ int di_specialization_check(const di_spec *s, const di_specialization *p, di_err
                            s->args[i].name, di_dtype_name(p->dtypes[i]));
     }
     if (p->ksplits) {
-        if (p->profile != DI_PROFILE_VENDOR)
-            return di_fail(err, DI_ESPEC, "spec %s: a K split count (%d) is the vendor profile's batch-dependent "
-                           "choice; the %s profile keeps the spec's fixed split size", s->name, p->ksplits,
-                           di_profile_name(p->profile));
-        if (s->cls != DI_MATMUL)
-            return di_fail(err, DI_ESPEC, "spec %s: a K split count applies to matmul specs only", s->name);
+        if (check_vendor_choice(s, p, p->ksplits, "a K split count", DI_MATMUL, "matmul", err)) return err->code;
         long k = di_spec_dim(s, p, "K");
         if (p->ksplits < 0 || p->ksplits > k)
             return di_fail(err, DI_ESPEC, "spec %s: K split count %d not in [1, K = %ld]", s->name, p->ksplits, k);
     }
     if (p->kv_split) {
-        if (p->profile != DI_PROFILE_VENDOR)
-            return di_fail(err, DI_ESPEC, "spec %s: a KV split size chosen per launch (%d) is the vendor profile's "
-                           "batch-dependent choice; the %s profile keeps the spec's", s->name, p->kv_split,
-                           di_profile_name(p->profile));
-        if (s->cls != DI_ATTENTION)
-            return di_fail(err, DI_ESPEC, "spec %s: a KV split size applies to attention specs only", s->name);
+        if (check_vendor_choice(s, p, p->kv_split, "a KV split size", DI_ATTENTION, "attention", err))
+            return err->code;
         if (p->kv_split < 16 || p->kv_split > 64 || p->kv_split % 16)
             return di_fail(err, DI_ESPEC, "spec %s: KV split size %d is not 16, 32, 48 or 64", s->name, p->kv_split);
     }

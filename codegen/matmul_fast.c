@@ -448,12 +448,16 @@ static const char device_helpers[] =
     "{\n"
     "    if (mt_act >= MTA) mmf_tile<MTA>(c, sa, sb, lane, wm, wn);\n"
     "    else if constexpr (MTA > 1) mmf_compute<MTA - 1>(c, sa, sb, lane, wm, wn, mt_act);\n"
-    "}\n"
-    "\n"
-    "/* fused mode: a finished split joins the running sum (0.0f + p0 + p1 ..., as phase 2 adds\n"
-    " * them), and the next split's chain starts from 0 */\n"
-    "DI_FN void mmf_add_split(float (&sum)[MMF_MT][MMF_NT][4], float (&c)[MMF_MT][MMF_NT][4])\n"
+    "}\n";
+
+/* Fused mode, a split is complete: once its wgmma are done, it joins the running sum
+ * (0.0f + p0 + p1 ..., as phase 2 adds them), and the next split's chain starts from 0. */
+static const char split_helper[] =
+    "DI_FN void mmf_split_done(float (&sum)[MMF_MT][MMF_NT][4], float (&c)[MMF_MT][MMF_NT][4])\n"
     "{\n"
+    "#if MMF_WGMMA\n"
+    "    mmf_wgmma_wait<0>(c);\n"
+    "#endif\n"
     "#pragma unroll\n"
     "    for (int i = 0; i < MMF_MT; i++)\n"
     "#pragma unroll\n"
@@ -547,12 +551,8 @@ static const char phase1_body[] =
     "        if (more) mmf_store_x(na, xr, rpad, tid);\n"
     "#endif\n"
     "        if (fused && (--left == 0 || kt + 1 == kt1)) {\n"
-    "            /* a split is complete: add it to the running sum, as phase 2 would */\n"
-    "#if MMF_WGMMA\n"
-    "            mmf_wgmma_wait<0>(c);\n"
-    "#endif\n"
     "            left = tps;\n"
-    "            mmf_add_split(sum, c);\n"
+    "            mmf_split_done(sum, c);\n"
     "        }\n"
     "        cs = cs + 1 == MMF_STAGES ? 0 : cs + 1;\n"
     "        ns = ns + 1 == MMF_STAGES ? 0 : ns + 1;\n"
@@ -654,7 +654,6 @@ static const char ws_helpers[] =
     "    n0 = pid % span / gs * MMF_TN;\n"
     "    kt0 = fused ? 0 : z * tps;\n"
     "    kt1 = fused ? nkt : (kt0 + tps < nkt ? kt0 + tps : nkt);\n"
-
     "}\n"
     "/* plain st.shared by this thread -> later wgmma reads (async proxy); cp.async copies are\n"
     " * fenced by the multiplying warps after the full barrier instead */\n"
@@ -673,15 +672,16 @@ static const char phase1_ws_body[] =
     "    const long tps = MMF_KS / MMF_BK;\n"
     "    const unsigned s0 = (unsigned)__cvta_generic_to_shared(mmf_smem);\n"
     "    const unsigned full = s0 + MMF_STAGES * MMF_STAGE_BYTES, empty = full + 8 * MMF_STAGES;\n"
-    "    if (tid == 0)\n"
+    "    if (tid == 0) {\n"
     "        for (int st = 0; st < MMF_STAGES; st++) {\n"
     "            mmf_bar_init(full + 8 * st, MMF_TMA ? 1 : MMF_LOADERS);\n"
     "            mmf_bar_init(empty + 8 * st, MMF_CONSUMERS / 32);\n"
     "        }\n"
     "#if MMF_TMA\n"
-    "    /* the inits visible to the async proxy, whose TMA completions signal the full barriers */\n"
-    "    if (tid == 0) asm volatile(\"fence.mbarrier_init.release.cluster;\\n\" ::: \"memory\");\n"
+    "        /* the inits visible to the async proxy, whose TMA completions signal the full barriers */\n"
+    "        asm volatile(\"fence.mbarrier_init.release.cluster;\\n\" ::: \"memory\");\n"
     "#endif\n"
+    "    }\n"
     "    __syncthreads();   /* the only block-wide barrier: the mbarriers exist */\n"
     "\n"
     "    if (tid >= MMF_CONSUMERS) {\n"
@@ -779,12 +779,8 @@ static const char phase1_ws_body[] =
     "            if (lane == 0) mmf_bar_arrive(empty + 8 * st);\n"
     "#endif\n"
     "            if (fused && (--left == 0 || kt + 1 == kt1)) {\n"
-    "                /* a split is complete: add it to the running sum, as phase 2 would */\n"
-    "#if MMF_WGMMA\n"
-    "                mmf_wgmma_wait<0>(c);\n"
-    "#endif\n"
     "                left = tps;\n"
-    "                mmf_add_split(sum, c);\n"
+    "                mmf_split_done(sum, c);\n"
     "            }\n"
     "            prev = st;\n"
     "            if (++st == MMF_STAGES) st = 0, ph ^= 1;\n"
@@ -957,6 +953,7 @@ int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p
     di_str_puts(o, di_cuda_mma_helpers);
     di_str_puts(o, device_helpers);
     if (c->wgmma) emit_wgmma_helpers(o, c->tn);
+    di_str_puts(o, split_helper);
     if (c->producers) di_str_puts(o, ws_helpers);
     di_str_puts(o, "\n");
     emit_epilogue(o, s, p, y_bf16 ? "di_f32_to_bf16" : "");

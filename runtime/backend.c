@@ -394,6 +394,17 @@ static int vendor_attention_prepare(di_rt *rt, di_kernel *k, di_err *err)
 
 enum { LT_WORKSPACE = 32 << 20 };   /* cuBLASLt's own recommendation for Hopper */
 
+/* The cast kernel a matmul on f32 x runs first when its GEMM takes bf16 x (cuBLASLt, and the
+ * fast matmul's TMA kernel): x rounded to bf16 (round to nearest even) into the workspace. */
+static int prepare_cast(di_rt *rt, di_kernel *k, di_err *err)
+{
+    const di_spec *cs = &di_specs[DI_OP_cast_bf16];
+    di_specialization cp;
+    di_spec_defaults(cs, &cp);
+    if (di_spec_set_dim(cs, &cp, "D", di_spec_dim(k->spec, &k->sp, "K"), err)) return err->code;
+    return di_rt_kernel(rt, cs, &cp, &k->cast, err);
+}
+
 static int vendor_cublaslt_prepare(di_rt *rt, di_kernel *k, di_err *err)
 {
     const di_spec *s = k->spec;
@@ -407,13 +418,8 @@ static int vendor_cublaslt_prepare(di_rt *rt, di_kernel *k, di_err *err)
                        "acc + res[n] with f32 y and res)", s->name, s->body);
     if (p->dtypes[k->iw] != DI_BF16)
         return di_fail(err, DI_ESPEC, "spec %s: the vendor profile's cuBLASLt matmul takes bf16 w", s->name);
-    if (p->dtypes[k->ix] == DI_F32) {
-        const di_spec *cs = &di_specs[DI_OP_cast_bf16];
-        di_specialization cp;
-        di_spec_defaults(cs, &cp);
-        if (di_spec_set_dim(cs, &cp, "D", di_spec_dim(s, p, "K"), err) || di_rt_kernel(rt, cs, &cp, &k->cast, err))
-            return di_wrap(err, "spec %s (vendor, cuBLASLt)", s->name);
-    }
+    if (p->dtypes[k->ix] == DI_F32 && prepare_cast(rt, k, err))
+        return di_wrap(err, "spec %s (vendor, cuBLASLt)", s->name);
     if (!rt->lt_ws && di_buf_alloc(rt, LT_WORKSPACE, &rt->lt_ws, err)) return err->code;
     k->cublas = true;
     return DI_OK;
@@ -445,13 +451,10 @@ static bool fast_matmul_via_bf16(const di_rt *rt, const di_spec *s, const di_spe
 
 static int fast_matmul_via_bf16_prepare(di_rt *rt, di_kernel *k, di_err *err)
 {
-    const di_spec *cs = &di_specs[DI_OP_cast_bf16];
-    di_specialization cp, b = k->sp;
-    di_spec_defaults(cs, &cp);
+    di_specialization b = k->sp;
     k->ix = arg_pos(k->spec, "x");
     b.dtypes[k->ix] = DI_BF16;
-    if (di_spec_set_dim(cs, &cp, "D", di_spec_dim(k->spec, &k->sp, "K"), err) ||
-        di_rt_kernel(rt, cs, &cp, &k->cast, err) || di_rt_kernel(rt, k->spec, &b, &k->bf16x, err))
+    if (prepare_cast(rt, k, err) || di_rt_kernel(rt, k->spec, &b, &k->bf16x, err))
         return di_wrap(err, "spec %s (fast, bf16 x)", k->spec->name);
     return DI_OK;
 }
@@ -531,6 +534,18 @@ static int grow_workspace(di_rt *rt, di_kernel *k, size_t bytes, di_err *err)
     return di_buf_alloc(rt, bytes ? bytes : 4, &k->ws, err);
 }
 
+/* x (f32) rounded to bf16 into k's workspace by its cast kernel; *x16 is that workspace. */
+static int cast_x(di_rt *rt, di_kernel *k, const di_val *args, long rows, di_buf **x16, di_err *err)
+{
+    size_t need = (size_t)rows * (size_t)di_spec_dim(k->spec, &k->sp, "K") * 2;
+    if (grow_workspace(rt, k, need, err)) return err->code;
+    di_val cargs[2] = {{.buf = k->ws}, {.buf = args[k->ix].buf}};
+    long csizes[1] = {rows};
+    if (di_rt_launch(rt, k->cast, cargs, csizes, err)) return err->code;
+    *x16 = k->ws;
+    return DI_OK;
+}
+
 /* Vendor matmul on cuBLASLt: x to bf16 (engines keep bf16 activations), then the plan the
  * heuristic gives for this M, on the runtime's stream so that it is ordered with our kernels. */
 static int launch_cublaslt(di_rt *rt, di_kernel *k, const di_val *args, long rows, di_err *err)
@@ -539,12 +554,9 @@ static int launch_cublaslt(di_rt *rt, di_kernel *k, const di_val *args, long row
     long kd = di_spec_dim(k->spec, &k->sp, "K"), nd = di_spec_dim(k->spec, &k->sp, "N");
     di_dptr x = args[k->ix].buf->dev;
     if (k->cast) {
-        size_t need = (size_t)rows * (size_t)kd * 2;
-        if (grow_workspace(rt, k, need, err)) return err->code;
-        di_val cargs[2] = {{.buf = k->ws}, {.buf = args[k->ix].buf}};
-        long csizes[1] = {rows};
-        if (di_rt_launch(rt, k->cast, cargs, csizes, err)) return err->code;
-        x = k->ws->dev;
+        di_buf *x16;
+        if (cast_x(rt, k, args, rows, &x16, err)) return err->code;
+        x = x16->dev;
     }
     lt_plan_list *pl = k->plans;
     while (pl && di_cublaslt_plan_m(pl->plan) != rows) pl = pl->next;
@@ -589,18 +601,13 @@ static int launch_attention_fast(di_rt *rt, di_kernel *k, void **argv, int n, co
  * kernel with the workspace as x. */
 static int launch_via_bf16(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes, di_err *err)
 {
-    long rows = sizes[0], kd = di_spec_dim(k->spec, &k->sp, "K");
-    di_matmul_fast_plan plan;
+    long rows = sizes[0];
+    di_matmul_fast_plan plan;   /* the row count checked before anything runs (arguments were, by the caller) */
     if (di_matmul_fast_plan_for(k->bf16x->spec, &k->bf16x->sp, rows, &plan, err)) return err->code;
     if (rows == 0) return DI_OK;
-    if (check_arg(k, k->ix, &args[k->ix], rows, err)) return err->code;
-    if (grow_workspace(rt, k, (size_t)rows * (size_t)kd * 2, err)) return err->code;
-    di_val cargs[2] = {{.buf = k->ws}, {.buf = args[k->ix].buf}};
-    long csizes[1] = {rows};
-    if (di_rt_launch(rt, k->cast, cargs, csizes, err)) return err->code;
     di_val bargs[DI_MAX_ARGS];
     for (int i = 0; i < DI_MAX_ARGS && k->spec->args[i].name; i++) bargs[i] = args[i];
-    bargs[k->ix].buf = k->ws;
+    if (cast_x(rt, k, args, rows, &bargs[k->ix].buf, err)) return err->code;
     return di_rt_launch(rt, k->bf16x, bargs, sizes, err);
 }
 
