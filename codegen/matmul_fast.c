@@ -31,8 +31,9 @@
  *    the kernel would do on the way into shared memory, so the same bits).
  * Targets other than sm_90a compile the same block with the mma.sync step (no wgmma, no TMA).
  *
- * Order. K is cut into splits of a fixed size KS, chosen from K only: the largest power of two
- * <= K/8, clamped to [256, 1024] (K=4096: KS=512, 8 splits; K=14336: KS=1024, 14 splits).
+ * Order. K is cut into splits of a fixed size KS, chosen from K and N only (split_size): the
+ * fewest splits that give a one-row batch about 128 units, as a power of two (K=4096: KS=2048
+ * at N=6144, 1024 at N=4096, 4096 at N=28672; K=14336, N=4096: KS=4096, 4 splits).
  * Within a split each output is one chain of mma over k16 steps in increasing k, starting
  * from 0. The split partials are added in split order 0, 1, 2, ... starting from 0.0f
  * (__fadd_rn, never contracted), then the spec's epilogue runs on the sum and the result is
@@ -47,12 +48,16 @@
  *  - split mode (small problems): a work unit is (tile, split z); it writes the split's
  *    partials to ws[z][rows][N]; phase 2 (`_reduce`) adds them in order and applies the
  *    epilogue. This is what gives a batch of 1 enough units to stream w from every SM.
- *  - fused mode (rows >= 32 and >= 128 output tiles, or a single split): a unit is a tile; it
+ *    (Adding the partials in phase 1 instead, by the last unit of each tile to finish or by
+ *    the block that started the tile, was measured slower: perf/RESULTS.md section 000.)
+ *  - fused mode (rows >= 32 and >= 96 output tiles, or a single split): a unit is a tile; it
  *    walks every split of the tile in order, keeps the running sum in registers and adds each
  *    finished split to it exactly as phase 2 would (0.0f + p0 + p1 ...), then applies the
- *    epilogue; phase 2 returns at once and no workspace is used. Same operations, same bits;
+ *    epilogue; phase 2 is not launched and no workspace is used. Same operations, same bits;
  *    it saves nsplit * rows * N * 8 bytes of workspace traffic, which at large M would cost
- *    more than the math (at KS = 512 that traffic is 4 bytes per 128 flops).
+ *    more than the math (at KS = 512 that traffic is 4 bytes per 128 flops). From 96 tiles
+ *    (3/4 of a wave of 128-SM GPUs) the idle SMs of a partial wave cost less than that
+ *    traffic (H200, section 000 of perf/RESULTS.md).
  * The epilogue text runs in two places (phase 2, and phase 1 in fused mode) on the same
  * value; its operands are the __fadd_rn sum and loads, so --fmad=true has no multiply to
  * contract differently. (An epilogue with a multiply would rely on NVVM contracting the same
@@ -81,7 +86,7 @@
 
 static const di_matmul_fast_config default_config = {
     .tm = 128, .tn = 128, .bk = 64, .stages = 6, .warps_m = 8, .warps_n = 1,
-    .ks_min = 256, .ks_max = 1024, .fuse_min_tiles = 128, .fuse_min_rows = 32, .group_m = 8, .wgmma = 1,
+    .ks_min = 256, .ks_max = 65536, .fuse_min_tiles = 96, .fuse_min_rows = 32, .group_m = 8, .wgmma = 1,
     .producers = 4, .tma = 1,
 };
 static di_matmul_fast_config config = default_config;
@@ -97,7 +102,7 @@ int di_matmul_fast_sm_count(void) { return (int)sm_count; }
 /* v2's block: mma.sync, 64 x 128, every warp loads, 96 KiB of shared memory (fits sm_80/sm_89) */
 static const di_matmul_fast_config mma_sync_config = {
     .tm = 64, .tn = 128, .bk = 64, .stages = 4, .warps_m = 1, .warps_n = 4,
-    .ks_min = 256, .ks_max = 1024, .fuse_min_tiles = 128, .fuse_min_rows = 64, .group_m = 8, .wgmma = 0,
+    .ks_min = 256, .ks_max = 65536, .fuse_min_tiles = 128, .fuse_min_rows = 64, .group_m = 8, .wgmma = 0,
     .producers = 0, .tma = 0,
 };
 
@@ -180,18 +185,23 @@ bool di_matmul_fast_applies(const di_spec *s, const di_specialization *p, di_bac
 
 /* ---- the plan for a row count -------------------------------------------------------- */
 
-/* KS from K alone: enough splits that a batch of 1 fills the GPU, few enough that the
- * workspace stays small. */
-static long split_size(long k)
+static long ceil_div(long a, long b) { return (a + b - 1) / b; }
+
+/* KS from K and N (never from rows): the fewest splits that still give a batch of one row
+ * about SPLIT_UNITS work units (column tiles x splits), enough to stream w from every SM, as
+ * the smallest power of two that cuts K into that many, clamped to [ks_min, ks_max]. Fewer
+ * splits mean less workspace traffic and fewer pipeline drains at every M; more would not
+ * make M = 1 faster (measured on the H200, perf/RESULTS.md section 000). A constant, not the
+ * GPU's SM count, so that the bits do not depend on how many SMs a part has. */
+enum { SPLIT_UNITS = 128 };
+static long split_size(long k, long n)
 {
-    long ks = 1;
-    while (ks * 2 <= k / 8) ks *= 2;
+    long want = ceil_div(SPLIT_UNITS, ceil_div(n, config.tn)), ks = 1;
+    while (ks < ceil_div(k, want)) ks *= 2;
     if (ks < config.ks_min) ks = config.ks_min;
     if (ks > config.ks_max) ks = config.ks_max;
     return ks;
 }
-
-static long ceil_div(long a, long b) { return (a + b - 1) / b; }
 
 int di_matmul_fast_plan_for(const di_spec *s, const di_specialization *p, long rows, di_matmul_fast_plan *pl,
                             di_err *err)
@@ -201,7 +211,7 @@ int di_matmul_fast_plan_for(const di_spec *s, const di_specialization *p, long r
     if (rows < 0 || rows > 65535)
         return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows (must be 0..65535)", s->name, rows);
     long k = di_spec_dim(s, p, "K"), n = di_spec_dim(s, p, "N");
-    pl->ks = split_size(k);
+    pl->ks = split_size(k, n);
     pl->nsplit = ceil_div(k, pl->ks);
     if (pl->nsplit > 65535)
         return di_fail(err, DI_ESPEC, "spec %s: K = %ld gives %ld splits of %ld (grid z is at most 65535)", s->name, k,
@@ -248,10 +258,10 @@ int di_geometry_matmul_fast(const di_spec *s, const di_specialization *p, long r
     g[0].smem = (unsigned)smem_bytes(&config);
     g[1].block[0] = REDUCE_THREADS;
     g[1].block[1] = g[1].block[2] = 1;
-    g[1].grid[0] = pl.fused ? 1 : (unsigned)ceil_div(n, (long)REDUCE_THREADS * reduce_vec(n));
-    g[1].grid[1] = pl.fused ? 1 : (unsigned)rows;
+    /* phase 2 only in split mode (fused: no blocks, not launched) */
+    g[1].grid[0] = pl.fused ? 0 : (unsigned)ceil_div(n, (long)REDUCE_THREADS * reduce_vec(n));
+    g[1].grid[1] = pl.fused ? 0 : (unsigned)rows;
     g[1].grid[2] = 1;
-    if (rows == 0) g[1].grid[1] = 0;
     *workspace_bytes = pl.fused ? 0 : (size_t)pl.nsplit * (size_t)rows * (size_t)n * sizeof(float);
     return DI_OK;
 }

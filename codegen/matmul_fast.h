@@ -18,7 +18,7 @@ int di_geometry_matmul_fast(const di_spec *s, const di_specialization *p, long r
 
 /* ---- additions: the plan for a row count, and the tile configuration ------------------ */
 
-/* What a launch for `rows` does. ks and nsplit come from K only (never from rows); `fused`
+/* What a launch for `rows` does. ks and nsplit come from K and N only (never from rows); `fused`
  * says whether one block runs every split of its tile and sums them itself (same order,
  * same bits, no workspace), which the launch picks from the tile count. */
 typedef struct di_matmul_fast_plan {
@@ -26,7 +26,7 @@ typedef struct di_matmul_fast_plan {
     long nsplit;    /* ceil(K / ks) */
     long tiles;     /* ceil(rows / tm) * ceil(N / tn) */
     long units;     /* work units: a tile (fused) or a tile's split (split mode) */
-    bool fused;     /* phase 1 writes y; phase 2 does nothing */
+    bool fused;     /* phase 1 writes y; phase 2 is not launched */
 } di_matmul_fast_plan;
 int di_matmul_fast_plan_for(const di_spec *s, const di_specialization *p, long rows, di_matmul_fast_plan *pl,
                             di_err *err);
@@ -38,7 +38,7 @@ int di_matmul_fast_plan_for(const di_spec *s, const di_specialization *p, long r
 typedef struct di_matmul_fast_config {
     int tm, tn, bk, stages;   /* block tile rows x cols, k tile, cp.async pipeline depth */
     int warps_m, warps_n;     /* warp grid; a warp owns (tm/warps_m) x (tn/warps_n) outputs */
-    int ks_min, ks_max;       /* KS = the largest power of two <= K/8, clamped to [ks_min, ks_max] */
+    int ks_min, ks_max;       /* KS: the power of two giving ~128 units at M = 1, clamped to [ks_min, ks_max] */
     long fuse_min_tiles;      /* fused when tiles >= this and rows >= fuse_min_rows; 0: never fuse */
     long fuse_min_rows;
     int group_m;              /* block raster: this many row tiles side by side (L2 reuse) */

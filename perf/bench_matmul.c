@@ -543,7 +543,7 @@ int main(int argc, char **argv)
         o.cublas = false;
     }
     printf("bench_matmul: %s\n", di_rt_describe(rt));
-    printf("fast config: %s, tile %dx%d, bk %d, %d stages, warps %dx%d + %d producer warps%s, KS = pow2 <= K/8 in [%d, %d], fused at >= %ld tiles "
+    printf("fast config: %s, tile %dx%d, bk %d, %d stages, warps %dx%d + %d producer warps%s, KS = the pow2 giving ~128 units at M = 1 (from K, N) in [%d, %d], fused at >= %ld tiles "
            "and >= %ld rows, batch %d, median of %d runs\n",
            cfg.wgmma ? "wgmma" : "mma.sync", cfg.tm, cfg.tn, cfg.bk, cfg.stages, cfg.warps_m, cfg.warps_n, cfg.producers, cfg.tma ? " (TMA)" : "", cfg.ks_min,
            cfg.ks_max, cfg.fuse_min_tiles, cfg.fuse_min_rows, BATCH, o.runs);

@@ -638,6 +638,7 @@ static int launch_two_phase(di_rt *rt, di_kernel *k, const di_val *args, void **
         argv[n + 2] = &maps[1];
     }
     if (di_cuda_launch(rt->cuda, k->cu_fn, g[0].grid, g[0].block, g[0].smem, argv, err)) return err->code;
+    if ((long)g[1].grid[0] * g[1].grid[1] == 0) return DI_OK;   /* fused: phase 1 stored y */
     return di_cuda_launch(rt->cuda, k->cu_reduce, g[1].grid, g[1].block, g[1].smem, argv, err);
 }
 
