@@ -3,12 +3,14 @@
  *
  * ---- Design notes -------------------------------------------------------------------------
  *
- * Tile. One configuration for every row count (defaults below, di_matmul_fast_config):
- * a block owns TM x TN = 128 x 128 output tiles; each k16 step of a k tile (BK = 64) is one
- * sm_90a wgmma.m64n128k16 (bf16 in, f32 accumulate) per 64-row warpgroup, both operands read
- * from shared memory through descriptors (see emit_wgmma_helpers). Stages hold [TM][BK] of x
- * and [TN][BK] of w as 128-byte rows whose 16-byte chunk c of row r sits at c ^ (r % 8): the
- * 128-byte swizzle that wgmma reads and TMA writes, free of bank conflicts for ldmatrix.x4.
+ * Tile. One configuration per kernel for every row count (defaults below,
+ * di_matmul_fast_config): a block owns TM x TN = 128 x 128 output tiles, or 128 x 256 in a
+ * kernel with one K split that loads by TMA (kernel_config); each k16 step of a k tile
+ * (BK = 64) is one sm_90a wgmma.m64n{TN}k16 (bf16 in, f32 accumulate) per 64-row warpgroup,
+ * both operands read from shared memory through descriptors (see emit_wgmma_helpers).
+ * Stages hold [TM][BK] of x and [TN][BK] of w as 128-byte rows whose 16-byte chunk c of row r
+ * sits at c ^ (r % 8): the 128-byte swizzle that wgmma reads and TMA writes, free of bank
+ * conflicts for ldmatrix.x4.
  *
  * The main loop, as numbered versions (each still a config; perf/RESULTS.md has them side by
  * side, measured on the H200 on 2026-11-30):
@@ -69,13 +71,16 @@
  *
  * Resources (nvcc -Xptxas -v, sm_90a, default config): phase 1 uses 163 registers (the limit
  * for 384 threads is 168), no local memory, 192 KiB of shared memory (6 stages of 32 KiB, so
- * the runtime raises the per-function limit); phase 2 ~30. Why not 128 x 256 as cuBLAS: the
- * fused split sum keeps a second accumulator, so a warpgroup's 64 x 256 would need 256
- * registers a thread for accumulators alone (and ptxas keeps the 168 limit even after
- * setmaxnreg). Neither the tile nor the instruction changes which products are summed in which
- * order per output (k16 steps in order within a split, splits in order); whether wgmma and
- * mma.sync round a k16 step alike is not claimed (the fast profile is per GPU architecture and
- * per configuration), though the model's fast digest was the same with v2, v3 and v5.
+ * the runtime raises the per-function limit); phase 2 ~30. Why 128 x 256 (as cuBLAS) only
+ * with one split: the fused split sum keeps a second accumulator, so a warpgroup's 64 x 256
+ * would need 256 registers a thread for accumulators alone (and ptxas keeps the 168 limit even
+ * after setmaxnreg); with one split there is no second array (MMF_SUM) and the wide kernel
+ * uses 160 registers, 4 stages of 48 KiB. Neither the tile nor the instruction changes which
+ * products are summed in which order per output (k16 steps in order within a split, splits in
+ * order); on the H200 the 128 x 256 and 128 x 128 tiles gave the same bits (a gpu_fast test
+ * checks it); whether wgmma and mma.sync round a k16 step alike is not claimed (the fast
+ * profile is per GPU architecture and per configuration), though the model's fast digest was
+ * the same with v2, v3 and v5.
  * Knobs for tuning live in di_matmul_fast_config (perf/bench_matmul takes them as flags). */
 #include "matmul_fast.h"
 #include "lower.h"
@@ -87,7 +92,7 @@
 static const di_matmul_fast_config default_config = {
     .tm = 128, .tn = 128, .bk = 64, .stages = 6, .warps_m = 8, .warps_n = 1,
     .ks_min = 256, .ks_max = 65536, .fuse_min_tiles = 96, .fuse_min_rows = 32, .group_m = 8, .wgmma = 1,
-    .producers = 4, .tma = 1,
+    .producers = 4, .tma = 1, .wide_tn = 256, .wide_stages = 4,
 };
 static di_matmul_fast_config config = default_config;
 static long sm_count = 132;   /* persistent grid size; the CUDA runtime sets the device's */
@@ -152,12 +157,16 @@ int di_matmul_fast_set_config(const di_matmul_fast_config *c, di_err *err)
         why = "wgmma needs stages >= 4 (two tiles load while one is multiplied and one may still be; "
               "fewer is untested)";
     else if (c->wgmma && ((c->tm != 64 && c->tm != 128) || c->warps_m != c->tm / 16 || c->warps_n != 1 ||
-                          c->bk != 64 || c->tn > 128))
+                          c->bk != 64 || c->tn > 256))
         why = "wgmma needs tm 64 or 128 with warps (tm / 16) x 1 (a warpgroup per 64 rows), bk 64 "
-              "(128-byte swizzled rows) and tn <= 128";
+              "(128-byte swizzled rows) and tn <= 256";
     else if (c->producers && (!c->wgmma || c->warps_n != 1))
         why = "producer warps need the wgmma layout (warps (tm / 16) x 1)";
     else if (c->tma && !c->producers) why = "tma loads need producer warps";
+    else if (c->wide_tn && (c->wide_tn % 16 || c->wide_tn > 256 || c->wide_stages < 4 || c->wide_stages > 8 ||
+                            (long)c->wide_stages * (c->tm + c->wide_tn) * c->bk * 2 > 227L * 1024))
+        why = "wide_tn must be a multiple of 16 up to 256, with wide_stages 4..8 that fit 227 KiB "
+              "(it applies to TMA-loading kernels only)";
     if (why) return di_fail(err, DI_EUSAGE, "fast matmul config (tm %d tn %d bk %d stages %d warps %dx%d): %s", c->tm,
                             c->tn, c->bk, c->stages, c->warps_m, c->warps_n, why);
     config = *c;
@@ -203,6 +212,26 @@ static long split_size(long k, long n)
     return ks;
 }
 
+/* The config a kernel is built with: the process-wide one, except that a single-split kernel
+ * loading by TMA (one in-order chain per output, summed into nothing: no second accumulator
+ * array) takes the wide tile, a warpgroup's 64 x wide_tn outputs from one wgmma.m64n256k16
+ * per k16 step, half the x traffic per flop of 128-wide tiles (as cuBLAS's 128 x 256). Per
+ * kernel, from its K, N and x type only: every row count of a kernel runs the same tile.
+ * (f32 x reaches such kernels through the bf16 cast; the cp.async loaders of f32 x would
+ * need registers the wide tile does not leave.) */
+static di_matmul_fast_config kernel_config(const di_spec *s, const di_specialization *p)
+{
+    di_matmul_fast_config c = config;
+    long k = di_spec_dim(s, p, "K"), n = di_spec_dim(s, p, "N");
+    if (c.wide_tn && ceil_div(k, split_size(k, n)) == 1 && di_matmul_fast_tensor_maps(s, p)) {
+        c.tn = c.wide_tn;
+        c.stages = c.wide_stages;
+    }
+    return c;
+}
+
+long di_matmul_fast_tile_cols(const di_spec *s, const di_specialization *p) { return kernel_config(s, p).tn; }
+
 int di_matmul_fast_plan_for(const di_spec *s, const di_specialization *p, long rows, di_matmul_fast_plan *pl,
                             di_err *err)
 {
@@ -211,12 +240,13 @@ int di_matmul_fast_plan_for(const di_spec *s, const di_specialization *p, long r
     if (rows < 0 || rows > 65535)
         return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows (must be 0..65535)", s->name, rows);
     long k = di_spec_dim(s, p, "K"), n = di_spec_dim(s, p, "N");
+    const di_matmul_fast_config kc = kernel_config(s, p);
     pl->ks = split_size(k, n);
     pl->nsplit = ceil_div(k, pl->ks);
     if (pl->nsplit > 65535)
         return di_fail(err, DI_ESPEC, "spec %s: K = %ld gives %ld splits of %ld (grid z is at most 65535)", s->name, k,
                        pl->nsplit, pl->ks);
-    pl->tiles = ceil_div(rows, config.tm) * ceil_div(n, config.tn);
+    pl->tiles = ceil_div(rows, kc.tm) * ceil_div(n, kc.tn);
     pl->fused = pl->nsplit == 1 ||
                 (config.fuse_min_tiles > 0 && rows >= config.fuse_min_rows && pl->tiles >= config.fuse_min_tiles);
     pl->units = pl->fused ? pl->tiles : pl->tiles * pl->nsplit;
@@ -243,19 +273,20 @@ int di_geometry_matmul_fast(const di_spec *s, const di_specialization *p, long r
     di_matmul_fast_plan pl;
     if (di_matmul_fast_plan_for(s, p, rows, &pl, err)) return err->code;
     long n = di_spec_dim(s, p, "N");
+    const di_matmul_fast_config kc = kernel_config(s, p);
     memset(g, 0, 2 * sizeof *g);
-    if (config.producers) {
+    if (kc.producers) {
         /* persistent: one block per SM (the stages fill its shared memory), each walking units */
         g[0].grid[0] = (unsigned)(pl.units < sm_count ? pl.units : sm_count);
         g[0].grid[1] = g[0].grid[2] = 1;
     } else {
-        g[0].grid[0] = (unsigned)ceil_div(n, config.tn);
-        g[0].grid[1] = (unsigned)ceil_div(rows, config.tm);
+        g[0].grid[0] = (unsigned)ceil_div(n, kc.tn);
+        g[0].grid[1] = (unsigned)ceil_div(rows, kc.tm);
         g[0].grid[2] = pl.fused ? 1 : (unsigned)pl.nsplit;
     }
-    g[0].block[0] = (unsigned)block_threads(&config);
+    g[0].block[0] = (unsigned)block_threads(&kc);
     g[0].block[1] = g[0].block[2] = 1;
-    g[0].smem = (unsigned)smem_bytes(&config);
+    g[0].smem = (unsigned)smem_bytes(&kc);
     g[1].block[0] = REDUCE_THREADS;
     g[1].block[1] = g[1].block[2] = 1;
     /* phase 2 only in split mode (fused: no blocks, not launched) */
@@ -461,13 +492,21 @@ static const char device_helpers[] =
     "}\n";
 
 /* Fused mode, a split is complete: once its wgmma are done, it joins the running sum
- * (0.0f + p0 + p1 ..., as phase 2 adds them), and the next split's chain starts from 0. */
+ * (0.0f + p0 + p1 ..., as phase 2 adds them), and the next split's chain starts from 0.
+ * With one split the sum is 0.0f + p0, formed at the store (MMF_SUM): no second accumulator
+ * array, so a warpgroup can hold 64 x 256 outputs (the wide tile, see kernel_config). */
 static const char split_helper[] =
+    "#if MMF_NSPLIT == 1\n"
+    "#define MMF_SUM(i, j, e) __fadd_rn(0.0f, c[i][j][e])\n"
+    "#else\n"
+    "#define MMF_SUM(i, j, e) sum[i][j][e]\n"
+    "#endif\n"
     "DI_FN void mmf_split_done(float (&sum)[MMF_MT][MMF_NT][4], float (&c)[MMF_MT][MMF_NT][4])\n"
     "{\n"
     "#if MMF_WGMMA\n"
     "    mmf_wgmma_wait<0>(c);\n"
     "#endif\n"
+    "#if MMF_NSPLIT > 1\n"
     "#pragma unroll\n"
     "    for (int i = 0; i < MMF_MT; i++)\n"
     "#pragma unroll\n"
@@ -477,6 +516,7 @@ static const char split_helper[] =
     "                sum[i][j][e] = __fadd_rn(sum[i][j][e], c[i][j][e]);\n"
     "                c[i][j][e] = 0.0f;\n"
     "            }\n"
+    "#endif\n"
     "}\n";
 
 static const char phase1_body[] =
@@ -587,8 +627,8 @@ static const char phase1_store[] =
     "                const long nn = n0 + wn * MMF_WTN + j * 8 + q * 2;\n"
     "                if (rr >= rows) continue;\n"
     "                if (fused) {\n"
-    "                    if (nn < N) MMF_EPILOGUE(rr, nn, sum[i][j][2 * h]);\n"
-    "                    if (nn + 1 < N) MMF_EPILOGUE(rr, nn + 1, sum[i][j][2 * h + 1]);\n"
+    "                    if (nn < N) MMF_EPILOGUE(rr, nn, MMF_SUM(i, j, 2 * h));\n"
+    "                    if (nn + 1 < N) MMF_EPILOGUE(rr, nn + 1, MMF_SUM(i, j, 2 * h + 1));\n"
     "                } else {\n"
     "                    float *dst = ws + (zsplit * rows + rr) * N + nn;\n"
     "#if N % 2 == 0\n"
@@ -938,7 +978,8 @@ int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p
     di_matmul_fast_plan pl;
     if (di_matmul_fast_plan_for(s, p, 1, &pl, err)) return err->code;
     if (!s->body || !*s->body) return di_fail(err, DI_ESPEC, "spec %s: matmul without an epilogue", s->name);
-    const di_matmul_fast_config *c = &config;
+    const di_matmul_fast_config kc = kernel_config(s, p);
+    const di_matmul_fast_config *c = &kc;
     bool x_f32 = p->dtypes[arg_index(s, "x")] == DI_F32, y_bf16 = p->dtypes[arg_index(s, "y")] == DI_BF16;
     long n = di_spec_dim(s, p, "N");
 

@@ -24,7 +24,7 @@ int di_geometry_matmul_fast(const di_spec *s, const di_specialization *p, long r
 typedef struct di_matmul_fast_plan {
     long ks;        /* K split size, a multiple of the k tile */
     long nsplit;    /* ceil(K / ks) */
-    long tiles;     /* ceil(rows / tm) * ceil(N / tn) */
+    long tiles;     /* ceil(rows / tm) * ceil(N / tn), in the kernel's tile */
     long units;     /* work units: a tile (fused) or a tile's split (split mode) */
     bool fused;     /* phase 1 writes y; phase 2 is not launched */
 } di_matmul_fast_plan;
@@ -45,6 +45,7 @@ typedef struct di_matmul_fast_config {
     int wgmma;                /* 1: sm_90a wgmma main loop (tm 64 or 128, warps (tm/16) x 1, bk 64) */
     int producers;            /* warps that only load, handing stages over by mbarrier (v4); 0: none */
     int tma;                  /* 1: with bf16 x and K % 8 == 0, load by TMA (one thread, v5) on sm_90a */
+    int wide_tn, wide_stages; /* single-split kernels: tn and stages instead (0: the same tile) */
 } di_matmul_fast_config;
 const di_matmul_fast_config *di_matmul_fast_get_config(void);
 /* True when phase 1 takes TMA descriptors after `ws`: x as [rows][K] in x_box_rows x 64 boxes,
@@ -53,6 +54,8 @@ bool di_matmul_fast_tensor_maps(const di_spec *s, const di_specialization *p);
 /* Rows of x's TMA box for a launch of `rows`: a whole tile, or below one tile only the 16-row
  * fragments that hold rows (the kernel expects exactly these bytes per stage). */
 long di_matmul_fast_x_box_rows(long rows);
+/* The kernel's tile columns (tn, or wide_tn for a single-split kernel): w's TMA box rows. */
+long di_matmul_fast_tile_cols(const di_spec *s, const di_specialization *p);
 /* Warp-specialized configs run persistent blocks, one per SM: the runtime says how many. */
 void di_matmul_fast_set_sm_count(int sms);
 int di_matmul_fast_sm_count(void);

@@ -20,7 +20,7 @@
  * usage: bench_matmul [--runs N] [--no-exact] [--no-cublas] [--exact-max-m M]
  *                     [--shapes KxN,...] [--ms M,...]
  *                     [--bk N] [--stages N] [--tm N] [--tn N] [--wm N] [--wn N]
- *                     [--ks-min N] [--ks-max N] [--fuse-tiles N] [--fuse-rows N] [--group-m N] [--wgmma 0|1] [--producers N] [--tma 0|1]
+ *                     [--ks-min N] [--ks-max N] [--fuse-tiles N] [--fuse-rows N] [--group-m N] [--wgmma 0|1] [--producers N] [--tma 0|1] [--wide-tn N]
  * The tile flags change di_matmul_fast_config for this process (tuning only). */
 #include "codegen/matmul_fast.h"
 #include "runtime/backend.h"
@@ -474,7 +474,7 @@ static int usage(const char *why)
 {
     fprintf(stderr, "bench_matmul: %s\nusage: bench_matmul [--runs N] [--no-exact] [--no-cublas] [--exact-max-m M]\n"
                     "       [--shapes KxN,...] [--ms M,...] [--bk N] [--stages N] [--tm N] [--tn N] [--wm N] [--wn N]\n"
-                    "       [--ks-min N] [--ks-max N] [--fuse-tiles N] [--fuse-rows N] [--group-m N] [--wgmma 0|1] [--producers N] [--tma 0|1]\n", why);
+                    "       [--ks-min N] [--ks-max N] [--fuse-tiles N] [--fuse-rows N] [--group-m N] [--wgmma 0|1] [--producers N] [--tma 0|1] [--wide-tn N]\n", why);
     return 2;
 }
 
@@ -507,6 +507,7 @@ static int parse_options(int argc, char **argv, options *o, di_matmul_fast_confi
         else if (!strcmp(a, "--group-m")) cfg->group_m = (int)n;
         else if (!strcmp(a, "--wgmma")) cfg->wgmma = (int)n;
         else if (!strcmp(a, "--producers")) cfg->producers = (int)n;
+        else if (!strcmp(a, "--wide-tn")) cfg->wide_tn = (int)n;
         else if (!strcmp(a, "--tma")) cfg->tma = (int)n;
         else return usage("unknown flag");
     }
@@ -547,6 +548,7 @@ int main(int argc, char **argv)
            "and >= %ld rows, batch %d, median of %d runs\n",
            cfg.wgmma ? "wgmma" : "mma.sync", cfg.tm, cfg.tn, cfg.bk, cfg.stages, cfg.warps_m, cfg.warps_n, cfg.producers, cfg.tma ? " (TMA)" : "", cfg.ks_min,
            cfg.ks_max, cfg.fuse_min_tiles, cfg.fuse_min_rows, BATCH, o.runs);
+    if (cfg.wide_tn) printf("single-split TMA kernels: tile %dx%d, %d stages\n", cfg.tm, cfg.wide_tn, cfg.wide_stages);
 
     long max_m = 8192;
     for (int j = 0; j < o.nms; j++)

@@ -631,8 +631,8 @@ static int launch_two_phase(di_rt *rt, di_kernel *k, const di_val *args, void **
         uint64_t kdim = (uint64_t)di_spec_dim(k->spec, &k->sp, "K"), ndim = (uint64_t)di_spec_dim(k->spec, &k->sp, "N");
         if (di_cuda_tensor_map_bf16(rt->cuda, &maps[0], args[k->ix].buf->dev, (uint64_t)rows, kdim,
                                     (unsigned)di_matmul_fast_x_box_rows(rows), (unsigned)c->bk, err) ||
-            di_cuda_tensor_map_bf16(rt->cuda, &maps[1], args[k->iw].buf->dev, ndim, kdim, (unsigned)c->tn,
-                                    (unsigned)c->bk, err))
+            di_cuda_tensor_map_bf16(rt->cuda, &maps[1], args[k->iw].buf->dev, ndim, kdim,
+                                    (unsigned)di_matmul_fast_tile_cols(k->spec, &k->sp), (unsigned)c->bk, err))
             return di_wrap(err, "kernel %s", k->name);
         argv[n + 1] = &maps[0];
         argv[n + 2] = &maps[1];

@@ -91,6 +91,9 @@ Test(gpu_fast, split_size_depends_on_k_and_n_only)
         di_matmul_fast_plan pl;
         cr_assert_eq(di_matmul_fast_plan_for(s, &p, 1, &pl, &e), 0, "%s", e.msg);
         cr_assert_eq(pl.ks, shapes[i][2], "K=%ld N=%ld: KS %ld", shapes[i][0], shapes[i][1], pl.ks);
+        /* one split (and TMA): the 128 x 256 tile, else 128 x 128 */
+        cr_assert_eq(di_matmul_fast_tile_cols(s, &p), pl.nsplit == 1 ? 256 : 128, "K=%ld N=%ld", shapes[i][0],
+                     shapes[i][1]);
         cr_assert(pl.units >= 96 || pl.ks == 256, "K=%ld N=%ld: %ld work units at M=1", shapes[i][0], shapes[i][1],
                   pl.units);
         cr_assert_eq(g1[0].block[0], g2[0].block[0], "one tile configuration for every M");
@@ -152,8 +155,10 @@ static void compile_and_inspect(const char *spec, long k, long n, di_dtype xt, d
     di_nvrtc_out out = {0};
     th_compile_fast(di_spec_find(spec), &p, name, sizeof name, &out);
     if (di_matmul_fast_get_config()->wgmma) {
-        cr_assert(strstr(out.ptx, "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"), "%s: no bf16 wgmma in the PTX",
-                  name);
+        char wg[80];
+        snprintf(wg, sizeof wg, "wgmma.mma_async.sync.aligned.m64n%ldk16.f32.bf16.bf16",
+                 di_matmul_fast_tile_cols(di_spec_find(spec), &p));
+        cr_assert(strstr(out.ptx, wg), "%s: no %s in the PTX", name, wg);
         if (di_matmul_fast_tensor_maps(di_spec_find(spec), &p)) {
             cr_assert(strstr(out.ptx, "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"),
                       "%s: no TMA loads", name);
@@ -189,6 +194,7 @@ Test(gpu_fast, source_compiles_with_nvrtc_to_tensor_core_code, .timeout = 120)
     compile_and_inspect("matmul", 4096, 6144, DI_F32, DI_F32, true);
     compile_and_inspect("matmul", 14336, 4096, DI_BF16, DI_BF16, true);
     compile_and_inspect("matmul_residual", 1001, 37, DI_F32, DI_BF16, false);   /* K % 8: element loads */
+    compile_and_inspect("matmul", 4096, 28672, DI_BF16, DI_F32, true);          /* one split: the wide tile */
 }
 
 /* ---- on the GPU ------------------------------------------------------------------------------ */
@@ -350,7 +356,7 @@ static void check_invariance(const mm_case *c, long fuse_tiles)
     di_err e = {0};
     di_specialization p = fast_spec(c->spec, c->k, c->n, c->xt, c->yt);
     cr_assert_eq(di_matmul_fast_plan_for(di_spec_find(c->spec), &p, MAXM, &pl, &e), 0, "%s", e.msg);
-    cr_assert_not(pl.fused, "the reference run should use the split mode");
+    cr_assert(pl.nsplit == 1 || !pl.fused, "the reference run should use the split mode");
     if (fuse_tiles) {
         di_rt_close(rt);   /* runtimes keep kernels by name: a new config needs a new runtime */
         di_matmul_fast_config cfg = *di_matmul_fast_get_config();
@@ -415,6 +421,38 @@ Test(gpu_fast, split_and_fused_modes_give_the_same_bits, .timeout = 600)
 {
     mm_case c = {"matmul_residual", 1000, 300, DI_F32, DI_BF16, true};
     check_invariance(&c, 6);   /* 3 column tiles: M <= 128 split, M = 257 (9 tiles) fused */
+}
+
+/* One split (K <= 256 here): the wide tile, 128 x 256 (N = 600: the last column tile's w box
+ * is partly outside the matrix). Rows invariant as above, accurate, and the same bits as the
+ * 128 x 128 tile (wide_tn 0): the tile does not change the chain of any output. f32 x reaches
+ * the wide kernel through the cast. */
+Test(gpu_fast, wide_tile_is_invariant_and_gives_the_narrow_tiles_bits, .timeout = 600)
+{
+    const mm_case cases[] = {{"matmul_residual", 256, 600, DI_F32, DI_F32, true}, {"matmul", 192, 600, DI_BF16, DI_BF16, false}};
+    for (int i = 0; i < 2; i++) {
+        const mm_case *c = &cases[i];
+        di_specialization p = fast_spec(c->spec, c->k, c->n, DI_BF16, c->yt);
+        cr_assert_eq(di_matmul_fast_tile_cols(di_spec_find(c->spec), &p), 256, "%s K=%ld: not the wide tile", c->spec, c->k);
+        check_invariance(c, 0);
+        mm_inputs in = make_inputs(c, 257, 4242);
+        di_rt *rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
+        float *wide = run_fast(rt, c, &in, 257, false);
+        di_rt_close(rt);
+        di_matmul_fast_config cfg = *di_matmul_fast_get_config();
+        cfg.wide_tn = 0;
+        di_err e = {0};
+        cr_assert_eq(di_matmul_fast_set_config(&cfg, &e), 0, "%s", e.msg);
+        cr_assert_eq(di_matmul_fast_tile_cols(di_spec_find(c->spec), &p), 128);
+        rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
+        float *narrow = run_fast(rt, c, &in, 257, false);
+        di_rt_close(rt);
+        cr_assert_eq(di_matmul_fast_set_config(NULL, &e), 0);
+        cr_assert(th_bits_equal(wide, narrow, (size_t)257 * c->n), "%s: the 128 x 256 and 128 x 128 tiles differ", c->spec);
+        free(wide);
+        free(narrow);
+        free_inputs(&in);
+    }
 }
 
 /* Persistent blocks: with 1, 3 or 7 blocks each walks many units (running its pipeline ahead
