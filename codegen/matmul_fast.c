@@ -643,9 +643,12 @@ static const char phase1_store[] =
 /* v4, warp-specialized (producers > 0): MMF_PRODUCERS warps only load, the TM / 64
  * warpgroups only multiply, and they hand stages over through two mbarriers per stage
  * instead of a block-wide barrier per k tile. full[s] completes when every loading thread
- * has arrived and its copies into stage s have landed (cp.async.mbarrier.arrive makes the
- * phase wait for them); empty[s] completes when every multiplying warp is done reading the
- * stage (its wgmma waited for). Loaders run up to STAGES k tiles ahead. Same k tiles, same
+ * has arrived and its copies into stage s have landed (each loader arrives twice: once when
+ * its copies land, cp.async.mbarrier.arrive.noinc, and once in program order after its plain
+ * stores; the count is 2 x loaders. Without .noinc, the copies' arrival raised the pending
+ * count instead, which compute-sanitizer's synccheck reported as "Missing wait" on every
+ * phase: 0 errors with .noinc, H200, 2026-12-01); empty[s] completes when every multiplying
+ * warp is done reading the stage (its wgmma waited for). Loaders run up to STAGES k tiles ahead. Same k tiles, same
  * k16 order, same split boundaries and split sum as phase1_body: only who waits for whom
  * changes, so the bits are the same. */
 static const char ws_helpers[] =
@@ -657,10 +660,10 @@ static const char ws_helpers[] =
     "{\n"
     "    asm volatile(\"mbarrier.arrive.shared::cta.b64 _, [%0];\\n\" ::\"r\"(bar) : \"memory\");\n"
     "}\n"
-    "/* the barrier's current phase also waits for this thread's cp.async copies issued so far */\n"
+    "/* one arrival on the barrier's current phase once this thread's cp.async copies so far land */\n"
     "DI_FN void mmf_bar_track_copies(unsigned bar)\n"
     "{\n"
-    "    asm volatile(\"cp.async.mbarrier.arrive.shared::cta.b64 [%0];\\n\" ::\"r\"(bar) : \"memory\");\n"
+    "    asm volatile(\"cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\\n\" ::\"r\"(bar) : \"memory\");\n"
     "}\n"
     "#if MMF_TMA\n"
     "/* one arrival that also expects `bytes` of asynchronous copies in this phase */\n"
@@ -724,7 +727,7 @@ static const char phase1_ws_body[] =
     "    const unsigned full = s0 + MMF_STAGES * MMF_STAGE_BYTES, empty = full + 8 * MMF_STAGES;\n"
     "    if (tid == 0) {\n"
     "        for (int st = 0; st < MMF_STAGES; st++) {\n"
-    "            mmf_bar_init(full + 8 * st, MMF_TMA ? 1 : MMF_LOADERS);\n"
+    "            mmf_bar_init(full + 8 * st, MMF_TMA ? 1 : 2 * MMF_LOADERS);   /* cp.async: two arrivals a loader */\n"
     "            mmf_bar_init(empty + 8 * st, MMF_CONSUMERS / 32);\n"
     "        }\n"
     "#if MMF_TMA\n"

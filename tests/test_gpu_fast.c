@@ -170,7 +170,7 @@ static void compile_and_inspect(const char *spec, long k, long n, di_dtype xt, d
         if (di_matmul_fast_get_config()->producers) {
             cr_assert(strstr(out.ptx, "mbarrier.try_wait.parity.shared::cta.b64"), "%s: no mbarrier wait", name);
             if (expect_cp_async)
-                cr_assert(strstr(out.ptx, "cp.async.mbarrier.arrive.shared::cta.b64"), "%s: copies not tracked", name);
+                cr_assert(strstr(out.ptx, "cp.async.mbarrier.arrive.noinc.shared::cta.b64"), "%s: copies not tracked", name);
         }
     } else {
         cr_assert(strstr(out.ptx, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "%s: no bf16 mma in the PTX",
