@@ -219,38 +219,49 @@ static long split_size(long k, long n)
  * kernel, from its K, N and x type only: every row count of a kernel runs the same tile.
  * (f32 x reaches such kernels through the bf16 cast; the cp.async loaders of f32 x would
  * need registers the wide tile does not leave.) */
-static di_matmul_fast_config kernel_config(const di_spec *s, const di_specialization *p)
+static di_matmul_fast_config kernel_config(const di_spec *s, const di_specialization *p, long nsplit)
 {
     di_matmul_fast_config c = config;
-    long k = di_spec_dim(s, p, "K"), n = di_spec_dim(s, p, "N");
-    if (c.wide_tn && ceil_div(k, split_size(k, n)) == 1 && di_matmul_fast_tensor_maps(s, p)) {
+    if (c.wide_tn && nsplit == 1 && di_matmul_fast_tensor_maps(s, p)) {
         c.tn = c.wide_tn;
         c.stages = c.wide_stages;
     }
     return c;
 }
 
-long di_matmul_fast_tile_cols(const di_spec *s, const di_specialization *p) { return kernel_config(s, p).tn; }
+long di_matmul_fast_tile_cols(const di_spec *s, const di_specialization *p)
+{
+    long k = di_spec_dim(s, p, "K");
+    return kernel_config(s, p, ceil_div(k, split_size(k, di_spec_dim(s, p, "N")))).tn;
+}
 
-int di_matmul_fast_plan_for(const di_spec *s, const di_specialization *p, long rows, di_matmul_fast_plan *pl,
-                            di_err *err)
+/* The plan for `rows` and the config of the kernel it runs (both from one split size). */
+static int plan(const di_spec *s, const di_specialization *p, long rows, di_matmul_fast_plan *pl,
+                di_matmul_fast_config *kc, di_err *err)
 {
     if (!di_matmul_fast_applies(s, p, DI_BACKEND_CUDA))
         return di_fail(err, DI_ESPEC, "spec %s: not a fast-profile bf16-weight matmul", s->name);
     if (rows < 0 || rows > 65535)
         return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows (must be 0..65535)", s->name, rows);
     long k = di_spec_dim(s, p, "K"), n = di_spec_dim(s, p, "N");
-    const di_matmul_fast_config kc = kernel_config(s, p);
     pl->ks = split_size(k, n);
     pl->nsplit = ceil_div(k, pl->ks);
     if (pl->nsplit > 65535)
         return di_fail(err, DI_ESPEC, "spec %s: K = %ld gives %ld splits of %ld (grid z is at most 65535)", s->name, k,
                        pl->nsplit, pl->ks);
-    pl->tiles = ceil_div(rows, kc.tm) * ceil_div(n, kc.tn);
+    *kc = kernel_config(s, p, pl->nsplit);
+    pl->tiles = ceil_div(rows, kc->tm) * ceil_div(n, kc->tn);
     pl->fused = pl->nsplit == 1 ||
                 (config.fuse_min_tiles > 0 && rows >= config.fuse_min_rows && pl->tiles >= config.fuse_min_tiles);
     pl->units = pl->fused ? pl->tiles : pl->tiles * pl->nsplit;
     return DI_OK;
+}
+
+int di_matmul_fast_plan_for(const di_spec *s, const di_specialization *p, long rows, di_matmul_fast_plan *pl,
+                            di_err *err)
+{
+    di_matmul_fast_config kc;
+    return plan(s, p, rows, pl, &kc, err);
 }
 
 bool di_matmul_fast_tensor_maps(const di_spec *s, const di_specialization *p)
@@ -271,9 +282,9 @@ int di_geometry_matmul_fast(const di_spec *s, const di_specialization *p, long r
                             size_t *workspace_bytes, di_err *err)
 {
     di_matmul_fast_plan pl;
-    if (di_matmul_fast_plan_for(s, p, rows, &pl, err)) return err->code;
+    di_matmul_fast_config kc;
+    if (plan(s, p, rows, &pl, &kc, err)) return err->code;
     long n = di_spec_dim(s, p, "N");
-    const di_matmul_fast_config kc = kernel_config(s, p);
     memset(g, 0, 2 * sizeof *g);
     if (kc.producers) {
         /* persistent: one block per SM (the stages fill its shared memory), each walking units */
@@ -648,9 +659,9 @@ static const char phase1_store[] =
  * stores; the count is 2 x loaders. Without .noinc, the copies' arrival raised the pending
  * count instead, which compute-sanitizer's synccheck reported as "Missing wait" on every
  * phase: 0 errors with .noinc, H200, 2026-12-01); empty[s] completes when every multiplying
- * warp is done reading the stage (its wgmma waited for). Loaders run up to STAGES k tiles ahead. Same k tiles, same
- * k16 order, same split boundaries and split sum as phase1_body: only who waits for whom
- * changes, so the bits are the same. */
+ * warp is done reading the stage (its wgmma waited for). Loaders run up to STAGES k tiles
+ * ahead. Same k tiles, same k16 order, same split boundaries and split sum as phase1_body:
+ * only who waits for whom changes, so the bits are the same. */
 static const char ws_helpers[] =
     "DI_FN void mmf_bar_init(unsigned bar, unsigned count)\n"
     "{\n"
@@ -979,14 +990,14 @@ static void emit_wgmma_helpers(di_str *o, int tn)
 int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p, const char *name, di_err *err)
 {
     di_matmul_fast_plan pl;
-    if (di_matmul_fast_plan_for(s, p, 1, &pl, err)) return err->code;
+    di_matmul_fast_config kc;
+    if (plan(s, p, 1, &pl, &kc, err)) return err->code;
     if (!s->body || !*s->body) return di_fail(err, DI_ESPEC, "spec %s: matmul without an epilogue", s->name);
-    const di_matmul_fast_config kc = kernel_config(s, p);
     const di_matmul_fast_config *c = &kc;
     bool x_f32 = p->dtypes[arg_index(s, "x")] == DI_F32, y_bf16 = p->dtypes[arg_index(s, "y")] == DI_BF16;
     long n = di_spec_dim(s, p, "N");
 
-    di_str_printf(o, "/* fast matmul: tensor cores, one tile for every M, K split size fixed by K (codegen/matmul_fast.c) */\n"
+    di_str_printf(o, "/* fast matmul: tensor cores, one tile for every M, K split size fixed by K and N (codegen/matmul_fast.c) */\n"
                      "#define MMF_TM %d\n#define MMF_TN %d\n#define MMF_BK %d\n#define MMF_STAGES %d\n"
                      "#define MMF_WM %d\n#define MMF_WN %d\n#define MMF_THREADS %d\n"
                      "#define MMF_PRODUCERS %d   /* warps that only load (v4); 0: every warp loads */\n"
