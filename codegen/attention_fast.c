@@ -41,8 +41,8 @@
  * Not done yet (perf/RESULTS.md has the figures): K/V are f32 in the cache and converted per
  * load (bf16 KV would halve the bytes); no cp.async pipeline across splits (latency is hidden
  * by other blocks only). */
-#include "attention_fast.h"
-#include "lower.h"
+#include "codegen/attention_fast.h"
+#include "codegen/lower.h"
 #include <math.h>
 #include <stdio.h>
 #include <string.h>

@@ -3,7 +3,7 @@
  * construction on one GPU arch; see the design notes in attention_fast.c. */
 #ifndef DI_ATTENTION_FAST_H
 #define DI_ATTENTION_FAST_H
-#include "codegen.h"
+#include "codegen/codegen.h"
 
 /* True when (spec, specialization, backend) takes this path: an attention spec on CUDA in
  * the fast profile (or the vendor profile, which picks the split size per launch), HD a multiple of 16 up to 128, SPLIT a multiple of 16 up to 64, and at most

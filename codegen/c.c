@@ -2,7 +2,7 @@
  * "threads" become plain loops, in thread order, so per-output orders are unchanged.
  * No headers: the unit is compiled with -nostdlib; sqrtf comes from the host's libm
  * (correctly rounded, as IEEE requires and NVRTC's __fsqrt_rn gives). */
-#include "codegen.h"
+#include "codegen/codegen.h"
 
 void di_prelude_c(di_str *out)
 {

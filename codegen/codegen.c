@@ -1,9 +1,9 @@
 /* Specializations, kernel names, launch geometry, and the translation-unit frame
  * (prelude, constants, entry wrapper) around a class lowering from lower.c. */
-#include "codegen.h"
-#include "lower.h"
-#include "attention_fast.h"
-#include "matmul_fast.h"
+#include "codegen/codegen.h"
+#include "codegen/lower.h"
+#include "codegen/attention_fast.h"
+#include "codegen/matmul_fast.h"
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>

@@ -4,9 +4,9 @@
  * each output's reduction order is the same text on both. Nothing here knows a model. */
 #ifndef DI_CODEGEN_H
 #define DI_CODEGEN_H
-#include "../dsl/dsl.h"
-#include "../runtime/err.h"
-#include "strbuf.h"
+#include "dsl/dsl.h"
+#include "base/err.h"
+#include "base/strbuf.h"
 
 /* Bump when generated text changes meaning without changing bytes (never, ideally). */
 #define DI_CODEGEN_SCHEMA "detinfer-codegen-1"

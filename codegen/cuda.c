@@ -1,7 +1,7 @@
 /* CUDA backend prelude (NVRTC). A block's threads stride over the same index ranges the C
  * backend loops over; DI_SYNC is a barrier. Built with --fmad=false in the exact profile,
  * so no multiply-add is contracted and every operation rounds as in C. */
-#include "lower.h"
+#include "codegen/lower.h"
 
 const char di_cuda_mma_helpers[] =
     "/* tensor-core helpers (codegen/cuda.c) */\n"

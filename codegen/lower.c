@@ -2,7 +2,7 @@
  * DI_SHARED, which the C prelude turns into ordered loops and the CUDA prelude into
  * thread-strided loops and barriers. The reduction order of every output is spelled out
  * here, once, for both backends. */
-#include "lower.h"
+#include "codegen/lower.h"
 #include <stdio.h>
 #include <string.h>
 

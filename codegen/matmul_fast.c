@@ -82,8 +82,8 @@
  * profile is per GPU architecture and per configuration), though the model's fast digest was
  * the same with v2, v3 and v5.
  * Knobs for tuning live in di_matmul_fast_config (perf/bench_matmul takes them as flags). */
-#include "matmul_fast.h"
-#include "lower.h"
+#include "codegen/matmul_fast.h"
+#include "codegen/lower.h"
 #include <stdio.h>
 #include <string.h>
 

@@ -5,7 +5,7 @@
  * (fused mode). Batch invariant by construction on one GPU arch. */
 #ifndef DI_MATMUL_FAST_H
 #define DI_MATMUL_FAST_H
-#include "codegen.h"
+#include "codegen/codegen.h"
 
 /* True when (spec, specialization, backend) takes this path. */
 bool di_matmul_fast_applies(const di_spec *s, const di_specialization *p, di_backend_kind b);

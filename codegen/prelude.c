@@ -2,7 +2,7 @@
  * correctly rounded sqrt), comparisons, integer conversions and bit moves: the results are
  * the same bits under NVRTC --fmad=false and libtcc. Constants are hex floats that are
  * exactly representable, so no compiler's decimal parsing is involved. */
-#include "codegen.h"
+#include "codegen/codegen.h"
 
 const char di_prelude_math[] =
     "typedef unsigned short di_bf16;\n"

@@ -93,7 +93,7 @@ typedef struct di_spec {
 /* ---- the table -------------------------------------------------------------------- */
 typedef enum {
 #define KERNEL(name, cls, ...) DI_OP_##name,
-#include "../kernels.def"
+#include "kernels.def"
     DI_NUM_OPS
 } di_op;
 

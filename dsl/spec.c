@@ -1,5 +1,5 @@
 /* The spec table (kernels.def expanded into di_spec initializers) and its validation. */
-#include "dsl.h"
+#include "dsl/dsl.h"
 #include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -8,12 +8,12 @@
 #define KERNEL(name_, cls_, ...) \
     [DI_OP_##name_] = { .name = #name_, .cls = DI_##cls_, __VA_ARGS__, .file = "kernels.def", .line = __LINE__ },
 const di_spec di_specs[DI_NUM_OPS] = {
-#include "../kernels.def"
+#include "kernels.def"
 };
 
 #define KERNEL(name_, ...) [DI_OP_##name_] = #name_,
 const char *const di_op_names[DI_NUM_OPS] = {
-#include "../kernels.def"
+#include "kernels.def"
 };
 
 _Static_assert(sizeof di_specs / sizeof di_specs[0] == DI_NUM_OPS, "spec table and op enum disagree");

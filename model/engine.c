@@ -1,5 +1,5 @@
-#include "engine.h"
-#include "../runtime/sha256.h"
+#include "model/engine.h"
+#include "base/sha256.h"
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>

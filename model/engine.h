@@ -11,8 +11,8 @@
 #define DI_ENGINE_H
 #include <stdbool.h>
 #include <stdint.h>
-#include "model.h"
-#include "sampler.h"
+#include "model/model.h"
+#include "model/sampler.h"
 
 enum { DI_RUNNING = 0, DI_DONE_LENGTH, DI_DONE_EOS };
 

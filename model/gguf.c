@@ -2,7 +2,7 @@
  * that are left before it is used, so a malformed or truncated file is an error naming the
  * file and the key or tensor at fault, never a crash, a read past the end, or an allocation
  * larger than a small multiple of the file. */
-#include "gguf.h"
+#include "model/gguf.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>

@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include "../runtime/err.h"
+#include "base/err.h"
 
 enum di_gguf_vtype { /* metadata value types, as numbered in the GGUF spec */
     DI_GGUF_U8 = 0, DI_GGUF_I8, DI_GGUF_U16, DI_GGUF_I16, DI_GGUF_U32, DI_GGUF_I32,

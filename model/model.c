@@ -1,7 +1,7 @@
 /* Llama forward over a ragged token batch, every op a kernels.def kernel.
  * Read top to bottom: load (config, weights), then one step (embed, layers, logits). */
 #define _GNU_SOURCE   /* sched_getaffinity */
-#include "model.h"
+#include "model/model.h"
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>

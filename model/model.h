@@ -5,8 +5,8 @@
 #define DI_MODEL_H
 #include <stdbool.h>
 #include <stdint.h>
-#include "gguf.h"
-#include "../runtime/backend.h"
+#include "model/gguf.h"
+#include "runtime/backend.h"
 
 typedef struct di_config {
     int n_layers, dim, ffn, n_heads, n_kv_heads, head_dim, vocab, ctx_train;

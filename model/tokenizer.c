@@ -16,13 +16,13 @@
  * stand for (this vocabulary lacks 21 of the 256, e.g. 0x04 and 0xFF) is an error, where llama.cpp
  * silently drops it. */
 #define _GNU_SOURCE /* memmem */
-#include "tokenizer.h"
+#include "model/tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "unicode_tables.h"
+#include "model/unicode_tables.h"
 
 enum token_type { /* tokenizer.ggml.token_type values (llama.cpp's numbering) */
     TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER_DEFINED = 4, TT_UNUSED = 5, TT_BYTE = 6,

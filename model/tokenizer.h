@@ -5,7 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include "gguf.h"
+#include "model/gguf.h"
 
 typedef struct di_tokenizer di_tokenizer;
 

@@ -1,13 +1,13 @@
 /* Runtime: kernel lookup (memory map -> disk cache -> compile), buffers and launches for
  * the C backend (libtcc + CPU pool) and the CUDA backend (NVRTC + driver API). */
-#include "backend.h"
-#include "../codegen/attention_fast.h"
-#include "../codegen/matmul_fast.h"
-#include "cache.h"
-#include "cublaslt.h"
-#include "nvrtc.h"
-#include "pool.h"
-#include "tcc.h"
+#include "runtime/backend.h"
+#include "codegen/attention_fast.h"
+#include "codegen/matmul_fast.h"
+#include "runtime/cache.h"
+#include "runtime/cublaslt.h"
+#include "runtime/nvrtc.h"
+#include "runtime/pool.h"
+#include "runtime/tcc.h"
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

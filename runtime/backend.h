@@ -5,9 +5,9 @@
 #define DI_BACKEND_H
 #include <stdbool.h>
 #include <stddef.h>
-#include "../codegen/codegen.h"
-#include "cuda.h"
-#include "err.h"
+#include "codegen/codegen.h"
+#include "runtime/cuda.h"
+#include "base/err.h"
 
 typedef struct di_rt di_rt;
 

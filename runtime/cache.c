@@ -1,7 +1,7 @@
 /* Compiled-kernel cache: an in-memory table in front of a directory of checksummed entries.
  * See cache.h for the contract. Nothing here can fail the caller: every disk problem is a
  * miss (on get) or a counted write failure (on put). */
-#include "cache.h"
+#include "runtime/cache.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>

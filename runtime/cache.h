@@ -14,7 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include "sha256.h"
+#include "base/sha256.h"
 
 typedef struct di_key { uint8_t b[32]; } di_key;
 

@@ -11,9 +11,9 @@
 #define DI_CUBLASLT_H
 #include <stdbool.h>
 #include <stddef.h>
-#include "../dsl/dsl.h"
-#include "cuda.h"
-#include "err.h"
+#include "dsl/dsl.h"
+#include "runtime/cuda.h"
+#include "base/err.h"
 
 typedef struct di_cublaslt di_cublaslt;
 typedef struct di_cublaslt_plan di_cublaslt_plan;

@@ -13,7 +13,7 @@
  * Uploads, downloads and memsets use the synchronous legacy-stream calls, which the driver
  * orders against every blocking stream of the context: a download sees all earlier
  * launches, a launch sees all earlier uploads. */
-#include "cuda.h"
+#include "runtime/cuda.h"
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>

@@ -4,7 +4,7 @@
 #define DI_CUDA_H
 #include <stddef.h>
 #include <stdint.h>
-#include "err.h"
+#include "base/err.h"
 
 typedef uint64_t di_dptr; /* device address (CUdeviceptr) */
 typedef struct di_cuda di_cuda;

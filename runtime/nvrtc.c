@@ -6,7 +6,7 @@
  * empty cubin; -dlto yields neither (LTO-IR only). So one compilation serves both outputs,
  * and an empty PTX or an asked-for but empty cubin is reported as an error naming the
  * options, not papered over by a second compilation. */
-#include "nvrtc.h"
+#include "runtime/nvrtc.h"
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>

@@ -3,7 +3,7 @@
 #define DI_NVRTC_H
 #include <stdbool.h>
 #include <stddef.h>
-#include "err.h"
+#include "base/err.h"
 
 typedef struct di_nvrtc_out {
     char *ptx;     size_t ptx_len;    /* NUL-terminated */

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE /* memfd_create */
-#include "tcc.h"
+#include "runtime/tcc.h"
 #include <libtcc.h>
 #include <math.h>
 #include <pthread.h>

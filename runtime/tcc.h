@@ -5,7 +5,7 @@
 #ifndef DI_TCC_H
 #define DI_TCC_H
 #include <stddef.h>
-#include "err.h"
+#include "base/err.h"
 
 #define DI_TCC_IDENTITY "tcc-0.9.27 x86_64-linux-gnu -nostdlib"
 

@@ -6,7 +6,7 @@
  *
  *   clang -std=gnu11 -g -O1 -ffp-contract=off -fsanitize=fuzzer,address,undefined \
  *         -fno-sanitize-recover=undefined -I. \
- *         tests/fuzz/gguf_fuzz.c model/gguf.c runtime/err.c -o /tmp/gguf_fuzz
+ *         tests/fuzz/gguf_fuzz.c model/gguf.c base/err.c -o /tmp/gguf_fuzz
  *
  * Run (a scratch corpus dir first: the fuzzer writes new inputs into the first dir it is given,
  * and the checked-in corpus should stay small; crashers land in -artifact_prefix):

@@ -3,9 +3,9 @@
  * one batched engine and prints results in line order. Load experiments (--repeat,
  * --background, --arrival-seed) run the prompt many times among other requests and count
  * how many distinct completions and digests it got: with batch-invariant kernels, one. */
-#include "engine.h"
-#include "tokenizer.h"
-#include "../runtime/sha256.h"
+#include "model/engine.h"
+#include "model/tokenizer.h"
+#include "base/sha256.h"
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>

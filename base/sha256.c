@@ -1,6 +1,6 @@
 /* SHA-256 as specified in FIPS 180-4, section 6.2. Written for clarity over speed: it hashes
  * kernel sources and cache entries (kilobytes to megabytes), never the hot path. */
-#include "sha256.h"
+#include "base/sha256.h"
 #include <string.h>
 
 /* FIPS 180-4, 4.2.2: the first 32 bits of the fractional parts of the cube roots of the
