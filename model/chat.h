@@ -1,0 +1,29 @@
+/* Chat templates: a conversation (role, content messages) rendered to the prompt text a model
+ * was trained on. The template comes from the GGUF's tokenizer.chat_template, recognised as one
+ * of a few families and rendered in C (no Jinja interpreter), or is named by the caller.
+ * Shared by generate (--chat) and serve (/v1/chat/completions). */
+#ifndef DI_CHAT_H
+#define DI_CHAT_H
+#include <stdbool.h>
+#include "base/err.h"
+#include "model/gguf.h"
+
+typedef struct di_chat_msg {
+    const char *role;      /* "system", "user", "assistant" */
+    const char *content;   /* UTF-8, NUL-terminated */
+} di_chat_msg;
+
+typedef struct di_chat_template di_chat_template;
+
+/* The model's template: override (a family name, e.g. "chatml") when not NULL, else the GGUF's
+ * tokenizer.chat_template. An unrecognised template is DI_EUSAGE naming it and the override. */
+int di_chat_template_load(const di_gguf *g, const char *override, di_chat_template **out, di_err *err);
+void di_chat_template_free(di_chat_template *t);
+const char *di_chat_template_name(const di_chat_template *t);   /* the family, e.g. "smollm" */
+
+/* Renders n messages; add_assistant opens the assistant's turn (generation prompt). *out is
+ * malloc'd, NUL-terminated; special markers appear as text (tokenize with parse_special). */
+int di_chat_render(const di_chat_template *t, const di_chat_msg *msgs, int n, bool add_assistant, char **out,
+                   di_err *err);
+
+#endif
