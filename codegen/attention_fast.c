@@ -43,32 +43,27 @@
  * by other blocks only). */
 #include "codegen/attention_fast.h"
 #include "codegen/lower.h"
+#include "codegen/lowering.h"
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-enum { AF_WARPS = 4, MERGE_THREADS = 128 };
-static const size_t workspace_cap = (size_t)512 << 20;   /* split mode up to this many bytes */
-static const long split_mode_max_rows = 64;
-static int forced_mode;
-
-void di_attention_fast_force_mode(int mode) { forced_mode = mode; }
-
 /* The spec's KV split size, or the vendor profile's per-launch choice. */
 static long kv_split(const di_spec *s, const di_specialization *p) { return p->kv_split ? p->kv_split : s->sched.split; }
 
-bool di_attention_fast_applies(const di_spec *s, const di_specialization *p, di_backend_kind b)
+static bool af_applies(const di_spec *s, const di_specialization *p, const di_target *t)
 {
-    if (s->cls != DI_ATTENTION || b != DI_BACKEND_CUDA || p->profile == DI_PROFILE_EXACT) return false;
+    if (s->cls != DI_ATTENTION || t->backend != DI_BACKEND_CUDA || p->profile == DI_PROFILE_EXACT) return false;
     long nh = di_spec_dim(s, p, "NH"), nkv = di_spec_dim(s, p, "NKV"), hd = di_spec_dim(s, p, "HD");
     long split = kv_split(s, p), kvb = s->sched.kv_block;
     if (nh <= 0 || nkv <= 0 || nh % nkv || nh / nkv > 16) return false;
     if (hd <= 0 || hd % 16 || hd > 128) return false;
     /* the kernel text reads f32 q, K, V and writes f32 out; int positions and tables */
     static const char *const f32_args[] = {"out", "qkv", "kc", "vc"};
-    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)
-        for (size_t j = 0; j < sizeof f32_args / sizeof *f32_args; j++)
-            if (!strcmp(s->args[i].name, f32_args[j]) && p->dtypes[i] != DI_F32) return false;
+    for (size_t j = 0; j < sizeof f32_args / sizeof *f32_args; j++) {
+        int i = di_spec_arg(s, f32_args[j]);
+        if (i >= 0 && p->dtypes[i] != DI_F32) return false;
+    }
     return split > 0 && split % 16 == 0 && split <= 64 && kvb > 0;
 }
 
@@ -76,13 +71,15 @@ static long ceil_div(long a, long b) { return (a + b - 1) / b; }
 
 static long smem_bytes(long hd, long split) { return 2 * (split * (hd + 8) + hd * (split + 8)); }
 
-int di_attention_fast_plan_for(const di_spec *s, const di_specialization *p, long rows, long maxb,
-                               di_attention_fast_plan *pl, di_err *err)
+/* Fold or split mode from (rows, maxb) only; both give the same bits: a query's splits, their
+ * order and the fold are the same in both modes and for any rows_per_warp. */
+static int af_plan(const di_spec *s, const di_specialization *p, const di_target *t, const long *sizes, di_plan *pl,
+                   di_err *err)
 {
-    if (!di_attention_fast_applies(s, p, DI_BACKEND_CUDA))
-        return di_fail(err, DI_ESPEC, "spec %s: not a fast-profile attention of a supported shape", s->name);
-    if (rows < 0 || rows > 65535 * AF_WARPS)
-        return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows (must be 0..%d)", s->name, rows, 65535 * AF_WARPS);
+    di_att_schedule c = di_att_schedule_of(p, t);
+    long rows = sizes[0], maxb = sizes[1];
+    if (rows < 0 || rows > 65535L * c.warps)
+        return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows (must be 0..%ld)", s->name, rows, 65535L * c.warps);
     long nh = di_spec_dim(s, p, "NH"), nkv = di_spec_dim(s, p, "NKV"), hd = di_spec_dim(s, p, "HD");
     long split = kv_split(s, p), kvb = s->sched.kv_block;
     if (maxb < 1) return di_fail(err, DI_EUSAGE, "kernel %s: block-table width %ld (must be >= 1)", s->name, maxb);
@@ -90,31 +87,58 @@ int di_attention_fast_plan_for(const di_spec *s, const di_specialization *p, lon
     size_t ws = (size_t)rows * (size_t)nh * (size_t)nsmax * (size_t)(hd + 2) * sizeof(float);
     /* split mode puts the splits in grid z and the rows in phase 2's grid y */
     bool split_fits = nsmax <= 65535 && rows <= 65535;
-    memset(pl, 0, sizeof *pl);
-    pl->split_mode = forced_mode ? forced_mode == 2 : rows <= split_mode_max_rows && ws <= workspace_cap && split_fits;
-    if (pl->split_mode && !split_fits)
+    bool split_mode = c.mode ? c.mode == 2
+                             : rows <= c.split_max_rows && ws <= ((size_t)c.workspace_cap_mib << 20) && split_fits;
+    if (split_mode && !split_fits)
         return di_fail(err, DI_EUSAGE, "kernel %s: split mode with %ld rows and %ld splits (each at most 65535)",
                        s->name, rows, nsmax);
     /* a decode batch: one row (G query vectors) per warp, so that rows spread over warps; a
      * prefill: 16/G rows of one sequence per warp, so that a K/V load serves 16 queries */
-    pl->rows_per_warp = pl->split_mode || rows <= split_mode_max_rows ? 1 : 16 / (nh / nkv);
-    pl->workspace = pl->split_mode ? ws : 0;
-    long groups = ceil_div(rows, pl->rows_per_warp * AF_WARPS);
-    di_geometry *g = pl->g;
-    g[0].grid[0] = (unsigned)nkv;
-    g[0].grid[1] = (unsigned)groups;
-    g[0].grid[2] = pl->split_mode ? (unsigned)nsmax : 1;
-    g[0].block[0] = AF_WARPS * 32;
-    g[0].block[1] = g[0].block[2] = 1;
-    g[0].smem = (unsigned)smem_bytes(hd, split);
-    g[1].grid[0] = pl->split_mode ? (unsigned)nh : 1;
-    g[1].grid[1] = pl->split_mode ? (unsigned)rows : 1;
-    g[1].grid[2] = 1;
-    g[1].block[0] = MERGE_THREADS;
-    g[1].block[1] = g[1].block[2] = 1;
+    long rows_per_warp = split_mode || rows <= c.split_max_rows ? 1 : 16 / (nh / nkv);
+    long groups = ceil_div(rows, rows_per_warp * c.warps);
     if (groups > 65535)
         return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows need %ld row groups (grid y is at most 65535)", s->name,
                        rows, groups);
+    memset(pl, 0, sizeof *pl);
+    pl->workspace = split_mode ? ws : 0;
+    if (rows == 0) return DI_OK;
+    for (int phase = 0; phase < (split_mode ? 2 : 1); phase++) {
+        di_launch *l = &pl->l[pl->n++];
+        l->run = DI_RUN_ENTRY;
+        l->index = phase;
+        if (phase == 0) {
+            l->grid[0] = (unsigned)nkv;
+            l->grid[1] = (unsigned)groups;
+            l->grid[2] = split_mode ? (unsigned)nsmax : 1;
+            l->block[0] = (unsigned)c.warps * 32;
+            l->smem = (unsigned)smem_bytes(hd, split);
+        } else {   /* phase 2 (split mode): one block per (head, row) */
+            l->grid[0] = (unsigned)nh;
+            l->grid[1] = (unsigned)rows;
+            l->grid[2] = 1;
+            l->block[0] = (unsigned)c.merge_threads;
+        }
+        l->block[1] = l->block[2] = 1;
+        di_launch_spec_args(s, l);
+        di_launch_add(l, DI_A_WS, 0, 0, 0);
+        di_launch_add(l, DI_A_LONG, 0, 0, rows_per_warp);
+        di_launch_add(l, DI_A_LONG, 0, 0, split_mode);
+    }
+    return DI_OK;
+}
+
+int di_attention_fast_mode(const di_spec *s, const di_specialization *p, const di_target *t, long rows, long maxb,
+                           di_attention_fast_mode_info *out, di_err *err)
+{
+    if (!af_applies(s, p, t))
+        return di_fail(err, DI_ESPEC, "spec %s: not a fast-profile attention of a supported shape", s->name);
+    di_plan pl;
+    long sizes[2] = {rows, maxb};
+    if (af_plan(s, p, t, sizes, &pl, err)) return err->code;
+    out->workspace = pl.workspace;
+    out->split_mode = pl.n ? pl.l[0].args[pl.l[0].nargs - 1].value != 0 : pl.workspace > 0;
+    out->rows_per_warp = pl.n ? pl.l[0].args[pl.l[0].nargs - 2].value : 1;
+    out->grid_z = pl.n ? pl.l[0].grid[2] : 0;
     return DI_OK;
 }
 
@@ -360,19 +384,18 @@ static void emit_params(di_str *o, const di_spec *s, const di_specialization *p)
 
 static const char *const needed_args[] = {"out", "qkv", "kc", "vc", "pos", "seq", "btab"};
 
-int di_lower_attention_fast(di_str *o, const di_spec *s, const di_specialization *p, const char *name, di_err *err)
+static int af_emit(di_str *o, const di_spec *s, const di_specialization *p, const di_target *t, const char *name,
+                   di_err *err)
 {
-    if (!di_attention_fast_applies(s, p, DI_BACKEND_CUDA))
+    if (!af_applies(s, p, t))
         return di_fail(err, DI_ESPEC, "spec %s: not a fast-profile attention of a supported shape", s->name);
-    for (size_t i = 0; i < sizeof needed_args / sizeof *needed_args; i++) {
-        bool found = false;
-        for (int j = 0; j < DI_MAX_ARGS && s->args[j].name; j++) found |= !strcmp(s->args[j].name, needed_args[i]);
-        if (!found)
+    for (size_t i = 0; i < sizeof needed_args / sizeof *needed_args; i++)
+        if (di_spec_arg(s, needed_args[i]) < 0)
             return di_fail(err, DI_ESPEC, "spec %s: the fast attention needs an argument named %s", s->name,
                            needed_args[i]);
-    }
     if (!s->sizes[0] || strcmp(s->sizes[0], "rows") || !s->sizes[1] || strcmp(s->sizes[1], "maxb"))
         return di_fail(err, DI_ESPEC, "spec %s: the fast attention needs sizes (rows, maxb)", s->name);
+    di_att_schedule c = di_att_schedule_of(p, t);
     /* log2(e) / sqrt(HD), as a hex literal so that the constant is the same bits everywhere */
     double scale = 1.4426950408889634 / sqrt((double)di_spec_dim(s, p, "HD"));
     di_str_printf(o, "/* fast attention: tensor cores over the fixed KV splits (codegen/attention_fast.c) */\n"
@@ -382,16 +405,35 @@ int di_lower_attention_fast(di_str *o, const di_spec *s, const di_specialization
     di_str_puts(o, device_helpers);
     di_str_printf(o, "\n/* phase 1: per-split results (split mode) or the whole fold (fold mode) */\n"
                      "extern \"C\" __global__ void __launch_bounds__(%d) %s(",
-                  AF_WARPS * 32, name);
+                  c.warps * 32, name);
     emit_params(o, s, p);
     di_str_puts(o, ")\n{\n");
     di_str_puts(o, phase1_body);
     di_str_printf(o, "}\n\n/* phase 2: the per-split results folded in split order */\n"
                      "extern \"C\" __global__ void __launch_bounds__(%d) %s_merge(",
-                  MERGE_THREADS, name);
+                  c.merge_threads, name);
     emit_params(o, s, p);
     di_str_puts(o, ")\n{\n");
     di_str_puts(o, phase2_body);
     di_str_puts(o, "}\n");
     return DI_OK;
 }
+
+/* both phases: the spec's parameters, then the workspace, rows per warp and the mode */
+static int af_entries(const di_spec *s, const di_specialization *p, const di_target *t, di_entry *out, di_err *err)
+{
+    (void)err;
+    di_kernel_name(s, p, t, out[0].name, sizeof out[0].name);
+    snprintf(out[1].name, sizeof out[1].name, "%.240s_merge", out[0].name);
+    for (int i = 0; i < 2; i++) {
+        di_entry_spec_params(s, &out[i]);
+        out[i].params[out[i].nparams++] = DI_P_PTR;
+        out[i].params[out[i].nparams++] = DI_P_LONG;
+        out[i].params[out[i].nparams++] = DI_P_LONG;
+    }
+    return 2;
+}
+
+const di_lowering di_lowering_attention_fast = {
+    .name = "attention_fast", .applies = af_applies, .emit = af_emit, .entries = af_entries, .plan = af_plan,
+};

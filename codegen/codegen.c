@@ -1,39 +1,13 @@
-/* Specializations, kernel names, launch geometry, and the translation-unit frame
- * (prelude, constants, entry wrapper) around a class lowering from lower.c. */
+/* Specializations, kernel names, constant expressions, the class lowerings' launch geometry,
+ * and the translation-unit frame (prelude, constants, entry wrapper) around a lowering's bodies. */
 #include "codegen/codegen.h"
 #include "codegen/lower.h"
-#include "codegen/attention_fast.h"
-#include "codegen/matmul_fast.h"
+#include "codegen/lowering.h"
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
 /* ---- specialization ----------------------------------------------------------------- */
-
-const char *di_profile_name(di_profile p)
-{
-    return p == DI_PROFILE_EXACT ? "exact" : p == DI_PROFILE_FAST ? "fast" : p == DI_PROFILE_VENDOR ? "vendor" : "?";
-}
-
-static const int vendor_ksplits[] = {8, 4, 2, 1};
-
-int di_vendor_matmul_ksplits(long rows) { return rows <= 4 ? 8 : rows <= 32 ? 4 : rows <= 128 ? 2 : 1; }
-
-int di_vendor_ksplit_choices(const int **counts)
-{
-    *counts = vendor_ksplits;
-    return (int)(sizeof vendor_ksplits / sizeof vendor_ksplits[0]);
-}
-
-static const int vendor_kv_splits[] = {16, 32, 64};
-
-int di_vendor_attention_kv_split(long rows) { return rows <= 8 ? 16 : rows <= 64 ? 32 : 64; }
-
-int di_vendor_kv_split_choices(const int **sizes)
-{
-    *sizes = vendor_kv_splits;
-    return (int)(sizeof vendor_kv_splits / sizeof vendor_kv_splits[0]);
-}
 
 void di_spec_defaults(const di_spec *s, di_specialization *p)
 {
@@ -50,7 +24,7 @@ static int dim_index(const di_spec *s, const char *name)
     return -1;
 }
 
-static int arg_index(const di_spec *s, const char *name)
+int di_spec_arg(const di_spec *s, const char *name)
 {
     for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)
         if (!strcmp(s->args[i].name, name)) return i;
@@ -68,7 +42,7 @@ int di_spec_set_dim(const di_spec *s, di_specialization *p, const char *dim, lon
 
 int di_spec_set_dtype(const di_spec *s, di_specialization *p, const char *arg, di_dtype t, di_err *err)
 {
-    int i = arg_index(s, arg);
+    int i = di_spec_arg(s, arg);
     if (i < 0) return di_fail(err, DI_ESPEC, "spec %s: no argument named '%s'", s->name, arg);
     p->dtypes[i] = t;
     return di_specialization_check(s, p, err);
@@ -125,10 +99,10 @@ int di_specialization_check(const di_spec *s, const di_specialization *p, di_err
         if (di_spec_dim(s, p, "HD") > 1024)
             return di_fail(err, DI_ESPEC, "spec %s: HD %ld over 1024", s->name, di_spec_dim(s, p, "HD"));
     }
-    return DI_OK;
+    return di_schedules_check(s, p, err);
 }
 
-void di_kernel_name(const di_spec *s, const di_specialization *p, char *buf, size_t len)
+void di_kernel_name(const di_spec *s, const di_specialization *p, const di_target *t, char *buf, size_t len)
 {
     size_t n = (size_t)snprintf(buf, len, "%s_", s->name);
     for (int i = 0; i < DI_MAX_DIMS && s->dims[i].name && n < len; i++)
@@ -136,11 +110,14 @@ void di_kernel_name(const di_spec *s, const di_specialization *p, char *buf, siz
     for (int i = 0; i < DI_MAX_ARGS && s->args[i].name && n < len; i++)
         if (p->dtypes[i] != s->args[i].dtype)
             n += (size_t)snprintf(buf + n, len - n, "_%s%s", s->args[i].name, di_dtype_name(p->dtypes[i]));
-    if (p->profile == DI_PROFILE_FAST && n < len) snprintf(buf + n, len - n, "_fast");
+    if (p->profile == DI_PROFILE_FAST && n < len) n += (size_t)snprintf(buf + n, len - n, "_fast");
     /* vendor kernels never share a name with exact ones: runtimes find kernels by name */
     if (p->profile == DI_PROFILE_VENDOR && n < len) n += (size_t)snprintf(buf + n, len - n, "_vendor");
     if (p->ksplits && n < len) n += (size_t)snprintf(buf + n, len - n, "_ks%d", p->ksplits);
-    if (p->kv_split && n < len) snprintf(buf + n, len - n, "_kvs%d", p->kv_split);
+    if (p->kv_split && n < len) n += (size_t)snprintf(buf + n, len - n, "_kvs%d", p->kv_split);
+    /* a fast schedule other than the target's default is a different kernel */
+    unsigned long tag = di_schedule_tag(s, p, t);
+    if (tag && n < len) snprintf(buf + n, len - n, "_s%08lx", tag);
 }
 
 /* ---- constant expressions over dims ------------------------------------------------- */
@@ -221,6 +198,28 @@ int di_eval_expr(const di_spec *s, const di_specialization *p, const char *expr,
     return ps.code;
 }
 
+/* "rows, NH + 2 * NKV, HD": the product of the dims after the leading "rows"; 0 when the
+ * argument is not row-sliced (its shape does not start with rows). */
+int di_arg_row_elems(const di_spec *s, const di_specialization *p, int arg, long *out, di_err *err)
+{
+    const di_arg *a = &s->args[arg];
+    *out = 0;
+    if (a->role == DI_ROLE_SCALAR || (strncmp(a->shape, "rows,", 5) != 0 && strcmp(a->shape, "rows") != 0))
+        return DI_OK;
+    long len = 1;
+    for (const char *c = strchr(a->shape, ','); c; c = strchr(c + 1, ',')) {
+        char tok[128];
+        const char *e = strchr(c + 1, ',');
+        size_t n = e ? (size_t)(e - c - 1) : strlen(c + 1);
+        snprintf(tok, sizeof tok, "%.*s", (int)n, c + 1);
+        long v;
+        if (di_eval_expr(s, p, tok, &v, err)) return err->code;
+        len *= v;
+    }
+    *out = len;
+    return DI_OK;
+}
+
 /* ---- geometry ------------------------------------------------------------------------ */
 
 static unsigned ceil_div(long a, long b) { return (unsigned)((a + b - 1) / b); }
@@ -288,7 +287,9 @@ void di_emit_params(di_str *o, const di_spec *s, const di_specialization *p)
     for (int i = 0; i < DI_MAX_SIZES && s->sizes[i]; i++) di_str_printf(o, ", long %s", s->sizes[i]);
 }
 
-static void emit_c_entry(di_str *o, const di_spec *s, const di_specialization *p, const char *name)
+/* The C backend's entry: runs blocks [b0, b1) of a gx-wide grid, arguments unpacked from argv
+ * in the spec's order (the pool passes the same argv to every worker). */
+void di_emit_c_entry(di_str *o, const di_spec *s, const di_specialization *p, const char *name)
 {
     di_str_printf(o, "void %s(long b0, long b1, long gx, void **argv)\n{\n", name);
     di_str_printf(o, "    for (long b = b0; b < b1; b++)\n        %s_block(b %% gx, b / gx", name);
@@ -305,19 +306,11 @@ static void emit_c_entry(di_str *o, const di_spec *s, const di_specialization *p
     di_str_puts(o, ");\n}\n");
 }
 
-int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, di_str *o, di_err *err)
+/* The frame every lowering's bodies sit in: what made the unit, the backend's prelude, the
+ * math prelude, and the specialization and schedule as compile-time constants. */
+static void emit_frame(di_str *o, const di_spec *s, const di_specialization *p, const di_target *t)
 {
-    char msg[512];
-    if (!di_spec_validate(s, msg, sizeof msg)) return di_fail(err, DI_ESPEC, "%s", msg);
-    if (di_specialization_check(s, p, err)) return err->code;
-    if (b == DI_BACKEND_C && p->profile == DI_PROFILE_FAST)
-        return di_fail(err, DI_ESPEC, "spec %s: the fast profile is GPU-only", s->name);
-    if (p->kv_split && !di_attention_fast_applies(s, p, b))
-        return di_fail(err, DI_ESPEC, "spec %s: a vendor KV split size needs the GPU's tensor-core attention "
-                       "(the scalar lowering reads one cache block per split)", s->name);
-    char name[256];
-    di_kernel_name(s, p, name, sizeof name);
-
+    di_backend_kind b = t->backend;
     di_str_printf(o, "/* detinfer generated source: spec %s (%s), kernels.def:%d, %s backend, %s profile.\n"
                      " * Generator %s. Do not edit: change kernels.def or codegen/. */\n",
                   s->name, di_class_name(s->cls), s->line, b == DI_BACKEND_C ? "C" : "CUDA",
@@ -340,22 +333,41 @@ int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, 
     if (s->sched.tile_n) di_str_printf(o, "#define TILE_N %d\n", s->sched.tile_n);
     if (s->sched.kv_block) di_str_printf(o, "#define KVB %dL\n", s->sched.kv_block);
     di_str_puts(o, "\n");
+}
 
-    if (di_matmul_fast_applies(s, p, b)) return di_lower_matmul_fast(o, s, p, name, err);
-    if (di_attention_fast_applies(s, p, b)) return di_lower_attention_fast(o, s, p, name, err);
-    if (b == DI_BACKEND_C) {
-        di_str_printf(o, "static void %s_block(long bx, long by, ", name);
-        di_emit_params(o, s, p);
-        di_str_puts(o, ")\n{\n");
-    } else {
-        di_str_printf(o, "extern \"C\" __global__ void __launch_bounds__(THREADS) %s(", name);
-        di_emit_params(o, s, p);
-        di_str_puts(o, ")\n{\n    const long bx = blockIdx.x, by = blockIdx.y;\n");
+/* A lowering that runs other kernels only has no source of its own: say what it runs. */
+static int emit_deps_note(di_str *o, const di_lowering *lw, const di_spec *s, const di_specialization *p,
+                          const di_target *t, di_err *err)
+{
+    di_dep deps[DI_MAX_DEPS];
+    int n = lw->deps ? lw->deps(s, p, t, deps, err) : 0;
+    if (n < 0) return err->code;
+    di_str_printf(o, "/* detinfer: spec %s, %s profile, lowering %s: no source of its own; it runs", s->name,
+                  di_profile_name(p->profile), lw->name);
+    for (int i = 0; i < n; i++) {
+        char name[256];
+        di_kernel_name(deps[i].spec, &deps[i].sp, t, name, sizeof name);
+        di_str_printf(o, "%s %s", i ? "," : "", name);
     }
-    di_str_puts(o, "    (void)bx; (void)by;\n");
-    int rc = di_lower_body(o, s, p, err);
-    if (rc) return rc;
-    di_str_puts(o, "}\n");
-    if (b == DI_BACKEND_C) emit_c_entry(o, s, p, name);
+    di_str_puts(o, " (kgen emit each by its spec and specialization) */\n");
     return DI_OK;
+}
+
+int di_codegen(const di_spec *s, const di_specialization *p, const di_target *t, di_str *o, di_err *err)
+{
+    char msg[512];
+    if (!di_spec_validate(s, msg, sizeof msg)) return di_fail(err, DI_ESPEC, "%s", msg);
+    if (di_specialization_check(s, p, err)) return err->code;
+    if (t->backend == DI_BACKEND_C && p->profile == DI_PROFILE_FAST)
+        return di_fail(err, DI_ESPEC, "spec %s: the fast profile is GPU-only", s->name);
+    if (p->kv_split && !di_lowering_attention_fast.applies(s, p, t))
+        return di_fail(err, DI_ESPEC, "spec %s: a vendor KV split size needs the GPU's tensor-core attention "
+                       "(the scalar lowering reads one cache block per split)", s->name);
+    const di_lowering *lw = di_lowering_for(s, p, t);
+    di_entry entries[DI_MAX_ENTRIES];
+    int ne = lw->entries(s, p, t, entries, err);
+    if (ne < 0) return err->code;
+    if (ne == 0) return emit_deps_note(o, lw, s, p, t, err);
+    emit_frame(o, s, p, t);
+    return lw->emit(o, s, p, t, entries[0].name, err);
 }

@@ -1,7 +1,9 @@
 /* Lowering a spec + specialization to source: CUDA C for NVRTC, C for libtcc.
  * Both come from one lowering per class; the backends differ only in a prelude of macros
  * (how threads loop, what is shared, how blocks are numbered) and the entry wrapper, so
- * each output's reduction order is the same text on both. Nothing here knows a model. */
+ * each output's reduction order is the same text on both. Nothing here knows a model, and
+ * nothing here is mutable: a source and a plan are functions of their arguments
+ * (codegen/lowering.h says what a lowering is). */
 #ifndef DI_CODEGEN_H
 #define DI_CODEGEN_H
 #include "dsl/dsl.h"
@@ -12,10 +14,30 @@
 #define DI_CODEGEN_SCHEMA "detinfer-codegen-1"
 
 typedef enum { DI_BACKEND_C, DI_BACKEND_CUDA } di_backend_kind;
-/* exact: CPU == GPU bit for bit. fast: tensor cores, invariant on one GPU. vendor: what engines
- * do today (split counts and library GEMMs chosen from the batch); not invariant, it exists to
- * measure against and as the negative control of every invariance test. */
-typedef enum { DI_PROFILE_EXACT, DI_PROFILE_FAST, DI_PROFILE_VENDOR } di_profile;
+
+/* The fast matmul's schedule (schedules.def has the rows and says what each field may change).
+ * Only ints, so that the struct has no padding: schedules are compared and hashed as bytes. */
+typedef struct di_mm_schedule {
+    int tm, tn, bk, stages;   /* block tile rows x cols, k tile, pipeline depth */
+    int warps_m, warps_n;     /* consumer warp grid; a warp owns (tm/warps_m) x (tn/warps_n) outputs */
+    int ks_units;             /* K split size: the power of two giving a one-row batch ~ks_units units, */
+    int ks_min, ks_max;       /* clamped to [ks_min, ks_max] */
+    int fuse_min_tiles;       /* fused when tiles >= this and rows >= fuse_min_rows; 0: never fuse */
+    int fuse_min_rows;
+    int group_m;              /* block raster: this many row tiles side by side (L2 reuse) */
+    int wgmma;                /* 1: sm_90a wgmma main loop (tm 64 or 128, warps (tm/16) x 1, bk 64) */
+    int producers;            /* warps that only load, handing stages over by mbarrier; wgmma only */
+    int tma;                  /* 1: with bf16 x and K % 8 == 0, producers load by TMA */
+    int wide_tn, wide_stages; /* single-split TMA kernels: tn and stages instead (0: the same tile) */
+} di_mm_schedule;
+
+/* The fast attention's schedule (ints only, as above). */
+typedef struct di_att_schedule {
+    int warps, merge_threads; /* phase 1 warps per block (an m16 tile of query vectors each), phase 2 threads */
+    int split_max_rows;       /* split mode for at most this many rows ... */
+    int workspace_cap_mib;    /* ... whose per-split results fit this many MiB */
+    int mode;                 /* 0: per launch as above; 1: always fold; 2: always split */
+} di_att_schedule;
 
 /* Compile-time choices for one spec: its dims' values and its arguments' dtypes. */
 typedef struct di_specialization {
@@ -33,45 +55,28 @@ typedef struct di_specialization {
      * engines choose a split-KV count from the batch. Rejected in every other profile. 0: the
      * spec's schedule. */
     int kv_split;
+    /* Fast profile: the tensor-core schedule. All zero: the target's row of schedules.def.
+     * A schedule that differs from that row names the kernel (di_kernel_name). */
+    di_mm_schedule mm;
+    di_att_schedule att;
 } di_specialization;
-
-const char *di_profile_name(di_profile p);   /* "exact", "fast", "vendor" */
-
-/* The vendor profile's split-K policy, as engines pick it: few rows leave most of the machine
- * idle, so K is split more (8 splits for <= 4 rows, 4 for <= 32, 2 for <= 128, else 1).
- * di_vendor_ksplit_choices lists every count the policy can return, largest first. */
-int di_vendor_matmul_ksplits(long rows);
-int di_vendor_ksplit_choices(const int **counts);
-/* The vendor profile's split-KV policy on the GPU: few rows, small splits (more of them, to
- * fill the machine): 16 positions for <= 8 rows, 32 for <= 64, else 64. The choices, smallest
- * first, from di_vendor_kv_split_choices. */
-int di_vendor_attention_kv_split(long rows);
-int di_vendor_kv_split_choices(const int **sizes);
 
 void di_spec_defaults(const di_spec *s, di_specialization *p);
 int di_spec_set_dim(const di_spec *s, di_specialization *p, const char *dim, long value, di_err *err);
 int di_spec_set_dtype(const di_spec *s, di_specialization *p, const char *arg, di_dtype t, di_err *err);
 long di_spec_dim(const di_spec *s, const di_specialization *p, const char *dim); /* -1 if absent */
+int di_spec_arg(const di_spec *s, const char *name);                               /* -1 if absent */
 int di_specialization_check(const di_spec *s, const di_specialization *p, di_err *err);
-
-/* Entry symbol, from spec + specialization only, e.g. "matmul__K576_N1536". */
-void di_kernel_name(const di_spec *s, const di_specialization *p, char *buf, size_t len);
-
-/* Appends the complete translation unit to out. Exact on both backends; fast on CUDA only;
- * vendor on both (the class lowerings, with a matmul's K split count when ksplits is set;
- * its GPU matmul is normally cuBLASLt, chosen in the runtime, not generated). */
-int di_codegen(const di_spec *s, const di_specialization *p, di_backend_kind b, di_str *out, di_err *err);
-
-/* Launch shape from runtime sizes (in the spec's SIZES order). For the C backend the
- * blocks grid[0] * grid[1] are run by the CPU pool; block[] is unused there. */
-typedef struct di_geometry { unsigned grid[3], block[3]; unsigned smem; } di_geometry;
-int di_geometry_for(const di_spec *s, const di_specialization *p, di_backend_kind b, const long *sizes,
-                    di_geometry *g, di_err *err);
 
 /* Integer constant expressions over dims ("(NH + NKV) * (HD / 2)"). */
 int di_eval_expr(const di_spec *s, const di_specialization *p, const char *expr, long *out, di_err *err);
+/* Elements per row of a row-sliced argument ("rows, NH + 2 * NKV, HD" -> (NH + 2 NKV) HD); 0 for
+ * an argument that is not row-sliced. */
+int di_arg_row_elems(const di_spec *s, const di_specialization *p, int arg, long *out, di_err *err);
 
-/* Backend pieces (codegen/c.c, codegen/cuda.c). */
+const char *di_ctype(di_dtype t);
+
+/* Backend pieces (codegen/c.c, codegen/cuda.c, codegen/prelude.c). */
 void di_prelude_c(di_str *out);
 void di_prelude_cuda(di_str *out);
 extern const char di_prelude_math[];

@@ -3,11 +3,12 @@
  * thread-strided loops and barriers. The reduction order of every output is spelled out
  * here, once, for both backends. */
 #include "codegen/lower.h"
+#include "codegen/lowering.h"
 #include <stdio.h>
 #include <string.h>
 
 /* "rows, NH + 2 * NKV, HD" -> row length "(NH + 2 * NKV) * (HD)"; sliced when led by "rows". */
-static bool row_sliced(const di_arg *a, char *rowlen, size_t len)
+bool di_row_sliced(const di_arg *a, char *rowlen, size_t len)
 {
     const char *comma = strchr(a->shape, ',');
     size_t lead = comma ? (size_t)(comma - a->shape) : strlen(a->shape);
@@ -32,7 +33,7 @@ static void emit_slices(di_str *o, const di_spec *s, const di_specialization *p,
         if (a->role == DI_ROLE_SCALAR) continue;
         char rowlen[256];
         const char *q = a->role == DI_ROLE_IN ? "const " : "";
-        if (row_sliced(a, rowlen, sizeof rowlen))
+        if (di_row_sliced(a, rowlen, sizeof rowlen))
             di_str_printf(o, "%s%s%s *%s = %s_ + (long)(%s) * (%s);\n", indent, q, di_ctype(p->dtypes[i]), a->name,
                           a->name, row, rowlen);
         else
@@ -250,3 +251,55 @@ int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, di_er
     default: return di_fail(err, DI_ESPEC, "spec %s: class %d has no lowering", s->name, (int)s->cls);
     }
 }
+
+/* ---- the class lowering as a value ------------------------------------------------------ */
+
+static bool class_applies(const di_spec *s, const di_specialization *p, const di_target *t)
+{
+    (void)s, (void)p, (void)t;
+    return true;   /* the last in the list: every spec has one */
+}
+
+/* C: a static block function and the pool entry around it; CUDA: one kernel, a block per
+ * (bx, by) of the geometry. */
+static int class_emit(di_str *o, const di_spec *s, const di_specialization *p, const di_target *t, const char *name,
+                      di_err *err)
+{
+    bool c = t->backend == DI_BACKEND_C;
+    if (c) {
+        di_str_printf(o, "static void %s_block(long bx, long by, ", name);
+        di_emit_params(o, s, p);
+        di_str_puts(o, ")\n{\n");
+    } else {
+        di_str_printf(o, "extern \"C\" __global__ void __launch_bounds__(THREADS) %s(", name);
+        di_emit_params(o, s, p);
+        di_str_puts(o, ")\n{\n    const long bx = blockIdx.x, by = blockIdx.y;\n");
+    }
+    di_str_puts(o, "    (void)bx; (void)by;\n");
+    int rc = di_lower_body(o, s, p, err);
+    if (rc) return rc;
+    di_str_puts(o, "}\n");
+    if (c) di_emit_c_entry(o, s, p, name);
+    return DI_OK;
+}
+
+static int class_entries(const di_spec *s, const di_specialization *p, const di_target *t, di_entry *out, di_err *err)
+{
+    (void)err;
+    di_kernel_name(s, p, t, out[0].name, sizeof out[0].name);
+    di_entry_spec_params(s, &out[0]);
+    return 1;
+}
+
+static int class_plan(const di_spec *s, const di_specialization *p, const di_target *t, const long *sizes, di_plan *pl,
+                      di_err *err)
+{
+    di_geometry g;
+    if (di_geometry_for(s, p, t->backend, sizes, &g, err)) return err->code;
+    di_plan_entry(s, pl, &g);
+    return DI_OK;
+}
+
+const di_lowering di_lowering_class = {
+    .name = "class", .applies = class_applies, .emit = class_emit, .entries = class_entries, .plan = class_plan,
+};

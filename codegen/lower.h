@@ -4,12 +4,11 @@
 #include "codegen/codegen.h"
 
 int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, di_err *err);
-const char *di_ctype(di_dtype t);
-/* A spec's kernel parameter list (codegen.c), shared by every lowering that writes its own entry. */
-void di_emit_params(di_str *o, const di_spec *s, const di_specialization *p);
 /* sm_80+ tensor-core helpers for the fast lowerings (cuda.c): di_pack_bf16x2(lo, hi) rounds two
  * floats to bf16 (nearest even, lo in the low half) and di_mma_16816(c, a, b0, b1) is
  * c += a . b on one m16n8k16 fragment, bf16 in, f32 accumulate. */
 extern const char di_cuda_mma_helpers[];
+/* "rows, NH + 2 * NKV, HD" -> row length "(NH + 2 * NKV) * (HD)"; true when led by "rows". */
+bool di_row_sliced(const di_arg *a, char *rowlen, size_t len);
 
 #endif

@@ -3,35 +3,32 @@
  *
  * ---- Design notes -------------------------------------------------------------------------
  *
- * Tile. One configuration per kernel for every row count (defaults below,
- * di_matmul_fast_config): a block owns TM x TN = 128 x 128 output tiles, or 128 x 256 in a
- * kernel with one K split that loads by TMA (kernel_config); each k16 step of a k tile
- * (BK = 64) is one sm_90a wgmma.m64n{TN}k16 (bf16 in, f32 accumulate) per 64-row warpgroup,
- * both operands read from shared memory through descriptors (see emit_wgmma_helpers).
- * Stages hold [TM][BK] of x and [TN][BK] of w as 128-byte rows whose 16-byte chunk c of row r
- * sits at c ^ (r % 8): the 128-byte swizzle that wgmma reads and TMA writes, free of bank
- * conflicts for ldmatrix.x4.
+ * Tile. One schedule per kernel for every row count (schedules.def): a block owns TM x TN =
+ * 128 x 128 output tiles, or 128 x 256 in a kernel with one K split that loads by TMA
+ * (shape_of); each k16 step of a k tile (BK = 64) is one sm_90a wgmma.m64n{TN}k16 (bf16 in,
+ * f32 accumulate) per 64-row warpgroup, both operands read from shared memory through
+ * descriptors (see emit_wgmma_helpers). Stages hold [TM][BK] of x and [TN][BK] of w as 128-byte
+ * rows whose 16-byte chunk c of row r sits at c ^ (r % 8): the 128-byte swizzle that wgmma reads
+ * and TMA writes, free of bank conflicts for ldmatrix.x4.
  *
- * The main loop, as numbered versions (each still a config; perf/RESULTS.md has them side by
- * side, measured on the H200 on 2026-11-30):
- *  - v2 (wgmma = 0): mma.sync.m16n8k16 fed by ldmatrix, 64 x 128 tiles, warps 1 x 4; every
- *    warp loads (cp.async) and multiplies, one block-wide barrier per k tile.
- *  - v3 (producers = 0): the same block, one warpgroup issuing wgmma.
- *  - v4 (producers > 0, tma = 0): warp-specialized. Producer warps only load (cp.async, f32 x
- *    through registers and converted with cvt.rn), two warpgroups only multiply; stages are
- *    handed over by a full and an empty mbarrier each (phase1_ws_body), and blocks are
- *    persistent: one per SM, each walking work units (below) with one pipeline that runs
- *    ahead across units. v2-v4 all run near 280 TFLOP/s at large M: with the multiplies
- *    removed, v4's loads alone ran at the same ~42 GB/s per SM, so cp.async loading, not the
- *    barriers or the tile, was the limit.
- *  - v5 (default, tma = 1, bf16 x, K % 8 == 0, sm_90a): one producer thread loads each stage
- *    with two TMA tensor copies (x and w boxes, 128-byte swizzle, out-of-range rows and
- *    columns arriving as zeros) that complete on the stage's full barrier: 470-600 TFLOP/s at
- *    large M. Below one tile of rows the x box shrinks to the 16-row fragments that hold rows
- *    (MMF_X_BOX_ROWS), which is what brings M <= 32 to 0.8-0.9x cuBLAS. f32 x reaches v5
- *    through the runtime: a cast kernel rounds it to bf16 first (round to nearest even, what
- *    the kernel would do on the way into shared memory, so the same bits).
- * Targets other than sm_90a compile the same block with the mma.sync step (no wgmma, no TMA).
+ * The main loop. Numbered versions were measured side by side on the H200 (perf/RESULTS.md,
+ * sections 00 and 000): v2 (mma.sync, every warp loads, one block barrier per k tile), v3 (the
+ * same block issuing wgmma), v4 (producer warps loading by cp.async) and v5 (producer warps
+ * loading by TMA). v2-v4 all ran near 280 TFLOP/s at large M, limited by cp.async loading;
+ * v5 runs at 470-600. What is kept:
+ *  - sm_90a (schedule wgmma_tma): warp-specialized. Producer warps only load, two warpgroups
+ *    only multiply; stages are handed over by a full and an empty mbarrier each
+ *    (phase1_ws_body), and blocks are persistent: one per SM, each walking work units (below)
+ *    with one pipeline that runs ahead across units. With bf16 x and K % 8 == 0 one producer
+ *    thread loads each stage with two TMA tensor copies (x and w boxes, 128-byte swizzle,
+ *    out-of-range rows and columns arriving as zeros) that complete on the stage's full
+ *    barrier; below one tile of rows the x box shrinks to the 16-row fragments that hold rows
+ *    (MMF_X_BOX_ROWS), which is what brings M <= 32 to 0.8-0.9x cuBLAS. f32 x reaches it
+ *    through a cast kernel that rounds x to bf16 first (di_lowering_matmul_fast_f32x: round to
+ *    nearest even, what the kernel would do on the way into shared memory, so the same bits).
+ *    K % 8 != 0 (rows not 16-byte aligned) keeps v4's cp.async loaders in the producer warps.
+ *  - other GPUs (schedule mma_sync, v2's block): mma.sync.m16n8k16 fed by ldmatrix, 64 x 128
+ *    tiles, warps 1 x 4; every warp loads (cp.async) and multiplies (phase1_body).
  *
  * Order. K is cut into splits of a fixed size KS, chosen from K and N only (split_size): the
  * fewest splits that give a one-row batch about 128 units, as a power of two (K=4096: KS=2048
@@ -81,230 +78,181 @@
  * checks it); whether wgmma and mma.sync round a k16 step alike is not claimed (the fast
  * profile is per GPU architecture and per configuration), though the model's fast digest was
  * the same with v2, v3 and v5.
- * Knobs for tuning live in di_matmul_fast_config (perf/bench_matmul takes them as flags). */
+ * The schedule (tile, stages, loaders, K split rule, fuse thresholds) is a value: a row of
+ * schedules.def chosen by the target, or one the specialization carries (benchmarks and tests
+ * compare schedules that way); nothing here is set at run time. */
 #include "codegen/matmul_fast.h"
 #include "codegen/lower.h"
+#include "codegen/lowering.h"
 #include <stdio.h>
 #include <string.h>
 
-/* ---- configuration ------------------------------------------------------------------- */
-
-static const di_matmul_fast_config default_config = {
-    .tm = 128, .tn = 128, .bk = 64, .stages = 6, .warps_m = 8, .warps_n = 1,
-    .ks_min = 256, .ks_max = 65536, .fuse_min_tiles = 96, .fuse_min_rows = 32, .group_m = 8, .wgmma = 1,
-    .producers = 4, .tma = 1, .wide_tn = 256, .wide_stages = 4,
-};
-static di_matmul_fast_config config = default_config;
-static long sm_count = 132;   /* persistent grid size; the CUDA runtime sets the device's */
-
-void di_matmul_fast_set_sm_count(int sms)
-{
-    if (sms > 0) sm_count = sms;
-}
-
-int di_matmul_fast_sm_count(void) { return (int)sm_count; }
-
-/* v2's block: mma.sync, 64 x 128, every warp loads, 96 KiB of shared memory (fits sm_80/sm_89) */
-static const di_matmul_fast_config mma_sync_config = {
-    .tm = 64, .tn = 128, .bk = 64, .stages = 4, .warps_m = 1, .warps_n = 4,
-    .ks_min = 256, .ks_max = 65536, .fuse_min_tiles = 128, .fuse_min_rows = 64, .group_m = 8, .wgmma = 0,
-    .producers = 0, .tma = 0,
-};
-
-void di_matmul_fast_set_target(const char *arch)
-{
-    /* the default needs sm_90a (wgmma, TMA, 192 KiB of shared memory); elsewhere the default
-     * is v2's block, the one run on a GPU without them (as a config, on the H100 and H200) */
-    bool hopper = arch && !strcmp(arch, "sm_90a");
-    if (!hopper && !memcmp(&config, &default_config, sizeof config)) config = mma_sync_config;
-}
-
-const di_matmul_fast_config *di_matmul_fast_get_config(void) { return &config; }
-
-static bool pow2(long v) { return v > 0 && (v & (v - 1)) == 0; }
+/* ---- the schedule of a kernel ------------------------------------------------------------- */
 
 /* the stages, then (warp-specialized) a full and an empty mbarrier per stage */
-static long smem_bytes(const di_matmul_fast_config *c)
+static long smem_bytes(const di_mm_schedule *c)
 {
     return (long)c->stages * (c->tm + c->tn) * c->bk * 2 + (c->producers ? c->stages * 16L : 0);
 }
-static int consumer_threads(const di_matmul_fast_config *c) { return c->warps_m * c->warps_n * 32; }
-static int block_threads(const di_matmul_fast_config *c) { return consumer_threads(c) + c->producers * 32; }
-static int loader_threads(const di_matmul_fast_config *c) { return c->producers ? c->producers * 32 : block_threads(c); }
+static int consumer_threads(const di_mm_schedule *c) { return c->warps_m * c->warps_n * 32; }
+static int block_threads(const di_mm_schedule *c) { return consumer_threads(c) + c->producers * 32; }
+static int loader_threads(const di_mm_schedule *c) { return c->producers ? c->producers * 32 : block_threads(c); }
+static long ceil_div(long a, long b) { return (a + b - 1) / b; }
 
-int di_matmul_fast_set_config(const di_matmul_fast_config *c, di_err *err)
+static bool fast_applies(const di_spec *s, const di_specialization *p, const di_target *t)
 {
-    if (!c) {
-        config = default_config;
-        return DI_OK;
-    }
-    long threads = (long)c->warps_m * c->warps_n * 32, loaders = c->producers ? c->producers * 32L : threads;
-    const char *why = NULL;
-    if (c->warps_m < 1 || c->warps_n < 1 || threads > 1024) why = "warps_m * warps_n * 32 must be 32..1024";
-    else if (c->producers < 0 || c->producers > 8) why = "producers must be 0..8 warps";
-    else if (c->tm <= 0 || c->tm % (c->warps_m * 16)) why = "tm must be a multiple of 16 * warps_m";
-    else if (c->tn <= 0 || c->tn % (c->warps_n * 16)) why = "tn must be a multiple of 16 * warps_n";
-    else if (c->bk < 16 || c->bk > 128 || !pow2(c->bk)) why = "bk must be 16, 32, 64 or 128";
-    else if (c->stages < 2 || c->stages > 8) why = "stages must be 2..8";
-    else if ((long)c->tm * (c->bk / 8) % loaders || (long)c->tn * (c->bk / 8) % loaders)
-        why = "tm * bk / 8 and tn * bk / 8 must be multiples of the loading thread count";
-    else if (!pow2(c->ks_min) || !pow2(c->ks_max) || c->ks_min < c->bk || c->ks_max < c->ks_min)
-        why = "ks_min <= ks_max must be powers of two, at least bk";
-    else if (smem_bytes(c) > 227L * 1024) why = "stages * (tm + tn) * bk * 2 bytes exceed 227 KiB of shared memory";
-    else if (c->fuse_min_tiles < 0 || c->fuse_min_rows < 0 || c->group_m < 1)
-        why = "fuse_min_tiles, fuse_min_rows must be >= 0 and group_m >= 1";
-    else if (c->wgmma && c->stages < 4)
-        why = "wgmma needs stages >= 4 (two tiles load while one is multiplied and one may still be; "
-              "fewer is untested)";
-    else if (c->wgmma && ((c->tm != 64 && c->tm != 128) || c->warps_m != c->tm / 16 || c->warps_n != 1 ||
-                          c->bk != 64 || c->tn > 256))
-        why = "wgmma needs tm 64 or 128 with warps (tm / 16) x 1 (a warpgroup per 64 rows), bk 64 "
-              "(128-byte swizzled rows) and tn <= 256";
-    else if (c->producers && (!c->wgmma || c->warps_n != 1))
-        why = "producer warps need the wgmma layout (warps (tm / 16) x 1)";
-    else if (c->tma && !c->producers) why = "tma loads need producer warps";
-    else if (c->wide_tn && (c->wide_tn % 16 || c->wide_tn > 256 || c->wide_stages < 4 || c->wide_stages > 8 ||
-                            (long)c->wide_stages * (c->tm + c->wide_tn) * c->bk * 2 > 227L * 1024))
-        why = "wide_tn must be a multiple of 16 up to 256, with wide_stages 4..8 that fit 227 KiB "
-              "(it applies to TMA-loading kernels only)";
-    if (why) return di_fail(err, DI_EUSAGE, "fast matmul config (tm %d tn %d bk %d stages %d warps %dx%d): %s", c->tm,
-                            c->tn, c->bk, c->stages, c->warps_m, c->warps_n, why);
-    config = *c;
-    return DI_OK;
-}
-
-/* ---- when this path applies ---------------------------------------------------------- */
-
-static int arg_index(const di_spec *s, const char *name)
-{
-    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)
-        if (!strcmp(s->args[i].name, name)) return i;
-    return -1;
-}
-
-bool di_matmul_fast_applies(const di_spec *s, const di_specialization *p, di_backend_kind b)
-{
-    if (s->cls != DI_MATMUL || b != DI_BACKEND_CUDA || p->profile != DI_PROFILE_FAST) return false;
-    int y = arg_index(s, "y"), x = arg_index(s, "x"), w = arg_index(s, "w");
+    if (s->cls != DI_MATMUL || t->backend != DI_BACKEND_CUDA || p->profile != DI_PROFILE_FAST) return false;
+    int y = di_spec_arg(s, "y"), x = di_spec_arg(s, "x"), w = di_spec_arg(s, "w");
     if (y < 0 || x < 0 || w < 0 || !s->sizes[0] || strcmp(s->sizes[0], "rows")) return false;
     if (s->args[y].role != DI_ROLE_OUT || s->args[x].role != DI_ROLE_IN || s->args[w].role != DI_ROLE_IN) return false;
     if (di_spec_dim(s, p, "K") <= 0 || di_spec_dim(s, p, "N") <= 0) return false;
     return p->dtypes[w] == DI_BF16 && p->dtypes[x] != DI_I32 && p->dtypes[y] != DI_I32;
 }
 
-/* ---- the plan for a row count -------------------------------------------------------- */
-
-static long ceil_div(long a, long b) { return (a + b - 1) / b; }
-
 /* KS from K and N (never from rows): the fewest splits that still give a batch of one row
- * about SPLIT_UNITS work units (column tiles x splits), enough to stream w from every SM, as
+ * about ks_units work units (column tiles x splits), enough to stream w from every SM, as
  * the smallest power of two that cuts K into that many, clamped to [ks_min, ks_max]. Fewer
  * splits mean less workspace traffic and fewer pipeline drains at every M; more would not
- * make M = 1 faster (measured on the H200, perf/RESULTS.md section 000). A constant, not the
- * GPU's SM count, so that the bits do not depend on how many SMs a part has. */
-enum { SPLIT_UNITS = 128 };
-static long split_size(long k, long n)
+ * make M = 1 faster (measured on the H200, perf/RESULTS.md section 000). A constant of the
+ * schedule, not the GPU's SM count, so that the bits do not depend on how many SMs a part has. */
+static long split_size(const di_mm_schedule *c, long k, long n)
 {
-    long want = ceil_div(SPLIT_UNITS, ceil_div(n, config.tn)), ks = 1;
+    long want = ceil_div(c->ks_units, ceil_div(n, c->tn)), ks = 1;
     while (ks < ceil_div(k, want)) ks *= 2;
-    if (ks < config.ks_min) ks = config.ks_min;
-    if (ks > config.ks_max) ks = config.ks_max;
+    if (ks < c->ks_min) ks = c->ks_min;
+    if (ks > c->ks_max) ks = c->ks_max;
     return ks;
 }
 
-/* The config a kernel is built with: the process-wide one, except that a single-split kernel
- * loading by TMA (one in-order chain per output, summed into nothing: no second accumulator
- * array) takes the wide tile, a warpgroup's 64 x wide_tn outputs from one wgmma.m64n256k16
- * per k16 step, half the x traffic per flop of 128-wide tiles (as cuBLAS's 128 x 256). Per
- * kernel, from its K, N and x type only: every row count of a kernel runs the same tile.
- * (f32 x reaches such kernels through the bf16 cast; the cp.async loaders of f32 x would
- * need registers the wide tile does not leave.) */
-static di_matmul_fast_config kernel_config(const di_spec *s, const di_specialization *p, long nsplit)
+/* Phase 1 takes TMA descriptors (x as [rows][K] in x_box_rows x BK boxes, then w as [N][K] in
+ * TN x BK boxes): bf16 x, K % 8 == 0 (16-byte rows) and a schedule that loads by TMA. */
+static bool tensor_maps(const di_spec *s, const di_specialization *p, const di_mm_schedule *c)
 {
-    di_matmul_fast_config c = config;
-    if (c.wide_tn && nsplit == 1 && di_matmul_fast_tensor_maps(s, p)) {
-        c.tn = c.wide_tn;
-        c.stages = c.wide_stages;
-    }
-    return c;
+    return c->tma && c->producers && p->dtypes[di_spec_arg(s, "x")] == DI_BF16 && di_spec_dim(s, p, "K") % 8 == 0;
 }
 
-long di_matmul_fast_tile_cols(const di_spec *s, const di_specialization *p)
-{
-    long k = di_spec_dim(s, p, "K");
-    return kernel_config(s, p, ceil_div(k, split_size(k, di_spec_dim(s, p, "N")))).tn;
-}
+/* The schedule a kernel is built with: the specialization's (or the target's), except that a
+ * single-split kernel loading by TMA (one in-order chain per output, summed into nothing: no
+ * second accumulator array) takes the wide tile, a warpgroup's 64 x wide_tn outputs from one
+ * wgmma.m64n256k16 per k16 step, half the x traffic per flop of 128-wide tiles (as cuBLAS's
+ * 128 x 256). Per kernel, from its K, N and x type only: every row count of a kernel runs the
+ * same tile. (f32 x reaches such kernels through the bf16 cast; the cp.async loaders of f32 x
+ * would need registers the wide tile does not leave.) */
+typedef struct kernel_shape {
+    di_mm_schedule c;   /* the tile this kernel runs */
+    long ks, nsplit;    /* K split size (from the base schedule's tn) and count */
+    bool tmaps;
+} kernel_shape;
 
-/* The plan for `rows` and the config of the kernel it runs (both from one split size). */
-static int plan(const di_spec *s, const di_specialization *p, long rows, di_matmul_fast_plan *pl,
-                di_matmul_fast_config *kc, di_err *err)
+static int shape_of(const di_spec *s, const di_specialization *p, const di_target *t, kernel_shape *ks, di_err *err)
 {
-    if (!di_matmul_fast_applies(s, p, DI_BACKEND_CUDA))
-        return di_fail(err, DI_ESPEC, "spec %s: not a fast-profile bf16-weight matmul", s->name);
-    if (rows < 0 || rows > 65535)
-        return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows (must be 0..65535)", s->name, rows);
+    di_mm_schedule base = di_mm_schedule_of(p, t);
     long k = di_spec_dim(s, p, "K"), n = di_spec_dim(s, p, "N");
-    pl->ks = split_size(k, n);
-    pl->nsplit = ceil_div(k, pl->ks);
-    if (pl->nsplit > 65535)
+    ks->ks = split_size(&base, k, n);
+    ks->nsplit = ceil_div(k, ks->ks);
+    if (ks->nsplit > 65535)
         return di_fail(err, DI_ESPEC, "spec %s: K = %ld gives %ld splits of %ld (grid z is at most 65535)", s->name, k,
-                       pl->nsplit, pl->ks);
-    *kc = kernel_config(s, p, pl->nsplit);
-    pl->tiles = ceil_div(rows, kc->tm) * ceil_div(n, kc->tn);
-    pl->fused = pl->nsplit == 1 ||
-                (config.fuse_min_tiles > 0 && rows >= config.fuse_min_rows && pl->tiles >= config.fuse_min_tiles);
-    pl->units = pl->fused ? pl->tiles : pl->tiles * pl->nsplit;
+                       ks->nsplit, ks->ks);
+    ks->tmaps = tensor_maps(s, p, &base);
+    ks->c = base;
+    if (base.wide_tn && ks->nsplit == 1 && ks->tmaps) {
+        ks->c.tn = base.wide_tn;
+        ks->c.stages = base.wide_stages;
+    }
     return DI_OK;
 }
 
-int di_matmul_fast_plan_for(const di_spec *s, const di_specialization *p, long rows, di_matmul_fast_plan *pl,
-                            di_err *err)
-{
-    di_matmul_fast_config kc;
-    return plan(s, p, rows, pl, &kc, err);
-}
+/* ---- the plan for a row count ------------------------------------------------------------- */
 
-bool di_matmul_fast_tensor_maps(const di_spec *s, const di_specialization *p)
-{
-    return config.tma && config.producers && di_matmul_fast_applies(s, p, DI_BACKEND_CUDA) &&
-           p->dtypes[arg_index(s, "x")] == DI_BF16 && di_spec_dim(s, p, "K") % 8 == 0;
-}
+/* What a launch for `rows` does: the tiles, whether one block runs every split of its tile and
+ * sums them itself (fused: same order, same bits, no workspace) and the work units. */
+typedef struct mode {
+    long tiles, units;
+    bool fused;
+} mode;
 
-long di_matmul_fast_x_box_rows(long rows)
+static mode mode_for(const kernel_shape *ks, long rows, long n, const di_mm_schedule *base)
 {
-    return rows < config.tm ? (rows + 15) / 16 * 16 : config.tm;   /* as MMF_X_BOX_ROWS in the kernel */
+    mode m;
+    m.tiles = ceil_div(rows, ks->c.tm) * ceil_div(n, ks->c.tn);
+    m.fused = ks->nsplit == 1 || (base->fuse_min_tiles > 0 && rows >= base->fuse_min_rows && m.tiles >= base->fuse_min_tiles);
+    m.units = m.fused ? m.tiles : m.tiles * ks->nsplit;
+    return m;
 }
 
 static int reduce_vec(long n) { return n % 4 == 0 ? 4 : 1; }
 enum { REDUCE_THREADS = 256 };
 
-int di_geometry_matmul_fast(const di_spec *s, const di_specialization *p, long rows, di_geometry g[2],
-                            size_t *workspace_bytes, di_err *err)
+/* Rows of x's TMA box for a launch of `rows`: a whole tile, or below one tile only the 16-row
+ * fragments that hold rows (the kernel expects exactly these bytes per stage, MMF_X_BOX_ROWS). */
+static long x_box_rows(const di_mm_schedule *c, long rows) { return rows < c->tm ? (rows + 15) / 16 * 16 : c->tm; }
+
+static int fast_plan(const di_spec *s, const di_specialization *p, const di_target *t, const long *sizes, di_plan *pl,
+                     di_err *err)
 {
-    di_matmul_fast_plan pl;
-    di_matmul_fast_config kc;
-    if (plan(s, p, rows, &pl, &kc, err)) return err->code;
-    long n = di_spec_dim(s, p, "N");
-    memset(g, 0, 2 * sizeof *g);
-    if (kc.producers) {
+    long rows = sizes[0], k = di_spec_dim(s, p, "K"), n = di_spec_dim(s, p, "N");
+    char name[256];
+    di_kernel_name(s, p, t, name, sizeof name);
+    if (rows < 0 || rows > 65535) return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows (must be 0..65535)", name, rows);
+    kernel_shape ks;
+    if (shape_of(s, p, t, &ks, err)) return err->code;
+    di_mm_schedule base = di_mm_schedule_of(p, t);
+    mode m = mode_for(&ks, rows, n, &base);
+    const di_mm_schedule *c = &ks.c;
+    memset(pl, 0, sizeof *pl);
+    pl->workspace = m.fused ? 0 : (size_t)ks.nsplit * (size_t)rows * (size_t)n * sizeof(float);
+    if (rows == 0) return DI_OK;
+    di_launch *l = &pl->l[pl->n++];
+    l->run = DI_RUN_ENTRY;
+    l->index = 0;
+    if (c->producers) {
         /* persistent: one block per SM (the stages fill its shared memory), each walking units */
-        g[0].grid[0] = (unsigned)(pl.units < sm_count ? pl.units : sm_count);
-        g[0].grid[1] = g[0].grid[2] = 1;
+        l->grid[0] = (unsigned)(m.units < t->sm_count ? m.units : t->sm_count);
+        l->grid[1] = l->grid[2] = 1;
     } else {
-        g[0].grid[0] = (unsigned)ceil_div(n, kc.tn);
-        g[0].grid[1] = (unsigned)ceil_div(rows, kc.tm);
-        g[0].grid[2] = pl.fused ? 1 : (unsigned)pl.nsplit;
+        l->grid[0] = (unsigned)ceil_div(n, c->tn);
+        l->grid[1] = (unsigned)ceil_div(rows, c->tm);
+        l->grid[2] = m.fused ? 1 : (unsigned)ks.nsplit;
     }
-    g[0].block[0] = (unsigned)block_threads(&kc);
-    g[0].block[1] = g[0].block[2] = 1;
-    g[0].smem = (unsigned)smem_bytes(&kc);
-    g[1].block[0] = REDUCE_THREADS;
-    g[1].block[1] = g[1].block[2] = 1;
-    /* phase 2 only in split mode (fused: no blocks, not launched) */
-    g[1].grid[0] = pl.fused ? 0 : (unsigned)ceil_div(n, (long)REDUCE_THREADS * reduce_vec(n));
-    g[1].grid[1] = pl.fused ? 0 : (unsigned)rows;
-    g[1].grid[2] = 1;
-    *workspace_bytes = pl.fused ? 0 : (size_t)pl.nsplit * (size_t)rows * (size_t)n * sizeof(float);
+    l->block[0] = (unsigned)block_threads(c);
+    l->block[1] = l->block[2] = 1;
+    l->smem = (unsigned)smem_bytes(c);
+    di_launch_spec_args(s, l);
+    di_launch_add(l, DI_A_WS, 0, 0, 0);
+    if (ks.tmaps) {
+        /* x [rows][K] and w [N][K], in the tile's boxes (per launch: x and rows change) */
+        di_pa x = {.kind = DI_A_TMAP, .index = di_spec_arg(s, "x"), .rows = (unsigned long)rows, .cols = (unsigned long)k,
+                   .box_rows = (unsigned)x_box_rows(c, rows), .box_cols = (unsigned)c->bk};
+        di_pa w = {.kind = DI_A_TMAP, .index = di_spec_arg(s, "w"), .rows = (unsigned long)n, .cols = (unsigned long)k,
+                   .box_rows = (unsigned)c->tn, .box_cols = (unsigned)c->bk};
+        l->args[l->nargs++] = x;
+        l->args[l->nargs++] = w;
+    }
+    if (m.fused) return DI_OK;   /* phase 1 stored y */
+    /* phase 2 (split mode): the split partials added in split order */
+    di_launch *r = &pl->l[pl->n++];
+    r->run = DI_RUN_ENTRY;
+    r->index = 1;
+    r->grid[0] = (unsigned)ceil_div(n, (long)REDUCE_THREADS * reduce_vec(n));
+    r->grid[1] = (unsigned)rows;
+    r->grid[2] = 1;
+    r->block[0] = REDUCE_THREADS;
+    r->block[1] = r->block[2] = 1;
+    di_launch_spec_args(s, r);
+    di_launch_add(r, DI_A_WS, 0, 0, 0);
+    return DI_OK;
+}
+
+int di_matmul_fast_kernel_info(const di_spec *s, const di_specialization *p, const di_target *t,
+                               di_matmul_fast_info *out, di_err *err)
+{
+    kernel_shape ks;
+    if (!fast_applies(s, p, t) && !di_lowering_matmul_fast_f32x.applies(s, p, t))
+        return di_fail(err, DI_ESPEC, "spec %s: not a fast-profile bf16-weight matmul", s->name);
+    if (shape_of(s, p, t, &ks, err)) return err->code;
+    di_mm_schedule base = di_mm_schedule_of(p, t);
+    *out = (di_matmul_fast_info){.ks = ks.ks, .nsplit = ks.nsplit, .tm = ks.c.tm, .tn = ks.c.tn, .tensor_maps = ks.tmaps,
+                                 .fuse_min_tiles = base.fuse_min_tiles, .fuse_min_rows = base.fuse_min_rows};
     return DI_OK;
 }
 
@@ -505,7 +453,7 @@ static const char device_helpers[] =
 /* Fused mode, a split is complete: once its wgmma are done, it joins the running sum
  * (0.0f + p0 + p1 ..., as phase 2 adds them), and the next split's chain starts from 0.
  * With one split the sum is 0.0f + p0, formed at the store (MMF_SUM): no second accumulator
- * array, so a warpgroup can hold 64 x 256 outputs (the wide tile, see kernel_config). */
+ * array, so a warpgroup can hold 64 x 256 outputs (the wide tile, see shape_of). */
 static const char split_helper[] =
     "#if MMF_NSPLIT == 1\n"
     "#define MMF_SUM(i, j, e) __fadd_rn(0.0f, c[i][j][e])\n"
@@ -530,6 +478,8 @@ static const char split_helper[] =
     "#endif\n"
     "}\n";
 
+/* The mma_sync schedule's main loop (v2's block): every warp loads its share of each stage by
+ * cp.async and multiplies with mma.sync; one block-wide barrier per k tile. */
 static const char phase1_body[] =
     "    extern __shared__ __align__(1024) unsigned char mmf_smem[];   /* wgmma's 128-byte swizzle atoms */\n"
     "    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;\n"
@@ -581,11 +531,7 @@ static const char phase1_body[] =
     "    long left = tps;   /* k tiles left in the current split (fused mode) */\n"
     "    for (long kt = kt0; kt < kt1; kt++) {\n"
     "        mmf_wait<MMF_AHEAD - 1>();    /* this thread's copies of tile kt have landed */\n"
-    "#if MMF_WGMMA\n"
-    "        asm volatile(\"fence.proxy.async.shared::cta;\\n\" ::: \"memory\");   /* visible to wgmma's reads */\n"
-    "#endif\n"
-    "        /* everyone's have; everyone is done with the stage loaded next (tile kt - 1's with\n"
-    "         * mma.sync; with wgmma tile kt - 2's, whose wgmma every warpgroup waited for) */\n"
+    "        /* everyone's have; everyone is done with the stage loaded next (tile kt - 1's) */\n"
     "        __syncthreads();\n"
     "        const long nk = kt + MMF_AHEAD;\n"
     "        const bool more = nk < kt1;\n"
@@ -600,14 +546,7 @@ static const char phase1_body[] =
     "        }\n"
     "        mmf_commit();\n"
     "        const unsigned ca = s0 + cs * MMF_STAGE_BYTES;\n"
-    "#if MMF_WGMMA\n"
-    "        /* tile kt's wgmma stay in flight while the next tiles load; tile kt - 1's are done\n"
-    "         * after the wait, so the stage loaded next iteration (tile kt - 1's) is free */\n"
-    "        mmf_wgmma_issue(c, ca, ca + MMF_A_BYTES, warp / 4);\n"
-    "        mmf_wgmma_wait<1>(c);\n"
-    "#else\n"
     "        mmf_compute<MMF_MT>(c, ca, ca + MMF_A_BYTES, lane, wm, wn, mt_act);\n"
-    "#endif\n"
     "#if MMF_XSTAGE\n"
     "        if (more) mmf_store_x(na, xr, rpad, tid);\n"
     "#endif\n"
@@ -618,10 +557,7 @@ static const char phase1_body[] =
     "        cs = cs + 1 == MMF_STAGES ? 0 : cs + 1;\n"
     "        ns = ns + 1 == MMF_STAGES ? 0 : ns + 1;\n"
     "    }\n"
-    "    mmf_wait<0>();\n"
-    "#if MMF_WGMMA\n"
-    "    mmf_wgmma_wait<0>(c);\n"
-    "#endif\n";
+    "    mmf_wait<0>();\n";
 
 /* After either main loop: c (split mode) or sum (fused mode) to memory. */
 static const char phase1_store[] =
@@ -883,24 +819,6 @@ static const char phase2_body[] =
     "    MMF_EPILOGUE(mmf_r, mmf_n, mmf_a);\n"
     "#endif\n";
 
-/* "rows, NH + 2 * NKV, HD" -> "(NH + 2 * NKV) * (HD)"; true when led by "rows" (as lower.c). */
-static bool row_sliced(const di_arg *a, char *rowlen, size_t len)
-{
-    const char *comma = strchr(a->shape, ',');
-    size_t lead = comma ? (size_t)(comma - a->shape) : strlen(a->shape);
-    bool sliced = lead == 4 && !strncmp(a->shape, "rows", 4);
-    size_t n = 0;
-    rowlen[0] = 0;
-    while (comma) {
-        const char *next = strchr(comma + 1, ',');
-        size_t k = next ? (size_t)(next - comma - 1) : strlen(comma + 1);
-        n += (size_t)snprintf(rowlen + n, len > n ? len - n : 0, "%s(%.*s)", n ? " * " : "", (int)k, comma + 1);
-        comma = next;
-    }
-    if (!n) snprintf(rowlen, len, "1");
-    return sliced;
-}
-
 /* Kernel parameters exactly as the exact lowering emits them, then the workspace. */
 static void emit_params(di_str *o, const di_spec *s, const di_specialization *p)
 {
@@ -921,7 +839,7 @@ static void emit_epilogue(di_str *o, const di_spec *s, const di_specialization *
         if (a->role == DI_ROLE_SCALAR) continue;
         char rowlen[256];
         const char *q = a->role == DI_ROLE_IN ? "const " : "";
-        if (row_sliced(a, rowlen, sizeof rowlen))
+        if (di_row_sliced(a, rowlen, sizeof rowlen))
             di_str_printf(o, "    %s%s *%s = %s_ + (long)(r) * (%s); (void)%s; \\\n", q, di_ctype(p->dtypes[i]),
                           a->name, a->name, rowlen, a->name);
         else
@@ -987,14 +905,14 @@ static void emit_wgmma_helpers(di_str *o, int tn)
                    "#endif\n");
 }
 
-int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p, const char *name, di_err *err)
+static int fast_emit(di_str *o, const di_spec *s, const di_specialization *p, const di_target *t, const char *name,
+                     di_err *err)
 {
-    di_matmul_fast_plan pl;
-    di_matmul_fast_config kc;
-    if (plan(s, p, 1, &pl, &kc, err)) return err->code;
+    kernel_shape ks;
+    if (shape_of(s, p, t, &ks, err)) return err->code;
     if (!s->body || !*s->body) return di_fail(err, DI_ESPEC, "spec %s: matmul without an epilogue", s->name);
-    const di_matmul_fast_config *c = &kc;
-    bool x_f32 = p->dtypes[arg_index(s, "x")] == DI_F32, y_bf16 = p->dtypes[arg_index(s, "y")] == DI_BF16;
+    const di_mm_schedule *c = &ks.c;
+    bool x_f32 = p->dtypes[di_spec_arg(s, "x")] == DI_F32, y_bf16 = p->dtypes[di_spec_arg(s, "y")] == DI_BF16;
     long n = di_spec_dim(s, p, "N");
 
     di_str_printf(o, "/* fast matmul: tensor cores, one tile for every M, K split size fixed by K and N (codegen/matmul_fast.c) */\n"
@@ -1012,9 +930,8 @@ int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p
                      "#define MMF_TMAP %d\n#define MMF_TMA (MMF_TMAP && MMF_WGMMA)\n"
                      "struct __align__(64) di_tmap { unsigned long long v[16]; };\n\n",
                   c->tm, c->tn, c->bk, c->stages, c->warps_m, c->warps_n, block_threads(c), c->producers,
-                  consumer_threads(c), loader_threads(c), pl.ks,
-                  pl.nsplit, c->fuse_min_tiles, c->fuse_min_rows, c->group_m, x_f32 ? 1 : 0, reduce_vec(n), c->wgmma ? 1 : 0,
-                  di_matmul_fast_tensor_maps(s, p) ? 1 : 0);
+                  consumer_threads(c), loader_threads(c), ks.ks, ks.nsplit, (long)c->fuse_min_tiles,
+                  (long)c->fuse_min_rows, c->group_m, x_f32 ? 1 : 0, reduce_vec(n), c->wgmma ? 1 : 0, ks.tmaps ? 1 : 0);
     di_str_puts(o, di_cuda_mma_helpers);
     di_str_puts(o, device_helpers);
     if (c->wgmma) emit_wgmma_helpers(o, c->tn);
@@ -1026,8 +943,7 @@ int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p
     di_str_printf(o, "/* phase 1: per-split partials (split mode) or the whole sum (fused mode) */\n"
                      "extern \"C\" __global__ void __launch_bounds__(MMF_THREADS, 1) %s(", name);
     emit_params(o, s, p);
-    if (di_matmul_fast_tensor_maps(s, p))
-        di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx, const __grid_constant__ di_tmap mmf_tw");
+    if (ks.tmaps) di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx, const __grid_constant__ di_tmap mmf_tw");
     di_str_puts(o, ")\n{\n");
     di_str_puts(o, c->producers ? phase1_ws_body : phase1_body);
     di_str_puts(o, phase1_store);
@@ -1042,3 +958,97 @@ int di_lower_matmul_fast(di_str *o, const di_spec *s, const di_specialization *p
     di_str_puts(o, "}\n");
     return DI_OK;
 }
+
+/* Phase 1: the spec's parameters, the workspace, then (TMA) the two descriptors; phase 2: the
+ * spec's parameters and the workspace. */
+static int fast_entries(const di_spec *s, const di_specialization *p, const di_target *t, di_entry *out, di_err *err)
+{
+    kernel_shape ks;
+    if (shape_of(s, p, t, &ks, err)) return -1;
+    di_kernel_name(s, p, t, out[0].name, sizeof out[0].name);
+    snprintf(out[1].name, sizeof out[1].name, "%.240s_reduce", out[0].name);
+    for (int i = 0; i < 2; i++) {
+        di_entry_spec_params(s, &out[i]);
+        out[i].params[out[i].nparams++] = DI_P_PTR;
+    }
+    if (ks.tmaps) {
+        out[0].params[out[0].nparams++] = DI_P_TMAP;
+        out[0].params[out[0].nparams++] = DI_P_TMAP;
+    }
+    return 2;
+}
+
+const di_lowering di_lowering_matmul_fast = {
+    .name = "matmul_fast", .applies = fast_applies, .emit = fast_emit, .entries = fast_entries, .plan = fast_plan,
+};
+
+/* ---- f32 x through the bf16-x kernel ---------------------------------------------------------
+ * Where the bf16-x kernel loads by TMA, an f32-x matmul first rounds x to bf16 (the cast_bf16
+ * spec, round to nearest even, as the kernel itself would on the way into shared memory), then
+ * runs that kernel on the rounded copy in its workspace. Same products, same order, same bits;
+ * TMA cannot convert, and the f32 path's register staging is slower. */
+
+static bool bf16x_of(const di_spec *s, const di_specialization *p, di_specialization *b)
+{
+    int ix = di_spec_arg(s, "x");
+    *b = *p;
+    b->dtypes[ix] = DI_BF16;
+    return ix >= 0 && p->dtypes[ix] == DI_F32;
+}
+
+static bool f32x_applies(const di_spec *s, const di_specialization *p, const di_target *t)
+{
+    di_specialization b;
+    if (!fast_applies(s, p, t) || !bf16x_of(s, p, &b)) return false;
+    di_mm_schedule c = di_mm_schedule_of(&b, t);
+    return tensor_maps(s, &b, &c);
+}
+
+static int no_entries(const di_spec *s, const di_specialization *p, const di_target *t, di_entry *out, di_err *err)
+{
+    (void)s, (void)p, (void)t, (void)out, (void)err;
+    return 0;
+}
+
+/* cast_bf16 over K, then this spec with bf16 x */
+static int f32x_deps(const di_spec *s, const di_specialization *p, const di_target *t, di_dep *out, di_err *err)
+{
+    (void)t;
+    const di_spec *cs = &di_specs[DI_OP_cast_bf16];
+    out[0].spec = cs;
+    di_spec_defaults(cs, &out[0].sp);
+    if (di_spec_set_dim(cs, &out[0].sp, "D", di_spec_dim(s, p, "K"), err)) return -1;
+    out[1].spec = s;
+    bf16x_of(s, p, &out[1].sp);
+    return 2;
+}
+
+static int f32x_plan(const di_spec *s, const di_specialization *p, const di_target *t, const long *sizes, di_plan *pl,
+                     di_err *err)
+{
+    long rows = sizes[0];
+    char name[256];
+    di_kernel_name(s, p, t, name, sizeof name);
+    /* the row count checked before anything runs */
+    if (rows < 0 || rows > 65535) return di_fail(err, DI_EUSAGE, "kernel %s: %ld rows (must be 0..65535)", name, rows);
+    memset(pl, 0, sizeof *pl);
+    pl->workspace = (size_t)rows * (size_t)di_spec_dim(s, p, "K") * 2;
+    if (rows == 0) return DI_OK;
+    int ix = di_spec_arg(s, "x");
+    di_launch *c = &pl->l[pl->n++];
+    c->run = DI_RUN_DEP;
+    c->index = 0;
+    di_launch_add(c, DI_A_WS, 0, 0, 0);       /* y: the rounded copy */
+    di_launch_add(c, DI_A_ARG, ix, 0, 0);     /* x */
+    di_launch_add(c, DI_A_SIZE, 0, 0, 0);     /* rows */
+    di_launch *m = &pl->l[pl->n++];
+    m->run = DI_RUN_DEP;
+    m->index = 1;
+    di_launch_spec_args(s, m);
+    m->args[ix] = (di_pa){.kind = DI_A_WS};
+    return DI_OK;
+}
+
+const di_lowering di_lowering_matmul_fast_f32x = {
+    .name = "matmul_fast_f32x", .applies = f32x_applies, .entries = no_entries, .deps = f32x_deps, .plan = f32x_plan,
+};

@@ -17,6 +17,19 @@
 
 typedef enum { DI_F32, DI_BF16, DI_I32 } di_dtype;
 
+/* ---- numerics profiles (dsl/profiles.def) ------------------------------------------ */
+enum { DI_ON_CPU = 1, DI_ON_CUDA = 2 };   /* the backends a profile runs on */
+typedef enum {
+#define PROFILE(id, name, backends, description) DI_PROFILE_##id,
+#include "dsl/profiles.def"
+    DI_NUM_PROFILES
+} di_profile;
+const char *di_profile_name(di_profile p);          /* "exact", "fast", "vendor"; "?" if out of range */
+const char *di_profile_description(di_profile p);
+unsigned di_profile_backends(di_profile p);         /* DI_ON_CPU | DI_ON_CUDA bits */
+bool di_profile_parse(const char *name, di_profile *out);   /* false for an unknown name */
+const char *di_profile_choices(void);               /* "exact | fast | vendor", for messages */
+
 /* map: one body per (row, col); gather: a map whose body indexes a table;
  * row_reduce: lanes reduce a row, then a post body per element;
  * matmul: y = x . w^T in K chunks; attention: causal GQA over a paged KV cache;
@@ -65,6 +78,7 @@ typedef struct di_spec {
     const char *sizes[DI_MAX_SIZES];   /* runtime sizes: kernel parameters, change only the grid */
     const char *cols;                  /* map/gather/row_reduce: row length, a constant expression of dims */
     const char *body;                  /* map/gather: statement per (row, i); matmul: epilogue */
+    const char *residual;              /* matmul: the argument a RESIDUAL epilogue adds, or NULL */
     di_reduce reduce[DI_MAX_REDUCE];
     const char *post;                  /* row_reduce: statement per i after the reductions */
     di_schedule sched;
@@ -84,6 +98,9 @@ typedef struct di_spec {
 #define COLS(...)        .cols = #__VA_ARGS__
 #define BODY(...)        .body = #__VA_ARGS__
 #define EPILOGUE(...)    .body = #__VA_ARGS__   /* matmul: the value stored to y[n], from acc */
+/* matmul: y[n] = acc + r[n], the residual added after the full sum. The same body text as
+ * EPILOGUE(acc + r[n]), and the form named, so a library GEMM can take it as beta = 1. */
+#define RESIDUAL(r)      .body = "acc + " #r "[n]", .residual = #r
 #define REDUCE(...)      .reduce = { __VA_ARGS__ }
 #define SUM(n, ...)         { DI_RSUM, #n, #__VA_ARGS__ }
 #define MAX(n, ...)         { DI_RMAX, #n, #__VA_ARGS__ }

@@ -26,6 +26,35 @@ static const char *const class_names[] = {
 };
 _Static_assert(sizeof class_names / sizeof class_names[0] == DI_NUM_CLASSES, "class names");
 
+/* ---- profiles ----------------------------------------------------------------------- */
+
+static const struct { const char *name, *description; unsigned backends; } profiles[] = {
+#define PROFILE(id, name, backends, description) {name, description, backends},
+#include "dsl/profiles.def"
+};
+_Static_assert(sizeof profiles / sizeof profiles[0] == DI_NUM_PROFILES, "profile table and enum disagree");
+
+const char *di_profile_name(di_profile p) { return (unsigned)p < DI_NUM_PROFILES ? profiles[p].name : "?"; }
+const char *di_profile_description(di_profile p) { return (unsigned)p < DI_NUM_PROFILES ? profiles[p].description : "?"; }
+unsigned di_profile_backends(di_profile p) { return (unsigned)p < DI_NUM_PROFILES ? profiles[p].backends : 0; }
+
+bool di_profile_parse(const char *name, di_profile *out)
+{
+    for (int i = 0; name && i < DI_NUM_PROFILES; i++)
+        if (!strcmp(profiles[i].name, name)) { *out = (di_profile)i; return true; }
+    return false;
+}
+
+/* " | exact | fast | vendor" without its leading separator */
+const char *di_profile_choices(void)
+{
+    static const char list[] =
+#define PROFILE(id, name, backends, description) " | " name
+#include "dsl/profiles.def"
+        ;
+    return list + 3;
+}
+
 const char *di_class_name(di_class c) { return (unsigned)c < DI_NUM_CLASSES ? class_names[c] : "?"; }
 
 const char *di_dtype_name(di_dtype t)
@@ -179,6 +208,10 @@ static bool check_class(vctx *v)
         if (k->split <= 0) return bad(v, "schedule.split", "a matmul needs a K chunk size > 0");
         if (k->tile_n <= 0 || k->tile_n > 8) return bad(v, "schedule.tile_n", "%d not in [1, 8]", k->tile_n);
         if (!s->body) return bad(v, "epilogue", "missing");
+        if (s->residual) {
+            const di_arg *r = find_arg(s, s->residual);
+            if (!r || r->role != DI_ROLE_IN) return bad(v, "epilogue", "RESIDUAL(%s) names no input argument", s->residual);
+        }
         return true;
     case DI_ATTENTION: {
         static const char *const ins[] = {"qkv", "kc", "vc", "pos", "seq", "btab"};

@@ -24,6 +24,7 @@ struct di_model {
     di_config c;
     di_model_opts o;
     di_gguf *g;
+    bool owns_g;                     /* opened by di_model_load (else borrowed from the caller) */
     di_rt *rt;
     layer *layers;
     di_buf *embd, *lm_head, *out_norm, *rope_cs;
@@ -37,7 +38,7 @@ struct di_model {
 
 const di_config *di_model_config(const di_model *m) { return &m->c; }
 const di_gguf *di_model_gguf(const di_model *m) { return m->g; }
-int di_model_kv_block(void) { return di_specs[DI_OP_kv_write].sched.kv_block; }
+int di_model_kv_block(void) { return di_rt_kv_block(); }
 int di_model_kv_blocks(const di_model *m) { return m->o.kv_blocks; }
 int di_model_max_seqs(const di_model *m) { return m->o.max_seqs; }
 
@@ -244,12 +245,9 @@ static int load_rope(di_model *m, di_err *err)
 
 static int kernel(di_model *m, di_op op, const char *const *dims, const long *vals, int n, di_kernel **out, di_err *err)
 {
-    const di_spec *s = &di_specs[op];
-    di_specialization p;
-    di_spec_defaults(s, &p);
-    for (int i = 0; i < n; i++)
-        if (di_spec_set_dim(s, &p, dims[i], vals[i], err)) return err->code;
-    return di_rt_kernel(m->rt, s, &p, out, err);
+    di_dim_value dv[8];
+    for (int i = 0; i < n; i++) dv[i] = (di_dim_value){dims[i], vals[i]};
+    return di_rt_op_kernel(m->rt, op, dv, n, out, err);
 }
 
 static int prepare_kernels(di_model *m, di_err *err)
@@ -306,14 +304,10 @@ static int alloc_buffers(di_model *m, di_err *err)
     return DI_OK;
 }
 
-int di_model_load(const char *path, di_rt *rt, const di_model_opts *o, di_model **out, di_err *err)
+/* Reads, converts and uploads everything from an open GGUF. */
+static int load(di_model *m, const di_model_opts *o, di_err *err)
 {
-    di_model *m = calloc(1, sizeof *m);
-    if (!m) return di_fail(err, DI_ENOMEM, "out of memory");
-    m->rt = rt;
-    m->o = *o;
-    int rc = di_gguf_open(path, &m->g, err);
-    if (!rc) rc = read_config(m->g, &m->c, err);
+    int rc = read_config(m->g, &m->c, err);
     if (!rc && (o->ctx <= 0 || o->max_batch_tokens <= 0 || o->kv_blocks <= 0 || o->max_seqs <= 0))
         rc = di_fail(err, DI_EUSAGE, "model options must be positive");
     if (!rc) {
@@ -331,6 +325,31 @@ int di_model_load(const char *path, di_rt *rt, const di_model_opts *o, di_model 
     if (!rc) rc = load_rope(m, err);
     if (!rc) rc = alloc_buffers(m, err);
     if (!rc) rc = prepare_kernels(m, err);
+    return rc;
+}
+
+int di_model_load(const char *path, di_rt *rt, const di_model_opts *o, di_model **out, di_err *err)
+{
+    di_model *m = calloc(1, sizeof *m);
+    if (!m) return di_fail(err, DI_ENOMEM, "out of memory");
+    m->rt = rt;
+    m->o = *o;
+    m->owns_g = true;
+    int rc = di_gguf_open(path, &m->g, err);
+    if (!rc) rc = load(m, o, err);
+    if (rc) { di_model_free(m); return rc; }
+    *out = m;
+    return DI_OK;
+}
+
+int di_model_load_gguf(const di_gguf *g, di_rt *rt, const di_model_opts *o, di_model **out, di_err *err)
+{
+    di_model *m = calloc(1, sizeof *m);
+    if (!m) return di_fail(err, DI_ENOMEM, "out of memory");
+    m->rt = rt;
+    m->o = *o;
+    m->g = (di_gguf *)g;   /* borrowed: never closed here */
+    int rc = load(m, o, err);
     if (rc) { di_model_free(m); return rc; }
     *out = m;
     return DI_OK;
@@ -350,7 +369,7 @@ void di_model_free(di_model *m)
                       m->xn, m->qkv, m->att, m->gu, m->act, m->hsel, m->logits, m->lp, m->ids};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) di_buf_free(bufs[i]);
     free(m->layers); free(m->kc); free(m->vc); free(m->btab_host);
-    di_gguf_close(m->g);
+    if (m->owns_g) di_gguf_close(m->g);
     free(m);
 }
 

@@ -25,6 +25,8 @@ typedef struct di_model_opts {
 /* Opens the GGUF, checks it is a llama model with every tensor present and well shaped,
  * converts and uploads the weights, and prepares every kernel. */
 int di_model_load(const char *path, di_rt *rt, const di_model_opts *o, di_model **out, di_err *err);
+/* The same from a GGUF the caller opened (and keeps open until di_model_free). */
+int di_model_load_gguf(const di_gguf *g, di_rt *rt, const di_model_opts *o, di_model **out, di_err *err);
 void di_model_free(di_model *m);
 const di_config *di_model_config(const di_model *m);
 const di_gguf *di_model_gguf(const di_model *m);

@@ -42,7 +42,12 @@ static int parse(int argc, char **argv, opts *o)
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *a = argv[i], *v = argv[i + 1];
         if (!strcmp(a, "--device")) o->backend = !strcmp(v, "cpu") ? DI_BACKEND_C : DI_BACKEND_CUDA;
-        else if (!strcmp(a, "--profile")) o->profile = !strcmp(v, "exact") ? DI_PROFILE_EXACT : DI_PROFILE_FAST;
+        else if (!strcmp(a, "--profile")) {
+            if (!di_profile_parse(v, &o->profile) || o->profile == DI_PROFILE_VENDOR) {
+                fprintf(stderr, "bench_attention: --profile takes exact or fast, not '%s'\n", v);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--prefill")) { if ((o->nprefill = parse_list(v, o->prefill)) < 0) return 2; }
         else if (!strcmp(a, "--batches")) { if ((o->nbatches = parse_list(v, o->batches)) < 0) return 2; }
         else if (!strcmp(a, "--decode-len")) o->decode_len = strtol(v, NULL, 10);

@@ -56,8 +56,8 @@ static int parse(int argc, char **argv, opts *o)
     }
     if (!o->model) return usage("-m MODEL is required");
     if (strcmp(o->device, "cpu") && strcmp(o->device, "cuda")) return usage("--device takes cpu or cuda");
-    if (strcmp(o->profile, "exact") && strcmp(o->profile, "fast") && strcmp(o->profile, "vendor"))
-        return usage("--profile takes exact, fast or vendor");
+    di_profile pr;
+    if (!di_profile_parse(o->profile, &pr)) { fprintf(stderr, "bench_engine: --profile takes %s\n", di_profile_choices()); return 2; }
     return -1;
 }
 
@@ -102,7 +102,8 @@ int main(int argc, char **argv)
     int rc = parse(argc, argv, &o);
     if (rc >= 0) return rc;
     di_err err = {0};
-    di_profile prof = !strcmp(o.profile, "fast") ? DI_PROFILE_FAST : !strcmp(o.profile, "vendor") ? DI_PROFILE_VENDOR : DI_PROFILE_EXACT;
+    di_profile prof = DI_PROFILE_EXACT;
+    di_profile_parse(o.profile, &prof);   /* checked by parse */
     di_rt_opts ro = {.backend = strcmp(o.device, "cuda") ? DI_BACKEND_C : DI_BACKEND_CUDA, .profile = prof, .threads = o.threads};
     di_rt *rt = NULL;
     if (di_rt_open(&ro, &rt, &err)) { fprintf(stderr, "bench_engine: --device %s: %s\n", o.device, err.msg); return 2; }

@@ -19,12 +19,16 @@
  *
  * usage: bench_matmul [--runs N] [--no-exact] [--no-cublas] [--exact-max-m M]
  *                     [--shapes KxN,...] [--ms M,...]
- *                     [--bk N] [--stages N] [--tm N] [--tn N] [--wm N] [--wn N]
- *                     [--ks-min N] [--ks-max N] [--fuse-tiles N] [--fuse-rows N] [--group-m N] [--wgmma 0|1] [--producers N] [--tma 0|1] [--wide-tn N]
- * The tile flags change di_matmul_fast_config for this process (tuning only). */
+ *                     [--schedule NAME] [--bk N] [--stages N] [--tm N] [--tn N] [--wm N] [--wn N]
+ *                     [--ks-min N] [--ks-max N] [--fuse-tiles N] [--fuse-rows N] [--group-m N] [--wgmma 0|1]
+ *                     [--producers N] [--tma 0|1] [--wide-tn N]
+ * The fast kernels run the target's schedule of schedules.def, or the row --schedule names, with
+ * the tile flags' fields replaced: the schedule is part of the kernels' specialization (an input,
+ * as everywhere), so a changed field makes another kernel. */
 #include "codegen/matmul_fast.h"
+#include <stddef.h>
 #include "runtime/backend.h"
-#include "runtime/cublaslt.h"
+#include "vendor/cublaslt.h"
 #include <dlfcn.h>
 #include <math.h>
 #include <stdint.h>
@@ -41,8 +45,25 @@ typedef struct {
     double cublas_us, fast_us, exact_us;   /* < 0: not measured */
 } row_result;
 
+/* A schedule field set by a flag. */
+static const struct { const char *flag; size_t off; } sched_flags[] = {
+    {"--bk", offsetof(di_mm_schedule, bk)},          {"--stages", offsetof(di_mm_schedule, stages)},
+    {"--tm", offsetof(di_mm_schedule, tm)},          {"--tn", offsetof(di_mm_schedule, tn)},
+    {"--wm", offsetof(di_mm_schedule, warps_m)},     {"--wn", offsetof(di_mm_schedule, warps_n)},
+    {"--ks-min", offsetof(di_mm_schedule, ks_min)},  {"--ks-max", offsetof(di_mm_schedule, ks_max)},
+    {"--fuse-tiles", offsetof(di_mm_schedule, fuse_min_tiles)}, {"--fuse-rows", offsetof(di_mm_schedule, fuse_min_rows)},
+    {"--group-m", offsetof(di_mm_schedule, group_m)}, {"--wgmma", offsetof(di_mm_schedule, wgmma)},
+    {"--producers", offsetof(di_mm_schedule, producers)}, {"--tma", offsetof(di_mm_schedule, tma)},
+    {"--wide-tn", offsetof(di_mm_schedule, wide_tn)},
+};
+enum { NSCHED_FLAGS = sizeof sched_flags / sizeof sched_flags[0] };
+
 typedef struct {
     int runs;
+    const char *schedule;            /* a row of schedules.def, or NULL: the target's */
+    bool set[NSCHED_FLAGS];
+    int value[NSCHED_FLAGS];
+    di_mm_schedule sched;            /* what the fast kernels run (after the runtime is open) */
     bool exact, cublas;
     long exact_max_m;
     int nshapes, nms;
@@ -338,6 +359,7 @@ static int fast_shape(di_rt *rt, const options *o, shape sh, const uint16_t *x, 
         di_spec_set_dtype(s, &p, "x", DI_BF16, err))
         return err->code;
     p.profile = DI_PROFILE_FAST;
+    p.mm = o->sched;
     fast_ctx fc = {.rt = rt};
     cublas_ctx cc = {0};
     int rc = DI_OK;
@@ -473,46 +495,59 @@ static int parse_shapes(const char *s, shape *out, int max)
 static int usage(const char *why)
 {
     fprintf(stderr, "bench_matmul: %s\nusage: bench_matmul [--runs N] [--no-exact] [--no-cublas] [--exact-max-m M]\n"
-                    "       [--shapes KxN,...] [--ms M,...] [--bk N] [--stages N] [--tm N] [--tn N] [--wm N] [--wn N]\n"
-                    "       [--ks-min N] [--ks-max N] [--fuse-tiles N] [--fuse-rows N] [--group-m N] [--wgmma 0|1] [--producers N] [--tma 0|1] [--wide-tn N]\n", why);
+                    "       [--shapes KxN,...] [--ms M,...] [--schedule NAME] [--bk N] [--stages N] [--tm N] [--tn N]\n"
+                    "       [--wm N] [--wn N] [--ks-min N] [--ks-max N] [--fuse-tiles N] [--fuse-rows N] [--group-m N]\n"
+                    "       [--wgmma 0|1] [--producers N] [--tma 0|1] [--wide-tn N]\n", why);
     return 2;
 }
 
-static int parse_options(int argc, char **argv, options *o, di_matmul_fast_config *cfg)
+static int parse_options(int argc, char **argv, options *o)
 {
     *o = (options){.runs = 25, .exact = true, .cublas = true, .exact_max_m = 512, .nshapes = 3, .nms = 7,
                    .shapes = {{4096, 6144}, {4096, 28672}, {14336, 4096}}, .ms = {1, 8, 32, 128, 512, 2048, 8192}};
-    *cfg = *di_matmul_fast_get_config();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--no-exact")) { o->exact = false; continue; }
         if (!strcmp(a, "--no-cublas")) { o->cublas = false; continue; }
         if (!v) return usage("a flag is missing its value");
         i++;
-        long n = strtol(v, NULL, 10);
-        if (!strcmp(a, "--runs")) o->runs = n < 20 ? 20 : (int)n;
+        char *end;
+        long n = strtol(v, &end, 10);
+        bool num = *v && !*end;
+        int f = 0;
+        while (f < NSCHED_FLAGS && strcmp(a, sched_flags[f].flag)) f++;
+        if (f < NSCHED_FLAGS) {
+            if (!num) return usage("a schedule flag takes an integer");
+            o->set[f] = true;
+            o->value[f] = (int)n;
+        }
+        else if (!strcmp(a, "--schedule")) o->schedule = v;
+        else if (!num && strcmp(a, "--shapes") && strcmp(a, "--ms")) return usage("a flag takes an integer");
+        else if (!strcmp(a, "--runs")) o->runs = n < 20 ? 20 : (int)n;
         else if (!strcmp(a, "--exact-max-m")) o->exact_max_m = n;
         else if (!strcmp(a, "--shapes")) { if ((o->nshapes = parse_shapes(v, o->shapes, MAX_SHAPES)) <= 0) return usage("bad --shapes"); }
         else if (!strcmp(a, "--ms")) { if ((o->nms = parse_list(v, o->ms, MAX_MS)) <= 0) return usage("bad --ms"); }
-        else if (!strcmp(a, "--bk")) cfg->bk = (int)n;
-        else if (!strcmp(a, "--stages")) cfg->stages = (int)n;
-        else if (!strcmp(a, "--tm")) cfg->tm = (int)n;
-        else if (!strcmp(a, "--tn")) cfg->tn = (int)n;
-        else if (!strcmp(a, "--wm")) cfg->warps_m = (int)n;
-        else if (!strcmp(a, "--wn")) cfg->warps_n = (int)n;
-        else if (!strcmp(a, "--ks-min")) cfg->ks_min = (int)n;
-        else if (!strcmp(a, "--ks-max")) cfg->ks_max = (int)n;
-        else if (!strcmp(a, "--fuse-tiles")) cfg->fuse_min_tiles = n;
-        else if (!strcmp(a, "--fuse-rows")) cfg->fuse_min_rows = n;
-        else if (!strcmp(a, "--group-m")) cfg->group_m = (int)n;
-        else if (!strcmp(a, "--wgmma")) cfg->wgmma = (int)n;
-        else if (!strcmp(a, "--producers")) cfg->producers = (int)n;
-        else if (!strcmp(a, "--wide-tn")) cfg->wide_tn = (int)n;
-        else if (!strcmp(a, "--tma")) cfg->tma = (int)n;
         else return usage("unknown flag");
     }
     for (int j = 0; j < o->nms; j++)
         if (o->ms[j] > 65535) return usage("M is at most 65535");
+    return 0;
+}
+
+/* The schedule the fast kernels run on the runtime's target: its row (or --schedule's), with
+ * the flags' fields replaced. */
+static int resolve_schedule(options *o, const di_rt *rt)
+{
+    di_specialization none = {0};
+    if (o->schedule) {
+        const di_mm_schedule *m = di_mm_schedule_named(o->schedule);
+        if (!m) return usage("--schedule names no row of schedules.def");
+        o->sched = *m;
+    } else {
+        o->sched = di_mm_schedule_of(&none, di_rt_target(rt));
+    }
+    for (int f = 0; f < NSCHED_FLAGS; f++)
+        if (o->set[f]) *(int *)((char *)&o->sched + sched_flags[f].off) = o->value[f];
     return 0;
 }
 
@@ -528,15 +563,15 @@ static void cell(char *buf, size_t len, double v, bool ok, int digits)
 int main(int argc, char **argv)
 {
     options o;
-    di_matmul_fast_config cfg;
-    int prc = parse_options(argc, argv, &o, &cfg);
+    int prc = parse_options(argc, argv, &o);
     if (prc) return prc;
     di_err err = {0};
-    if (di_matmul_fast_set_config(&cfg, &err)) { fprintf(stderr, "bench_matmul: %s\n", err.msg); return 2; }
     char msg[512];
     di_rt *rt = NULL;
     di_rt_opts ro = {.backend = DI_BACKEND_CUDA, .profile = DI_PROFILE_FAST};
     if (di_rt_open(&ro, &rt, &err)) { fprintf(stderr, "bench_matmul: no GPU runtime: %s\n", err.msg); return 2; }
+    if ((prc = resolve_schedule(&o, rt))) return prc;
+    const di_mm_schedule cfg = o.sched;
     if (load_driver(msg, sizeof msg)) { fprintf(stderr, "bench_matmul: %s\n", msg); return 2; }
     if (o.cublas && di_cublaslt_open(&lt, &err)) {
         fprintf(stderr, "bench_matmul: cuBLAS columns skipped: %s\n", err.msg);
@@ -544,8 +579,8 @@ int main(int argc, char **argv)
         o.cublas = false;
     }
     printf("bench_matmul: %s\n", di_rt_describe(rt));
-    printf("fast config: %s, tile %dx%d, bk %d, %d stages, warps %dx%d + %d producer warps%s, KS = the pow2 giving ~128 units at M = 1 (from K, N) in [%d, %d], fused at >= %ld tiles "
-           "and >= %ld rows, batch %d, median of %d runs\n",
+    printf("fast config: %s, tile %dx%d, bk %d, %d stages, warps %dx%d + %d producer warps%s, KS = the pow2 giving ~128 units at M = 1 (from K, N) in [%d, %d], fused at >= %d tiles "
+           "and >= %d rows, batch %d, median of %d runs\n",
            cfg.wgmma ? "wgmma" : "mma.sync", cfg.tm, cfg.tn, cfg.bk, cfg.stages, cfg.warps_m, cfg.warps_n, cfg.producers, cfg.tma ? " (TMA)" : "", cfg.ks_min,
            cfg.ks_max, cfg.fuse_min_tiles, cfg.fuse_min_rows, BATCH, o.runs);
     if (cfg.wide_tn) printf("single-split TMA kernels: tile %dx%d, %d stages\n", cfg.tm, cfg.wide_tn, cfg.wide_stages);

@@ -116,7 +116,7 @@ static int parse_args(int argc, char **argv, options *o)
         if (IS("-h", "--help")) { usage(stdout); return 0; }
         else if (IS("-m", "--model")) { NEED(); o->model = v; }
         else if (!strcmp(a, "--device")) { NEED(); o->device = v; if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda")) return bad("--device takes auto, cpu or cuda, not '%s'", v); }
-        else if (!strcmp(a, "--profile")) { NEED(); o->profile = v; if (strcmp(v, "exact") && strcmp(v, "fast") && strcmp(v, "vendor")) return bad("--profile takes exact, fast or vendor, not '%s'", v); }
+        else if (!strcmp(a, "--profile")) { NEED(); o->profile = v; di_profile pr; if (!di_profile_parse(v, &pr)) { fprintf(stderr, "bench_model: --profile takes %s, not '%s'\n", di_profile_choices(), v); return 2; } }
         else if (!strcmp(a, "--prompt-len")) { NEED(); if (!parse_int(v, 1, 1 << 20, &o->prompt_len)) return bad("--prompt-len takes a positive count, not '%s'", v); }
         else if (!strcmp(a, "--batch")) { NEED(); if ((o->nb = parse_batches(v, o->batches, MAX_BATCHES)) <= 0) return bad("--batch takes up to 16 sizes 1..4096 separated by commas, not '%s'", v); }
         else if (!strcmp(a, "--steps")) { NEED(); if (!parse_int(v, 1, 1 << 20, &o->steps)) return bad("--steps takes a positive count, not '%s'", v); }
@@ -145,7 +145,9 @@ static int parse_args(int argc, char **argv, options *o)
 #undef NEED
     }
     if (!o->model) return bad("%s", "-m MODEL.gguf is required");
-    if (!strcmp(o->device, "cpu") && !strcmp(o->profile, "fast")) return bad("%s", "--profile fast needs the GPU; the CPU runs exact or vendor");
+    di_profile pr = DI_PROFILE_EXACT;
+    di_profile_parse(o->profile, &pr);
+    if (!strcmp(o->device, "cpu") && !(di_profile_backends(pr) & DI_ON_CPU)) return bad("%s", "--profile fast needs the GPU; the CPU runs exact or vendor");
     return -1;
 }
 
@@ -400,8 +402,9 @@ int main(int argc, char **argv)
 
     /* backend, as generate opens it */
     di_rt_opts ro = {.backend = DI_BACKEND_C,
-                     .profile = !strcmp(o.profile, "fast") ? DI_PROFILE_FAST : !strcmp(o.profile, "vendor") ? DI_PROFILE_VENDOR : DI_PROFILE_EXACT,
+                     .profile = DI_PROFILE_EXACT,
                      .threads = o.threads ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN)};
+    di_profile_parse(o.profile, &ro.profile);   /* checked by parse_args */
     di_rt *rt = NULL;
     if (strcmp(o.device, "cpu")) {
         ro.backend = DI_BACKEND_CUDA;
@@ -415,7 +418,7 @@ int main(int argc, char **argv)
         ro.backend = DI_BACKEND_C;
         if (di_rt_open(&ro, &rt, &err)) { fprintf(stderr, "bench_model: %s\n", err.msg); return 2; }
     }
-    const char *profile = ro.backend == DI_BACKEND_C ? "exact" : o.profile;
+    const char *profile = di_profile_name(di_rt_profile(rt));
 
     di_model_opts mo = {.max_batch_tokens = p.max_batch_tokens, .ctx = p.ctx,
                         .kv_blocks = p.blocks_per_seq * p.max_batch, .max_seqs = p.max_batch};

@@ -1,10 +1,8 @@
-/* Runtime: kernel lookup (memory map -> disk cache -> compile), buffers and launches for
- * the C backend (libtcc + CPU pool) and the CUDA backend (NVRTC + driver API). */
+/* Runtime: opening a backend, buffers, and kernels: lookup (memory map -> disk cache ->
+ * compile) and the one launch path, which carries out the plan a kernel's lowering gives. */
 #include "runtime/backend.h"
-#include "codegen/attention_fast.h"
-#include "codegen/matmul_fast.h"
 #include "runtime/cache.h"
-#include "runtime/cublaslt.h"
+#include "vendor/cublaslt.h"
 #include "runtime/nvrtc.h"
 #include "runtime/pool.h"
 #include "runtime/tcc.h"
@@ -14,48 +12,39 @@
 #include <string.h>
 #include <sys/stat.h>
 
-struct di_kernel {
-    const di_spec *spec;
-    di_specialization sp;
-    char name[256];
-    di_block_fn cpu_fn;       /* C backend */
-    di_tcc_code *code;
-    di_cuda_module *mod;      /* CUDA backend */
-    void *cu_fn;
-    void *cu_reduce;          /* fast matmul: phase 2, adding split partials in order */
-    bool tensor_maps;         /* fast matmul: phase 1 takes TMA descriptors of x and w */
-    di_matmul_fast_config built_with;   /* fast matmul: the config its source was made with */
-    void *cu_merge;           /* fast attention: phase 2, folding per-split results in order */
-    di_buf *ws;               /* their workspace, grown on demand */
-    /* Vendor matmul (the non-invariant reference): the kernel the model holds dispatches per
-     * launch on the row count, as engines do; see "the vendor matmul" below. */
-    di_kernel *variant[4];    /* generated, one per K split count of di_vendor_ksplit_choices
-                               * (matmul) or KV split size of di_vendor_kv_split_choices (attention) */
-    int variant_ks[4], nvariants;
-    bool cublas;              /* GPU: cuBLASLt, its heuristic choosing per M */
-    di_kernel *cast;          /* cuBLASLt, fast matmul via bf16 x: f32 x to bf16 into ws first */
-    di_kernel *bf16x;         /* fast matmul on f32 x: the bf16-x kernel it runs after the cast */
-    struct lt_plan_list *plans;
-    int iy, ix, iw, ires;     /* argument positions of y, x, w, res (-1: none) */
-    di_kernel *next;
-};
-
 /* cuBLASLt plans by M (the heuristic is asked once per row count a kernel meets). */
 typedef struct lt_plan_list {
     di_cublaslt_plan *plan;
     struct lt_plan_list *next;
 } lt_plan_list;
 
+struct di_kernel {
+    const di_spec *spec;
+    di_specialization sp;
+    char name[256];
+    const di_lowering *low;
+    int nentries;
+    di_entry entries[DI_MAX_ENTRIES];
+    void *fn[DI_MAX_ENTRIES];   /* CUDA functions, or the C backend's block functions */
+    int ndeps;
+    di_kernel *deps[DI_MAX_DEPS];
+    di_tcc_code *code;          /* C backend */
+    di_cuda_module *mod;        /* CUDA backend */
+    di_buf *ws;                 /* the plan's workspace, grown on demand */
+    lt_plan_list *lt_plans;     /* DI_RUN_CUBLASLT */
+    di_kernel *next;
+};
+
 struct di_rt {
     di_rt_opts o;
+    di_target target;
     di_pool *pool;
     di_cuda *cuda;
     di_cache *cache;
     di_kernel *kernels;
     di_cublaslt *lt;          /* vendor profile on the GPU; NULL: generated variants instead */
     di_buf *lt_ws;            /* cuBLASLt workspace, shared: one stream orders its users */
-    char lt_why[512];         /* why there is no cuBLASLt, for the description */
-    char dump_dir[1024];
+    char dump_src[1024], dump_ptx[1024];
     char desc[512];
     char nvrtc_version[32];
     di_rt_stats stats;
@@ -63,45 +52,58 @@ struct di_rt {
 
 /* ---- opening ------------------------------------------------------------------------- */
 
+static void dump_dirs(di_rt *rt, const di_rt_opts *o)
+{
+    const char *env = getenv("DETINFER_DUMP_DIR");
+    const char *src = o->dump_src_dir ? o->dump_src_dir : env, *ptx = o->dump_ptx_dir ? o->dump_ptx_dir : env;
+    if (src && *src) snprintf(rt->dump_src, sizeof rt->dump_src, "%s", src);
+    if (ptx && *ptx) snprintf(rt->dump_ptx, sizeof rt->dump_ptx, "%s", ptx);
+}
+
+static int open_cuda(di_rt *rt, const di_rt_opts *o, di_err *err)
+{
+    int major = 0, minor = 0;
+    if (di_cuda_open(o->device, &rt->cuda, err) || di_nvrtc_load(err) || di_nvrtc_version(&major, &minor, err))
+        return err->code;
+    snprintf(rt->nvrtc_version, sizeof rt->nvrtc_version, "%d.%d", major, minor);
+    const di_cuda_info *in = di_cuda_get_info(rt->cuda);
+    rt->target.backend = DI_BACKEND_CUDA;
+    snprintf(rt->target.arch, sizeof rt->target.arch, "%s", in->arch);
+    rt->target.sm_count = o->sm_count > 0 ? o->sm_count : in->sm_count;
+    int n = snprintf(rt->desc, sizeof rt->desc, "cuda %s (%s, %d SMs), NVRTC %s, %s profile", in->name, in->arch,
+                     in->sm_count, rt->nvrtc_version, di_profile_name(o->profile));
+    if (o->profile != DI_PROFILE_VENDOR) return DI_OK;
+    /* Without cuBLASLt the vendor matmul falls back to the generated K-split variants: still
+     * batch dependent, so the profile keeps its meaning. */
+    di_err le = {0};
+    if (di_cuda_make_current(rt->cuda, &le) || di_cublaslt_open(&rt->lt, &le)) rt->lt = NULL;
+    rt->target.cublaslt = rt->lt != NULL;
+    if (rt->lt)
+        snprintf(rt->desc + n, sizeof rt->desc - (size_t)n,
+                 " (not batch invariant: cuBLASLt %zu matmul, algorithm chosen per M; attention KV split size "
+                 "chosen from the row count)", di_cublaslt_version(rt->lt));
+    else
+        snprintf(rt->desc + n, sizeof rt->desc - (size_t)n,
+                 " (not batch invariant: matmul K split count from the row count; %.300s)", le.msg);
+    return DI_OK;
+}
+
 int di_rt_open(const di_rt_opts *o, di_rt **out, di_err *err)
 {
+    if (!(di_profile_backends(o->profile) & (o->backend == DI_BACKEND_CUDA ? DI_ON_CUDA : DI_ON_CPU)))
+        return di_fail(err, DI_EUSAGE, "--profile %s runs on the GPU only (tensor cores); the CPU runs exact or vendor",
+                       di_profile_name(o->profile));
     di_rt *rt = calloc(1, sizeof *rt);
     if (!rt) return di_fail(err, DI_ENOMEM, "out of memory");
     rt->o = *o;
-    const char *dump = o->dump_dir ? o->dump_dir : getenv("DETINFER_DUMP_DIR");
-    if (dump && *dump) snprintf(rt->dump_dir, sizeof rt->dump_dir, "%s", dump);
+    dump_dirs(rt, o);
     if (o->backend == DI_BACKEND_CUDA) {
-        int major = 0, minor = 0;
-        if (di_cuda_open(o->device, &rt->cuda, err) || di_nvrtc_load(err) || di_nvrtc_version(&major, &minor, err)) {
+        if (open_cuda(rt, o, err)) {
             di_rt_close(rt);
             return err->code;
         }
-        snprintf(rt->nvrtc_version, sizeof rt->nvrtc_version, "%d.%d", major, minor);
-        const di_cuda_info *in = di_cuda_get_info(rt->cuda);
-        di_matmul_fast_set_sm_count(in->sm_count);
-        di_matmul_fast_set_target(in->arch);
-        int n = snprintf(rt->desc, sizeof rt->desc, "cuda %s (%s, %d SMs), NVRTC %s, %s profile", in->name, in->arch,
-                         in->sm_count, rt->nvrtc_version, di_profile_name(o->profile));
-        if (o->profile == DI_PROFILE_VENDOR) {
-            /* Without cuBLASLt the vendor matmul falls back to the generated K-split variants:
-             * still batch dependent, so the profile keeps its meaning. */
-            di_err le = {0};
-            if (di_cuda_make_current(rt->cuda, &le) || di_cublaslt_open(&rt->lt, &le))
-                snprintf(rt->lt_why, sizeof rt->lt_why, "%.500s", le.msg);
-            if (rt->lt)
-                snprintf(rt->desc + n, sizeof rt->desc - (size_t)n,
-                         " (not batch invariant: cuBLASLt %zu matmul, algorithm chosen per M; attention KV split "
-                         "size chosen from the row count)",
-                         di_cublaslt_version(rt->lt));
-            else
-                snprintf(rt->desc + n, sizeof rt->desc - (size_t)n,
-                         " (not batch invariant: matmul K split count from the row count; %s)", rt->lt_why);
-        }
     } else {
-        if (o->profile == DI_PROFILE_FAST) {
-            free(rt);
-            return di_fail(err, DI_EUSAGE, "--profile fast needs the GPU (tensor cores); the CPU runs exact or vendor");
-        }
+        rt->target = di_target_c();
         rt->pool = di_pool_new(o->threads);
         if (!rt->pool) { free(rt); return di_fail(err, DI_ENOMEM, "cannot start the CPU pool"); }
         snprintf(rt->desc, sizeof rt->desc, "cpu (%d threads, libtcc), %s profile%s", di_pool_threads(rt->pool),
@@ -120,7 +122,7 @@ void di_rt_close(di_rt *rt)
         next = k->next;
         di_tcc_free(k->code);
         di_buf_free(k->ws);
-        for (lt_plan_list *p = k->plans, *pn; p; p = pn) {
+        for (lt_plan_list *p = k->lt_plans, *pn; p; p = pn) {
             pn = p->next;
             di_cublaslt_plan_free(p->plan);
             free(p);
@@ -137,6 +139,8 @@ void di_rt_close(di_rt *rt)
 }
 
 di_backend_kind di_rt_backend(const di_rt *rt) { return rt->o.backend; }
+const di_target *di_rt_target(const di_rt *rt) { return &rt->target; }
+di_profile di_rt_profile(const di_rt *rt) { return rt->o.profile; }
 const char *di_rt_describe(const di_rt *rt) { return rt->desc; }
 di_rt_stats di_rt_get_stats(const di_rt *rt) { return rt->stats; }
 struct di_cache *di_rt_cache(di_rt *rt) { return rt->cache; }
@@ -191,13 +195,19 @@ int di_buf_read(const di_buf *b, size_t offset, void *dst, size_t bytes, di_err 
 
 /* ---- source, options, dumps ---------------------------------------------------------- */
 
-int di_rt_source(const di_spec *s, const di_specialization *p, di_backend_kind b, char **src, di_err *err)
+int di_rt_source_for(const di_spec *s, const di_specialization *p, const di_target *t, char **src, di_err *err)
 {
     di_str o = {0};
-    int rc = di_codegen(s, p, b, &o, err);
+    int rc = di_codegen(s, p, t, &o, err);
     if (rc) { di_str_free(&o); return rc; }
     *src = o.p;
     return DI_OK;
+}
+
+int di_rt_source(const di_spec *s, const di_specialization *p, di_backend_kind b, char **src, di_err *err)
+{
+    di_target t = b == DI_BACKEND_CUDA ? di_target_cuda_default() : di_target_c();
+    return di_rt_source_for(s, p, &t, src, err);
 }
 
 int di_nvrtc_options(di_profile profile, const char *arch, const char **opts, int max)
@@ -214,16 +224,22 @@ int di_nvrtc_options(di_profile profile, const char *arch, const char **opts, in
     return n;
 }
 
-static void dump_file(const di_rt *rt, const char *name, const char *ext, const void *data, size_t len)
+static void dump_file(const char *dir, const char *name, const char *ext, const void *data, size_t len)
 {
-    if (!rt->dump_dir[0] || !data) return;
-    mkdir(rt->dump_dir, 0777);
+    if (!dir[0] || !data) return;
+    mkdir(dir, 0777);
     char path[1400];
-    snprintf(path, sizeof path, "%s/%s.%s", rt->dump_dir, name, ext);
+    snprintf(path, sizeof path, "%s/%s.%s", dir, name, ext);
     FILE *f = fopen(path, "wb");
     if (!f) { fprintf(stderr, "detinfer: cannot write dump %s: %s\n", path, strerror(errno)); return; }
     fwrite(data, 1, len, f);
     fclose(f);
+}
+
+static void dump_log(const di_rt *rt, const char *name, const void *data, size_t len)
+{
+    dump_file(rt->dump_src, name, "log", data, len);
+    if (strcmp(rt->dump_src, rt->dump_ptx)) dump_file(rt->dump_ptx, name, "log", data, len);
 }
 
 /* ---- compile or fetch ---------------------------------------------------------------- */
@@ -237,33 +253,35 @@ static int build_c(di_rt *rt, di_kernel *k, const char *src, di_err *err)
     di_keyb_add_str(&kb, "compiler", DI_TCC_IDENTITY);
     di_keyb_add_str(&kb, "kind", "tcc-obj");
     di_key key = di_keyb_final(&kb);
+    const char *entry = k->entries[0].name;
     void *obj = NULL;
     size_t len = 0;
     bool hit = di_cache_get(rt->cache, &key, &obj, &len);
     if (!hit) {
-        if (di_tcc_compile_obj(src, k->name, &obj, &len, err)) return err->code;
+        if (di_tcc_compile_obj(src, entry, &obj, &len, err)) return err->code;
         di_cache_put(rt->cache, &key, obj, len);
         rt->stats.kernels_compiled++;
     } else {
         rt->stats.kernels_from_cache++;
     }
-    void *fn = NULL;
-    int rc = di_tcc_load_obj(obj, len, k->name, &k->code, &fn, err);
+    int rc = di_tcc_load_obj(obj, len, entry, &k->code, &k->fn[0], err);
     free(obj);
     if (rc && hit) {
         /* a cached object that does not load is treated as corrupt: rebuild it */
         di_err_clear(err);
-        if (di_tcc_compile_obj(src, k->name, &obj, &len, err)) return err->code;
+        if (di_tcc_compile_obj(src, entry, &obj, &len, err)) return err->code;
         di_cache_put(rt->cache, &key, obj, len);
-        rc = di_tcc_load_obj(obj, len, k->name, &k->code, &fn, err);
+        rc = di_tcc_load_obj(obj, len, entry, &k->code, &k->fn[0], err);
         free(obj);
     }
-    k->cpu_fn = (di_block_fn)fn;
-    char hex[65], log[256];
+    for (int i = 1; !rc && i < k->nentries; i++)
+        if (!(k->fn[i] = di_tcc_symbol(k->code, k->entries[i].name)))
+            rc = di_fail(err, DI_ECOMPILE, "%s: symbol %s not found in the object", k->name, k->entries[i].name);
+    char hex[65], log[512];
     di_key_hex(&key, hex);
     int n = snprintf(log, sizeof log, "kernel %s\nkey %s\ncache %s\ncompiler %s\n", k->name, hex, hit ? "hit" : "miss",
                      DI_TCC_IDENTITY);
-    dump_file(rt, k->name, "log", log, (size_t)n);
+    dump_log(rt, k->name, log, (size_t)n);
     return rc;
 }
 
@@ -281,16 +299,9 @@ static di_key cuda_key(const di_rt *rt, const char *src, const char **opts, int 
     return di_keyb_final(&kb);
 }
 
-static int arg_pos(const di_spec *s, const char *name)
-{
-    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)
-        if (!strcmp(s->args[i].name, name)) return i;
-    return -1;
-}
-
 static int build_cuda(di_rt *rt, di_kernel *k, const char *src, di_err *err)
 {
-    const char *arch = di_cuda_get_info(rt->cuda)->arch;
+    const char *arch = rt->target.arch;
     const char *opts[16];
     int nopts = di_nvrtc_options(k->sp.profile, arch, opts, 16);
     di_key kcubin = cuda_key(rt, src, opts, nopts, arch, "cubin");
@@ -306,7 +317,7 @@ static int build_cuda(di_rt *rt, di_kernel *k, const char *src, di_err *err)
     } else {
         di_nvrtc_out nv = {0};
         if (di_nvrtc_compile(src, k->name, opts, nopts, true, &nv, err)) {
-            dump_file(rt, k->name, "log", nv.log, nv.log ? strlen(nv.log) : 0);
+            dump_log(rt, k->name, nv.log, nv.log ? strlen(nv.log) : 0);
             di_nvrtc_out_free(&nv);
             return err->code;
         }
@@ -319,144 +330,36 @@ static int build_cuda(di_rt *rt, di_kernel *k, const char *src, di_err *err)
         di_nvrtc_out_free(&nv);
         rt->stats.kernels_compiled++;
     }
-    dump_file(rt, k->name, "ptx", ptx, ptx_len);
-    dump_file(rt, k->name, "log", log, log_len);
+    dump_file(rt->dump_ptx, k->name, "ptx", ptx, ptx_len);
+    dump_log(rt, k->name, log, log_len);
     int rc = di_cuda_module_load(rt->cuda, cubin, &k->mod, err);
-    if (!rc) rc = di_cuda_function(k->mod, k->name, &k->cu_fn, err);
-    if (!rc && di_matmul_fast_applies(k->spec, &k->sp, DI_BACKEND_CUDA)) {
-        char reduce[300];
-        snprintf(reduce, sizeof reduce, "%s_reduce", k->name);
-        rc = di_cuda_function(k->mod, reduce, &k->cu_reduce, err);
-        k->tensor_maps = di_matmul_fast_tensor_maps(k->spec, &k->sp);
-        k->built_with = *di_matmul_fast_get_config();
-        k->ix = arg_pos(k->spec, "x"), k->iw = arg_pos(k->spec, "w");
-    }
-    if (!rc && di_attention_fast_applies(k->spec, &k->sp, DI_BACKEND_CUDA)) {
-        char merge[300];
-        snprintf(merge, sizeof merge, "%s_merge", k->name);
-        rc = di_cuda_function(k->mod, merge, &k->cu_merge, err);
-    }
+    for (int i = 0; !rc && i < k->nentries; i++) rc = di_cuda_function(k->mod, k->entries[i].name, &k->fn[i], err);
     free(cubin);
     free(ptx);
     free(log);
     return rc;
 }
 
-/* ---- the vendor matmul ----------------------------------------------------------------
- * What engines do, on purpose (the non-invariant reference): the work for a row depends on
- * how many rows share the launch. On the GPU cuBLASLt's heuristic picks tile, split-K count
- * and reduction for each M. Without cuBLASLt, and on the CPU, the kernel the caller holds is a
- * dispatcher over generated variants, one per K split count, and each launch takes the one
- * di_vendor_matmul_ksplits(rows) names. Vendor attention on the GPU is the same kind of
- * dispatcher over the tensor-core attention, one variant per KV split size, and each launch
- * takes the one di_vendor_attention_kv_split(rows) names (engines choose a split-KV count from
- * the batch; at a given context that is a split size). All of it is chosen here rather than in
- * the model so that the model stays profile- and backend-blind, as it is for exact and fast. */
-
-static bool vendor_dispatch(const di_rt *rt, const di_spec *s, const di_specialization *sp)
+/* The lowering's own entries compiled (if it has any), then its dependencies built. */
+static int build(di_rt *rt, di_kernel *k, di_err *err)
 {
-    if (rt->o.profile != DI_PROFILE_VENDOR) return false;
-    if (s->cls == DI_MATMUL) return sp->ksplits == 0;
-    /* attention: a split-KV size per launch on the GPU's tensor-core kernel */
-    if (s->cls == DI_ATTENTION && rt->cuda && sp->kv_split == 0) {
-        di_specialization v = *sp;
-        v.kv_split = s->sched.split;
-        return di_attention_fast_applies(s, &v, DI_BACKEND_CUDA);
+    k->low = di_lowering_for(k->spec, &k->sp, &rt->target);
+    di_dep deps[DI_MAX_DEPS];
+    int nd = k->low->deps ? k->low->deps(k->spec, &k->sp, &rt->target, deps, err) : 0;
+    if (nd < 0) return err->code;
+    for (int i = 0; i < nd; i++) {
+        if (di_rt_kernel(rt, deps[i].spec, &deps[i].sp, &k->deps[i], err))
+            return di_wrap(err, "spec %s (%s)", k->spec->name, k->low->name);
+        k->ndeps = i + 1;
     }
-    return false;
-}
-
-/* A vendor dispatcher's variants, compiled now, at load, so that no launch compiles: one per
- * value the policy can pick, a K split count (matmul, at most K) or a KV split size (attention). */
-static int vendor_variants(di_rt *rt, di_kernel *k, const int *values, int n, di_err *err)
-{
-    bool attention = k->spec->cls == DI_ATTENTION;
-    long kdim = attention ? 0 : di_spec_dim(k->spec, &k->sp, "K");
-    if (n > (int)(sizeof k->variant / sizeof k->variant[0]))
-        return di_fail(err, DI_ESPEC, "spec %s: %d vendor variants, room for 4", k->spec->name, n);
-    for (int i = 0; i < n; i++) {
-        di_specialization v = k->sp;
-        if (attention) v.kv_split = values[i];
-        else v.ksplits = values[i] < kdim ? values[i] : (int)kdim;
-        if (di_rt_kernel(rt, k->spec, &v, &k->variant[i], err)) return err->code;
-        k->variant_ks[i] = values[i];
-        k->nvariants = i + 1;
-    }
-    return DI_OK;
-}
-
-static int vendor_attention_prepare(di_rt *rt, di_kernel *k, di_err *err)
-{
-    const int *sizes;
-    int n = di_vendor_kv_split_choices(&sizes);
-    return vendor_variants(rt, k, sizes, n, err);
-}
-
-enum { LT_WORKSPACE = 32 << 20 };   /* cuBLASLt's own recommendation for Hopper */
-
-/* The cast kernel a matmul on f32 x runs first when its GEMM takes bf16 x (cuBLASLt, and the
- * fast matmul's TMA kernel): x rounded to bf16 (round to nearest even) into the workspace. */
-static int prepare_cast(di_rt *rt, di_kernel *k, di_err *err)
-{
-    const di_spec *cs = &di_specs[DI_OP_cast_bf16];
-    di_specialization cp;
-    di_spec_defaults(cs, &cp);
-    if (di_spec_set_dim(cs, &cp, "D", di_spec_dim(k->spec, &k->sp, "K"), err)) return err->code;
-    return di_rt_kernel(rt, cs, &cp, &k->cast, err);
-}
-
-static int vendor_cublaslt_prepare(di_rt *rt, di_kernel *k, di_err *err)
-{
-    const di_spec *s = k->spec;
-    const di_specialization *p = &k->sp;
-    /* The epilogue must be one cuBLASLt has: beta = 0 (acc) or beta = 1 on f32 res (acc + res[n]). */
-    bool plain = !strcmp(s->body, "acc") && k->ires < 0;
-    bool residual = !strcmp(s->body, "acc + res[n]") && k->ires >= 0 && p->dtypes[k->ires] == DI_F32 &&
-                    p->dtypes[k->iy] == DI_F32;
-    if (!plain && !residual)
-        return di_fail(err, DI_ESPEC, "spec %s: epilogue '%s' has no cuBLASLt form in the vendor profile (acc, or "
-                       "acc + res[n] with f32 y and res)", s->name, s->body);
-    if (p->dtypes[k->iw] != DI_BF16)
-        return di_fail(err, DI_ESPEC, "spec %s: the vendor profile's cuBLASLt matmul takes bf16 w", s->name);
-    if (p->dtypes[k->ix] == DI_F32 && prepare_cast(rt, k, err))
-        return di_wrap(err, "spec %s (vendor, cuBLASLt)", s->name);
-    if (!rt->lt_ws && di_buf_alloc(rt, LT_WORKSPACE, &rt->lt_ws, err)) return err->code;
-    k->cublas = true;
-    return DI_OK;
-}
-
-static int vendor_matmul_prepare(di_rt *rt, di_kernel *k, di_err *err)
-{
-    const di_spec *s = k->spec;
-    k->iy = arg_pos(s, "y"), k->ix = arg_pos(s, "x"), k->iw = arg_pos(s, "w"), k->ires = arg_pos(s, "res");
-    if (rt->lt) return vendor_cublaslt_prepare(rt, k, err);
-    const int *ks;
-    int n = di_vendor_ksplit_choices(&ks);
-    return vendor_variants(rt, k, ks, n, err);
-}
-
-/* The fast matmul on f32 x, where the bf16-x kernel loads by TMA: round x to bf16 first (the
- * cast kernel, round to nearest even, as the kernel itself would on the way into shared
- * memory), then run the bf16-x kernel. Same products, same order, same bits; TMA cannot
- * convert, and the f32 path's register staging is slower. */
-static bool fast_matmul_via_bf16(const di_rt *rt, const di_spec *s, const di_specialization *p)
-{
-    if (!rt->cuda || p->profile != DI_PROFILE_FAST || !di_matmul_fast_applies(s, p, DI_BACKEND_CUDA)) return false;
-    int ix = arg_pos(s, "x");
-    if (p->dtypes[ix] != DI_F32) return false;
-    di_specialization b = *p;
-    b.dtypes[ix] = DI_BF16;
-    return di_matmul_fast_tensor_maps(s, &b);
-}
-
-static int fast_matmul_via_bf16_prepare(di_rt *rt, di_kernel *k, di_err *err)
-{
-    di_specialization b = k->sp;
-    k->ix = arg_pos(k->spec, "x");
-    b.dtypes[k->ix] = DI_BF16;
-    if (prepare_cast(rt, k, err) || di_rt_kernel(rt, k->spec, &b, &k->bf16x, err))
-        return di_wrap(err, "spec %s (fast, bf16 x)", k->spec->name);
-    return DI_OK;
+    if ((k->nentries = k->low->entries(k->spec, &k->sp, &rt->target, k->entries, err)) < 0) return err->code;
+    if (k->nentries == 0) return DI_OK;
+    char *src = NULL;
+    if (di_rt_source_for(k->spec, &k->sp, &rt->target, &src, err)) return err->code;
+    dump_file(rt->dump_src, k->name, rt->cuda ? "cu" : "c", src, strlen(src));
+    int rc = rt->cuda ? build_cuda(rt, k, src, err) : build_c(rt, k, src, err);
+    free(src);
+    return rc;
 }
 
 int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_kernel **out, di_err *err)
@@ -464,7 +367,7 @@ int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_ker
     di_specialization sp = *p;
     sp.profile = rt->o.profile;
     char name[256];
-    di_kernel_name(s, &sp, name, sizeof name);
+    di_kernel_name(s, &sp, &rt->target, name, sizeof name);
     for (di_kernel *k = rt->kernels; k; k = k->next)
         if (k->spec == s && !strcmp(k->name, name)) { *out = k; return DI_OK; }
 
@@ -476,27 +379,36 @@ int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_ker
     k->spec = s;
     k->sp = sp;
     snprintf(k->name, sizeof k->name, "%s", name);
-    int rc;
-    if (vendor_dispatch(rt, s, &sp)) {
-        rc = s->cls == DI_ATTENTION ? vendor_attention_prepare(rt, k, err) : vendor_matmul_prepare(rt, k, err);
-    } else if (fast_matmul_via_bf16(rt, s, &sp)) {
-        rc = fast_matmul_via_bf16_prepare(rt, k, err);
-    } else {
-        char *src = NULL;
-        if (di_rt_source(s, &sp, rt->o.backend, &src, err)) { free(k); return err->code; }
-        dump_file(rt, name, rt->cuda ? "cu" : "c", src, strlen(src));
-        rc = rt->cuda ? build_cuda(rt, k, src, err) : build_c(rt, k, src, err);
-        free(src);
-    }
-    if (rc) {
+    if (build(rt, k, err)) {
         di_tcc_free(k->code);
+        if (k->mod) di_cuda_module_unload(rt->cuda, k->mod);
         free(k);
-        return rc;
+        return err->code;
     }
     k->next = rt->kernels;
     rt->kernels = k;
     *out = k;
     return DI_OK;
+}
+
+int di_rt_op_kernel(di_rt *rt, di_op op, const di_dim_value *dims, int n, di_kernel **out, di_err *err)
+{
+    if ((unsigned)op >= DI_NUM_OPS) return di_fail(err, DI_EUSAGE, "no kernel op %d", (int)op);
+    const di_spec *s = &di_specs[op];
+    di_specialization p;
+    di_spec_defaults(s, &p);
+    for (int i = 0; i < n; i++)
+        if (di_spec_set_dim(s, &p, dims[i].name, dims[i].value, err)) return err->code;
+    return di_rt_kernel(rt, s, &p, out, err);
+}
+
+int di_rt_kv_block(void) { return di_specs[DI_OP_kv_write].sched.kv_block; }
+
+const char *di_kernel_lowering(const di_kernel *k) { return k->low->name; }
+
+int di_rt_plan(di_rt *rt, const di_kernel *k, const long *sizes, di_plan *out, di_err *err)
+{
+    return k->low->plan(k->spec, &k->sp, &rt->target, sizes, out, err);
 }
 
 /* ---- launch -------------------------------------------------------------------------- */
@@ -507,17 +419,8 @@ static int check_arg(const di_kernel *k, int i, const di_val *v, long rows, di_e
     const di_arg *a = &k->spec->args[i];
     if (a->role == DI_ROLE_SCALAR) return DI_OK;
     if (!v->buf) return di_fail(err, DI_EUSAGE, "kernel %s: argument %s is NULL", k->name, a->name);
-    if (strncmp(a->shape, "rows,", 5) != 0 && strcmp(a->shape, "rows") != 0) return DI_OK;
-    long len = 1;
-    for (const char *c = strchr(a->shape, ','); c; c = strchr(c + 1, ',')) {
-        char tok[128];
-        const char *e = strchr(c + 1, ',');
-        size_t n = e ? (size_t)(e - c - 1) : strlen(c + 1);
-        snprintf(tok, sizeof tok, "%.*s", (int)n, c + 1);
-        long v2;
-        if (di_eval_expr(k->spec, &k->sp, tok, &v2, err)) return err->code;
-        len *= v2;
-    }
+    long len;
+    if (di_arg_row_elems(k->spec, &k->sp, i, &len, err)) return err->code;
     size_t need = (size_t)rows * (size_t)len * di_dtype_size(k->sp.dtypes[i]);
     if (v->buf->bytes < need)
         return di_fail(err, DI_EUSAGE, "kernel %s: argument %s holds %zu bytes, %ld rows need %zu", k->name, a->name,
@@ -528,155 +431,169 @@ static int check_arg(const di_kernel *k, int i, const di_val *v, long rows, di_e
 /* A kernel's workspace, grown on demand (never shrunk; freed with the runtime). */
 static int grow_workspace(di_rt *rt, di_kernel *k, size_t bytes, di_err *err)
 {
-    if (k->ws && k->ws->bytes >= bytes) return DI_OK;
+    if (!bytes || (k->ws && k->ws->bytes >= bytes)) return DI_OK;
     di_buf_free(k->ws);
     k->ws = NULL;
-    return di_buf_alloc(rt, bytes ? bytes : 4, &k->ws, err);
+    return di_buf_alloc(rt, bytes, &k->ws, err);
 }
 
-/* x (f32) rounded to bf16 into k's workspace by its cast kernel; *x16 is that workspace. */
-static int cast_x(di_rt *rt, di_kernel *k, const di_val *args, long rows, di_buf **x16, di_err *err)
+/* What one planned argument refers to, as a buffer view (workspace offsets included). */
+static di_buf view_of(di_rt *rt, const di_kernel *k, const di_pa *a, const di_val *args)
 {
-    size_t need = (size_t)rows * (size_t)di_spec_dim(k->spec, &k->sp, "K") * 2;
-    if (grow_workspace(rt, k, need, err)) return err->code;
-    di_val cargs[2] = {{.buf = k->ws}, {.buf = args[k->ix].buf}};
-    long csizes[1] = {rows};
-    if (di_rt_launch(rt, k->cast, cargs, csizes, err)) return err->code;
-    *x16 = k->ws;
+    if (a->kind == DI_A_ARG) return *args[a->index].buf;
+    di_buf v = {rt, 0, NULL, 0};
+    if (!k->ws || a->offset > k->ws->bytes) return v;
+    v.bytes = k->ws->bytes - a->offset;
+    v.host = k->ws->host ? (char *)k->ws->host + a->offset : NULL;
+    v.dev = k->ws->dev ? k->ws->dev + a->offset : 0;
+    return v;
+}
+
+/* The lowering's contract with the entry it launches: one planned argument per declared
+ * parameter, of the same kind. */
+static int check_params(const di_kernel *k, const di_launch *l, di_err *err)
+{
+    const di_entry *e = &k->entries[l->index];
+    if (l->index < 0 || l->index >= k->nentries || l->nargs != e->nparams)
+        return di_fail(err, DI_ESPEC, "kernel %s (%s): a plan passes %d arguments to entry %d, which takes %d",
+                       k->name, k->low->name, l->nargs, l->index, l->index >= 0 && l->index < k->nentries ? e->nparams : -1);
+    for (int i = 0; i < l->nargs; i++) {
+        const di_pa *a = &l->args[i];
+        di_param want = e->params[i], got;
+        if (a->kind == DI_A_ARG) {
+            const di_arg *sa = &k->spec->args[a->index];
+            got = sa->role != DI_ROLE_SCALAR ? DI_P_PTR : sa->dtype == DI_I32 ? DI_P_I32 : DI_P_F32;
+        } else {
+            got = a->kind == DI_A_WS ? DI_P_PTR : a->kind == DI_A_TMAP ? DI_P_TMAP : DI_P_LONG;
+        }
+        if (got != want)
+            return di_fail(err, DI_ESPEC, "kernel %s (%s): argument %d of entry %s is of the wrong kind", k->name,
+                           k->low->name, i, e->name);
+    }
     return DI_OK;
 }
 
-/* Vendor matmul on cuBLASLt: x to bf16 (engines keep bf16 activations), then the plan the
- * heuristic gives for this M, on the runtime's stream so that it is ordered with our kernels. */
-static int launch_cublaslt(di_rt *rt, di_kernel *k, const di_val *args, long rows, di_err *err)
+typedef union arg_store { di_dptr dev; void *host; long l; float f; int i; di_tensor_map map; } arg_store;
+
+static int run_entry(di_rt *rt, di_kernel *k, const di_launch *l, const di_val *args, const long *sizes, di_err *err)
 {
-    if (rows == 0) return DI_OK;
-    long kd = di_spec_dim(k->spec, &k->sp, "K"), nd = di_spec_dim(k->spec, &k->sp, "N");
-    di_dptr x = args[k->ix].buf->dev;
-    if (k->cast) {
-        di_buf *x16;
-        if (cast_x(rt, k, args, rows, &x16, err)) return err->code;
-        x = x16->dev;
+    if (check_params(k, l, err)) return err->code;
+    if ((long)l->grid[0] * l->grid[1] * l->grid[2] == 0) return DI_OK;
+    arg_store store[DI_MAX_PARAMS];
+    void *argv[DI_MAX_PARAMS];
+    for (int i = 0; i < l->nargs; i++) {
+        const di_pa *a = &l->args[i];
+        arg_store *v = &store[i];
+        if (a->kind == DI_A_ARG && k->spec->args[a->index].role == DI_ROLE_SCALAR) {
+            if (k->spec->args[a->index].dtype == DI_I32) v->i = args[a->index].i32;
+            else v->f = args[a->index].f32;
+        } else if (a->kind == DI_A_ARG || a->kind == DI_A_WS) {
+            di_buf b = view_of(rt, k, a, args);
+            if (rt->cuda) v->dev = b.dev; else v->host = b.host;
+        } else if (a->kind == DI_A_SIZE) {
+            v->l = sizes[a->index];
+        } else if (a->kind == DI_A_LONG) {
+            v->l = a->value;
+        } else if (di_cuda_tensor_map_bf16(rt->cuda, &v->map, args[a->index].buf->dev, a->rows, a->cols, a->box_rows,
+                                           a->box_cols, err)) {
+            return di_wrap(err, "kernel %s", k->name);
+        }
+        argv[i] = v;
     }
-    lt_plan_list *pl = k->plans;
-    while (pl && di_cublaslt_plan_m(pl->plan) != rows) pl = pl->next;
+    rt->stats.launches++;
+    if (rt->cuda) return di_cuda_launch(rt->cuda, k->fn[l->index], l->grid, l->block, l->smem, argv, err);
+    di_pool_run(rt->pool, (di_block_fn)k->fn[l->index], (long)l->grid[0] * l->grid[1], l->grid[0], argv);
+    return DI_OK;
+}
+
+/* A dependency on the launch's arguments or views of the workspace, then its sizes. */
+static int run_dep(di_rt *rt, di_kernel *k, const di_launch *l, const di_val *args, const long *sizes, di_err *err)
+{
+    di_kernel *d = l->index >= 0 && l->index < k->ndeps ? k->deps[l->index] : NULL;
+    int nargs = 0, nsizes = 0;
+    while (d && nargs < DI_MAX_ARGS && d->spec->args[nargs].name) nargs++;
+    while (d && nsizes < DI_MAX_SIZES && d->spec->sizes[nsizes]) nsizes++;
+    if (!d || l->nargs != nargs + nsizes)
+        return di_fail(err, DI_ESPEC, "kernel %s (%s): a plan runs dependency %d with %d arguments", k->name,
+                       k->low->name, l->index, l->nargs);
+    di_buf views[DI_MAX_ARGS];
+    di_val dargs[DI_MAX_ARGS];
+    long dsizes[DI_MAX_SIZES];
+    for (int i = 0; i < nargs; i++) {
+        const di_pa *a = &l->args[i];
+        bool scalar = d->spec->args[i].role == DI_ROLE_SCALAR;
+        if (a->kind == DI_A_ARG && scalar) dargs[i] = args[a->index];
+        else if ((a->kind == DI_A_ARG || a->kind == DI_A_WS) && !scalar) {
+            views[i] = view_of(rt, k, a, args);
+            dargs[i].buf = &views[i];
+        } else {
+            return di_fail(err, DI_ESPEC, "kernel %s (%s): argument %d of dependency %s is of the wrong kind", k->name,
+                           k->low->name, i, d->name);
+        }
+    }
+    for (int i = 0; i < nsizes; i++) {
+        const di_pa *a = &l->args[nargs + i];
+        if (a->kind != DI_A_SIZE && a->kind != DI_A_LONG)
+            return di_fail(err, DI_ESPEC, "kernel %s (%s): size %d of dependency %s is not a size", k->name,
+                           k->low->name, i, d->name);
+        dsizes[i] = a->kind == DI_A_SIZE ? sizes[a->index] : a->value;
+    }
+    return di_rt_launch(rt, d, dargs, dsizes, err);
+}
+
+enum { LT_WORKSPACE = 32 << 20 };   /* cuBLASLt's own recommendation for Hopper */
+
+/* The library GEMM: the plan its heuristic gives for this M, on the runtime's stream so that it
+ * is ordered with our kernels. */
+static int run_cublaslt(di_rt *rt, di_kernel *k, const di_launch *l, const di_val *args, const long *sizes,
+                        di_err *err)
+{
+    if (!rt->lt || l->nargs != DI_CUBLASLT_ARGS)
+        return di_fail(err, DI_ESPEC, "kernel %s: a cuBLASLt launch without cuBLASLt or with %d arguments", k->name,
+                       l->nargs);
+    const di_pa *a = l->args;
+    long m = a[4].kind == DI_A_SIZE ? sizes[a[4].index] : a[4].value, kd = a[5].value, nd = a[6].value;
+    if (m == 0) return DI_OK;
+    if (!rt->lt_ws && di_buf_alloc(rt, LT_WORKSPACE, &rt->lt_ws, err)) return err->code;
+    lt_plan_list *pl = k->lt_plans;
+    while (pl && di_cublaslt_plan_m(pl->plan) != m) pl = pl->next;
     if (di_cuda_make_current(rt->cuda, err)) return err->code;
     if (!pl) {
         di_cublaslt_plan *plan = NULL;
-        if (di_cublaslt_plan_new(rt->lt, rows, kd, nd, k->sp.dtypes[k->iy], rt->lt_ws->bytes, &plan, err))
+        if (di_cublaslt_plan_new(rt->lt, m, kd, nd, a[7].value ? DI_BF16 : DI_F32, rt->lt_ws->bytes, &plan, err))
             return di_wrap(err, "kernel %s", k->name);
         if (!(pl = calloc(1, sizeof *pl))) {
             di_cublaslt_plan_free(plan);
             return di_fail(err, DI_ENOMEM, "out of memory");
         }
         pl->plan = plan;
-        pl->next = k->plans;
-        k->plans = pl;
+        pl->next = k->lt_plans;
+        k->lt_plans = pl;
     }
-    di_dptr res = k->ires >= 0 ? args[k->ires].buf->dev : 0;
-    if (di_cublaslt_matmul(rt->lt, pl->plan, args[k->iy].buf->dev, x, args[k->iw].buf->dev, res, rt->lt_ws->dev,
-                           rt->lt_ws->bytes, di_cuda_stream(rt->cuda), err))
+    di_buf y = view_of(rt, k, &a[0], args), x = view_of(rt, k, &a[1], args), w = view_of(rt, k, &a[2], args);
+    di_dptr res = a[3].kind == DI_A_LONG ? 0 : view_of(rt, k, &a[3], args).dev;
+    rt->stats.launches++;
+    if (di_cublaslt_matmul(rt->lt, pl->plan, y.dev, x.dev, w.dev, res, rt->lt_ws->dev, rt->lt_ws->bytes,
+                           di_cuda_stream(rt->cuda), err))
         return di_wrap(err, "kernel %s", k->name);
     return DI_OK;
-}
-
-/* Fast attention: fold mode (phase 2 returns at once) or split mode (per-split results to
- * the workspace, folded in split order by phase 2); the plan picks from rows and maxb. */
-static int launch_attention_fast(di_rt *rt, di_kernel *k, void **argv, int n, const long *sizes, di_err *err)
-{
-    di_attention_fast_plan pl;
-    if (di_attention_fast_plan_for(k->spec, &k->sp, sizes[0], sizes[1], &pl, err)) return err->code;
-    if (sizes[0] == 0) return DI_OK;
-    if (grow_workspace(rt, k, pl.workspace, err)) return err->code;
-    long rpw = pl.rows_per_warp, split_mode = pl.split_mode;
-    argv[n] = &k->ws->dev;
-    argv[n + 1] = &rpw;
-    argv[n + 2] = &split_mode;
-    if (di_cuda_launch(rt->cuda, k->cu_fn, pl.g[0].grid, pl.g[0].block, pl.g[0].smem, argv, err)) return err->code;
-    if (!pl.split_mode) return DI_OK;
-    return di_cuda_launch(rt->cuda, k->cu_merge, pl.g[1].grid, pl.g[1].block, pl.g[1].smem, argv, err);
-}
-
-/* Fast matmul on f32 x through its bf16-x kernel: x rounded into the workspace, then that
- * kernel with the workspace as x. */
-static int launch_via_bf16(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes, di_err *err)
-{
-    long rows = sizes[0];
-    di_matmul_fast_plan plan;   /* the row count checked before anything runs (arguments were, by the caller) */
-    if (di_matmul_fast_plan_for(k->bf16x->spec, &k->bf16x->sp, rows, &plan, err)) return err->code;
-    if (rows == 0) return DI_OK;
-    di_val bargs[DI_MAX_ARGS];
-    for (int i = 0; i < DI_MAX_ARGS && k->spec->args[i].name; i++) bargs[i] = args[i];
-    if (cast_x(rt, k, args, rows, &bargs[k->ix].buf, err)) return err->code;
-    return di_rt_launch(rt, k->bf16x, bargs, sizes, err);
-}
-
-/* Fast matmul: partials per fixed K split into a workspace, then their in-order sum. */
-static int launch_two_phase(di_rt *rt, di_kernel *k, const di_val *args, void **argv, int n, long rows, di_err *err)
-{
-    di_geometry g[2];
-    size_t ws_bytes = 0;
-    /* geometry and TMA boxes come from the current config and must match the compiled kernel
-     * (a mismatch in the bytes a stage expects would hang it); the struct has no padding */
-    if (memcmp(&k->built_with, di_matmul_fast_get_config(), sizeof k->built_with))
-        return di_fail(err, DI_EUSAGE, "kernel %s: the fast matmul config changed after it was built (open a new "
-                       "runtime after di_matmul_fast_set_config)", k->name);
-    if (di_geometry_matmul_fast(k->spec, &k->sp, rows, g, &ws_bytes, err)) return err->code;
-    if (rows == 0) return DI_OK;
-    if (grow_workspace(rt, k, ws_bytes, err)) return err->code;
-    argv[n] = &k->ws->dev;
-    di_tensor_map maps[2];   /* x [rows][K] and w [N][K], in the tile's boxes (per launch: x and rows change) */
-    if (k->tensor_maps) {
-        const di_matmul_fast_config *c = di_matmul_fast_get_config();
-        uint64_t kdim = (uint64_t)di_spec_dim(k->spec, &k->sp, "K"), ndim = (uint64_t)di_spec_dim(k->spec, &k->sp, "N");
-        if (di_cuda_tensor_map_bf16(rt->cuda, &maps[0], args[k->ix].buf->dev, (uint64_t)rows, kdim,
-                                    (unsigned)di_matmul_fast_x_box_rows(rows), (unsigned)c->bk, err) ||
-            di_cuda_tensor_map_bf16(rt->cuda, &maps[1], args[k->iw].buf->dev, ndim, kdim,
-                                    (unsigned)di_matmul_fast_tile_cols(k->spec, &k->sp), (unsigned)c->bk, err))
-            return di_wrap(err, "kernel %s", k->name);
-        argv[n + 1] = &maps[0];
-        argv[n + 2] = &maps[1];
-    }
-    if (di_cuda_launch(rt->cuda, k->cu_fn, g[0].grid, g[0].block, g[0].smem, argv, err)) return err->code;
-    if ((long)g[1].grid[0] * g[1].grid[1] == 0) return DI_OK;   /* fused: phase 1 stored y */
-    return di_cuda_launch(rt->cuda, k->cu_reduce, g[1].grid, g[1].block, g[1].smem, argv, err);
 }
 
 int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes, di_err *err)
 {
     const di_spec *s = k->spec;
-    if (k->nvariants) {
-        bool att = s->cls == DI_ATTENTION;
-        int want = att ? di_vendor_attention_kv_split(sizes[0]) : di_vendor_matmul_ksplits(sizes[0]);
-        for (int i = 0; i < k->nvariants; i++)
-            if (k->variant_ks[i] == want) return di_rt_launch(rt, k->variant[i], args, sizes, err);
-        return di_fail(err, DI_EUSAGE, "kernel %s: no variant for %s %d", k->name, att ? "KV split size" : "K splits",
-                       want);
-    }
-    void *argv[DI_MAX_ARGS + DI_MAX_SIZES + 3];
-    long size_vals[DI_MAX_SIZES];
-    int n = 0;
-    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++, n++) {
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)
         if (check_arg(k, i, &args[i], sizes[0], err)) return err->code;
-        if (s->args[i].role == DI_ROLE_SCALAR)
-            argv[n] = (void *)&args[i];
-        else
-            argv[n] = rt->cuda ? (void *)&args[i].buf->dev : (void *)&args[i].buf->host;
+    di_plan plan;
+    if (k->low->plan(s, &k->sp, &rt->target, sizes, &plan, err)) return err->code;
+    if (grow_workspace(rt, k, plan.workspace, err)) return err->code;
+    for (int i = 0; i < plan.n; i++) {
+        const di_launch *l = &plan.l[i];
+        int rc = l->run == DI_RUN_ENTRY ? run_entry(rt, k, l, args, sizes, err)
+               : l->run == DI_RUN_DEP   ? run_dep(rt, k, l, args, sizes, err)
+                                        : run_cublaslt(rt, k, l, args, sizes, err);
+        if (rc) return rc;
     }
-    for (int i = 0; i < DI_MAX_SIZES && s->sizes[i]; i++, n++) {
-        size_vals[i] = sizes[i];
-        argv[n] = &size_vals[i];
-    }
-    if (k->bf16x) return launch_via_bf16(rt, k, args, sizes, err);
-    rt->stats.launches++;
-    if (k->cublas) return launch_cublaslt(rt, k, args, sizes[0], err);
-    if (k->cu_merge) return launch_attention_fast(rt, k, argv, n, sizes, err);
-    if (k->cu_reduce) return launch_two_phase(rt, k, args, argv, n, sizes[0], err);
-    di_geometry g;
-    if (di_geometry_for(s, &k->sp, rt->o.backend, sizes, &g, err)) return err->code;
-    if ((long)g.grid[0] * g.grid[1] * g.grid[2] == 0) return DI_OK;
-    if (rt->cuda) return di_cuda_launch(rt->cuda, k->cu_fn, g.grid, g.block, g.smem, argv, err);
-    di_pool_run(rt->pool, k->cpu_fn, (long)g.grid[0] * g.grid[1], g.grid[0], argv);
     return DI_OK;
 }
 

@@ -1,11 +1,13 @@
 /* The backend-neutral runtime: buffers, kernels (generated, compiled, cached), launches.
  * The model speaks only this API; whether a kernel runs on CPU workers (libtcc) or on the
- * GPU (NVRTC + driver) is chosen when the runtime is opened. */
+ * GPU (NVRTC + driver) is chosen when the runtime is opened. A kernel is run the one way the
+ * runtime knows: its lowering (codegen/lowering.h) gives the plan, the runtime carries it out. */
 #ifndef DI_BACKEND_H
 #define DI_BACKEND_H
 #include <stdbool.h>
 #include <stddef.h>
 #include "codegen/codegen.h"
+#include "codegen/lowering.h"
 #include "runtime/cuda.h"
 #include "base/err.h"
 
@@ -16,8 +18,11 @@ typedef struct di_rt_opts {
     di_profile profile;
     int threads;              /* CPU workers (C backend) */
     int device;               /* CUDA ordinal */
+    int sm_count;             /* CUDA: blocks of a persistent grid; 0: the device's SM count (tests vary it) */
     const char *cache_dir;    /* NULL: from the environment (runtime/cache.h) */
-    const char *dump_dir;     /* NULL: $DETINFER_DUMP_DIR; writes .c/.cu, .ptx, .log per kernel, on hits too */
+    /* Dumps, on cache hits too. NULL: $DETINFER_DUMP_DIR for both. */
+    const char *dump_src_dir; /* generated .c/.cu and compile logs */
+    const char *dump_ptx_dir; /* GPU: the PTX and compile logs */
 } di_rt_opts;
 
 typedef struct di_buf {
@@ -37,6 +42,8 @@ typedef struct di_rt_stats { long kernels_compiled, kernels_from_cache, launches
 int di_rt_open(const di_rt_opts *o, di_rt **out, di_err *err);
 void di_rt_close(di_rt *rt);
 di_backend_kind di_rt_backend(const di_rt *rt);
+const di_target *di_rt_target(const di_rt *rt);
+di_profile di_rt_profile(const di_rt *rt);
 const char *di_rt_describe(const di_rt *rt);   /* "cpu (2 threads)", "cuda NVIDIA H100 ... sm_90a" */
 di_rt_stats di_rt_get_stats(const di_rt *rt);
 struct di_cache *di_rt_cache(di_rt *rt);
@@ -46,15 +53,27 @@ void di_buf_free(di_buf *b);
 int di_buf_write(di_buf *b, size_t offset, const void *src, size_t bytes, di_err *err);
 int di_buf_read(const di_buf *b, size_t offset, void *dst, size_t bytes, di_err *err);
 
-/* Generated, compiled (or taken from the cache) once per (spec, specialization). */
+/* Generated, compiled (or taken from the cache) once per (spec, specialization); the
+ * runtime's profile replaces p->profile. Dependencies of the kernel's lowering are built too. */
 int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_kernel **out, di_err *err);
+/* A kernels.def op at its default specialization with some dims set (the model's way in). */
+typedef struct di_dim_value { const char *name; long value; } di_dim_value;
+int di_rt_op_kernel(di_rt *rt, di_op op, const di_dim_value *dims, int n, di_kernel **out, di_err *err);
+/* The KV cache block size (positions) the kv_write and attention kernels share (kernels.def). */
+int di_rt_kv_block(void);
 /* sizes: the spec's runtime sizes in SIZES order. Asynchronous on the GPU. */
 int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes, di_err *err);
 int di_rt_sync(di_rt *rt, di_err *err);
+/* The lowering a kernel runs by, and its plan for these sizes (for tests and benchmarks). */
+const char *di_kernel_lowering(const di_kernel *k);
+int di_rt_plan(di_rt *rt, const di_kernel *k, const long *sizes, di_plan *out, di_err *err);
 
-/* The generated source of a kernel (for kgen and dumps); caller frees. */
+/* The generated source of a kernel (for kgen and dumps); caller frees. The target is the
+ * runtime's, or for b alone the default one (di_target_c, di_target_cuda_default). */
 int di_rt_source(const di_spec *s, const di_specialization *p, di_backend_kind b, char **src, di_err *err);
-/* NVRTC options for a profile and arch, in order; returns the count. */
+int di_rt_source_for(const di_spec *s, const di_specialization *p, const di_target *t, char **src, di_err *err);
+/* NVRTC options for a profile and arch, in order; returns the count. opts[0] points into a
+ * static buffer that the next call overwrites. */
 int di_nvrtc_options(di_profile profile, const char *arch, const char **opts, int max);
 
 #endif

@@ -114,3 +114,11 @@ void di_tcc_free(di_tcc_code *code)
     pthread_mutex_unlock(&tcc_lock);
     free(code);
 }
+
+void *di_tcc_symbol(di_tcc_code *code, const char *symbol)
+{
+    pthread_mutex_lock(&tcc_lock);
+    void *p = tcc_get_symbol(code->s, symbol);
+    pthread_mutex_unlock(&tcc_lock);
+    return p;
+}

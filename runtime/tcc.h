@@ -16,5 +16,7 @@ int di_tcc_compile_obj(const char *src, const char *label, void **obj, size_t *l
 /* Loads an object produced above and resolves `symbol`. */
 int di_tcc_load_obj(const void *obj, size_t len, const char *symbol, di_tcc_code **code, void **fn, di_err *err);
 void di_tcc_free(di_tcc_code *code);
+/* Another symbol of a loaded object (NULL if absent). */
+void *di_tcc_symbol(di_tcc_code *code, const char *symbol);
 
 #endif

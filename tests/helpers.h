@@ -133,7 +133,8 @@ static inline void th_compile_fast(const di_spec *s, const di_specialization *p,
     cr_assert_not_null(src);
     snprintf(src, glen + 64, "%s\n// compile %ld.%ld\n", gen, (long)getpid(), (long)time(NULL));
     free(gen);
-    di_kernel_name(s, p, name, len);
+    di_target t = di_target_cuda_default();
+    di_kernel_name(s, p, &t, name, len);
     const char *opts[17];
     int nopts = di_nvrtc_options(DI_PROFILE_FAST, "sm_90a", opts, 16);
     opts[nopts++] = "--ptxas-options=-v";

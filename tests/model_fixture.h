@@ -32,8 +32,8 @@ static inline fixture fixture_open(int threads, int max_batch_tokens, int kv_blo
     /* and DETINFER_TEST_PROFILE=fast there checks the tensor-core profile's invariance */
     const char *b = getenv("DETINFER_TEST_BACKEND"), *pr = getenv("DETINFER_TEST_PROFILE");
     bool cuda = b && !strcmp(b, "cuda");
-    di_rt_opts ro = {.backend = cuda ? DI_BACKEND_CUDA : DI_BACKEND_C, .threads = threads,
-                     .profile = cuda && pr && !strcmp(pr, "fast") ? DI_PROFILE_FAST : DI_PROFILE_EXACT};
+    di_rt_opts ro = {.backend = cuda ? DI_BACKEND_CUDA : DI_BACKEND_C, .threads = threads, .profile = DI_PROFILE_EXACT};
+    if (cuda && pr && *pr) cr_assert(di_profile_parse(pr, &ro.profile), "DETINFER_TEST_PROFILE=%s is no profile", pr);
     cr_assert_eq(di_rt_open(&ro, &f.rt, &e), 0, "runtime: %s", e.msg);
     di_model_opts o = {.max_batch_tokens = max_batch_tokens, .ctx = 512, .kv_blocks = kv_blocks, .max_seqs = max_seqs};
     cr_assert_eq(di_model_load(model_path(), f.rt, &o, &f.m, &e), 0, "%s", e.msg);

@@ -182,3 +182,42 @@ Test(cli, generate_repeat_gives_one_completion_and_digest, .timeout = 300)
     const char *last = strstr(r.out, "repeats: ");
     cr_assert(strchr(last, '\n') && strchr(last, '\n')[1] == 0, "the repeats line is not the last:\n%s", r.out);
 }
+
+/* A profile name is parsed from the profile table everywhere: a typo is a usage error that
+ * lists the real ones, never a silent default. */
+Test(cli, unknown_profile_exits_2_everywhere)
+{
+    ran r = sh(GEN " -p hi --profile fsat");
+    expect(&r, 2, "--profile takes exact | fast | vendor, not 'fsat'");
+    r = sh(KGEN " emit rmsnorm --profile fsat");
+    expect(&r, 2, "--profile takes exact | fast | vendor, not 'fsat'");
+    r = sh(GEN " --help");
+    expect(&r, 0, "--profile P         exact | fast | vendor");
+}
+
+/* The recorded digests (tests/data/digests.tsv) do not move: every refactor of the kernel
+ * layer has to leave these bits alone. */
+Test(cli, generate_digests_match_the_record, .timeout = 600)
+{
+    NEED_MODEL();
+    FILE *f = fopen(DI_SOURCE_DIR "/tests/data/digests.tsv", "r");
+    cr_assert_not_null(f);
+    char line[1024];
+    int checked = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (line[0] == '#' || line[0] == '\n') continue;
+        char *tab = strchr(line, '\t');
+        cr_assert_not_null(tab, "digests.tsv: no tab in '%s'", line);
+        *tab = 0;
+        char want[65];
+        cr_assert_eq(sscanf(tab + 1, "%64s", want), 1);
+        ran r = sh(GEN " -m %s --device cpu -t 2 --digest %s", model_path(), line);
+        cr_assert_eq(r.status, 0, "generate %s: exit %d\n%s", line, r.status, r.out);
+        char expect_line[100];
+        snprintf(expect_line, sizeof expect_line, "digest 0 %s", want);
+        cr_assert(strstr(r.out, expect_line), "generate %s: digest moved (want %s):\n%s", line, want, r.out);
+        checked++;
+    }
+    fclose(f);
+    cr_assert_eq(checked, 4);
+}

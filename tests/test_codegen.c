@@ -66,7 +66,8 @@ Test(codegen, malformed_specs_fail_with_name_and_field)
         di_spec_defaults(&bad_specs[i], &p);
         di_str o = {0};
         di_err e = {0};
-        cr_assert_eq(di_codegen(&bad_specs[i], &p, DI_BACKEND_C, &o, &e), DI_ESPEC);
+        di_target t = di_target_c();
+        cr_assert_eq(di_codegen(&bad_specs[i], &p, &t, &o, &e), DI_ESPEC);
         cr_assert(strstr(e.msg, bad_specs[i].name));
         di_str_free(&o);
     }
@@ -92,7 +93,8 @@ Test(codegen, every_spec_lowers_and_compiles_on_both_backends)
         int n = di_nvrtc_options(DI_PROFILE_EXACT, "sm_90a", opts, 16);
         di_nvrtc_out out = {0};
         char name[256];
-        di_kernel_name(s, &p, name, sizeof name);
+        di_target t = di_target_cuda_default();
+        di_kernel_name(s, &p, &t, name, sizeof name);
         cr_assert_eq(di_nvrtc_compile(src, name, opts, n, false, &out, &e), 0, "NVRTC, %s: %s", s->name, e.msg);
         cr_assert(strstr(out.ptx, ".target sm_90a"), "%s: PTX is not for sm_90a", s->name);
         cr_assert(strstr(out.ptx, name), "%s: PTX lacks the entry %s", s->name, name);
@@ -174,7 +176,7 @@ Test(codegen, dump_dir_gets_source_and_log_on_hits_too)
     cr_assert_not_null(mkdtemp(cache));
     cr_assert_not_null(mkdtemp(dump));
     for (int round = 0; round < 2; round++) {
-        di_rt_opts o = {.backend = DI_BACKEND_C, .threads = 1, .cache_dir = cache, .dump_dir = dump};
+        di_rt_opts o = {.backend = DI_BACKEND_C, .threads = 1, .cache_dir = cache, .dump_src_dir = dump};
         di_rt *rt;
         di_err e = {0};
         cr_assert_eq(di_rt_open(&o, &rt, &e), 0, "%s", e.msg);

@@ -7,6 +7,20 @@
  * and a query alone against the same query inside a decode batch of 64 sequences. */
 #include "helpers.h"
 #include "codegen/attention_fast.h"
+#include "vendor/vendor.h"
+
+static const di_target cuda_t = {.backend = DI_BACKEND_CUDA, .arch = "sm_90a", .sm_count = 132};
+static const di_target c_t = {.backend = DI_BACKEND_C};
+#define APPLIES(s, p, t) di_lowering_attention_fast.applies((s), (p), &(t))
+
+/* The attention schedule with its mode forced: 1 fold, 2 split (0: the target's default). */
+static di_att_schedule att_mode(int mode)
+{
+    di_specialization none = {0};
+    di_att_schedule a = di_att_schedule_of(&none, &cuda_t);
+    a.mode = mode;
+    return a;
+}
 
 typedef struct { long nh, nkv, hd; } heads;
 static const heads smollm2 = {9, 3, 64}, llama8b = {32, 8, 128};
@@ -24,48 +38,58 @@ Test(gpu_attention, applies_to_fast_cuda_attention_of_supported_shapes)
 {
     const di_spec *s = di_spec_find("attention");
     di_specialization p = att_spec(llama8b, DI_PROFILE_FAST);
-    cr_assert(di_attention_fast_applies(s, &p, DI_BACKEND_CUDA));
-    cr_assert_not(di_attention_fast_applies(s, &p, DI_BACKEND_C), "the C backend has no tensor cores");
+    cr_assert(APPLIES(s, &p, cuda_t));
+    cr_assert_not(APPLIES(s, &p, c_t), "the C backend has no tensor cores");
     p = att_spec(llama8b, DI_PROFILE_EXACT);
-    cr_assert_not(di_attention_fast_applies(s, &p, DI_BACKEND_CUDA), "exact keeps the scalar lowering");
+    cr_assert_not(APPLIES(s, &p, cuda_t), "exact keeps the scalar lowering");
     p = att_spec((heads){8, 8, 72}, DI_PROFILE_FAST);
-    cr_assert_not(di_attention_fast_applies(s, &p, DI_BACKEND_CUDA), "HD 72 is not a multiple of 16");
+    cr_assert_not(APPLIES(s, &p, cuda_t), "HD 72 is not a multiple of 16");
     p = att_spec((heads){64, 2, 64}, DI_PROFILE_FAST);
-    cr_assert_not(di_attention_fast_applies(s, &p, DI_BACKEND_CUDA), "32 query heads per KV head exceed an m16 tile");
+    cr_assert_not(APPLIES(s, &p, cuda_t), "32 query heads per KV head exceed an m16 tile");
     di_specialization q = att_spec(smollm2, DI_PROFILE_FAST);
-    cr_assert_not(di_attention_fast_applies(di_spec_find("matmul"), &q, DI_BACKEND_CUDA));
+    cr_assert_not(APPLIES(di_spec_find("matmul"), &q, cuda_t));
 }
 
 Test(gpu_attention, plan_modes_follow_rows_and_width_only)
 {
     const di_spec *s = di_spec_find("attention");
     di_specialization p = att_spec(llama8b, DI_PROFILE_FAST);
-    di_attention_fast_plan pl;
+    di_attention_fast_mode_info pl;
+    di_plan plan;
     di_err e = {0};
-    cr_assert_eq(di_attention_fast_plan_for(s, &p, 1, 256, &pl, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_attention_fast_mode(s, &p, &cuda_t, 1, 256, &pl, &e), 0, "%s", e.msg);
     cr_assert(pl.split_mode, "a decode of one row at a long context splits the KV");
-    cr_assert_eq(pl.g[0].grid[2], 256 * 32 / 32, "one block per split");
+    cr_assert_eq(pl.grid_z, 256 * 32 / 32, "one block per split");
     cr_assert_eq(pl.workspace, (size_t)1 * 32 * 256 * 130 * 4);
-    cr_assert_eq(di_attention_fast_plan_for(s, &p, 4096, 256, &pl, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_attention_fast_mode(s, &p, &cuda_t, 4096, 256, &pl, &e), 0, "%s", e.msg);
     cr_assert_not(pl.split_mode, "a long prefill folds in registers");
     cr_assert_eq(pl.rows_per_warp, 4, "16 / (32 / 8) rows fill an m16 tile");
     cr_assert_eq(pl.workspace, 0);
-    cr_assert_eq(pl.g[1].grid[0] * pl.g[1].grid[1], 1, "phase 2 idle in fold mode");
-    cr_assert_eq(di_attention_fast_plan_for(s, &p, 0, 256, &pl, &e), 0, "%s", e.msg);
-    cr_assert_neq(di_attention_fast_plan_for(s, &p, 1, 0, &pl, &e), 0, "a zero-width block table is refused");
+    cr_assert_eq(di_lowering_attention_fast.plan(s, &p, &cuda_t, (long[]){4096, 256}, &plan, &e), 0, "%s", e.msg);
+    cr_assert_eq(plan.n, 1, "phase 2 is not launched in fold mode");
+    cr_assert_eq(di_attention_fast_mode(s, &p, &cuda_t, 0, 256, &pl, &e), 0, "%s", e.msg);
+    cr_assert_neq(di_attention_fast_mode(s, &p, &cuda_t, 1, 0, &pl, &e), 0, "a zero-width block table is refused");
     cr_assert(strstr(e.msg, "block-table width"), "%s", e.msg);
     /* a context of 2^22 positions: more splits than grid z holds, so fold mode, never an error */
-    cr_assert_eq(di_attention_fast_plan_for(s, &p, 1, (1L << 22) / 32, &pl, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_attention_fast_mode(s, &p, &cuda_t, 1, (1L << 22) / 32, &pl, &e), 0, "%s", e.msg);
     cr_assert_not(pl.split_mode);
     di_specialization b = p;   /* di_spec_set_dtype refuses this; applies() must too, on its own */
     cr_assert_str_eq(s->args[2].name, "kc");
     b.dtypes[2] = DI_BF16;
-    cr_assert_not(di_attention_fast_applies(s, &b, DI_BACKEND_CUDA), "the kernel reads f32 K/V only");
-    di_attention_fast_force_mode(2);
-    cr_assert_eq(di_attention_fast_plan_for(s, &p, 4096, 4, &pl, &e), 0, "%s", e.msg);
+    cr_assert_not(APPLIES(s, &b, cuda_t), "the kernel reads f32 K/V only");
+    p.att = att_mode(2);
+    cr_assert_eq(di_attention_fast_mode(s, &p, &cuda_t, 4096, 4, &pl, &e), 0, "%s", e.msg);
     cr_assert(pl.split_mode);
-    cr_assert_neq(di_attention_fast_plan_for(s, &p, 70000, 4, &pl, &e), 0, "phase 2's grid y holds 65535 rows");
-    di_attention_fast_force_mode(0);
+    cr_assert_neq(di_attention_fast_mode(s, &p, &cuda_t, 70000, 4, &pl, &e), 0, "phase 2's grid y holds 65535 rows");
+    /* a forced mode is another schedule: another kernel name; an invalid one is refused */
+    char a[256], c[256];
+    di_specialization d = att_spec(llama8b, DI_PROFILE_FAST);
+    di_kernel_name(s, &d, &cuda_t, a, sizeof a);
+    di_kernel_name(s, &p, &cuda_t, c, sizeof c);
+    cr_assert_str_neq(a, c, "a forced mode must not share the default's name");
+    p.att.mode = 3;
+    cr_assert_neq(di_specialization_check(s, &p, &e), 0);
+    cr_assert(strstr(e.msg, "mode"), "%s", e.msg);
 }
 
 Test(gpu_attention, vendor_kv_split_is_validated_and_named)
@@ -76,11 +100,11 @@ Test(gpu_attention, vendor_kv_split_is_validated_and_named)
     p.kv_split = 16;
     cr_assert_eq(di_specialization_check(s, &p, &e), 0, "%s", e.msg);
     char name[256];
-    di_kernel_name(s, &p, name, sizeof name);
+    di_kernel_name(s, &p, &cuda_t, name, sizeof name);
     cr_assert(strstr(name, "_vendor_kvs16"), "%s", name);
-    cr_assert(di_attention_fast_applies(s, &p, DI_BACKEND_CUDA), "vendor attention runs the tensor-core kernel");
+    cr_assert(APPLIES(s, &p, cuda_t), "vendor attention runs the tensor-core kernel");
     di_str src = {0};
-    cr_assert_neq(di_codegen(s, &p, DI_BACKEND_C, &src, &e), 0, "the scalar lowering cannot take another split size");
+    cr_assert_neq(di_codegen(s, &p, &c_t, &src, &e), 0, "the scalar lowering cannot take another split size");
     cr_assert(strstr(e.msg, "KV split size"), "%s", e.msg);
     free(src.p);
     p.kv_split = 24;
@@ -145,7 +169,7 @@ static kv_cache cache_new(di_rt *rt, heads h)
 static void cache_free(kv_cache *c) { di_buf_free(c->kc); di_buf_free(c->vc); di_buf_free(c->btab); }
 
 /* One step: the rows' k and v go to the cache, then they attend (as the model does). */
-static void step(kv_cache *c, const float *qkv, const int *pos, const int *seq, long rows, float *out)
+static void step(kv_cache *c, const float *qkv, const int *pos, const int *seq, long rows, int mode, float *out)
 {
     di_rt *rt = c->rt;
     long ow = c->h.nh * c->h.hd;
@@ -154,6 +178,10 @@ static void step(kv_cache *c, const float *qkv, const int *pos, const int *seq, 
     long sizes[] = {rows, MAXB};
     di_specialization kw = th_spec("kv_write", "NH", c->h.nh, "NKV", c->h.nkv, "HD", c->h.hd, NULL);
     di_specialization at = th_spec("attention", "NH", c->h.nh, "NKV", c->h.nkv, "HD", c->h.hd, NULL);
+    if (mode) {   /* a forced mode is a fast schedule (the vendor negative control keeps its own) */
+        at.profile = DI_PROFILE_FAST;
+        at.att = att_mode(mode);
+    }
     di_val w[] = {{.buf = c->kc}, {.buf = c->vc}, {.buf = bq}, {.buf = bp}, {.buf = bs}, {.buf = c->btab}};
     th_launch(rt, th_kernel(rt, "kv_write", &kw), w, sizes);
     di_val a[] = {{.buf = bo}, {.buf = bq}, {.buf = c->kc}, {.buf = c->vc}, {.buf = bp}, {.buf = bs}, {.buf = c->btab}};
@@ -164,7 +192,7 @@ static void step(kv_cache *c, const float *qkv, const int *pos, const int *seq, 
 
 /* Sequence 0's T tokens in chunks of `chunk`; with `mix`, every step also carries one token of
  * each of sequences 1..mix (their own positions, advancing), before and after sequence 0's. */
-static void run_seq(di_rt *rt, heads h, const float *x, const float *other, long chunk, long mix, float *out)
+static void run_seq(di_rt *rt, heads h, const float *x, const float *other, long chunk, long mix, int mode, float *out)
 {
     kv_cache c = cache_new(rt, h);
     long ow = h.nh * h.hd, step_no = 0;
@@ -184,7 +212,7 @@ static void run_seq(di_rt *rt, heads h, const float *x, const float *other, long
             pos[r + i] = (int)(t0 + i);
             seq[r + i] = 0;
         }
-        step(&c, q, pos, seq, rows, o);
+        step(&c, q, pos, seq, rows, mode, o);
         memcpy(out + t0 * ow, o + r * ow, n * ow * 4);
         free(q); free(o); free(pos); free(seq);
     }
@@ -230,8 +258,7 @@ static void check_shape(heads h)
     th_fill(x, (size_t)T * qkvw, 11);
     th_fill(other, (size_t)2 * T * qkvw, 12);
     float *ref = malloc((size_t)T * ow * 4), *got = malloc((size_t)T * ow * 4);
-    di_attention_fast_force_mode(1);
-    run_seq(rt, h, x, other, T, 0, ref);   /* the whole prompt in one step, fold mode */
+    run_seq(rt, h, x, other, T, 0, 1, ref);   /* the whole prompt in one step, fold mode */
 
     /* Weights are rounded to bf16 and the sum of exp is taken over the rounded weights: the
      * error is a few bf16 ulps of the output's scale (values in [-1, 1)). Stated bound: 1e-2. */
@@ -249,18 +276,16 @@ static void check_shape(heads h)
                 for (size_t m = 0; m < 3; m++) {
                     if (rep > 0 && m == 1) continue;   /* keep the run short: the others repeat */
                     if (chunks[c] == 1 && mixes[m] == 63 && rep > 0) continue;
-                    di_attention_fast_force_mode(mode);
-                    run_seq(rt, h, x, other, chunks[c], mixes[m], got);
+                    run_seq(rt, h, x, other, chunks[c], mixes[m], mode, got);
                     cr_assert(th_bits_equal(got, ref, (size_t)T * ow),
                               "HD %ld: chunk %ld with %ld other sequences per step, %s mode (repetition %d) "
                               "differs from the whole prompt in fold mode",
                               h.hd, chunks[c], mixes[m], mode == 1 ? "fold" : "split", rep + 1);
                 }
-    di_attention_fast_force_mode(0);
     /* the product's own choice of mode, per step */
-    run_seq(rt, h, x, other, 1, 63, got);
+    run_seq(rt, h, x, other, 1, 63, 0, got);
     cr_assert(th_bits_equal(got, ref, (size_t)T * ow), "HD %ld: decode in batches of 64, automatic mode", h.hd);
-    run_seq(rt, h, x, other, 100, 5, got);
+    run_seq(rt, h, x, other, 100, 5, 0, got);
     cr_assert(th_bits_equal(got, ref, (size_t)T * ow), "HD %ld: chunks of 100 + 5 decodes, automatic mode", h.hd);
     free(x); free(other); free(ref); free(got);
     di_rt_close(rt);
@@ -282,8 +307,8 @@ Test(gpu_attention, vendor_split_size_from_the_batch_changes_bits, .timeout = 30
     th_fill(x, (size_t)T * qkvw, 11);
     th_fill(other, (size_t)2 * T * qkvw, 12);
     float *whole = malloc((size_t)T * ow * 4), *decode = malloc((size_t)T * ow * 4);
-    run_seq(rt, h, x, other, T, 0, whole);
-    run_seq(rt, h, x, other, 1, 0, decode);
+    run_seq(rt, h, x, other, T, 0, 0, whole);
+    run_seq(rt, h, x, other, 1, 0, 0, decode);
     size_t differ = 0;
     for (size_t i = 0; i < (size_t)T * ow; i++) differ += memcmp(&whole[i], &decode[i], 4) != 0;
     cr_log_info("vendor attention: %zu of %zu outputs differ between prefill and decode", differ, (size_t)T * ow);

@@ -1,13 +1,19 @@
 /* The fast profile's tensor-core matmul (codegen/matmul_fast.c).
- * Without a GPU: where the path applies, that the split count depends on K only, that the
- * generated source compiles with NVRTC to sm_90a code using mma.sync / ldmatrix / cp.async.
+ * Without a GPU: where the path applies, that the split size depends on K and N only, that a
+ * schedule is validated, that the generated source compiles with NVRTC to sm_90a code using
+ * wgmma / TMA / mbarriers (and mma.sync / ldmatrix / cp.async for the mma_sync schedule).
  * With a GPU: accuracy against a float64 reference at odd shapes, and bitwise row invariance
  * across M = 1..64 and 257, in both the split and the fused mode, with f32 and bf16 outputs
- * and the residual epilogue (in place too). GPU tests skip with the reason when there is none. */
+ * and the residual epilogue (in place too); the wide and the narrow tile, persistent grids of
+ * any size and the mma_sync schedule give the same bits. GPU tests skip with the reason when
+ * there is none. */
 #include "helpers.h"
 #include "codegen/matmul_fast.h"
 #include "runtime/nvrtc.h"
 #include <stdio.h>
+
+static const di_target cuda_t = {.backend = DI_BACKEND_CUDA, .arch = "sm_90a", .sm_count = 132};
+static const di_target c_t = {.backend = DI_BACKEND_C};
 
 static di_specialization fast_spec(const char *name, long k, long n, di_dtype xt, di_dtype yt)
 {
@@ -24,26 +30,54 @@ static di_specialization fast_spec(const char *name, long k, long n, di_dtype xt
     return p;
 }
 
+static di_mm_schedule default_schedule(void)
+{
+    di_specialization none = {0};
+    return di_mm_schedule_of(&none, &cuda_t);
+}
+
+static di_matmul_fast_info info_of(const char *spec, const di_specialization *p)
+{
+    di_matmul_fast_info in;
+    di_err e = {0};
+    cr_assert_eq(di_matmul_fast_kernel_info(di_spec_find(spec), p, &cuda_t, &in, &e), 0, "%s", e.msg);
+    return in;
+}
+
 /* ---- no GPU needed ------------------------------------------------------------------------ */
 
 Test(gpu_fast, applies_to_fast_cuda_matmul_with_bf16_weights_only)
 {
     const di_spec *mm = di_spec_find("matmul"), *rms = di_spec_find("rmsnorm");
-    di_specialization p = fast_spec("matmul", 4096, 6144, DI_F32, DI_F32);
-    cr_assert(di_matmul_fast_applies(mm, &p, DI_BACKEND_CUDA));
-    cr_assert_not(di_matmul_fast_applies(mm, &p, DI_BACKEND_C), "the C backend has no tensor cores");
+    di_specialization p = fast_spec("matmul", 4096, 6144, DI_BF16, DI_F32);
+    cr_assert_eq(di_lowering_for(mm, &p, &cuda_t), &di_lowering_matmul_fast);
+    p = fast_spec("matmul", 4096, 6144, DI_F32, DI_F32);
+    cr_assert_eq(di_lowering_for(mm, &p, &cuda_t), &di_lowering_matmul_fast_f32x, "f32 x is rounded, then TMA");
+    cr_assert_eq(di_lowering_for(mm, &p, &c_t), &di_lowering_class, "the C backend has no tensor cores");
     p.profile = DI_PROFILE_EXACT;
-    cr_assert_not(di_matmul_fast_applies(mm, &p, DI_BACKEND_CUDA), "exact keeps the scalar lowering");
+    cr_assert_eq(di_lowering_for(mm, &p, &cuda_t), &di_lowering_class, "exact keeps the scalar lowering");
     p.profile = DI_PROFILE_FAST;
     di_err e = {0};
     cr_assert_eq(di_spec_set_dtype(mm, &p, "w", DI_F32, &e), 0, "%s", e.msg);
-    cr_assert_not(di_matmul_fast_applies(mm, &p, DI_BACKEND_CUDA), "f32 weights are not a tensor-core input");
+    cr_assert_eq(di_lowering_for(mm, &p, &cuda_t), &di_lowering_class, "f32 weights are not a tensor-core input");
     di_specialization r;
     di_spec_defaults(rms, &r);
     r.profile = DI_PROFILE_FAST;
-    cr_assert_not(di_matmul_fast_applies(rms, &r, DI_BACKEND_CUDA));
+    cr_assert_eq(di_lowering_for(rms, &r, &cuda_t), &di_lowering_class);
     di_specialization q = fast_spec("matmul_residual", 4096, 4096, DI_BF16, DI_BF16);
-    cr_assert(di_matmul_fast_applies(di_spec_find("matmul_residual"), &q, DI_BACKEND_CUDA));
+    cr_assert_eq(di_lowering_for(di_spec_find("matmul_residual"), &q, &cuda_t), &di_lowering_matmul_fast);
+    /* K % 8 != 0: no TMA, so f32 x stays f32 into the cp.async loaders */
+    q = fast_spec("matmul", 1001, 37, DI_F32, DI_F32);
+    cr_assert_eq(di_lowering_for(mm, &q, &cuda_t), &di_lowering_matmul_fast);
+}
+
+/* The bf16-x kernel's plan (what f32 x runs after its cast) at `rows`. */
+static di_plan plan_of(const di_spec *s, const di_specialization *p, long rows)
+{
+    di_plan pl;
+    di_err e = {0};
+    cr_assert_eq(di_lowering_matmul_fast.plan(s, p, &cuda_t, (long[]){rows}, &pl, &e), 0, "%s", e.msg);
+    return pl;
 }
 
 Test(gpu_fast, split_size_depends_on_k_and_n_only)
@@ -53,27 +87,19 @@ Test(gpu_fast, split_size_depends_on_k_and_n_only)
     for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
         const long ns[] = {37, 576, 4096, 6144, 28672}, rows[] = {1, 8, 63, 64, 65, 257, 8192, 65535};
         for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++) {
-            di_matmul_fast_plan first = {0};
+            di_specialization p = fast_spec("matmul", ks[i], ns[a], DI_BF16, DI_F32);
+            di_matmul_fast_info in = info_of("matmul", &p);
+            cr_assert_eq(in.nsplit, (ks[i] + in.ks - 1) / in.ks);
             for (size_t b = 0; b < sizeof rows / sizeof rows[0]; b++) {
-                di_specialization p = fast_spec("matmul", ks[i], ns[a], DI_F32, DI_F32);
-                di_matmul_fast_plan pl;
-                di_geometry g[2];
-                size_t wsb = 0;
-                di_err e = {0};
-                cr_assert_eq(di_matmul_fast_plan_for(s, &p, rows[b], &pl, &e), 0, "%s", e.msg);
-                cr_assert_eq(di_geometry_matmul_fast(s, &p, rows[b], g, &wsb, &e), 0, "%s", e.msg);
-                if (b == 0) first = pl;
-                cr_assert_eq(pl.ks, first.ks, "K=%ld N=%ld: KS %ld at rows=%ld, %ld at rows=1", ks[i], ns[a], pl.ks,
-                             rows[b], first.ks);
-                cr_assert_eq(pl.nsplit, (ks[i] + pl.ks - 1) / pl.ks);
-                cr_assert_eq(wsb, pl.fused ? 0 : (size_t)pl.nsplit * rows[b] * ns[a] * 4, "workspace bytes");
-                cr_assert_eq(pl.tiles, (rows[b] + 127) / 128 * ((ns[a] + 127) / 128), "128 x 128 tiles");
-                cr_assert_eq(pl.units, pl.fused ? pl.tiles : pl.tiles * pl.nsplit);
+                di_plan pl = plan_of(s, &p, rows[b]);
+                long tiles = (rows[b] + in.tm - 1) / in.tm * ((ns[a] + in.tn - 1) / in.tn);
+                bool fused = in.nsplit == 1 || (rows[b] >= in.fuse_min_rows && tiles >= in.fuse_min_tiles);
+                long units = fused ? tiles : tiles * in.nsplit;
+                cr_assert_eq(pl.workspace, fused ? 0 : (size_t)in.nsplit * rows[b] * ns[a] * 4, "workspace bytes");
                 /* persistent blocks: as many as units, at most one per SM */
-                cr_assert_eq((long)g[0].grid[0] * g[0].grid[1] * g[0].grid[2], pl.units < 132 ? pl.units : 132);
+                cr_assert_eq((long)pl.l[0].grid[0] * pl.l[0].grid[1] * pl.l[0].grid[2], units < 132 ? units : 132);
                 /* phase 2 only in split mode */
-                cr_assert_eq((long)g[1].grid[0] * g[1].grid[1] == 0, pl.fused, "K=%ld N=%ld rows=%ld", ks[i], ns[a],
-                             rows[b]);
+                cr_assert_eq(pl.n, fused ? 1 : 2, "K=%ld N=%ld rows=%ld", ks[i], ns[a], rows[b]);
             }
         }
     }
@@ -83,83 +109,90 @@ Test(gpu_fast, split_size_depends_on_k_and_n_only)
                               {4096, 128256, 4096}, {576, 576, 256}};
     for (int i = 0; i < 6; i++) {
         di_specialization p = fast_spec("matmul", shapes[i][0], shapes[i][1], DI_BF16, DI_F32);
-        di_geometry g1[2], g2[2];
-        size_t w1, w2;
-        di_err e = {0};
-        cr_assert_eq(di_geometry_matmul_fast(s, &p, 1, g1, &w1, &e), 0, "%s", e.msg);
-        cr_assert_eq(di_geometry_matmul_fast(s, &p, 8192, g2, &w2, &e), 0, "%s", e.msg);
-        di_matmul_fast_plan pl;
-        cr_assert_eq(di_matmul_fast_plan_for(s, &p, 1, &pl, &e), 0, "%s", e.msg);
-        cr_assert_eq(pl.ks, shapes[i][2], "K=%ld N=%ld: KS %ld", shapes[i][0], shapes[i][1], pl.ks);
+        di_matmul_fast_info in = info_of("matmul", &p);
+        cr_assert_eq(in.ks, shapes[i][2], "K=%ld N=%ld: KS %ld", shapes[i][0], shapes[i][1], in.ks);
         /* one split (and TMA): the 128 x 256 tile, else 128 x 128 */
-        cr_assert_eq(di_matmul_fast_tile_cols(s, &p), pl.nsplit == 1 ? 256 : 128, "K=%ld N=%ld", shapes[i][0],
-                     shapes[i][1]);
-        cr_assert(pl.units >= 96 || pl.ks == 256, "K=%ld N=%ld: %ld work units at M=1", shapes[i][0], shapes[i][1],
-                  pl.units);
-        cr_assert_eq(g1[0].block[0], g2[0].block[0], "one tile configuration for every M");
-        cr_assert_eq(g1[0].smem, g2[0].smem);
-        if (pl.units >= 132) cr_assert_eq(g1[0].grid[0], g2[0].grid[0], "a block per SM at M = 1 and 8192");
+        cr_assert_eq(in.tn, in.nsplit == 1 ? 256 : 128, "K=%ld N=%ld", shapes[i][0], shapes[i][1]);
+        di_plan p1 = plan_of(s, &p, 1), p2 = plan_of(s, &p, 8192);
+        long units = (shapes[i][1] + in.tn - 1) / in.tn * in.nsplit;
+        cr_assert(units >= 96 || in.ks == 256, "K=%ld N=%ld: %ld work units at M=1", shapes[i][0], shapes[i][1], units);
+        cr_assert_eq(p1.l[0].block[0], p2.l[0].block[0], "one tile configuration for every M");
+        cr_assert_eq(p1.l[0].smem, p2.l[0].smem);
+        if (units >= 132) cr_assert_eq(p1.l[0].grid[0], p2.l[0].grid[0], "a block per SM at M = 1 and 8192");
     }
 }
 
 Test(gpu_fast, zero_rows_and_too_many_rows)
 {
     const di_spec *s = di_spec_find("matmul");
-    di_specialization p = fast_spec("matmul", 4096, 6144, DI_F32, DI_F32);
-    di_geometry g[2];
-    size_t wsb = 1;
+    di_specialization p = fast_spec("matmul", 4096, 6144, DI_BF16, DI_F32);
+    di_plan pl = plan_of(s, &p, 0);
+    cr_assert_eq(pl.n, 0, "no launches for no rows");
+    cr_assert_eq(pl.workspace, 0u);
     di_err e = {0};
-    cr_assert_eq(di_geometry_matmul_fast(s, &p, 0, g, &wsb, &e), 0, "%s", e.msg);
-    cr_assert_eq((long)g[0].grid[0] * g[0].grid[1] * g[0].grid[2], 0, "no blocks for no rows");
-    cr_assert_eq(wsb, 0u);
-    cr_assert_neq(di_geometry_matmul_fast(s, &p, 65536, g, &wsb, &e), 0);
+    cr_assert_neq(di_lowering_matmul_fast.plan(s, &p, &cuda_t, (long[]){65536}, &pl, &e), 0);
     cr_assert(strstr(e.msg, "matmul") && strstr(e.msg, "65536"), "message names the kernel and the count: %s", e.msg);
+    p = fast_spec("matmul", 4096, 6144, DI_F32, DI_F32);
+    cr_assert_neq(di_lowering_matmul_fast_f32x.plan(s, &p, &cuda_t, (long[]){65536}, &pl, &e), 0,
+                  "f32 x: refused before the cast runs");
 }
 
-Test(gpu_fast, config_is_validated)
+/* A schedule is a value of the specialization: validated there, and a non-default one names
+ * its kernel. */
+Test(gpu_fast, schedule_is_validated_and_named)
 {
-    di_matmul_fast_config c = *di_matmul_fast_get_config();
+    const di_spec *mm = di_spec_find("matmul");
+    di_specialization p = fast_spec("matmul", 4096, 6144, DI_BF16, DI_F32);
     di_err e = {0};
-    c.bk = 48;
-    cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0);
-    cr_assert(strstr(e.msg, "bk"), "%s", e.msg);
-    c = *di_matmul_fast_get_config();
-    c.stages = 12;
-    cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0);
-    c = *di_matmul_fast_get_config();
-    c.tn = 100;
-    cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0);
-    cr_assert_eq(di_matmul_fast_get_config()->tn, 128, "a rejected config leaves the old one");
-    c = *di_matmul_fast_get_config();
-    c.wgmma = 1;
-    c.warps_m = 1;
-    c.warps_n = 4;
-    cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0, "wgmma needs one warpgroup as 4 x 1 warps");
-    cr_assert(strstr(e.msg, "wgmma"), "%s", e.msg);
-    c = *di_matmul_fast_get_config();
-    c.producers = 2;
-    c.wgmma = 0;
-    cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0, "producer warps need the wgmma layout");
-    cr_assert(strstr(e.msg, "producer"), "%s", e.msg);
-    c = *di_matmul_fast_get_config();
-    c.producers = 3;   /* 96 loading threads do not divide 128 rows x 8 chunks */
-    cr_assert_neq(di_matmul_fast_set_config(&c, &e), 0);
-    cr_assert(strstr(e.msg, "loading thread"), "%s", e.msg);
-    cr_assert_eq(di_matmul_fast_set_config(NULL, &e), 0);
+    struct { const char *field, *why; void (*set)(di_mm_schedule *); } bad[] = {
+        {"bk 48", "bk", NULL}, {"stages 12", "stages", NULL}, {"tn 100", "tn", NULL},
+        {"wgmma 4 x 1", "wgmma", NULL}, {"producers without wgmma", "producer", NULL}, {"3 producers", "loading thread", NULL},
+        {"wgmma without producers (v3)", "producer warps", NULL},
+    };
+    for (int i = 0; i < 7; i++) {
+        di_mm_schedule c = default_schedule();
+        switch (i) {
+        case 0: c.bk = 48; break;
+        case 1: c.stages = 12; break;
+        case 2: c.tn = 100; break;
+        case 3: c.warps_m = 1; c.warps_n = 4; break;
+        case 4: c.wgmma = 0; c.tma = 0; c.wide_tn = 0; break;
+        case 5: c.producers = 3; break;
+        case 6: c.producers = 0; c.tma = 0; c.wide_tn = 0; break;
+        }
+        p.mm = c;
+        cr_assert_neq(di_specialization_check(mm, &p, &e), 0, "%s accepted", bad[i].field);
+        cr_assert(strstr(e.msg, bad[i].why), "%s: %s", bad[i].field, e.msg);
+    }
+    char a[256], b[256];
+    p.mm = default_schedule();
+    cr_assert_eq(di_specialization_check(mm, &p, &e), 0, "%s", e.msg);
+    di_kernel_name(mm, &p, &cuda_t, a, sizeof a);
+    cr_assert_str_eq(a, "matmul__K4096_N6144_xbf16_fast", "the target's own schedule is the default kernel");
+    p.mm.fuse_min_tiles = 2;
+    di_kernel_name(mm, &p, &cuda_t, b, sizeof b);
+    cr_assert(strstr(b, a) == b && strlen(b) > strlen(a), "a changed schedule names another kernel: %s", b);
+    p.profile = DI_PROFILE_EXACT;
+    cr_assert_neq(di_specialization_check(mm, &p, &e), 0, "a schedule is the fast profile's");
+    cr_assert_not_null(di_mm_schedule_named("mma_sync"));
+    cr_assert_null(di_mm_schedule_named("v3"), "v3 is gone");
 }
 
-static void compile_and_inspect(const char *spec, long k, long n, di_dtype xt, di_dtype yt, bool expect_cp_async)
+static void compile_and_inspect(const char *spec, long k, long n, di_dtype xt, di_dtype yt, bool expect_cp_async,
+                                const di_mm_schedule *sched)
 {
     di_specialization p = fast_spec(spec, k, n, xt, yt);
+    if (sched) p.mm = *sched;
+    di_mm_schedule c = di_mm_schedule_of(&p, &cuda_t);
+    di_matmul_fast_info in = info_of(spec, &p);
     char name[256], entry[300];
     di_nvrtc_out out = {0};
     th_compile_fast(di_spec_find(spec), &p, name, sizeof name, &out);
-    if (di_matmul_fast_get_config()->wgmma) {
+    if (c.wgmma) {
         char wg[80];
-        snprintf(wg, sizeof wg, "wgmma.mma_async.sync.aligned.m64n%ldk16.f32.bf16.bf16",
-                 di_matmul_fast_tile_cols(di_spec_find(spec), &p));
+        snprintf(wg, sizeof wg, "wgmma.mma_async.sync.aligned.m64n%dk16.f32.bf16.bf16", in.tn);
         cr_assert(strstr(out.ptx, wg), "%s: no %s in the PTX", name, wg);
-        if (di_matmul_fast_tensor_maps(di_spec_find(spec), &p)) {
+        if (in.tensor_maps) {
             cr_assert(strstr(out.ptx, "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"),
                       "%s: no TMA loads", name);
             cr_assert(strstr(out.ptx, "mbarrier.arrive.expect_tx.shared::cta.b64"), "%s: bytes not expected", name);
@@ -167,11 +200,9 @@ static void compile_and_inspect(const char *spec, long k, long n, di_dtype xt, d
         } else {
             cr_assert(strstr(out.ptx, "fence.proxy.async.shared::cta"), "%s: no proxy fence before wgmma", name);
         }
-        if (di_matmul_fast_get_config()->producers) {
-            cr_assert(strstr(out.ptx, "mbarrier.try_wait.parity.shared::cta.b64"), "%s: no mbarrier wait", name);
-            if (expect_cp_async)
-                cr_assert(strstr(out.ptx, "cp.async.mbarrier.arrive.noinc.shared::cta.b64"), "%s: copies not tracked", name);
-        }
+        cr_assert(strstr(out.ptx, "mbarrier.try_wait.parity.shared::cta.b64"), "%s: no mbarrier wait", name);
+        if (expect_cp_async)
+            cr_assert(strstr(out.ptx, "cp.async.mbarrier.arrive.noinc.shared::cta.b64"), "%s: copies not tracked", name);
     } else {
         cr_assert(strstr(out.ptx, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "%s: no bf16 mma in the PTX",
                   name);
@@ -182,19 +213,19 @@ static void compile_and_inspect(const char *spec, long k, long n, di_dtype xt, d
     cr_assert(strstr(out.ptx, entry), "%s: phase 1 entry missing", name);
     snprintf(entry, sizeof entry, ".entry %s_reduce(", name);
     cr_assert(strstr(out.ptx, entry), "%s: phase 2 entry missing", name);
-    /* Known: with the unspecialized wgmma loop (v3), K % 8 != 0 (element-wise x loads, never a
-     * model's shape) needs 255 registers and spills 12 bytes (ptxas, CUDA 13.0); nothing else may. */
-    const di_matmul_fast_config *cfg = di_matmul_fast_get_config();
-    if (k % 8 == 0 || !cfg->wgmma || cfg->producers) th_assert_no_spills(out.log, name);
+    th_assert_no_spills(out.log, name);
     di_nvrtc_out_free(&out);
 }
 
 Test(gpu_fast, source_compiles_with_nvrtc_to_tensor_core_code, .timeout = 120)
 {
-    compile_and_inspect("matmul", 4096, 6144, DI_F32, DI_F32, true);
-    compile_and_inspect("matmul", 14336, 4096, DI_BF16, DI_BF16, true);
-    compile_and_inspect("matmul_residual", 1001, 37, DI_F32, DI_BF16, false);   /* K % 8: element loads */
-    compile_and_inspect("matmul", 4096, 28672, DI_BF16, DI_F32, true);          /* one split: the wide tile */
+    compile_and_inspect("matmul", 4096, 6144, DI_BF16, DI_F32, true, NULL);
+    compile_and_inspect("matmul", 14336, 4096, DI_BF16, DI_BF16, true, NULL);
+    compile_and_inspect("matmul_residual", 1001, 37, DI_F32, DI_BF16, false, NULL);   /* K % 8: element loads */
+    compile_and_inspect("matmul", 4096, 28672, DI_BF16, DI_F32, true, NULL);          /* one split: the wide tile */
+    /* mma_sync with bf16 x; its f32-x register staging (MMF_XSTAGE) spills 4 bytes when compiled
+     * for sm_90a (ptxas, CUDA 13.0, 2026-12-01), so it is not asserted spill-free here */
+    compile_and_inspect("matmul", 4096, 6144, DI_BF16, DI_F32, true, di_mm_schedule_named("mma_sync"));
 }
 
 /* ---- on the GPU ------------------------------------------------------------------------------ */
@@ -241,9 +272,11 @@ static void free_inputs(mm_inputs *in)
 
 /* y as f32 (bf16 outputs widened), for the first `rows` rows, poisoned before the launch so
  * that an unwritten element shows. in_place: y and res are one buffer (h += o . W^T). */
-static float *run_fast(di_rt *rt, const mm_case *c, const mm_inputs *in, long rows, bool in_place)
+static float *run_fast(di_rt *rt, const mm_case *c, const mm_inputs *in, long rows, bool in_place,
+                       const di_mm_schedule *sched)
 {
     di_specialization p = fast_spec(c->spec, c->k, c->n, c->xt, c->yt);
+    if (sched) p.mm = *sched;
     di_kernel *k = th_kernel(rt, c->spec, &p);
     size_t yel = (size_t)rows * c->n, ysz = c->yt == DI_BF16 ? 2 : 4;
     di_buf *x = th_buf(rt, in->x, (size_t)rows * c->k * (c->xt == DI_BF16 ? 2 : 4));
@@ -327,12 +360,12 @@ Test(gpu_fast, matches_a_float64_reference_at_odd_shapes, .timeout = 600)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         mm_inputs in = make_inputs(&cases[i], 300, 17 + i);
         for (size_t j = 0; j < sizeof rows / sizeof rows[0]; j++) {
-            float *y = run_fast(rt, &cases[i], &in, rows[j], false);
+            float *y = run_fast(rt, &cases[i], &in, rows[j], false, NULL);
             check_against_reference(&cases[i], &in, y, rows[j]);
             free(y);
         }
         if (cases[i].residual && cases[i].yt == DI_F32) {   /* in place (y aliases res): the same bits as out of place */
-            float *a = run_fast(rt, &cases[i], &in, 77, false), *b = run_fast(rt, &cases[i], &in, 77, true);
+            float *a = run_fast(rt, &cases[i], &in, 77, false, NULL), *b = run_fast(rt, &cases[i], &in, 77, true, NULL);
             cr_assert(th_bits_equal(a, b, (size_t)77 * cases[i].n), "%s: in-place result differs", cases[i].spec);
             free(a);
             free(b);
@@ -343,38 +376,35 @@ Test(gpu_fast, matches_a_float64_reference_at_odd_shapes, .timeout = 600)
 }
 
 /* Every row of every M in 1..64 (and 65, 80, 100, 112, 127, 128, 129) equals the same row at
- * M = 257, bitwise. `fuse_tiles` > 0 runs
- * the same check with M = 257 in the fused mode (one block sums all splits) and M <= 128 in
- * the split mode (workspace + phase 2), against split-mode references from the default config. */
-static void check_invariance(const mm_case *c, long fuse_tiles)
+ * M = 257, bitwise, all in `sched` (NULL: the target's). `fuse_tiles` > 0 also runs M = 257 with
+ * fuse_min_tiles = fuse_tiles and fuse_min_rows = 1 (the fused mode: one block sums all splits)
+ * against the split-mode reference, and every smaller M in that schedule too. */
+static void check_invariance(const mm_case *c, long fuse_tiles, const di_mm_schedule *sched)
 {
     enum { MAXM = 257 };
     mm_inputs in = make_inputs(c, MAXM, 4242);
     di_rt *rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
-    float *ref = run_fast(rt, c, &in, MAXM, false);
-    di_matmul_fast_plan pl;
-    di_err e = {0};
-    di_specialization p = fast_spec(c->spec, c->k, c->n, c->xt, c->yt);
-    cr_assert_eq(di_matmul_fast_plan_for(di_spec_find(c->spec), &p, MAXM, &pl, &e), 0, "%s", e.msg);
-    cr_assert(pl.nsplit == 1 || !pl.fused, "the reference run should use the split mode");
+    di_mm_schedule base = sched ? *sched : default_schedule(), fused_s = base;
+    float *ref = run_fast(rt, c, &in, MAXM, false, &base);
+    di_specialization p = fast_spec(c->spec, c->k, c->n, DI_BF16, c->yt);
+    p.mm = base;
+    di_matmul_fast_info inf = info_of(c->spec, &p);
+    long tiles = (MAXM + inf.tm - 1) / inf.tm * ((c->n + inf.tn - 1) / inf.tn);
+    cr_assert(inf.nsplit == 1 || tiles < inf.fuse_min_tiles, "the reference run should use the split mode");
+    const di_mm_schedule *run = &base;
     if (fuse_tiles) {
-        di_rt_close(rt);   /* runtimes keep kernels by name: a new config needs a new runtime */
-        di_matmul_fast_config cfg = *di_matmul_fast_get_config();
-        cfg.fuse_min_tiles = fuse_tiles;
-        cfg.fuse_min_rows = 1;
-        cr_assert_eq(di_matmul_fast_set_config(&cfg, &e), 0, "%s", e.msg);
-        cr_assert_eq(di_matmul_fast_plan_for(di_spec_find(c->spec), &p, MAXM, &pl, &e), 0, "%s", e.msg);
-        cr_assert(pl.fused, "M = 257 should now use the fused mode");
-        rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
-        float *fused = run_fast(rt, c, &in, MAXM, false);
+        fused_s.fuse_min_tiles = (int)fuse_tiles;
+        fused_s.fuse_min_rows = 1;
+        float *fused = run_fast(rt, c, &in, MAXM, false, &fused_s);
         cr_assert(th_bits_equal(fused, ref, (size_t)MAXM * c->n), "%s: fused and split modes differ", c->spec);
         free(fused);
+        run = &fused_s;
     }
     /* every M in 1..64, then around the second warpgroup and the whole-tile x box (65..129) */
     const long extra[] = {65, 80, 100, 112, 127, 128, 129};
     for (long mi = 0; mi < 64 + (long)(sizeof extra / sizeof extra[0]); mi++) {
         long m = mi < 64 ? mi + 1 : extra[mi - 64];
-        float *y = run_fast(rt, c, &in, m, false);
+        float *y = run_fast(rt, c, &in, m, false, run);
         for (long r = 0; r < m; r++)
             cr_assert(th_bits_equal(y + r * c->n, ref + r * c->n, (size_t)c->n),
                       "%s K=%ld N=%ld: row %ld at M=%ld differs from M=%d", c->spec, c->k, c->n, r, m, MAXM);
@@ -384,43 +414,41 @@ static void check_invariance(const mm_case *c, long fuse_tiles)
     free(ref);
     free_inputs(&in);
     di_rt_close(rt);
-    cr_assert_eq(di_matmul_fast_set_config(NULL, &e), 0);
 }
 
 Test(gpu_fast, rows_are_bitwise_invariant_f32_output, .timeout = 600)
 {
     mm_case c = {"matmul", 1000, 300, DI_F32, DI_F32, false};
-    check_invariance(&c, 0);
+    check_invariance(&c, 0, NULL);
 }
 
 Test(gpu_fast, rows_are_bitwise_invariant_bf16_output, .timeout = 600)
 {
     mm_case c = {"matmul", 1001, 200, DI_BF16, DI_BF16, false};
-    check_invariance(&c, 0);
+    check_invariance(&c, 0, NULL);
 }
 
 Test(gpu_fast, rows_are_bitwise_invariant_residual, .timeout = 600)
 {
     mm_case c = {"matmul_residual", 2048, 256, DI_F32, DI_F32, true};
-    check_invariance(&c, 0);
+    check_invariance(&c, 0, NULL);
 }
 
-/* bf16 x with K % 8 == 0: the TMA loads (v5) where the config has them; N = 200 leaves the
- * second column tile's w box partly outside the matrix (read as zeros), M = 257 the last row
- * tile's x box. The reference (M = 257) runs in split mode; with fuse_tiles 2 and
- * fuse_min_rows 1 every other M then runs fused (2 column tiles), so this compares fused
- * against split, bitwise. The split mode with short x boxes is what the f32-x cases run (the
- * runtime routes them through this same bf16-x kernel). */
+/* bf16 x with K % 8 == 0: the TMA loads; N = 200 leaves the second column tile's w box partly
+ * outside the matrix (read as zeros), M = 257 the last row tile's x box. The reference (M = 257)
+ * runs in split mode; with fuse_tiles 2 and fuse_min_rows 1 every other M then runs fused (2
+ * column tiles), so this compares fused against split, bitwise. The split mode with short x
+ * boxes is what the f32-x cases run (they run this same bf16-x kernel after the cast). */
 Test(gpu_fast, rows_are_bitwise_invariant_bf16_x, .timeout = 600)
 {
     mm_case c = {"matmul", 1024, 200, DI_BF16, DI_F32, false};
-    check_invariance(&c, 2);
+    check_invariance(&c, 2, NULL);
 }
 
 Test(gpu_fast, split_and_fused_modes_give_the_same_bits, .timeout = 600)
 {
     mm_case c = {"matmul_residual", 1000, 300, DI_F32, DI_BF16, true};
-    check_invariance(&c, 6);   /* 3 column tiles: M <= 128 split, M = 257 (9 tiles) fused */
+    check_invariance(&c, 6, NULL);   /* 3 column tiles: M <= 128 split, M = 257 (9 tiles) fused */
 }
 
 /* One split (K <= 256 here): the wide tile, 128 x 256 (N = 600: the last column tile's w box
@@ -430,24 +458,19 @@ Test(gpu_fast, split_and_fused_modes_give_the_same_bits, .timeout = 600)
 Test(gpu_fast, wide_tile_is_invariant_and_gives_the_narrow_tiles_bits, .timeout = 600)
 {
     const mm_case cases[] = {{"matmul_residual", 256, 600, DI_F32, DI_F32, true}, {"matmul", 192, 600, DI_BF16, DI_BF16, false}};
+    di_mm_schedule narrow_s = default_schedule();
+    narrow_s.wide_tn = narrow_s.wide_stages = 0;
     for (int i = 0; i < 2; i++) {
         const mm_case *c = &cases[i];
         di_specialization p = fast_spec(c->spec, c->k, c->n, DI_BF16, c->yt);
-        cr_assert_eq(di_matmul_fast_tile_cols(di_spec_find(c->spec), &p), 256, "%s K=%ld: not the wide tile", c->spec, c->k);
-        check_invariance(c, 0);
+        cr_assert_eq(info_of(c->spec, &p).tn, 256, "%s K=%ld: not the wide tile", c->spec, c->k);
+        p.mm = narrow_s;
+        cr_assert_eq(info_of(c->spec, &p).tn, 128);
+        check_invariance(c, 0, NULL);
         mm_inputs in = make_inputs(c, 257, 4242);
         di_rt *rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
-        float *wide = run_fast(rt, c, &in, 257, false);
+        float *wide = run_fast(rt, c, &in, 257, false, NULL), *narrow = run_fast(rt, c, &in, 257, false, &narrow_s);
         di_rt_close(rt);
-        di_matmul_fast_config cfg = *di_matmul_fast_get_config();
-        cfg.wide_tn = 0;
-        di_err e = {0};
-        cr_assert_eq(di_matmul_fast_set_config(&cfg, &e), 0, "%s", e.msg);
-        cr_assert_eq(di_matmul_fast_tile_cols(di_spec_find(c->spec), &p), 128);
-        rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
-        float *narrow = run_fast(rt, c, &in, 257, false);
-        di_rt_close(rt);
-        cr_assert_eq(di_matmul_fast_set_config(NULL, &e), 0);
         cr_assert(th_bits_equal(wide, narrow, (size_t)257 * c->n), "%s: the 128 x 256 and 128 x 128 tiles differ", c->spec);
         free(wide);
         free(narrow);
@@ -455,67 +478,46 @@ Test(gpu_fast, wide_tile_is_invariant_and_gives_the_narrow_tiles_bits, .timeout 
     }
 }
 
-/* Persistent blocks: with 1, 3 or 7 blocks each walks many units (running its pipeline ahead
- * across them); the bits must equal those of a block per SM, in split mode (M = 77 here) and
- * fused mode (M = 257 with fuse_tiles 2), for f32 x (through the cast) and bf16 x. */
+/* Persistent blocks: with 1, 3 or 7 blocks (the runtime's SM count, a target input that changes
+ * only grids) each walks many units (running its pipeline ahead across them); the bits must
+ * equal those of a block per SM, in split mode (M = 77 here) and fused mode (M = 257 with
+ * fuse_tiles 2), for f32 x (through the cast) and bf16 x. */
 Test(gpu_fast, persistent_blocks_give_the_same_bits_on_any_grid, .timeout = 600)
 {
     const mm_case cases[] = {{"matmul_residual", 1000, 300, DI_F32, DI_BF16, true}, {"matmul", 1024, 200, DI_BF16, DI_F32, false}};
-    di_matmul_fast_config cfg = *di_matmul_fast_get_config();
-    cfg.fuse_min_tiles = 2;
-    cfg.fuse_min_rows = 100;
-    di_err e = {0};
-    cr_assert_eq(di_matmul_fast_set_config(&cfg, &e), 0, "%s", e.msg);
+    di_mm_schedule s = default_schedule();
+    s.fuse_min_tiles = 2;
+    s.fuse_min_rows = 100;
     for (int i = 0; i < 2; i++) {
         const mm_case *c = &cases[i];
         mm_inputs in = make_inputs(c, 257, 99);
         di_rt *rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
-        const int sms = di_matmul_fast_sm_count(), grids[] = {1, 3, 7};
-        float *ref77 = run_fast(rt, c, &in, 77, false), *ref257 = run_fast(rt, c, &in, 257, false);
+        float *ref77 = run_fast(rt, c, &in, 77, false, &s), *ref257 = run_fast(rt, c, &in, 257, false, &s);
+        di_rt_close(rt);
+        const int grids[] = {1, 3, 7};
         for (int g = 0; g < 3; g++) {
-            di_matmul_fast_set_sm_count(grids[g]);
-            float *y77 = run_fast(rt, c, &in, 77, false), *y257 = run_fast(rt, c, &in, 257, false);
+            di_rt_opts o = {.backend = DI_BACKEND_CUDA, .profile = DI_PROFILE_FAST, .sm_count = grids[g]};
+            di_err e = {0};
+            cr_assert_eq(di_rt_open(&o, &rt, &e), 0, "%s", e.msg);
+            float *y77 = run_fast(rt, c, &in, 77, false, &s), *y257 = run_fast(rt, c, &in, 257, false, &s);
             cr_assert(th_bits_equal(y77, ref77, (size_t)77 * c->n), "%s: M = 77 on %d blocks differs", c->spec, grids[g]);
             cr_assert(th_bits_equal(y257, ref257, (size_t)257 * c->n), "%s: M = 257 on %d blocks differs", c->spec,
                       grids[g]);
             free(y77);
             free(y257);
+            di_rt_close(rt);
         }
-        di_matmul_fast_set_sm_count(sms);
         check_against_reference(c, &in, ref257, 257);
         free(ref77);
         free(ref257);
         free_inputs(&in);
-        di_rt_close(rt);
     }
-    cr_assert_eq(di_matmul_fast_set_config(NULL, &e), 0);
 }
 
-/* The earlier main loops stay configs: v2 (mma.sync, 64 x 128, warps 1 x 4, every warp
- * loads), v3 (wgmma, 64 x 128, one warpgroup that loads and multiplies) and v4 (producer warps
- * loading with cp.async: what runs without TMA, f32 x staged through registers). Each stays
- * accurate and invariant, in both modes. */
-static void check_main_loop(int wgmma, int producers, int tm, int stages, int warps_m, int warps_n)
+/* The mma_sync schedule (what GPUs other than sm_90a run: v2's block) on this GPU: accurate and
+ * invariant in both modes. */
+Test(gpu_fast, mma_sync_schedule_accurate_and_invariant, .timeout = 600)
 {
-    di_matmul_fast_config cfg = *di_matmul_fast_get_config();
-    cfg.wgmma = wgmma;
-    cfg.producers = producers;
-    cfg.tma = 0;
-    cfg.tm = tm;
-    cfg.stages = stages;
-    cfg.warps_m = warps_m;
-    cfg.warps_n = warps_n;
-    di_err e = {0};
-    cr_assert_eq(di_matmul_fast_set_config(&cfg, &e), 0, "%s", e.msg);
     mm_case c = {"matmul_residual", 1000, 300, DI_F32, DI_BF16, true};
-    check_invariance(&c, 6);
+    check_invariance(&c, 6, di_mm_schedule_named("mma_sync"));
 }
-
-Test(gpu_fast, mma_sync_main_loop_accurate_and_invariant, .timeout = 600) { check_main_loop(0, 0, 64, 4, 1, 4); }
-
-Test(gpu_fast, unspecialized_wgmma_main_loop_accurate_and_invariant, .timeout = 600)
-{
-    check_main_loop(1, 0, 64, 4, 4, 1);
-}
-
-Test(gpu_fast, cp_async_producers_accurate_and_invariant, .timeout = 600) { check_main_loop(1, 4, 128, 6, 8, 1); }

@@ -8,8 +8,9 @@
  *   in a batch of 8 differs under vendor and is equal under exact.
  *   GPU (skipped without one): the cuBLASLt matmul against float64, its row bits across M. */
 #include "model_fixture.h"
+#include "vendor/vendor.h"
 #include "codegen/codegen.h"
-#include "runtime/cublaslt.h"
+#include "vendor/cublaslt.h"
 
 static di_rt *vendor_rt(di_backend_kind b, int threads)
 {
@@ -28,10 +29,11 @@ Test(vendor, split_override_is_vendor_only_and_names_stay)
     di_specialization p = th_spec("matmul", "K", 576L, "N", 576L, NULL);
     char name[256];
     di_err e = {0};
-    di_kernel_name(mm, &p, name, sizeof name);
+    di_target ct = di_target_cuda_default();
+    di_kernel_name(mm, &p, &ct, name, sizeof name);
     cr_assert_str_eq(name, "matmul__K576_N576", "exact names must not change");
     p.profile = DI_PROFILE_FAST;
-    di_kernel_name(mm, &p, name, sizeof name);
+    di_kernel_name(mm, &p, &ct, name, sizeof name);
     cr_assert_str_eq(name, "matmul__K576_N576_fast");
 
     for (int prof = DI_PROFILE_EXACT; prof <= DI_PROFILE_FAST; prof++) {
@@ -42,7 +44,7 @@ Test(vendor, split_override_is_vendor_only_and_names_stay)
     }
     p.profile = DI_PROFILE_VENDOR;
     cr_assert_eq(di_specialization_check(mm, &p, &e), 0, "%s", e.msg);
-    di_kernel_name(mm, &p, name, sizeof name);
+    di_kernel_name(mm, &p, &ct, name, sizeof name);
     cr_assert_str_eq(name, "matmul__K576_N576_vendor_ks4");
     p.ksplits = 577;
     cr_assert_eq(di_specialization_check(mm, &p, &e), DI_ESPEC, "more splits than K");

@@ -17,7 +17,8 @@
 #define DEFAULT_MODEL "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 typedef struct args {
-    const char *model, *prompt, *prompt_file, *batch_file, *device, *profile, *dump_dir, *background;
+    const char *model, *prompt, *prompt_file, *batch_file, *device, *dump_src, *dump_ptx, *background;
+    di_profile profile;
     bool chat, digest, json, no_prefix_cache, arrivals, ignore_eos;
     int n_predict, top_k, ctx, threads, chunk, max_batch_tokens, max_seqs, kv_blocks, repeat;
     float temp, top_p;
@@ -50,19 +51,21 @@ static void usage(FILE *f)
         "      --max-seqs N        requests in flight (default: all)\n"
         "      --kv-blocks N       KV cache pool size in blocks (default: enough for every request at once)\n"
         "      --no-prefix-cache   compute every prompt in full instead of sharing cached KV blocks\n"
+        "  device and numerics:\n"
+        "      --device D          auto | cpu | cuda (default auto)\n"
+        "      --profile P         %s (default exact; vendor: not invariant, for comparison)\n"
+        "  output:\n"
+        "      --digest            print each request's SHA-256 of generated ids and log-prob bits\n"
+        "      --json              one JSON object per request on stdout\n"
+        "      --dump-cuda DIR     write generated kernel sources (and compile logs) to DIR\n"
+        "      --dump-ptx DIR      write PTX (GPU) and compile logs to DIR\n"
         "  load experiments (the prompt of -p or -f, run many times; ends with a 'repeats:' line):\n"
         "      --repeat N          run the prompt as N separate requests\n"
         "      --concurrency C     requests in flight (same as --max-seqs)\n"
         "      --background FILE   other prompts, one per line, mixed in among the repeats\n"
         "      --arrival-seed S    random arrival steps in [0, 4 x requests), reproducible from S\n"
-        "      --device D          auto | cpu | cuda (default auto)\n"
-        "      --profile P         exact | fast | vendor (default exact; vendor: not invariant, for comparison)\n"
-        "      --digest            print each request's SHA-256 of generated ids and log-prob bits\n"
-        "      --json              one JSON object per request on stdout\n"
-        "      --dump-cuda DIR     write generated kernel sources (and logs) to DIR\n"
-        "      --dump-ptx DIR      write PTX (GPU) and logs to DIR\n"
         "  -h, --help              this text\n"
-        "      --version           print the version\n");
+        "      --version           print the version\n", di_profile_choices());
 }
 
 static int bad_usage(const char *fmt, const char *arg)
@@ -105,7 +108,7 @@ static bool parse_float(const char *s, float lo, float hi, float *out)
 /* returns -1 to go on, else the exit status */
 static int parse_args(int argc, char **argv, args *a)
 {
-    *a = (args){.device = "auto", .profile = "exact", .n_predict = 128, .top_k = 40, .ctx = 2048, .threads = 0,
+    *a = (args){.device = "auto", .profile = DI_PROFILE_EXACT, .n_predict = 128, .top_k = 40, .ctx = 2048, .threads = 0,
                 .chunk = 0, .max_batch_tokens = 256, .temp = 0.8f, .top_p = 0.95f, .seed = 42};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
@@ -143,8 +146,16 @@ static int parse_args(int argc, char **argv, args *a)
             if (!parse_u64(v, &a->arrival_seed)) return bad_usage("--arrival-seed takes an unsigned integer, not '%s'", v);
         }
         else if (!strcmp(o, "--device")) { NEED(); a->device = v; if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda")) return bad_usage("--device takes auto, cpu or cuda, not '%s'", v); }
-        else if (!strcmp(o, "--profile")) { NEED(); a->profile = v; if (strcmp(v, "exact") && strcmp(v, "fast") && strcmp(v, "vendor")) return bad_usage("--profile takes exact, fast or vendor, not '%s'", v); }
-        else if (!strcmp(o, "--dump-cuda") || !strcmp(o, "--dump-ptx")) { NEED(); a->dump_dir = v; }
+        else if (!strcmp(o, "--profile")) {
+            NEED();
+            if (!di_profile_parse(v, &a->profile)) {
+                fprintf(stderr, "generate: --profile takes %s, not '%s'\n(generate --help lists the options)\n",
+                        di_profile_choices(), v);
+                return 2;
+            }
+        }
+        else if (!strcmp(o, "--dump-cuda")) { NEED(); a->dump_src = v; }
+        else if (!strcmp(o, "--dump-ptx")) { NEED(); a->dump_ptx = v; }
         else return bad_usage("unknown option '%s'", o);
 #undef IS
 #undef NEED
@@ -378,8 +389,9 @@ static void load_summary(const di_request *reqs, const int *kinds, int n_req, do
 static di_rt *open_runtime(const args *a)
 {
     di_err err = {0};
-    di_rt_opts ro = {.backend = DI_BACKEND_C, .profile = !strcmp(a->profile, "fast") ? DI_PROFILE_FAST : !strcmp(a->profile, "vendor") ? DI_PROFILE_VENDOR : DI_PROFILE_EXACT,
-                     .threads = a->threads ? a->threads : (int)sysconf(_SC_NPROCESSORS_ONLN), .dump_dir = a->dump_dir};
+    di_rt_opts ro = {.backend = DI_BACKEND_C, .profile = a->profile,
+                     .threads = a->threads ? a->threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
+                     .dump_src_dir = a->dump_src, .dump_ptx_dir = a->dump_ptx};
     di_rt *rt = NULL;
     if (strcmp(a->device, "cpu")) {
         ro.backend = DI_BACKEND_CUDA;
@@ -434,7 +446,7 @@ static int run(const args *ap, run_state *s)
     int n_req = s->n_req;
     if (!(s->rt = open_runtime(&a))) return 2;
 
-    /* model and tokenizer: the GGUF is opened once by the model */
+    /* model and tokenizer: the GGUF is opened once, here; the model borrows it */
     FILE *probe = fopen(s->model_path, "rb");
     if (!probe) {
         fprintf(stderr, "generate: model %s: %s (scripts/fetch-model downloads the default model)\n", s->model_path,
@@ -455,7 +467,7 @@ static int run(const args *ap, run_state *s)
     int in_flight = a.max_seqs && a.max_seqs < n_req ? a.max_seqs : n_req;
     di_model_opts mo = {.max_batch_tokens = a.max_batch_tokens, .ctx = a.ctx, .kv_blocks = a.kv_blocks ? a.kv_blocks : blocks,
                         .max_seqs = in_flight};
-    if (di_model_load(s->model_path, s->rt, &mo, &s->m, &err)) {
+    if (di_model_load_gguf(s->g, s->rt, &mo, &s->m, &err)) {
         fprintf(stderr, "generate: %s\n", err.msg);
         return err.code == DI_ENOMEM || err.code == DI_EDEVICE ? 1 : 2;
     }

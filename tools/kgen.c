@@ -2,9 +2,12 @@
  *   kgen list                               one spec per line: name, class, schedule
  *   kgen emit NAME [--backend c|cuda] [--set DIM=V]... [--dtype ARG=f32|bf16]...
  *   kgen ptx NAME [--arch sm_90a] [--set DIM=V]...   (NVRTC; no GPU needed)
- * both also take [--profile exact|fast|vendor] (default exact) and, vendor matmuls only,
- * [--ksplits N]: the K split count the vendor runtime picks from the row count. */
+ * both also take [--profile P] (default exact; the names of dsl/profiles.def), [--arch A] (the
+ * CUDA target, default sm_90a: it picks the fast schedule), [--schedule NAME] (a fast matmul
+ * row of schedules.def) and, vendor matmuls only, [--ksplits N]: the K split count the vendor
+ * runtime picks from the row count. Each prints which lowering runs the spec on stderr. */
 #include "codegen/codegen.h"
+#include "codegen/lowering.h"
 #include "runtime/backend.h"
 #include "runtime/nvrtc.h"
 #include <stdio.h>
@@ -16,8 +19,9 @@ static int usage(const char *why)
     if (why) fprintf(stderr, "kgen: %s\n", why);
     fprintf(stderr, "usage: kgen list\n"
                     "       kgen emit NAME [--backend c|cuda] [--set DIM=VALUE]... [--dtype ARG=f32|bf16]...\n"
-                    "       kgen ptx NAME [--arch sm_90a] [--set DIM=VALUE]...\n"
-                    "       (both: [--profile exact|fast|vendor] [--ksplits N], N for vendor matmuls)\n");
+                    "       kgen ptx NAME [--set DIM=VALUE]...\n"
+                    "       (both: [--profile %s] [--arch sm_90a] [--schedule NAME] [--ksplits N],\n"
+                    "        N for vendor matmuls)\n", di_profile_choices());
     return 2;
 }
 
@@ -69,6 +73,7 @@ int main(int argc, char **argv)
     const char *arch = "sm_90a";
     di_err err = {0};
     int ksplits = 0;
+    const char *schedule = NULL;
     for (int i = 3; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--backend") && v && emit) {
@@ -77,10 +82,13 @@ int main(int argc, char **argv)
             else return usage("--backend takes c or cuda");
             i++;
         } else if (!strcmp(a, "--profile") && v) {
-            if (!strcmp(v, "exact")) p.profile = DI_PROFILE_EXACT;
-            else if (!strcmp(v, "fast")) p.profile = DI_PROFILE_FAST;
-            else if (!strcmp(v, "vendor")) p.profile = DI_PROFILE_VENDOR;
-            else return usage("--profile takes exact, fast or vendor");
+            if (!di_profile_parse(v, &p.profile)) {
+                fprintf(stderr, "kgen: --profile takes %s, not '%s'\n", di_profile_choices(), v);
+                return 2;
+            }
+            i++;
+        } else if (!strcmp(a, "--schedule") && v) {
+            schedule = v;
             i++;
         } else if (!strcmp(a, "--ksplits") && v) {
             char *end;
@@ -88,7 +96,7 @@ int main(int argc, char **argv)
             if (*end || n <= 0 || n > 1 << 20) return usage("--ksplits takes a positive integer");
             ksplits = (int)n;   /* applied after the loop: --dtype checks the specialization */
             i++;
-        } else if (!strcmp(a, "--arch") && v && ptx) {
+        } else if (!strcmp(a, "--arch") && v) {
             arch = v;
             i++;
         } else if ((!strcmp(a, "--set") || !strcmp(a, "--dtype")) && v) {
@@ -117,8 +125,17 @@ int main(int argc, char **argv)
         }
     }
     p.ksplits = ksplits;
+    if (schedule) {
+        const di_mm_schedule *m = di_mm_schedule_named(schedule);
+        if (!m) { fprintf(stderr, "kgen: --schedule %s: no such fast matmul schedule in schedules.def\n", schedule); return 2; }
+        p.mm = *m;
+    }
+    di_target t = backend == DI_BACKEND_CUDA ? di_target_cuda_default() : di_target_c();
+    if (backend == DI_BACKEND_CUDA) snprintf(t.arch, sizeof t.arch, "%s", arch);
+    if (di_specialization_check(s, &p, &err)) { fprintf(stderr, "kgen: %s\n", err.msg); return 2; }
+    fprintf(stderr, "kgen: %s runs by the %s lowering\n", s->name, di_lowering_for(s, &p, &t)->name);
     char *src = NULL;
-    if (di_rt_source(s, &p, backend, &src, &err)) { fprintf(stderr, "kgen: %s\n", err.msg); return 2; }
+    if (di_rt_source_for(s, &p, &t, &src, &err)) { fprintf(stderr, "kgen: %s\n", err.msg); return 2; }
     if (emit) {
         fputs(src, stdout);
         free(src);
@@ -127,7 +144,7 @@ int main(int argc, char **argv)
     const char *opts[16];
     int nopts = di_nvrtc_options(p.profile, arch, opts, 16);
     char name[256];
-    di_kernel_name(s, &p, name, sizeof name);
+    di_kernel_name(s, &p, &t, name, sizeof name);
     di_nvrtc_out out = {0};
     int rc = di_nvrtc_compile(src, name, opts, nopts, false, &out, &err);
     free(src);

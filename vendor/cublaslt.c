@@ -1,7 +1,7 @@
 /* cuBLASLt through dlopen; see cublaslt.h. Declarations are taken from CUDA 13's cublasLt.h
  * and library_types.h (values unchanged since CUDA 11): the enum values below, the 64-byte
  * opaque algo and the heuristic result struct. */
-#include "runtime/cublaslt.h"
+#include "vendor/cublaslt.h"
 #include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>

@@ -1,0 +1,169 @@
+/* The lowering contract (codegen/lowering.h), without a GPU: plans and sources are pure
+ * functions of (spec, specialization, target).
+ *  - For exact and fast, the plans for rows = 1..300 differ only in grids, workspace sizes,
+ *    TMA box heights and the fast lowerings' mode (fused or split sum, fold or split KV: their
+ *    own GPU suites prove the modes give the same bits); never in the kernels, entries, blocks,
+ *    shared memory or the arguments' wiring. The vendor profile's plans must differ (negative
+ *    control: its dispatchers pick a variant from the rows).
+ *  - Generating every kernel in one order and then in another gives the same bytes: no state. */
+#include "helpers.h"
+#include "codegen/lowering.h"
+#include "vendor/vendor.h"
+
+typedef struct { const char *op; const char *dims[4]; long vals[4]; } model_op;
+
+/* SmolLM2-135M's and Llama-3-8B's kernels, as model/model.c specializes them. */
+static const model_op ops[] = {
+    {"embed", {"D", "V"}, {576, 49152}},           {"rmsnorm", {"D"}, {576}},
+    {"matmul", {"K", "N"}, {576, 960}},            {"rope_adjacent", {"NH", "NKV", "HD", "CTX"}, {9, 3, 64, 512}},
+    {"kv_write", {"NH", "NKV", "HD"}, {9, 3, 64}}, {"attention", {"NH", "NKV", "HD"}, {9, 3, 64}},
+    {"matmul_residual", {"K", "N"}, {576, 576}},   {"matmul", {"K", "N"}, {576, 3072}},
+    {"swiglu", {"F"}, {1536}},                     {"matmul_residual", {"K", "N"}, {1536, 576}},
+    {"gather_rows", {"D"}, {576}},                 {"matmul", {"K", "N"}, {576, 49152}},
+    {"log_softmax", {"V"}, {49152}},               {"argmax", {"V"}, {49152}},
+    {"matmul", {"K", "N"}, {4096, 6144}},          {"matmul", {"K", "N"}, {4096, 28672}},
+    {"matmul_residual", {"K", "N"}, {14336, 4096}}, {"attention", {"NH", "NKV", "HD"}, {32, 8, 128}},
+    {"matmul", {"K", "N"}, {1001, 37}},            {"cast_bf16", {"D"}, {4096}},
+};
+enum { NOPS = sizeof ops / sizeof ops[0] };
+
+static di_specialization spec_of(const model_op *m, di_profile prof)
+{
+    const di_spec *s = di_spec_find(m->op);
+    di_specialization p;
+    di_spec_defaults(s, &p);
+    di_err e = {0};
+    for (int i = 0; i < 4 && m->dims[i]; i++) cr_assert_eq(di_spec_set_dim(s, &p, m->dims[i], m->vals[i], &e), 0, "%s", e.msg);
+    p.profile = prof;
+    return p;
+}
+
+static di_plan plan_at(const di_spec *s, const di_specialization *p, const di_target *t, long rows)
+{
+    di_plan pl;
+    di_err e = {0};
+    long sizes[2] = {rows, 16};
+    cr_assert_eq(di_lowering_for(s, p, t)->plan(s, p, t, sizes, &pl, &e), 0, "%s rows %ld: %s", s->name, rows, e.msg);
+    return pl;
+}
+
+/* Everything but grids, workspace, TMA boxes and the mode arguments must match. */
+static void same_wiring(const di_spec *s, const di_launch *a, const di_launch *b, long rows, const char *what)
+{
+    cr_assert_eq(a->run, b->run, "%s %s rows %ld: launch kind", what, s->name, rows);
+    cr_assert_eq(a->index, b->index, "%s %s rows %ld: entry or dependency", what, s->name, rows);
+    cr_assert(!memcmp(a->block, b->block, sizeof a->block), "%s %s rows %ld: block", what, s->name, rows);
+    cr_assert_eq(a->smem, b->smem, "%s %s rows %ld: shared memory", what, s->name, rows);
+    cr_assert_eq(a->nargs, b->nargs, "%s %s rows %ld: argument count", what, s->name, rows);
+    for (int i = 0; i < a->nargs; i++) {
+        const di_pa *x = &a->args[i], *y = &b->args[i];
+        cr_assert_eq(x->kind, y->kind, "%s %s rows %ld: argument %d kind", what, s->name, rows, i);
+        if (x->kind == DI_A_ARG || x->kind == DI_A_SIZE || x->kind == DI_A_TMAP)
+            cr_assert_eq(x->index, y->index, "%s %s rows %ld: argument %d wiring", what, s->name, rows, i);
+        if (x->kind == DI_A_TMAP)
+            cr_assert(x->cols == y->cols && x->box_cols == y->box_cols, "%s %s rows %ld: TMA box", what, s->name, rows);
+    }
+}
+
+static void check_invariant_plans(di_profile prof, const di_target *t)
+{
+    for (int i = 0; i < NOPS; i++) {
+        const di_spec *s = di_spec_find(ops[i].op);
+        di_specialization p = spec_of(&ops[i], prof);
+        const di_lowering *lw = di_lowering_for(s, &p, t);
+        bool modes = lw == &di_lowering_matmul_fast || lw == &di_lowering_attention_fast;
+        di_plan ref = plan_at(s, &p, t, 1);
+        cr_assert(ref.n >= 1, "%s: no launch at one row", s->name);
+        for (long rows = 2; rows <= 300; rows++) {
+            di_plan pl = plan_at(s, &p, t, rows);
+            /* a fast lowering may add or drop its second phase (fused vs split sum, fold vs split KV) */
+            cr_assert(pl.n == ref.n || (modes && pl.n >= 1 && pl.n <= 2), "%s %s rows %ld: %d launches, %d at one row",
+                      di_profile_name(prof), s->name, rows, pl.n, ref.n);
+            int n = pl.n < ref.n ? pl.n : ref.n;
+            for (int l = 0; l < n; l++) same_wiring(s, &pl.l[l], &ref.l[l], rows, di_profile_name(prof));
+        }
+    }
+}
+
+Test(lowering, exact_and_fast_plans_differ_only_in_grids)
+{
+    di_target c = di_target_c(), cuda = di_target_cuda_default(), other = cuda;
+    snprintf(other.arch, sizeof other.arch, "sm_80");
+    check_invariant_plans(DI_PROFILE_EXACT, &c);
+    check_invariant_plans(DI_PROFILE_EXACT, &cuda);
+    check_invariant_plans(DI_PROFILE_FAST, &cuda);
+    check_invariant_plans(DI_PROFILE_FAST, &other);
+}
+
+/* The negative control: the vendor dispatchers pick another variant as the rows grow. */
+Test(lowering, vendor_plans_follow_the_rows)
+{
+    di_target c = di_target_c(), cuda = di_target_cuda_default(), lt = cuda;
+    lt.cublaslt = true;
+    const struct { const di_target *t; const char *op; const di_lowering *want; } cases[] = {
+        {&c, "matmul", &di_lowering_vendor_ksplits},
+        {&cuda, "matmul", &di_lowering_vendor_ksplits},
+        {&cuda, "attention", &di_lowering_vendor_kv_split},
+        {&lt, "matmul", &di_lowering_vendor_cublaslt},
+    };
+    for (int i = 0; i < 4; i++) {
+        const di_spec *s = di_spec_find(cases[i].op);
+        di_specialization p = spec_of(&ops[!strcmp(cases[i].op, "matmul") ? 2 : 5], DI_PROFILE_VENDOR);
+        cr_assert_eq(di_lowering_for(s, &p, cases[i].t), cases[i].want, "%s: %s", cases[i].op,
+                     di_lowering_for(s, &p, cases[i].t)->name);
+        if (cases[i].want == &di_lowering_vendor_cublaslt) continue;   /* the library chooses per M, not we */
+        int seen[DI_MAX_DEPS] = {0}, distinct = 0;
+        for (long rows = 1; rows <= 300; rows++) {
+            di_plan pl = plan_at(s, &p, cases[i].t, rows);
+            cr_assert_eq(pl.n, 1);
+            cr_assert_eq(pl.l[0].run, DI_RUN_DEP);
+            distinct += !seen[pl.l[0].index]++;
+        }
+        cr_assert_geq(distinct, 3, "%s vendor: only %d variants over rows 1..300", cases[i].op, distinct);
+    }
+}
+
+/* Every spec at model and default specializations, every backend and profile it has: the
+ * sources of a second pass in the opposite order equal the first pass's, byte for byte. */
+Test(lowering, sources_do_not_depend_on_what_was_generated_before)
+{
+    const di_target targets[] = {di_target_c(), di_target_cuda_default()};
+    enum { N = NOPS * 2 * 3 };
+    char *first[N] = {0};
+    for (int pass = 0; pass < 2; pass++)
+        for (int j = 0; j < N; j++) {
+            int k = pass ? N - 1 - j : j, op = k / 6, t = k / 3 % 2;
+            di_profile prof = (di_profile)(k % 3);
+            if (t == 0 && prof == DI_PROFILE_FAST) continue;
+            const di_spec *s = di_spec_find(ops[op].op);
+            di_specialization p = spec_of(&ops[op], prof);
+            char *src = NULL;
+            di_err e = {0};
+            cr_assert_eq(di_rt_source_for(s, &p, &targets[t], &src, &e), 0, "%s: %s", s->name, e.msg);
+            if (!pass) { first[k] = src; continue; }
+            cr_assert_str_eq(src, first[k], "%s (%s, %s): another order, other bytes", s->name, di_profile_name(prof),
+                             t ? "cuda" : "c");
+            free(src);
+            free(first[k]);
+        }
+}
+
+/* The profile table is the one place profile names live. */
+Test(lowering, profiles_parse_from_the_table_only)
+{
+    for (int i = 0; i < DI_NUM_PROFILES; i++) {
+        di_profile p;
+        cr_assert(di_profile_parse(di_profile_name((di_profile)i), &p) && p == (di_profile)i);
+        cr_assert(strstr(di_profile_choices(), di_profile_name((di_profile)i)));
+    }
+    di_profile p;
+    cr_assert_not(di_profile_parse("fsat", &p), "a typo is no profile");
+    cr_assert_not(di_profile_parse("", &p));
+    cr_assert_not(di_profile_parse(NULL, &p));
+    cr_assert_eq(di_profile_backends(DI_PROFILE_FAST), DI_ON_CUDA);
+    di_rt_opts o = {.backend = DI_BACKEND_C, .profile = DI_PROFILE_FAST};
+    di_rt *rt;
+    di_err e = {0};
+    cr_assert_eq(di_rt_open(&o, &rt, &e), DI_EUSAGE, "fast on the CPU");
+    cr_assert(strstr(e.msg, "fast") && strstr(e.msg, "GPU"), "%s", e.msg);
+}
