@@ -28,25 +28,29 @@ static bool is_zero(const void *p, size_t n)
     return true;
 }
 
-/* The row for the target's arch, else the "*" row. */
-static const mm_row *mm_default(const di_target *t)
+/* The row for the target's arch, else the "*" row. Rows of both tables start with their name
+ * and target (row_head), so one search serves both. */
+typedef struct { const char *name, *target; } row_head;
+
+static size_t default_row(const void *rows, size_t n, size_t stride, const di_target *t)
 {
-    const mm_row *any = &mm_rows[0];
-    for (size_t i = 0; i < sizeof mm_rows / sizeof mm_rows[0]; i++) {
-        if (!strcmp(mm_rows[i].target, t->arch)) return &mm_rows[i];
-        if (!strcmp(mm_rows[i].target, "*")) any = &mm_rows[i];
+    size_t any = 0;
+    for (size_t i = 0; i < n; i++) {
+        const row_head *h = (const row_head *)((const char *)rows + i * stride);
+        if (!strcmp(h->target, t->arch)) return i;
+        if (!strcmp(h->target, "*")) any = i;
     }
     return any;
 }
 
+static const mm_row *mm_default(const di_target *t)
+{
+    return &mm_rows[default_row(mm_rows, sizeof mm_rows / sizeof mm_rows[0], sizeof mm_rows[0], t)];
+}
+
 static const att_row *att_default(const di_target *t)
 {
-    const att_row *any = &att_rows[0];
-    for (size_t i = 0; i < sizeof att_rows / sizeof att_rows[0]; i++) {
-        if (!strcmp(att_rows[i].target, t->arch)) return &att_rows[i];
-        if (!strcmp(att_rows[i].target, "*")) any = &att_rows[i];
-    }
-    return any;
+    return &att_rows[default_row(att_rows, sizeof att_rows / sizeof att_rows[0], sizeof att_rows[0], t)];
 }
 
 di_mm_schedule di_mm_schedule_of(const di_specialization *p, const di_target *t)

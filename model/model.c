@@ -330,15 +330,11 @@ static int load(di_model *m, const di_model_opts *o, di_err *err)
 
 int di_model_load(const char *path, di_rt *rt, const di_model_opts *o, di_model **out, di_err *err)
 {
-    di_model *m = calloc(1, sizeof *m);
-    if (!m) return di_fail(err, DI_ENOMEM, "out of memory");
-    m->rt = rt;
-    m->o = *o;
-    m->owns_g = true;
-    int rc = di_gguf_open(path, &m->g, err);
-    if (!rc) rc = load(m, o, err);
-    if (rc) { di_model_free(m); return rc; }
-    *out = m;
+    di_gguf *g = NULL;
+    int rc = di_gguf_open(path, &g, err);
+    if (!rc) rc = di_model_load_gguf(g, rt, o, out, err);
+    if (rc) { di_gguf_close(g); return rc; }
+    (*out)->owns_g = true;
     return DI_OK;
 }
 
