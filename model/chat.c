@@ -4,6 +4,7 @@
  * says for each family its name, the text that ends a turn, and how it renders. */
 #include "model/chat.h"
 #include <ctype.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,5 +349,47 @@ int di_chat_render(const di_chat_template *t, const di_chat_msg *msgs, int n, bo
     if (add_assistant && open) put(&b, open);
     if (b.oom) { free(b.p); return di_fail(err, DI_ENOMEM, "out of memory rendering a chat"); }
     *out = b.p;
+    return DI_OK;
+}
+
+/* ---- conversations from JSON ---------------------------------------------------------------- */
+
+struct di_chat_conv { json_t *root; di_chat_msg *msgs; };
+
+void di_chat_conv_free(di_chat_conv *c)
+{
+    if (!c) return;
+    json_decref(c->root);
+    free(c->msgs);
+    free(c);
+}
+
+int di_chat_messages_load(const char *path, di_chat_conv **out, const di_chat_msg **msgs, int *n, di_err *err)
+{
+    *out = NULL;
+    di_chat_conv *c = calloc(1, sizeof *c);
+    if (!c) return di_fail(err, DI_ENOMEM, "%s: out of memory", path);
+    json_error_t je;
+    int rc = DI_OK;
+    size_t count = 0;
+    if (!(c->root = json_load_file(path, 0, &je)))
+        rc = di_fail(err, DI_EUSAGE, "%s: %s (line %d)", path, je.text, je.line);
+    else if (!json_is_array(c->root) || !(count = json_array_size(c->root)) || count > INT32_MAX)
+        rc = di_fail(err, DI_EUSAGE, "%s: expected a non-empty JSON list of {\"role\": ..., \"content\": ...}", path);
+    else if (!(c->msgs = calloc(count, sizeof *c->msgs)))
+        rc = di_fail(err, DI_ENOMEM, "%s: out of memory", path);
+    for (size_t i = 0; rc == DI_OK && i < count; i++) {
+        json_t *m = json_array_get(c->root, i);
+        const char *role = json_string_value(json_object_get(m, "role"));
+        const char *content = json_string_value(json_object_get(m, "content"));
+        if (!role || !content)
+            rc = di_fail(err, DI_EUSAGE, "%s: message %zu has no string \"%s\"", path, i + 1, role ? "content" : "role");
+        else
+            c->msgs[i] = (di_chat_msg){role, content};
+    }
+    if (rc) { di_chat_conv_free(c); return rc; }
+    *out = c;
+    *msgs = c->msgs;
+    *n = (int)count;
     return DI_OK;
 }

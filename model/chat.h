@@ -34,4 +34,11 @@ const char *di_chat_families(void);
 int di_chat_render(const di_chat_template *t, const di_chat_msg *msgs, int n, bool add_assistant, char **out,
                    di_err *err);
 
+/* A conversation read from a JSON file: a list of {"role": ..., "content": ...} (generate
+ * --messages). DI_EUSAGE naming the file and the message at fault. *msgs stays valid until
+ * di_chat_conv_free(*conv). */
+typedef struct di_chat_conv di_chat_conv;
+int di_chat_messages_load(const char *path, di_chat_conv **conv, const di_chat_msg **msgs, int *n, di_err *err);
+void di_chat_conv_free(di_chat_conv *conv);
+
 #endif

@@ -52,6 +52,7 @@ typedef struct merge_slot { uint64_t key; int32_t rank, result; } merge_slot; /*
 struct di_tokenizer {
     tok_kind kind;
     const di_pretok *pre;        /* byte-level BPE and gemma4 */
+    char pre_name[64];           /* the tokenizer.ggml.pre value it was chosen by */
     int32_t n_vocab, bos, eos, eot, eom;
     bool add_bos, add_eos, add_space_prefix;
     char *arena;                 /* token texts as looked up: bytes (byte-level BPE) or the raw text */
@@ -243,6 +244,7 @@ static int check_model_kind(const di_gguf *g, di_tokenizer *t, di_err *err)
     if (!(t->pre = di_pretok_find(s.ptr, (size_t)s.len)))
         return di_fail(err, DI_EFORMAT, "%s: tokenizer.ggml.pre is '%.*s', an unknown pre-tokenizer; supported: %s",
                        g->path, (int)(s.len > 64 ? 64 : s.len), s.ptr, di_pretok_names());
+    snprintf(t->pre_name, sizeof t->pre_name, "%.*s", (int)(s.len > 63 ? 63 : s.len), s.ptr);
     return DI_OK;
 }
 
@@ -557,7 +559,13 @@ const char *di_tokenizer_model(const di_tokenizer *t)
     return "?";
 }
 
-const char *di_tokenizer_pre(const di_tokenizer *t) { return t->pre ? di_pretok_name(t->pre) : NULL; }
+const char *di_tokenizer_pre(const di_tokenizer *t)
+{
+    if (!t->pre) return NULL;
+    return t->pre_name[0] ? t->pre_name : di_pretok_name(t->pre);
+}
+
+const char *di_tokenizer_pre_rule(const di_tokenizer *t) { return t->pre ? di_pretok_name(t->pre) : NULL; }
 
 int di_tokenizer_eog(const di_tokenizer *t, const int32_t **ids)
 {

@@ -21,7 +21,8 @@ int di_tokenizer_eom(const di_tokenizer *t);
 bool di_tokenizer_adds_bos(const di_tokenizer *t);  /* add_bos_token, or the kind's default */
 bool di_tokenizer_adds_eos(const di_tokenizer *t);
 const char *di_tokenizer_model(const di_tokenizer *t);  /* "gpt2", "llama", "gemma4" */
-const char *di_tokenizer_pre(const di_tokenizer *t);    /* pre-tokenizer, e.g. "llama-bpe"; NULL for llama */
+const char *di_tokenizer_pre(const di_tokenizer *t);    /* tokenizer.ggml.pre, e.g. "llama-bpe"; NULL for llama */
+const char *di_tokenizer_pre_rule(const di_tokenizer *t); /* the rule it shares ("smollm" for command-r) */
 /* The end-of-generation ids: eos, eot and eom from the metadata, and the CONTROL tokens llama.cpp
  * ends generation at by their text (<|eot_id|>, <|im_end|>, <end_of_turn>, <|endoftext|>, ...),
  * ascending. Returns the count; *ids stays valid while t lives. */
