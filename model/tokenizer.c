@@ -305,9 +305,14 @@ static int load_scores(const di_gguf *g, di_tokenizer *t, di_err *err)
     if (!t->scores) return alloc_fail(err, "the token scores");
     const di_gguf_kv *kv = di_gguf_find(g, "tokenizer.ggml.scores");
     if (!kv) return DI_OK; /* all 0: merges by position only */
-    if (kv->type != DI_GGUF_ARRAY || kv->arr_type != DI_GGUF_F32 || kv->arr_len != (uint64_t)t->n_vocab)
-        return di_fail(err, DI_EFORMAT, "%s: tokenizer.ggml.scores must be %d float32 values", g->path, t->n_vocab);
-    memcpy(t->scores, kv->data, (size_t)t->n_vocab * sizeof *t->scores);
+    /* float32, or int32 as llama.cpp also reads them */
+    if (kv->type != DI_GGUF_ARRAY || (kv->arr_type != DI_GGUF_F32 && kv->arr_type != DI_GGUF_I32) ||
+        kv->arr_len != (uint64_t)t->n_vocab)
+        return di_fail(err, DI_EFORMAT, "%s: tokenizer.ggml.scores must be %d float32 or int32 values", g->path,
+                       t->n_vocab);
+    if (kv->arr_type == DI_GGUF_F32) memcpy(t->scores, kv->data, (size_t)t->n_vocab * sizeof *t->scores);
+    else
+        for (int32_t i = 0; i < t->n_vocab; i++) t->scores[i] = (float)di_gguf_arr_int(kv, (uint64_t)i);
     return DI_OK;
 }
 
