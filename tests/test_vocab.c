@@ -335,3 +335,53 @@ Test(vocab, add_bos_and_end_of_generation_ids)
         free(b.p);
     }
 }
+
+/* Gemma 3's ids against Google's sentencepiece on a model built from the same vocabulary
+ * (tests/data/make_gemma3_tokens.py wrote tests/data/gemma3_tokens.tsv). */
+Test(vocab, gemma3_matches_sentencepiece, .timeout = 120)
+{
+    const char *path = getenv("DETINFER_GEMMA3");
+    if (!path || !*path || access(path, R_OK)) cr_skip_test("DETINFER_GEMMA3 is not set (scripts/fetch-model --gemma3)");
+    di_gguf *g;
+    di_tokenizer *t;
+    di_err e = {0};
+    cr_assert_eq(di_gguf_open(path, &g, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_tokenizer_load(g, &t, &e), 0, "%s", e.msg);
+    FILE *f = fopen(DI_SOURCE_DIR "/tests/data/gemma3_tokens.tsv", "r");
+    cr_assert_not_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    int total = 0, matched = 0;
+    while (getline(&line, &cap, f) > 0) {
+        char *tab = strchr(line, '\t');
+        cr_assert_not_null(tab);
+        *tab = 0;
+        size_t o = 0; /* undo \\ \t \n */
+        for (size_t i = 0; line[i]; i++) {
+            if (line[i] == '\\' && line[i + 1]) {
+                char c = line[++i];
+                line[o++] = c == 't' ? '\t' : c == 'n' ? '\n' : c;
+            } else {
+                line[o++] = line[i];
+            }
+        }
+        int32_t want[512];
+        size_t n_want = 0;
+        for (char *tok = strtok(tab + 1, " \n"); tok; tok = strtok(NULL, " \n")) want[n_want++] = (int32_t)atoi(tok);
+        int32_t *ids;
+        size_t n;
+        cr_assert_eq(di_tokenize_prompt(t, line, o, false, &ids, &n, &e), 0, "%s", e.msg);
+        bool same = n == n_want && !memcmp(ids, want, n * sizeof *ids);
+        if (!same) cr_log_error("gemma3 string %d '%.*s': %zu ids, sentencepiece %zu", total, (int)o, line, n, n_want);
+        matched += same;
+        total++;
+        free(ids);
+    }
+    free(line);
+    fclose(f);
+    printf("vocab gemma3: %d/%d strings match sentencepiece\n", matched, total);
+    cr_expect_eq(matched, total, "%d of %d strings match", matched, total);
+    cr_assert_geq(total, 15);
+    di_tokenizer_free(t);
+    di_gguf_close(g);
+}
