@@ -161,11 +161,13 @@ void detinfer_model_free(detinfer_model *m)
 const detinfer_tokenizer *detinfer_model_tokenizer(const detinfer_model *m) { return &m->tok; }
 int detinfer_model_vocab_size(const detinfer_model *m) { return di_model_config(m->m)->vocab; }
 
-int detinfer_tokenize(const detinfer_tokenizer *t, const char *text, size_t len, bool parse_special, int32_t **ids,
-                      size_t *n, detinfer_error *err)
+int detinfer_tokenize(const detinfer_tokenizer *t, const char *text, size_t len, bool add_special, bool parse_special,
+                      int32_t **ids, size_t *n, detinfer_error *err)
 {
     di_err e = {0};
-    if (di_tokenize(t->t, text, len, parse_special, ids, n, &e)) return from(err, &e);
+    int rc = add_special ? di_tokenize_prompt(t->t, text, len, parse_special, ids, n, &e)
+                         : di_tokenize(t->t, text, len, parse_special, ids, n, &e);
+    if (rc) return from(err, &e);
     return DETINFER_OK;
 }
 
@@ -226,9 +228,8 @@ int detinfer_generate(detinfer_model *m, detinfer_request *const *reqs, size_t n
         if (room <= 0) { free(rp); return fail(err, DETINFER_EUSAGE, "generate: a prompt is as long as the context"); }
         rp[i] = &q->r;
     }
-    const di_tokenizer *tok = m->tok.t;
-    int32_t stops[2] = {di_tokenizer_eos(tok), di_tokenizer_special(tok, "<|endoftext|>")};
-    int n_stop = stops[1] >= 0 ? 2 : 1;
+    const int32_t *stops;   /* the vocabulary's end-of-generation ids (eos, eot, eom, ...) */
+    int n_stop = di_tokenizer_eog(m->tok.t, &stops);
     /* requests that ignore end-of-text run in an engine of their own kind: stop ids are the
      * engine's; a request's bits never depend on its batch mates, so the split is invisible */
     int rc = DETINFER_OK;

@@ -34,7 +34,7 @@ int main(int argc, char **argv)
     const detinfer_tokenizer *tok = detinfer_model_tokenizer(m);
     int32_t *ids = NULL;
     size_t n = 0;
-    if (detinfer_tokenize(tok, argv[2], strlen(argv[2]), false, &ids, &n, &e)) return die("tokenize", &e);
+    if (detinfer_tokenize(tok, argv[2], strlen(argv[2]), true, false, &ids, &n, &e)) return die("tokenize", &e);
     detinfer_request_params qp = detinfer_request_default_params();
     qp.max_tokens = atoi(argv[3]);
     detinfer_request *r = NULL;

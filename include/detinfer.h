@@ -92,10 +92,11 @@ DETINFER_API void detinfer_model_free(detinfer_model *m);
 DETINFER_API const detinfer_tokenizer *detinfer_model_tokenizer(const detinfer_model *m);
 DETINFER_API int detinfer_model_vocab_size(const detinfer_model *m);
 
-/* Encodes len bytes of text; parse_special turns control tokens written in the text into their
- * ids. *ids is malloc'd (free it with detinfer_free). */
-DETINFER_API int detinfer_tokenize(const detinfer_tokenizer *t, const char *text, size_t len, bool parse_special,
-                                   int32_t **ids, size_t *n, detinfer_error *err);
+/* Encodes len bytes of text. add_special: BOS (and EOS) where the vocabulary adds them, as a prompt
+ * gets them; parse_special: control tokens written in the text become their ids. *ids is
+ * malloc'd (free it with detinfer_free). */
+DETINFER_API int detinfer_tokenize(const detinfer_tokenizer *t, const char *text, size_t len, bool add_special,
+                                   bool parse_special, int32_t **ids, size_t *n, detinfer_error *err);
 /* The bytes token `id` stands for (not NUL-terminated; valid while the model lives). */
 DETINFER_API int detinfer_token_piece(const detinfer_tokenizer *t, int32_t id, const char **bytes, size_t *len);
 DETINFER_API int32_t detinfer_token_eos(const detinfer_tokenizer *t);

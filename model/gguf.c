@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 enum {
-    GGML_QK = 32,              /* elements per block of Q8_0, Q4_0, Q4_1 */
     HEADER_BYTES = 24,         /* magic, version, tensor count, kv count */
     MIN_KV_BYTES = 8 + 4 + 1,  /* key length, value type, smallest value */
     MIN_TENSOR_BYTES = 8 + 1 + 4 + 8 + 4 + 8, /* name length, 1-byte name, n_dims, 1 dim, type, offset */
@@ -238,32 +237,6 @@ static int read_alignment(di_gguf *g, di_err *err)
 
 /* ---- tensor infos --------------------------------------------------------------------------- */
 
-const char *di_ggml_type_name(int type)
-{
-    switch (type) {
-    case DI_GGML_F32: return "F32";
-    case DI_GGML_F16: return "F16";
-    case DI_GGML_BF16: return "BF16";
-    case DI_GGML_Q8_0: return "Q8_0";
-    case DI_GGML_Q4_0: return "Q4_0";
-    case DI_GGML_Q4_1: return "Q4_1";
-    default: return "unknown";
-    }
-}
-
-/* Layout of a type: elements per block and bytes per block. False for types not read here. */
-static bool type_layout(int type, uint64_t *block_elems, uint64_t *block_bytes)
-{
-    switch (type) {
-    case DI_GGML_F32: *block_elems = 1; *block_bytes = 4; return true;
-    case DI_GGML_F16: case DI_GGML_BF16: *block_elems = 1; *block_bytes = 2; return true;
-    case DI_GGML_Q8_0: *block_elems = GGML_QK; *block_bytes = 2 + GGML_QK; return true;
-    case DI_GGML_Q4_0: *block_elems = GGML_QK; *block_bytes = 2 + GGML_QK / 2; return true;
-    case DI_GGML_Q4_1: *block_elems = GGML_QK; *block_bytes = 4 + GGML_QK / 2; return true;
-    default: return false;
-    }
-}
-
 static int read_tensor_name(cursor *c, di_gguf_tensor *t, uint64_t index)
 {
     char what[64];
@@ -309,10 +282,12 @@ static int read_tensor(cursor *c, di_gguf_tensor *t, uint64_t index)
     snprintf(what, sizeof what, "the type and offset of tensor %s", t->name);
     uint32_t type = 0;
     if (read_u32(c, &type, what) || read_u64(c, &t->offset, what)) return c->err->code;
-    uint64_t be, bb;
-    if (!type_layout((int)type, &be, &bb))
-        return di_fail(c->err, DI_EFORMAT, "%s: tensor %s has unsupported type %u (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
-                       c->label, t->name, type);
+    /* a type ggml knows is accepted even without a dequantizer, so that --info can list them all */
+    const di_quant_type *q = type <= INT32_MAX ? di_quant_type_of((int)type) : NULL;
+    if (!q)
+        return di_fail(c->err, DI_EFORMAT, "%s: tensor %s has type %u, which ggml does not know (supported: %s)",
+                       c->label, t->name, type, di_ggml_supported_list());
+    uint64_t be = q->block_elems, bb = q->block_bytes;
     t->type = (int)type;
     if (t->dims[0] % be)
         return di_fail(c->err, DI_EFORMAT, "%s: tensor %s: its rows of %llu elements are not a multiple of the %s block (%llu)",
@@ -559,96 +534,22 @@ const di_gguf_tensor *di_gguf_tensor_find(const di_gguf *g, const char *name)
     return NULL;
 }
 
-/* ---- dequantization (ggml's reference layouts and float arithmetic) ---------------------- */
-
-static float f32_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* IEEE binary16 to binary32, exact for every input (subnormals, infinities, NaN payloads). */
-static float half_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023;
-    if (exp == 31) return f32_bits(sign | 0x7f800000u | man << 13);
-    if (exp != 0) return f32_bits(sign | (exp - 15 + 127) << 23 | man << 13);
-    if (man == 0) return f32_bits(sign);
-    int shift = 0; /* subnormal: shift the leading 1 up to the implicit bit */
-    while (!(man & 1024)) {
-        man <<= 1;
-        shift++;
-    }
-    return f32_bits(sign | (uint32_t)(127 - 14 - shift) << 23 | (man & 1023) << 13);
-}
-
-static void deq_f16(const uint8_t *p, uint64_t n, float *out)
-{
-    for (uint64_t i = 0; i < n; i++) out[i] = half_to_f32(rd16(p + 2 * i));
-}
-
-static void deq_bf16(const uint8_t *p, uint64_t n, float *out)
-{
-    for (uint64_t i = 0; i < n; i++) out[i] = f32_bits((uint32_t)rd16(p + 2 * i) << 16);
-}
-
-/* Q8_0 block: f16 scale d, 32 x int8; value q*d */
-static void deq_q8_0(const uint8_t *p, uint64_t nblocks, float *out)
-{
-    for (uint64_t b = 0; b < nblocks; b++, p += 2 + GGML_QK, out += GGML_QK) {
-        float d = half_to_f32(rd16(p));
-        for (int j = 0; j < GGML_QK; j++) out[j] = (float)(int8_t)p[2 + j] * d;
-    }
-}
-
-/* Q4_0 block: f16 scale d, 16 bytes; low nibbles are elements 0..15, high nibbles 16..31; value (q-8)*d */
-static void deq_q4_0(const uint8_t *p, uint64_t nblocks, float *out)
-{
-    for (uint64_t b = 0; b < nblocks; b++, p += 2 + GGML_QK / 2, out += GGML_QK) {
-        float d = half_to_f32(rd16(p));
-        const uint8_t *q = p + 2;
-        for (int j = 0; j < GGML_QK / 2; j++) {
-            out[j] = (float)((q[j] & 15) - 8) * d;
-            out[j + GGML_QK / 2] = (float)((q[j] >> 4) - 8) * d;
-        }
-    }
-}
-
-/* Q4_1 block: f16 scale d, f16 minimum m, 16 bytes of nibbles as Q4_0; value q*d + m
- * (two float operations: the build's -ffp-contract=off keeps them from fusing) */
-static void deq_q4_1(const uint8_t *p, uint64_t nblocks, float *out)
-{
-    for (uint64_t b = 0; b < nblocks; b++, p += 4 + GGML_QK / 2, out += GGML_QK) {
-        float d = half_to_f32(rd16(p)), m = half_to_f32(rd16(p + 2));
-        const uint8_t *q = p + 4;
-        for (int j = 0; j < GGML_QK / 2; j++) {
-            out[j] = (float)(q[j] & 15) * d + m;
-            out[j + GGML_QK / 2] = (float)(q[j] >> 4) * d + m;
-        }
-    }
-}
+/* ---- dequantization (model/quant.c) ------------------------------------------------------- */
 
 int di_gguf_to_f32_range(const di_gguf *g, const di_gguf_tensor *t, uint64_t first, uint64_t count, float *out,
                          di_err *err)
 {
-    uint64_t be = 0, bb = 0;
     if (!t->data) return di_fail(err, DI_EFORMAT, "%s: tensor %s has no data", g->path, t->name);
-    if (!type_layout(t->type, &be, &bb))
-        return di_fail(err, DI_EFORMAT, "%s: tensor %s has unsupported type %d", g->path, t->name, t->type);
+    const di_quant_type *q = di_quant_type_of(t->type);
+    if (!q || !q->dequant)
+        return di_fail(err, DI_EFORMAT, "%s: tensor %s: %s (type %d) is not supported (supported: %s)", g->path, t->name,
+                       di_ggml_type_name(t->type), t->type, di_ggml_supported_list());
+    uint64_t be = q->block_elems;
     if (first % be || count % be || first > t->n_elems || count > t->n_elems - first)
         return di_fail(err, DI_EUSAGE, "%s: tensor %s: elements [%llu, +%llu) are not whole blocks of %llu inside %llu",
                        g->path, t->name, (unsigned long long)first, (unsigned long long)count,
                        (unsigned long long)be, (unsigned long long)t->n_elems);
-    const uint8_t *p = t->data + first / be * bb;
-    switch (t->type) {
-    case DI_GGML_F32: memcpy(out, p, (size_t)count * 4); break;
-    case DI_GGML_F16: deq_f16(p, count, out); break;
-    case DI_GGML_BF16: deq_bf16(p, count, out); break;
-    case DI_GGML_Q8_0: deq_q8_0(p, count / GGML_QK, out); break;
-    case DI_GGML_Q4_0: deq_q4_0(p, count / GGML_QK, out); break;
-    case DI_GGML_Q4_1: deq_q4_1(p, count / GGML_QK, out); break;
-    }
+    q->dequant(t->data + first / be * q->block_bytes, count / be, out);
     return DI_OK;
 }
 

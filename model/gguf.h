@@ -7,15 +7,11 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "base/err.h"
+#include "model/quant.h"   /* enum di_ggml_type, di_ggml_type_name */
 
 enum di_gguf_vtype { /* metadata value types, as numbered in the GGUF spec */
     DI_GGUF_U8 = 0, DI_GGUF_I8, DI_GGUF_U16, DI_GGUF_I16, DI_GGUF_U32, DI_GGUF_I32,
     DI_GGUF_F32, DI_GGUF_BOOL, DI_GGUF_STRING, DI_GGUF_ARRAY, DI_GGUF_U64, DI_GGUF_I64, DI_GGUF_F64,
-};
-
-enum di_ggml_type { /* tensor types this reader can convert (ggml numbering) */
-    DI_GGML_F32 = 0, DI_GGML_F16 = 1, DI_GGML_Q4_0 = 2, DI_GGML_Q4_1 = 3, DI_GGML_Q8_0 = 8,
-    DI_GGML_BF16 = 30,
 };
 
 typedef struct di_gguf_str { const char *ptr; uint64_t len; } di_gguf_str; /* not NUL-terminated */
@@ -31,7 +27,7 @@ typedef struct di_gguf_kv {
 
 typedef struct di_gguf_tensor {
     char name[256];
-    int type;                 /* enum di_ggml_type (validated: only the types above are accepted) */
+    int type;                 /* enum di_ggml_type: one whose layout ggml knows (model/quant.h) */
     int n_dims;
     uint64_t dims[4];         /* ggml order: dims[0] is the contiguous (fastest) dimension */
     uint64_t n_elems;
@@ -68,10 +64,10 @@ int di_gguf_arr_str(const di_gguf_kv *kv, uint64_t i, di_gguf_str *out);
 int64_t di_gguf_arr_int(const di_gguf_kv *kv, uint64_t i);
 
 const di_gguf_tensor *di_gguf_tensor_find(const di_gguf *g, const char *name);
-const char *di_ggml_type_name(int type);
-/* Dequantizes a whole tensor to float32 (n_elems values, ggml order). */
+/* Dequantizes a whole tensor to float32 (n_elems values, ggml order). DI_EFORMAT naming the type
+ * when it has no dequantizer (e.g. "IQ2_XXS (type 16) is not supported"). */
 int di_gguf_to_f32(const di_gguf *g, const di_gguf_tensor *t, float *out, di_err *err);
-/* Elements [first, first + count) only; both whole blocks of the type (32 for Q8_0/Q4_0/Q4_1).
+/* Elements [first, first + count) only; both whole blocks of the type (32 for Q4_0, 256 for Q4_K).
  * Safe to call from several threads at once (it reads the mapped file, writes out). */
 int di_gguf_to_f32_range(const di_gguf *g, const di_gguf_tensor *t, uint64_t first, uint64_t count, float *out,
                          di_err *err);

@@ -80,6 +80,8 @@ static int read_config(const di_gguf *g, di_config *c, di_err *err)
     return DI_OK;
 }
 
+int di_model_read_config(const di_gguf *g, di_config *c, di_err *err) { return read_config(g, c, err); }
+
 /* ---- weights --------------------------------------------------------------------------- */
 
 static const di_gguf_tensor *tensor(const di_model *m, const char *name, uint64_t in, uint64_t out, di_err *err)

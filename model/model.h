@@ -15,6 +15,10 @@ typedef struct di_config {
 
 typedef struct di_model di_model;
 
+/* The configuration di_model_load would use, read from an open GGUF without loading weights
+ * (generate --info): DI_EUSAGE naming the architecture when it is not one detinfer runs. */
+int di_model_read_config(const di_gguf *g, di_config *c, di_err *err);
+
 typedef struct di_model_opts {
     int max_batch_tokens;   /* rows one forward step may carry */
     int ctx;                /* positions per sequence (rope table, block table width) */

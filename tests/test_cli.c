@@ -46,7 +46,7 @@ Test(cli, generate_usage_errors_exit_2)
     r = sh(GEN " -p hi -n many");
     expect(&r, 2, "-n takes a count");
     r = sh(GEN);
-    expect(&r, 2, "exactly one of -p, -f or --batch-file");
+    expect(&r, 2, "exactly one of -p, -f, --batch-file or --messages");
     r = sh(GEN " -p hi --device tpu");
     expect(&r, 2, "--device takes auto, cpu or cuda");
     r = sh(GEN " --help");

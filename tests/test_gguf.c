@@ -881,7 +881,9 @@ Test(gguf, fuzz_corpus_replays_cleanly, .timeout = 120)
             valid++;
             for (uint64_t i = 0; i < g->n_tensors; i++) {
                 float *out = malloc(g->tensors[i].n_elems * sizeof(float));
-                cr_assert_eq(di_gguf_to_f32(g, &g->tensors[i], out, &e), 0, "%s: %s", ent->d_name, e.msg);
+                /* a type ggml knows but detinfer does not convert opens, and converting it is an error */
+                int want = di_ggml_type_supported(g->tensors[i].type) ? 0 : DI_EFORMAT;
+                cr_assert_eq(di_gguf_to_f32(g, &g->tensors[i], out, &e), want, "%s: %s", ent->d_name, e.msg);
                 free(out);
             }
             di_gguf_close(g);

@@ -468,7 +468,7 @@ Test(tokenizer, rejects_malformed_metadata)
     static const char *const bad_merge[] = {"a c"};
     static const char *const no_space[] = {"ab"};
     struct { const char *model; const char *const *merges; const char *needle; } cases[] = {
-        {"llama", NULL, "tokenizer.ggml.model"},
+        {"t5", NULL, "tokenizer.ggml.model"},
         {"gpt2", bad_merge, "tokenizer.ggml.merges[0]"},
         {"gpt2", no_space, "tokenizer.ggml.merges[0]"},
     };

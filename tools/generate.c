@@ -3,6 +3,7 @@
  * one batched engine and prints results in line order. Load experiments (--repeat,
  * --background, --arrival-seed) run the prompt many times among other requests and count
  * how many distinct completions and digests it got: with batch-invariant kernels, one. */
+#include "model/chat.h"
 #include "model/engine.h"
 #include "model/tokenizer.h"
 #include "base/sha256.h"
@@ -20,6 +21,9 @@ typedef struct args {
     const char *model, *prompt, *prompt_file, *batch_file, *device, *dump_src, *dump_ptx, *background;
     di_profile profile;
     bool chat, digest, json, no_prefix_cache, arrivals, ignore_eos;
+    /* chat and model inspection (--tokenize, --info): no runtime is opened for those */
+    const char *chat_template, *system, *messages;
+    bool tokenize, info, special;
     int n_predict, top_k, ctx, threads, chunk, max_batch_tokens, max_seqs, kv_blocks, repeat;
     float temp, top_p;
     uint64_t seed, arrival_seed;
@@ -37,7 +41,16 @@ static void usage(FILE *f)
         "  -p, --prompt TEXT       prompt\n"
         "  -f, --file FILE         read the prompt from FILE\n"
         "      --batch-file FILE   one prompt per line, all run together; results in line order\n"
-        "      --chat              wrap the prompt in the model's ChatML template\n"
+        "      --chat              wrap the prompt in the model's chat template (tokenizer.chat_template)\n"
+        "      --chat-template NAME  use template family NAME instead (implies --chat): chatml, smollm, llama3,\n"
+        "                          gemma, phi3, llama2, llama2-sys, mistral-v1, mistral-v3, mistral-v7, ...\n"
+        "  -sys, --system TEXT     system message (implies --chat; default none, but a template with its own\n"
+        "                          default system turn, as SmolLM2's, keeps it)\n"
+        "      --messages FILE     the conversation as a JSON list of {\"role\", \"content\"} (implies --chat)\n"
+        "      --special           print special tokens (end of turn, ...) in the output text\n"
+        "      --tokenize          print the prompt's token ids (BOS included where the vocabulary adds it) as\n"
+        "                          one JSON array and exit; needs only the vocabulary\n"
+        "      --info              print what the model file holds and everything in it detinfer cannot run\n"
         "      --ignore-eos        generate -n tokens even past end-of-text (load experiments)\n"
         "  -n, --n-predict N       tokens to generate (default 128)\n"
         "      --temp T            temperature (default 0.8; 0 = greedy)\n"
@@ -122,6 +135,12 @@ static int parse_args(int argc, char **argv, args *a)
         else if (IS("-f", "--file")) { NEED(); a->prompt_file = v; }
         else if (!strcmp(o, "--batch-file")) { NEED(); a->batch_file = v; }
         else if (!strcmp(o, "--chat")) a->chat = true;
+        else if (!strcmp(o, "--chat-template")) { NEED(); a->chat_template = v; a->chat = true; }
+        else if (IS("-sys", "--system")) { NEED(); a->system = v; a->chat = true; }
+        else if (!strcmp(o, "--messages")) { NEED(); a->messages = v; a->chat = true; }
+        else if (!strcmp(o, "--special")) a->special = true;
+        else if (!strcmp(o, "--tokenize")) a->tokenize = true;
+        else if (!strcmp(o, "--info")) a->info = true;
         else if (!strcmp(o, "--ignore-eos")) a->ignore_eos = true;
         else if (!strcmp(o, "--digest")) a->digest = true;
         else if (!strcmp(o, "--json")) a->json = true;
@@ -160,8 +179,10 @@ static int parse_args(int argc, char **argv, args *a)
 #undef IS
 #undef NEED
     }
-    int sources = !!a->prompt + !!a->prompt_file + !!a->batch_file;
-    if (sources != 1) return bad_usage("%s", "give exactly one of -p, -f or --batch-file");
+    int sources = !!a->prompt + !!a->prompt_file + !!a->batch_file + !!a->messages;
+    if (a->info && sources == 0) return -1;   /* --info needs no prompt */
+    if (sources != 1) return bad_usage("%s", "give exactly one of -p, -f, --batch-file or --messages");
+    if (a->tokenize && a->batch_file) return bad_usage("%s", "--tokenize takes -p, -f or --messages, not --batch-file");
     if (a->batch_file && (a->repeat || a->background))
         return bad_usage("%s", a->repeat ? "--repeat needs -p or -f, not --batch-file" : "--background needs -p or -f, not --batch-file");
     return -1;
@@ -217,11 +238,21 @@ static void json_string(FILE *f, const char *s, size_t n)
 
 typedef struct stream_ctx { const di_tokenizer *tok; bool on; } stream_ctx;
 
+/* The stop ids (end of turn) are left out of the printed text unless --special; set once by run. */
+static struct { const int32_t *ids; int n; } hidden;
+
+static bool hidden_token(int32_t t)
+{
+    for (int i = 0; i < hidden.n; i++)
+        if (hidden.ids[i] == t) return true;
+    return false;
+}
+
 static void on_token(void *ctx, const di_request *r, int32_t t)
 {
     (void)r;
     stream_ctx *s = ctx;
-    if (!s->on) return;
+    if (!s->on || hidden_token(t)) return;
     const char *b;
     size_t n;
     if (di_token_piece(s->tok, t, &b, &n) == 0) { fwrite(b, 1, n, stdout); fflush(stdout); }
@@ -234,7 +265,7 @@ static char *request_text(const di_tokenizer *tok, const di_request *r, size_t *
     for (int i = 0; i < r->n_gen && out; i++) {
         const char *b;
         size_t k;
-        if (di_token_piece(tok, r->tokens[i], &b, &k)) continue;
+        if (hidden_token(r->tokens[i]) || di_token_piece(tok, r->tokens[i], &b, &k)) continue;
         while (n + k + 1 > cap) { char *o = realloc(out, cap *= 2); if (!o) { free(out); return NULL; } out = o; }
         memcpy(out + n, b, k);
         n += k;
@@ -315,6 +346,7 @@ static int gather_prompts(const args *a, char ***texts, int **kinds, int *n_req,
         for (int i = 0; i < *n_req; i++) (*kinds)[i] = K_BATCH;
         return 0;
     }
+    if (a->messages) prompt = "";   /* the conversation file is the prompt (chat_prompt) */
     if (a->prompt_file && !(prompt = owned[0] = read_file(a->prompt_file, NULL))) {
         fprintf(stderr, "generate: -f %s: %s\n", a->prompt_file, strerror(errno));
         return 2;
@@ -336,15 +368,57 @@ static int gather_prompts(const args *a, char ***texts, int **kinds, int *n_req,
 }
 
 /* Tokenizes every prompt into its request; sums the KV blocks they could need. */
-static int make_requests(const args *a, const di_tokenizer *tok, char **texts, int n_req, di_request *reqs,
-                         int32_t **ids, int *blocks)
+/* ---- chat: the template, the system message and the conversation file ---- */
+
+typedef struct chat_state {
+    di_chat_template *tmpl;
+    di_chat_conv *conv;    /* --messages, parsed */
+    const di_chat_msg *msgs; /* its messages */
+    int n_msgs;
+} chat_state;
+
+static void chat_state_free(chat_state *c)
+{
+    di_chat_template_free(c->tmpl);
+    di_chat_conv_free(c->conv);
+}
+
+/* --messages FILE (model/chat.c reads it); exit status 2 naming the fault. */
+static int load_messages(const char *path, chat_state *c)
+{
+    di_err err = {0};
+    int rc = di_chat_messages_load(path, &c->conv, &c->msgs, &c->n_msgs, &err);
+    if (rc) fprintf(stderr, "generate: --messages %s\n", err.msg);
+    return rc == DI_ENOMEM ? 1 : rc ? 2 : 0;
+}
+
+/* The chat prompt for one user text: -sys's system message (if any), then the conversation file's
+ * messages, or the text as one user turn; the assistant's turn opened. */
+static char *chat_prompt(const args *a, const chat_state *c, const char *user, di_err *err)
+{
+    int n = 0, cap = c->n_msgs + 2;
+    di_chat_msg *m = malloc(sizeof *m * (size_t)cap);
+    if (!m) { di_fail(err, DI_ENOMEM, "out of memory"); return NULL; }
+    if (a->system) m[n++] = (di_chat_msg){"system", a->system};
+    for (int i = 0; i < c->n_msgs; i++) m[n++] = c->msgs[i];
+    if (!c->n_msgs) m[n++] = (di_chat_msg){"user", user};
+    char *out = NULL;
+    di_chat_render(c->tmpl, m, n, true, &out, err);
+    free(m);
+    return out;
+}
+
+static int make_requests(const args *a, const di_tokenizer *tok, const chat_state *chat, char **texts, int n_req,
+                         di_request *reqs, int32_t **ids, int *blocks)
 {
     di_err err = {0};
     *blocks = 0;
     for (int i = 0; i < n_req; i++) {
-        char *text = a->chat ? di_chat_prompt(texts[i]) : texts[i];
+        char *text = a->chat ? chat_prompt(a, chat, texts[i], &err) : texts[i];
+        if (!text) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
         size_t n = 0;
-        int trc = di_tokenize(tok, text, strlen(text), a->chat, &ids[i], &n, &err);
+        /* the vocabulary's BOS (add_bos_token) leads; the chat markers are special tokens */
+        int trc = di_tokenize_prompt(tok, text, strlen(text), a->chat, &ids[i], &n, &err);
         if (a->chat) free(text);
         if (trc) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
         if (n == 0) { fprintf(stderr, "generate: prompt %d is empty\n", i + 1); return 2; }
@@ -408,6 +482,126 @@ static di_rt *open_runtime(const args *a)
     return rt;
 }
 
+/* ---- --info: what the file holds, and everything in it detinfer cannot run ---- */
+
+/* A list of what is unsupported, printed together at the end. */
+typedef struct { char text[16][512]; int n; } problems;
+
+static void problem(problems *p, const char *what, const char *detail)
+{
+    if (p->n < 16) snprintf(p->text[p->n++], sizeof p->text[0], "%s: %.480s", what, detail);
+}
+
+/* The dimensions model.c reads (di_model_read_config) and the memory the load would take:
+ * bf16 matrices, f32 norms, an f32 KV cache, activations of --max-batch-tokens rows. */
+static void print_config(const di_config *c, bool tied, int ctx, int rows)
+{
+    double D = c->dim, F = c->ffn, V = c->vocab, L = c->n_layers, HD = c->head_dim, NH = c->n_heads, NKV = c->n_kv_heads;
+    double per_layer = D * (NH + 2 * NKV) * HD + NH * HD * D + 3 * F * D;
+    double weights = 2 * (L * per_layer + V * D * (tied ? 1 : 2)) + 4 * (2 * L * D + D);
+    double kv_token = L * 2 * NKV * HD * 4;
+    double act = rows * 4.0 * (4 * D + (NH + 2 * NKV) * HD + NH * HD + 3 * F + 2 * V);
+    printf("dims: %d layers, dim %d, ffn %d, %d heads (%d KV heads) of %d, vocab %d, rope base %g, eps %g\n", c->n_layers,
+           c->dim, c->ffn, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab, c->rope_base, c->eps);
+    printf("memory: weights %.1f MiB (bf16 matrices%s), KV cache %.1f KiB per token = %.1f MiB for --ctx %d, "
+           "activations %.1f MiB for %d rows\n", weights / 1048576, tied ? ", tied embeddings" : "", kv_token / 1024,
+           kv_token * ctx / 1048576, ctx, act / 1048576, rows);
+}
+
+static void print_tensor_types(const di_gguf *g, problems *p)
+{
+    int count[256] = {0};
+    for (uint64_t i = 0; i < g->n_tensors; i++) count[g->tensors[i].type & 255]++;
+    printf("tensors: %llu:", (unsigned long long)g->n_tensors);
+    for (int t = 0; t < 256; t++)
+        if (count[t]) printf(" %s %d%s", di_ggml_type_name(t), count[t], di_ggml_type_supported(t) ? "" : " (unsupported)");
+    printf("\n");
+    for (int t = 0; t < 256; t++)
+        if (count[t] && !di_ggml_type_supported(t)) {
+            char what[64];
+            snprintf(what, sizeof what, "tensor type %s (type %d)", di_ggml_type_name(t), t);
+            problem(p, what, "no dequantization in model/quant.c");
+        }
+}
+
+static void print_token(const di_tokenizer *tok, const char *label, int id)
+{
+    const char *b;
+    size_t n;
+    if (id < 0) { printf(" %s -", label); return; }
+    if (di_token_piece(tok, id, &b, &n)) n = 0;
+    printf(" %s %d ", label, id);
+    json_string(stdout, b, n);
+}
+
+static void print_tokenizer(const di_gguf *g, problems *p)
+{
+    di_tokenizer *tok = NULL;
+    di_err err = {0};
+    if (di_tokenizer_load(g, &tok, &err)) {
+        printf("tokenizer: not loaded\n");
+        problem(p, "tokenizer", err.msg);
+        return;
+    }
+    const char *pre = di_tokenizer_pre(tok), *rule = di_tokenizer_pre_rule(tok);
+    bool alias = pre && strcmp(pre, rule);
+    printf("tokenizer: %s%s%s%s%s%s, %d tokens, BOS %s, EOS %s\n", di_tokenizer_model(tok), pre ? ", pre-tokenizer " : "",
+           pre ? pre : "", alias ? " (as " : "", alias ? rule : "", alias ? ")" : "", di_tokenizer_vocab_size(tok), di_tokenizer_adds_bos(tok) ? "added" : "not added",
+           di_tokenizer_adds_eos(tok) ? "added" : "not added");
+    printf("special:");
+    print_token(tok, "bos", di_tokenizer_bos(tok));
+    print_token(tok, "eos", di_tokenizer_eos(tok));
+    print_token(tok, "eot", di_tokenizer_eot(tok));
+    print_token(tok, "eom", di_tokenizer_eom(tok));
+    const int32_t *eog;
+    int n = di_tokenizer_eog(tok, &eog);
+    printf("; end of generation:");
+    for (int i = 0; i < n; i++) printf(" %d", eog[i]);
+    printf("\n");
+    di_tokenizer_free(tok);
+}
+
+static void print_template(const di_gguf *g, const char *override, problems *p)
+{
+    di_chat_template *t = NULL;
+    di_err err = {0};
+    if (di_chat_template_load(g, override, &t, &err)) {
+        printf("chat template: %s\n", di_gguf_find(g, "tokenizer.chat_template") ? "unrecognised" : "none");
+        problem(p, "chat template", err.msg);
+        return;
+    }
+    printf("chat template: %s%s (turns end with %s)\n", di_chat_template_name(t), override ? " (--chat-template)" : "",
+           di_chat_template_end(t));
+    di_chat_template_free(t);
+}
+
+static int model_info(const args *a, const char *path)
+{
+    di_gguf *g = NULL;
+    di_err err = {0};
+    if (di_gguf_open(path, &g, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
+    problems p = {.n = 0};
+    di_gguf_str arch = {"?", 1};
+    di_gguf_get_str(g, "general.architecture", &arch, &err);
+    printf("file: %s (GGUF v%u, %zu bytes, %llu metadata keys)\n", path, g->version, g->size, (unsigned long long)g->n_kv);
+    printf("architecture: %.*s\n", (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+    char key[128];
+    snprintf(key, sizeof key, "%.*s.context_length", (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
+    uint64_t ctx_train = 0;
+    if (!di_gguf_get_u64(g, key, &ctx_train, &err)) printf("context length: %llu (%s)\n", (unsigned long long)ctx_train, key);
+    di_config c;
+    if (g->n_tensors == 0) printf("dims: none (a vocabulary-only file)\n");
+    else if (di_model_read_config(g, &c, &err)) problem(&p, "model", err.msg);
+    else print_config(&c, !di_gguf_tensor_find(g, "output.weight"), a->ctx, a->max_batch_tokens);
+    print_tensor_types(g, &p);
+    print_tokenizer(g, &p);
+    print_template(g, a->chat_template, &p);
+    printf("unsupported:%s\n", p.n ? "" : " nothing");
+    for (int i = 0; i < p.n; i++) printf("  %s\n", p.text[i]);
+    di_gguf_close(g);
+    return 0;
+}
+
 /* Everything main holds, so that every exit, early or not, frees it in one place. */
 typedef struct run_state {
     char *model_path, *owned[2];
@@ -416,6 +610,7 @@ typedef struct run_state {
     di_rt *rt;
     di_gguf *g;
     di_tokenizer *tok;
+    chat_state chat;
     di_model *m;
     di_request *reqs;
     di_request **rp;
@@ -430,6 +625,7 @@ static void run_state_free(run_state *s)
     free(s->owned[0]); free(s->owned[1]);
     di_model_free(s->m);
     di_tokenizer_free(s->tok);
+    chat_state_free(&s->chat);
     di_gguf_close(s->g);
     if (s->rt) di_rt_close(s->rt);
     free(s->model_path);
@@ -442,9 +638,9 @@ static int run(const args *ap, run_state *s)
     di_err err = {0};
     double t_load = wall();
     int rc;
+    if (a.info) return model_info(&a, s->model_path);
     if ((rc = gather_prompts(&a, &s->texts, &s->kinds, &s->n_req, s->owned))) return rc;
     int n_req = s->n_req;
-    if (!(s->rt = open_runtime(&a))) return 2;
 
     /* model and tokenizer: the GGUF is opened once, here; the model borrows it */
     FILE *probe = fopen(s->model_path, "rb");
@@ -457,12 +653,24 @@ static int run(const args *ap, run_state *s)
     /* tokenize first, to size the KV pool and reject prompts longer than the context */
     if (di_gguf_open(s->model_path, &s->g, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
     if (di_tokenizer_load(s->g, &s->tok, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
+    if (a.chat && di_chat_template_load(s->g, a.chat_template, &s->chat.tmpl, &err)) {
+        fprintf(stderr, "generate: %s\n", err.msg);
+        return 2;
+    }
+    if (a.messages && (rc = load_messages(a.messages, &s->chat))) return rc;
     s->reqs = calloc((size_t)n_req, sizeof *s->reqs);
     s->rp = calloc((size_t)n_req, sizeof *s->rp);
     s->ids = calloc((size_t)n_req, sizeof *s->ids);
     if (!s->reqs || !s->rp || !s->ids) { fprintf(stderr, "generate: out of memory\n"); return 1; }
     int blocks = 0;
-    if ((rc = make_requests(&a, s->tok, s->texts, n_req, s->reqs, s->ids, &blocks))) return rc;
+    if ((rc = make_requests(&a, s->tok, &s->chat, s->texts, n_req, s->reqs, s->ids, &blocks))) return rc;
+    if (a.tokenize) { /* llama-tokenize's output: the ids, as JSON; no model, no runtime */
+        printf("[");
+        for (int i = 0; i < s->reqs[0].n_prompt; i++) printf("%s%d", i ? ", " : "", s->ids[0][i]);
+        printf("]\n");
+        return 0;
+    }
+    if (!(s->rt = open_runtime(&a))) return 2;
     for (int i = 0; i < n_req; i++) s->rp[i] = &s->reqs[i];
     int in_flight = a.max_seqs && a.max_seqs < n_req ? a.max_seqs : n_req;
     di_model_opts mo = {.max_batch_tokens = a.max_batch_tokens, .ctx = a.ctx, .kv_blocks = a.kv_blocks ? a.kv_blocks : blocks,
@@ -474,10 +682,17 @@ static int run(const args *ap, run_state *s)
     t_load = wall() - t_load;
     fprintf(stderr, "generate: %s; model %s loaded in %.2f s\n", di_rt_describe(s->rt), s->model_path, t_load);
 
-    int32_t stops[2] = {di_tokenizer_eos(s->tok), di_tokenizer_special(s->tok, "<|endoftext|>")};
+    /* stop at the vocabulary's end-of-generation ids and at the chat template's end of turn */
+    const int32_t *eog;
+    int32_t stops[17];
+    int n_stop = di_tokenizer_eog(s->tok, &eog);
+    memcpy(stops, eog, sizeof *stops * (size_t)n_stop);
+    int32_t end = s->chat.tmpl ? di_tokenizer_special(s->tok, di_chat_template_end(s->chat.tmpl)) : -1;
+    if (end >= 0 && !di_tokenizer_is_eog(s->tok, end)) stops[n_stop++] = end;
+    if (!a.special) hidden.ids = stops, hidden.n = n_stop;
     stream_ctx sc = {s->tok, n_req == 1 && !a.json};
     di_engine_opts eo = {.max_batch_tokens = a.max_batch_tokens, .max_seqs = in_flight, .prefix_cache = !a.no_prefix_cache,
-                         .stop_ids = stops, .n_stop = a.ignore_eos ? 0 : stops[1] >= 0 ? 2 : 1, .on_token = on_token, .ctx = &sc};
+                         .stop_ids = stops, .n_stop = a.ignore_eos ? 0 : n_stop, .on_token = on_token, .ctx = &sc};
     di_engine_stats st;
     double t_run = wall();
     if (di_engine_run(s->m, s->rp, n_req, &eo, &st, &err)) {

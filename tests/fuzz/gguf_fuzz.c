@@ -1,12 +1,15 @@
 /* libFuzzer harness for the GGUF reader: every input goes through di_gguf_open_mem and, when
- * it opens, every tensor is dequantized into a scratch buffer. Any crash, sanitizer report,
- * leak or timeout is a bug in model/gguf.c.
+ * it opens, every tensor is dequantized into a scratch buffer (types without a dequantizer must
+ * fail cleanly), the tokenizer is loaded and encodes a few strings, and the chat template is
+ * recognised. Any crash, sanitizer report, leak or timeout is a bug in model/gguf.c, quant.c,
+ * tokenizer.c, pretok.c or chat.c.
  *
  * Build (from the repo root; clang 14 from Debian: apt-get install -y clang):
  *
  *   clang -std=gnu11 -g -O1 -ffp-contract=off -fsanitize=fuzzer,address,undefined \
  *         -fno-sanitize-recover=undefined -I. \
- *         tests/fuzz/gguf_fuzz.c model/gguf.c base/err.c -o /tmp/gguf_fuzz
+ *         tests/fuzz/gguf_fuzz.c model/gguf.c model/quant.c model/tokenizer.c model/pretok.c \
+ *         model/chat.c base/err.c -ljansson -o /tmp/gguf_fuzz
  *
  * Run (a scratch corpus dir first: the fuzzer writes new inputs into the first dir it is given,
  * and the checked-in corpus should stay small; crashers land in -artifact_prefix):
@@ -23,7 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/chat.h"
 #include "model/gguf.h"
+#include "model/tokenizer.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -41,7 +46,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             /* the reader bounds n_elems by the file size (nbytes must fit in it) */
             float *scratch = malloc((size_t)t->n_elems * sizeof(float));
             if (!scratch) abort(); /* would mean an element count the file cannot hold */
-            if (di_gguf_to_f32(g, t, scratch, &err) != DI_OK) abort();
+            int want = di_ggml_type_supported(t->type) ? DI_OK : DI_EFORMAT;
+            if (di_gguf_to_f32(g, t, scratch, &err) != want) abort();
             free(scratch);
         }
         /* exercise the accessors too */
@@ -60,6 +66,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void)di_gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &f, &err);
         (void)di_gguf_get_str(g, "general.architecture", &s, &err);
         (void)di_gguf_tensor_find(g, "token_embd.weight");
+        /* the tokenizer (any kind the file names) and the chat template, when the file has them */
+        di_tokenizer *tok = NULL;
+        if (di_tokenizer_load(g, &tok, &err) == DI_OK) {
+            static const char *const texts[] = {"Hello, world! 123 4567", "  \t\n\n x'll \xe4\xb8\xad\xff", "<|im_start|>a"};
+            for (size_t k = 0; k < sizeof texts / sizeof texts[0]; k++) {
+                int32_t *ids = NULL;
+                size_t n = 0;
+                if (di_tokenize_prompt(tok, texts[k], strlen(texts[k]), k == 2, &ids, &n, &err) == DI_OK) free(ids);
+            }
+            di_tokenizer_free(tok);
+        }
+        di_chat_template *tmpl = NULL;
+        if (di_chat_template_load(g, NULL, &tmpl, &err) == DI_OK) di_chat_template_free(tmpl);
         di_gguf_close(g);
     } else if (g != NULL || strncmp(err.msg, "fuzz.gguf: ", 11) != 0) {
         abort(); /* a failure must leave no handle and name the file */
