@@ -54,6 +54,7 @@ static long kv_split(const di_spec *s, const di_specialization *p) { return p->k
 static bool af_applies(const di_spec *s, const di_specialization *p, const di_target *t)
 {
     if (s->cls != DI_ATTENTION || t->backend != DI_BACKEND_CUDA || p->profile == DI_PROFILE_EXACT) return false;
+    if (di_spec_dim(s, p, "WIN") > 0) return false;   /* sliding windows: the class lowering (not written here yet) */
     long nh = di_spec_dim(s, p, "NH"), nkv = di_spec_dim(s, p, "NKV"), hd = di_spec_dim(s, p, "HD");
     long split = kv_split(s, p), kvb = s->sched.kv_block;
     if (nh <= 0 || nkv <= 0 || nh % nkv || nh / nkv > 16) return false;

@@ -243,9 +243,13 @@ int di_geometry_for(const di_spec *s, const di_specialization *p, di_backend_kin
         g->grid[1] = (unsigned)rows;
         break;
     case DI_ROW_REDUCE:
-    case DI_SAMPLE:
+    case DI_SAMPLE: {
+        long groups = 1;   /* a grouped row_reduce: block x is the group */
+        if (s->groups && di_eval_expr(s, p, s->groups, &groups, err)) return err->code;
+        g->grid[0] = (unsigned)groups;
         g->grid[1] = (unsigned)rows;
         break;
+    }
     case DI_MATMUL: {
         long n = di_spec_dim(s, p, "N");
         long cg = b == DI_BACKEND_C ? 8L * k->tile_n : (long)k->threads * k->tile_n;

@@ -80,6 +80,7 @@ static void emit_reduce(di_str *o, const di_spec *s, const di_reduce *r)
 static void lower_row_reduce(di_str *o, const di_spec *s, const di_specialization *p)
 {
     di_str_puts(o, "    const long r = by;\n");
+    if (s->groups) di_str_puts(o, "    const long g = bx;   /* the group of the row this block reduces */\n");
     emit_slices(o, s, p, "r", "    ");
     di_str_puts(o, "    DI_SHARED float di_lane[LANES];\n");
     for (int i = 0; i < DI_MAX_REDUCE && s->reduce[i].name; i++) emit_reduce(o, s, &s->reduce[i]);
@@ -182,6 +183,12 @@ static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p
  * into the running (M, L, ACC) with the rescale factors exp(M - M') and exp(m - M'). */
 static void lower_attention(di_str *o, const di_spec *s, const di_specialization *p)
 {
+    /* A spec with a WIN dim (sliding-window layers) sees keys P - WIN < j <= P only. Its KV splits
+     * stay the fixed, block-aligned ones: splits wholly before the window are not folded (the
+     * fold starts at the first split that holds a key of the window, a function of P alone),
+     * keys before the window inside that split are masked (weight 0). */
+    bool win = di_spec_dim(s, p, "WIN") > 0;
+    const char *first = win ? "sfirst" : "0";   /* the first split folded */
     di_str_puts(o, "    const long r = by, h = bx;\n");
     emit_slices(o, s, p, "r", "    ");
     di_str_puts(o,
@@ -193,8 +200,11 @@ static void lower_attention(di_str *o, const di_spec *s, const di_specialization
         "    DI_SHARED float di_w[SPLIT];          /* one split's scores, then weights */\n"
         "    DI_SHARED float di_acc[HD];\n"
         "    DI_SHARED float di_ml[4];             /* running max, running sum, split max, split sum */\n"
-        "    const long nsplit = P / SPLIT + 1;\n"
-        "    for (long sp = 0; sp < nsplit; sp++) {\n"
+        "    const long nsplit = P / SPLIT + 1;\n");
+    if (win) di_str_puts(o, "    const long jlo = P - WIN + 1 > 0 ? P - WIN + 1 : 0;   /* the window's first key */\n"
+                            "    const long sfirst = jlo / SPLIT;\n");
+    di_str_puts(o, win ? "    for (long sp = sfirst; sp < nsplit; sp++) {\n" : "    for (long sp = 0; sp < nsplit; sp++) {\n");
+    di_str_puts(o,
         "        const long j0 = sp * SPLIT;\n"
         "        const long nj = P + 1 - j0 < SPLIT ? P + 1 - j0 : SPLIT;\n"
         "        const long blk = btab[S * maxb + sp];\n"
@@ -203,8 +213,10 @@ static void lower_attention(di_str *o, const di_spec *s, const di_specialization
         "        DI_FOR_THREADS(j, nj) {\n"
         "            const float *kr = kb + j * KVW;\n"
         "            float d = 0.0f;\n"
-        "            for (long e = 0; e < HD; e++) d = d + q[e] * kr[e];\n"
-        "            di_w[j] = d * scale;\n"
+        "            for (long e = 0; e < HD; e++) d = d + q[e] * kr[e];\n");
+    di_str_puts(o, win ? "            di_w[j] = j0 + j < jlo ? -DI_INF : d * scale;   /* before the window: weight 0 */\n"
+                       : "            di_w[j] = d * scale;\n");
+    di_str_printf(o,
         "        }\n"
         "        DI_SYNC();\n"
         "        DI_ONE_THREAD {\n"
@@ -221,22 +233,23 @@ static void lower_attention(di_str *o, const di_spec *s, const di_specialization
         "        }\n"
         "        DI_SYNC();\n"
         "        const float m = di_ml[2], l = di_ml[3], M = di_ml[0], L = di_ml[1];\n"
-        "        const float Mn = sp == 0 ? m : (M > m ? M : m);\n"
-        "        const float c1 = sp == 0 ? 0.0f : di_expf(M - Mn);\n"
-        "        const float c2 = sp == 0 ? 1.0f : di_expf(m - Mn);\n"
+        "        const float Mn = sp == %s ? m : (M > m ? M : m);\n"
+        "        const float c1 = sp == %s ? 0.0f : di_expf(M - Mn);\n"
+        "        const float c2 = sp == %s ? 1.0f : di_expf(m - Mn);\n"
         "        DI_FOR_THREADS(d, HD) {\n"
         "            float a = 0.0f;\n"
         "            for (long j = 0; j < nj; j++) a = a + di_w[j] * vb[j * KVW + d];\n"
-        "            di_acc[d] = sp == 0 ? a : di_acc[d] * c1 + a * c2;\n"
+        "            di_acc[d] = sp == %s ? a : di_acc[d] * c1 + a * c2;\n"
         "        }\n"
         "        DI_SYNC();\n"
         "        DI_ONE_THREAD {\n"
         "            di_ml[0] = Mn;\n"
-        "            di_ml[1] = sp == 0 ? l : L * c1 + l * c2;\n"
+        "            di_ml[1] = sp == %s ? l : L * c1 + l * c2;\n"
         "        }\n"
         "        DI_SYNC();\n"
         "    }\n"
-        "    DI_FOR_THREADS(d, HD) out[h * HD + d] = di_acc[d] / di_ml[1];\n");
+        "    DI_FOR_THREADS(d, HD) out[h * HD + d] = di_acc[d] / di_ml[1];\n",
+        first, first, first, first, first);
 }
 
 int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, di_err *err)

@@ -77,6 +77,7 @@ typedef struct di_spec {
     di_dim dims[DI_MAX_DIMS];
     const char *sizes[DI_MAX_SIZES];   /* runtime sizes: kernel parameters, change only the grid */
     const char *cols;                  /* map/gather/row_reduce: row length, a constant expression of dims */
+    const char *groups;                /* row_reduce: reduce each row this many times, group g = 0.. (g in the text) */
     const char *body;                  /* map/gather: statement per (row, i); matmul: epilogue */
     const char *residual;              /* matmul: the argument a RESIDUAL epilogue adds, or NULL */
     di_reduce reduce[DI_MAX_REDUCE];
@@ -96,6 +97,7 @@ typedef struct di_spec {
 #define DIM(n, v)           { #n, v }
 #define SIZES(...)       .sizes = { __VA_ARGS__ }
 #define COLS(...)        .cols = #__VA_ARGS__
+#define GROUPS(...)      .groups = #__VA_ARGS__  /* row_reduce: one reduction per group g of a row */
 #define BODY(...)        .body = #__VA_ARGS__
 #define EPILOGUE(...)    .body = #__VA_ARGS__   /* matmul: the value stored to y[n], from acc */
 /* matmul: y[n] = acc + r[n], the residual added after the full sum. The same body text as

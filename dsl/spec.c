@@ -193,6 +193,7 @@ static bool check_class(vctx *v)
     case DI_ROW_REDUCE:
         if (!s->reduce[0].name) return bad(v, "reduce", "a row_reduce needs at least one reduction");
         if (!s->post) return bad(v, "post", "missing");
+        if (s->groups && !*s->groups) return bad(v, "groups", "empty");
         __attribute__((fallthrough)); /* the lane rules are the same as sample's */
     case DI_SAMPLE:
         if (!s->cols) return bad(v, "cols", "missing");

@@ -50,25 +50,25 @@ static void plan_dep(const di_spec *s, di_plan *pl, int dep)
 
 /* ---- cuBLASLt -------------------------------------------------------------------------------- */
 
+/* The epilogue must be one cuBLASLt has: beta = 0 (acc) or beta = 1 on an f32 residual; other
+ * epilogues (a bias) take the K-split variants below. */
+static bool lt_form(const di_spec *s, const di_specialization *p)
+{
+    int iy = di_spec_arg(s, "y"), ires = s->residual ? di_spec_arg(s, s->residual) : -1;
+    bool plain = !s->residual && !strcmp(s->body, "acc");
+    return plain || (ires >= 0 && p->dtypes[ires] == DI_F32 && p->dtypes[iy] == DI_F32);
+}
+
 static bool lt_applies(const di_spec *s, const di_specialization *p, const di_target *t)
 {
     return s->cls == DI_MATMUL && p->profile == DI_PROFILE_VENDOR && t->backend == DI_BACKEND_CUDA && t->cublaslt &&
-           p->ksplits == 0;
+           p->ksplits == 0 && lt_form(s, p);
 }
 
-/* The epilogue must be one cuBLASLt has: beta = 0 (acc) or beta = 1 on an f32 residual. */
 static int lt_check(const di_spec *s, const di_specialization *p, di_err *err)
 {
-    int iy = di_spec_arg(s, "y"), ix = di_spec_arg(s, "x"), iw = di_spec_arg(s, "w");
-    int ires = s->residual ? di_spec_arg(s, s->residual) : -1;
-    bool plain = !s->residual && !strcmp(s->body, "acc");
-    bool residual = ires >= 0 && p->dtypes[ires] == DI_F32 && p->dtypes[iy] == DI_F32;
-    if (!plain && !residual)
-        return di_fail(err, DI_ESPEC, "spec %s: epilogue '%s' has no cuBLASLt form in the vendor profile (acc, or "
-                       "RESIDUAL with f32 y and residual)", s->name, s->body);
-    if (p->dtypes[iw] != DI_BF16)
+    if (p->dtypes[di_spec_arg(s, "w")] != DI_BF16)
         return di_fail(err, DI_ESPEC, "spec %s: the vendor profile's cuBLASLt matmul takes bf16 w", s->name);
-    (void)ix;
     return DI_OK;
 }
 
@@ -124,8 +124,7 @@ const di_lowering di_lowering_vendor_cublaslt = {
 
 static bool ks_applies(const di_spec *s, const di_specialization *p, const di_target *t)
 {
-    return s->cls == DI_MATMUL && p->profile == DI_PROFILE_VENDOR && p->ksplits == 0 &&
-           !(t->backend == DI_BACKEND_CUDA && t->cublaslt);
+    return s->cls == DI_MATMUL && p->profile == DI_PROFILE_VENDOR && p->ksplits == 0 && !lt_applies(s, p, t);
 }
 
 /* one variant per count the policy can return (at most K), each the class lowering with SPLIT
