@@ -297,7 +297,12 @@ static int load_tokens(const di_gguf *g, di_tokenizer *t, di_err *err)
         di_gguf_str s;
         di_gguf_arr_str(toks, (uint64_t)i, &s);
         int64_t ty = types ? di_gguf_arr_int(types, (uint64_t)i) : TT_NORMAL;
-        t->type[i] = (ty >= TT_NORMAL && ty <= TT_BYTE) ? (uint8_t)ty : TT_NORMAL;
+        /* an unknown type is not taken for NORMAL: whether a token is special decides how its
+         * text is stored and whether the text of a prompt can produce it */
+        if (ty < TT_NORMAL || ty > TT_BYTE)
+            return di_fail(err, DI_EFORMAT, "%s: tokenizer.ggml.token_type[%d] = %lld is not a known token type "
+                           "(1 normal .. 6 byte)", g->path, i, (long long)ty);
+        t->type[i] = (uint8_t)ty;
         t->piece_off[i] = off;
         if (is_special_type(t->type[i])) { /* their text is literal, not byte-level encoded */
             memcpy(t->arena + off, s.ptr, s.len);
