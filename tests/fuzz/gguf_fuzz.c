@@ -1,12 +1,14 @@
 /* libFuzzer harness for the GGUF reader: every input goes through di_gguf_open_mem and, when
- * it opens, every tensor is dequantized into a scratch buffer. Any crash, sanitizer report,
- * leak or timeout is a bug in model/gguf.c.
+ * it opens, every tensor is dequantized into a scratch buffer, and the llama config checks
+ * (model/config.c) and the tokenizer's loader run on it. Any crash, sanitizer report, leak or
+ * timeout is a bug in model/gguf.c, model/config.c or model/tokenizer.c.
  *
  * Build (from the repo root; clang 14 from Debian: apt-get install -y clang):
  *
  *   clang -std=gnu11 -g -O1 -ffp-contract=off -fsanitize=fuzzer,address,undefined \
  *         -fno-sanitize-recover=undefined -I. \
- *         tests/fuzz/gguf_fuzz.c model/gguf.c base/err.c -o /tmp/gguf_fuzz
+ *         tests/fuzz/gguf_fuzz.c model/gguf.c model/config.c model/tokenizer.c base/err.c base/file.c \
+ *         -lm -o /tmp/gguf_fuzz
  *
  * Run (a scratch corpus dir first: the fuzzer writes new inputs into the first dir it is given,
  * and the checked-in corpus should stay small; crashers land in -artifact_prefix):
@@ -23,7 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/config.h"
 #include "model/gguf.h"
+#include "model/tokenizer.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -60,6 +64,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void)di_gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &f, &err);
         (void)di_gguf_get_str(g, "general.architecture", &s, &err);
         (void)di_gguf_tensor_find(g, "token_embd.weight");
+        /* the cross-checks: any verdict is fine, a failure must name the file */
+        di_config c;
+        if (di_config_read(g, &c, &err) != DI_OK && strncmp(err.msg, "fuzz.gguf: ", 11) != 0) abort();
+        di_tokenizer *t = NULL;
+        if (di_tokenizer_load(g, &t, &err) == DI_OK) {
+            int32_t *ids = NULL;
+            size_t n = 0;
+            if (di_tokenize(t, "ab c", 4, true, &ids, &n, &err) == DI_OK) free(ids);
+            di_tokenizer_free(t);
+        } else if (t != NULL) {
+            abort();
+        }
         di_gguf_close(g);
     } else if (g != NULL || strncmp(err.msg, "fuzz.gguf: ", 11) != 0) {
         abort(); /* a failure must leave no handle and name the file */
