@@ -11,6 +11,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "base/file.h"
 
 enum {
     HEADER_BYTES = 24,         /* magic, version, tensor count, kv count */
@@ -310,11 +311,15 @@ static int check_unique_tensors(di_gguf *g, di_err *err)
     return rc;
 }
 
-/* Places every tensor in the data section, which starts at the aligned end of the infos. */
+/* Places every tensor in the data section, which starts at the aligned end of the infos.
+ * As in llama.cpp's reader, tensor i must start where tensor i-1 ends, padded to the
+ * alignment: data may not overlap (a type changed so that a tensor grows into the next, two
+ * offsets sharing bytes) nor leave gaps. Sizes come from nbytes, whatever the type table. */
 static int place_tensors(di_gguf *g, size_t infos_end, di_err *err)
 {
     size_t a = g->alignment;
     size_t data = infos_end % a ? infos_end + (a - infos_end % a) : infos_end;
+    uint64_t expected = 0; /* the running sum of padded sizes */
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         di_gguf_tensor *t = &g->tensors[i];
         if (t->offset % a)
@@ -325,6 +330,14 @@ static int place_tensors(di_gguf *g, size_t infos_end, di_err *err)
                            "%s: tensor %s: its %zu bytes at data offset %llu run past the end of the file (%zu bytes, data "
                            "section at %zu): truncated?", g->path, t->name, t->nbytes, (unsigned long long)t->offset,
                            g->size, data);
+        if (t->offset != expected)
+            return di_fail(err, DI_EFORMAT,
+                           "%s: tensor %s: data offset %llu, expected %llu (where %s ends, padded to %zu): its data "
+                           "would %s", g->path, t->name, (unsigned long long)t->offset, (unsigned long long)expected,
+                           i ? g->tensors[i - 1].name : "nothing", a,
+                           t->offset < expected ? "overlap the tensor before it" : "leave a gap after the tensor before it");
+        /* nbytes fits in the file (checked above), so neither the padding nor the sum can wrap */
+        expected += t->nbytes + (a - t->nbytes % a) % a;
         t->data = g->base + data + t->offset;
     }
     return DI_OK;
@@ -394,13 +407,10 @@ int di_gguf_open_mem(const void *data, size_t n, const char *label, di_gguf **ou
 int di_gguf_open(const char *path, di_gguf **out, di_err *err)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return di_fail(err, DI_EUSAGE, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
     struct stat st;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return di_fail(err, DI_EUSAGE, "%s: not a regular file", path);
-    }
+    /* a FIFO, a device or a directory is refused without blocking (base/file.h) */
+    if (di_file_open_regular(path, NULL, &fd, &st, err)) return err->code;
     size_t n = (size_t)st.st_size;
     if (n < HEADER_BYTES) {
         close(fd);

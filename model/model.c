@@ -2,6 +2,7 @@
  * Read top to bottom: load (config, weights), then one step (embed, layers, logits). */
 #define _GNU_SOURCE   /* sched_getaffinity */
 #include "model/model.h"
+#include "model/config.h"
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -42,45 +43,9 @@ int di_model_kv_block(void) { return di_rt_kv_block(); }
 int di_model_kv_blocks(const di_model *m) { return m->o.kv_blocks; }
 int di_model_max_seqs(const di_model *m) { return m->o.max_seqs; }
 
-/* ---- configuration --------------------------------------------------------------------- */
+/* (the configuration is read and checked by model/config.c) */
 
-static int read_config(const di_gguf *g, di_config *c, di_err *err)
-{
-    di_gguf_str arch;
-    if (di_gguf_get_str(g, "general.architecture", &arch, err)) return err->code;
-    if (arch.len != 5 || memcmp(arch.ptr, "llama", 5))
-        return di_fail(err, DI_EUSAGE, "%s: unsupported architecture '%.*s' (detinfer runs llama models)", g->path,
-                       (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
-    struct { const char *key; int *dst; long max; } ints[] = {
-        {"llama.block_count", &c->n_layers, 1024},          {"llama.embedding_length", &c->dim, 65536},
-        {"llama.feed_forward_length", &c->ffn, 1 << 20},    {"llama.attention.head_count", &c->n_heads, 1024},
-        {"llama.attention.head_count_kv", &c->n_kv_heads, 1024}, {"llama.context_length", &c->ctx_train, 1 << 24},
-    };
-    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
-        uint64_t v;
-        if (di_gguf_get_u64(g, ints[i].key, &v, err)) return err->code;
-        if (v == 0 || v > (uint64_t)ints[i].max)
-            return di_fail(err, DI_EFORMAT, "%s: %s = %llu is out of range", g->path, ints[i].key, (unsigned long long)v);
-        *ints[i].dst = (int)v;
-    }
-    if (di_gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &c->eps, err)) return err->code;
-    if (di_gguf_find(g, "llama.rope.freq_base")) {
-        if (di_gguf_get_f32(g, "llama.rope.freq_base", &c->rope_base, err)) return err->code;
-    } else {
-        c->rope_base = 10000.0f;
-    }
-    if (c->dim % c->n_heads || c->n_heads % c->n_kv_heads)
-        return di_fail(err, DI_EFORMAT, "%s: %d heads do not divide dim %d or are not a multiple of %d KV heads",
-                       g->path, c->n_heads, c->dim, c->n_kv_heads);
-    c->head_dim = c->dim / c->n_heads;
-    if (c->head_dim % 2) return di_fail(err, DI_EFORMAT, "%s: head dim %d is odd", g->path, c->head_dim);
-    const di_gguf_tensor *e = di_gguf_tensor_find(g, "token_embd.weight");
-    if (!e) return di_fail(err, DI_EFORMAT, "%s: missing tensor token_embd.weight", g->path);
-    c->vocab = (int)e->dims[1];
-    return DI_OK;
-}
-
-int di_model_read_config(const di_gguf *g, di_config *c, di_err *err) { return read_config(g, c, err); }
+int di_model_read_config(const di_gguf *g, di_config *c, di_err *err) { return di_config_read(g, c, err); }
 
 /* ---- weights --------------------------------------------------------------------------- */
 
@@ -309,7 +274,7 @@ static int alloc_buffers(di_model *m, di_err *err)
 /* Reads, converts and uploads everything from an open GGUF. */
 static int load(di_model *m, const di_model_opts *o, di_err *err)
 {
-    int rc = read_config(m->g, &m->c, err);
+    int rc = di_config_read(m->g, &m->c, err);
     if (!rc && (o->ctx <= 0 || o->max_batch_tokens <= 0 || o->kv_blocks <= 0 || o->max_seqs <= 0))
         rc = di_fail(err, DI_EUSAGE, "model options must be positive");
     if (!rc) {

@@ -1,8 +1,11 @@
 /* The tools as a person runs them: bad input gets a clear message and a non-zero exit
- * (2 for usage errors), never a crash; kgen prints specs, sources and PTX. */
+ * (2 for usage errors), never a crash or a hang; output that cannot be written exits 1;
+ * kgen prints specs, sources and PTX. */
 #include "helpers.h"
 #include "model_fixture.h"
+#include <fcntl.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -220,4 +223,187 @@ Test(cli, generate_digests_match_the_record, .timeout = 600)
     }
     fclose(f);
     cr_assert_eq(checked, 4);
+}
+
+/* ---- inputs the tools did not write: FIFOs, NUL bytes, seeds, stdout, inconsistent models ---- */
+
+/* A FIFO with no writer: a blocking open would wait forever, so each flag must refuse it at
+ * once (timeout turns a hang into status 124). */
+Test(cli, generate_refuses_fifos_and_directories_at_once, .timeout = 120)
+{
+    char dir[] = "/tmp/detinfer-fifo-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char fifo[64];
+    snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    const char *cases[][2] = {
+        {"-m %s -p hi --device cpu", "model %s: not a regular file: it is a FIFO"},
+        {"-f %s --device cpu", "-f %s: not a regular file: it is a FIFO"},
+        {"--batch-file %s --device cpu", "--batch-file %s: not a regular file: it is a FIFO"},
+        {"-p hi --background %s --device cpu", "--background %s: not a regular file: it is a FIFO"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char flags[256], want[256];
+        snprintf(flags, sizeof flags, cases[i][0], fifo);
+        snprintf(want, sizeof want, cases[i][1], fifo);
+        time_t t0 = time(NULL);
+        ran r = sh("timeout 30 " GEN " %s", flags);
+        expect(&r, 2, want);
+        cr_assert_lt(time(NULL) - t0, 20, "%s took %lld s", flags, (long long)(time(NULL) - t0));
+    }
+    ran r = sh(GEN " -m %s -p hi --device cpu", dir);
+    expect(&r, 2, "not a regular file: it is a directory");
+    unlink(fifo);
+    rmdir(dir);
+}
+
+/* A NUL byte used to end the text there: a batch of 3 ran 1 request. */
+Test(cli, generate_rejects_nul_bytes_naming_file_and_line)
+{
+    char path[] = "/tmp/detinfer-nul-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    static const char text[] = "first prompt\nsecond\0hidden\nthird prompt\n";
+    cr_assert_eq(write(fd, text, sizeof text - 1), (ssize_t)(sizeof text - 1));
+    close(fd);
+    char want[128];
+    snprintf(want, sizeof want, "--batch-file %s:2: a NUL byte", path);
+    ran r = sh(GEN " --batch-file %s --device cpu", path);
+    expect(&r, 2, want);
+    snprintf(want, sizeof want, "-f %s:2: a NUL byte", path);
+    r = sh(GEN " -f %s --device cpu", path);
+    expect(&r, 2, want);
+    snprintf(want, sizeof want, "--background %s:2: a NUL byte", path);
+    r = sh(GEN " -p hi --background %s --device cpu", path);
+    expect(&r, 2, want);
+    unlink(path);
+}
+
+/* strtoull takes leading blanks and signs: " -1" wrapped to 2^64 - 1. */
+Test(cli, generate_seeds_are_parsed_strictly)
+{
+    const char *flags[] = {"--seed", "-s", "--arrival-seed"};
+    const char *bad[] = {" -1", "-1", "+1", " 1", "1x", "", "18446744073709551616"};
+    for (size_t f = 0; f < 3; f++) {
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            ran r = sh(GEN " -p hi %s '%s'", flags[f], bad[i]);
+            cr_assert_eq(r.status, 2, "%s '%s': exit %d\n%s", flags[f], bad[i], r.status, r.out);
+            cr_assert(strstr(r.out, "takes an unsigned integer"), "%s '%s':\n%s", flags[f], bad[i], r.out);
+        }
+        ran r = sh(GEN " %s 18446744073709551615 --help", flags[f]);   /* the largest is fine */
+        expect(&r, 0, "usage");
+    }
+}
+
+/* Output that cannot be written is a failure: exit 1 and a message, never exit 0. */
+Test(cli, generate_stdout_write_errors_exit_1, .timeout = 300)
+{
+    ran r = sh("(" GEN " --help >/dev/full)");
+    expect(&r, 1, "generate: writing the output failed");
+    if (!model_path()) return;
+    r = sh("(" GEN " -m %s --device cpu -t 1 -n 2 --temp 0 -p hi >/dev/full)", model_path());
+    expect(&r, 1, "generate: writing the output failed");
+}
+
+Test(cli, generate_warns_when_ctx_exceeds_the_trained_context, .timeout = 300)
+{
+    NEED_MODEL();
+    ran r = sh(GEN " -m %s --device cpu -t 1 -n 1 --temp 0 -c 8200 -p hi", model_path());
+    expect(&r, 0, "warning: --ctx 8200 is beyond the model's trained context (llama.context_length = 8192)");
+    r = sh(GEN " -m %s --device cpu -t 1 -n 1 --temp 0 -c 8192 -p hi", model_path());
+    cr_assert_eq(r.status, 0, "%s", r.out);
+    cr_assert(!strstr(r.out, "trained context"), "a warning at the trained context itself:\n%s", r.out);
+}
+
+/* The real model with one value changed in place; generate must refuse it naming the key or
+ * tensor (each of these used to run and print wrong text with exit 0). */
+typedef struct patch { const char *what; long at; uint8_t bytes[8]; size_t n; const char *needle1, *needle2; } patch;
+
+static long value_at(const di_gguf *g, const char *key)
+{
+    const di_gguf_kv *kv = di_gguf_find(g, key);
+    cr_assert_not_null(kv, "the model has no %s", key);
+    return (long)(kv->data - g->base);
+}
+
+/* The type field of a tensor's info: after its name, n_dims and dims. */
+static long tensor_type_at(const di_gguf *g, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 8; i + len + 4 < g->size; i++) {
+        uint64_t l;
+        memcpy(&l, g->base + i - 8, 8);
+        if (l != len || memcmp(g->base + i, name, len)) continue;
+        uint32_t nd;
+        memcpy(&nd, g->base + i + len, 4);
+        return (long)(i + len + 4 + 8 * nd);
+    }
+    cr_assert_fail("no tensor info for %s", name);
+    return -1;
+}
+
+static patch u32_patch(const char *what, long at, uint32_t v, const char *n1, const char *n2)
+{
+    patch p = {what, at, {0}, 4, n1, n2};
+    memcpy(p.bytes, &v, 4);
+    return p;
+}
+
+static patch f32_patch(const char *what, long at, float v, const char *n1, const char *n2)
+{
+    patch p = {what, at, {0}, 4, n1, n2};
+    memcpy(p.bytes, &v, 4);
+    return p;
+}
+
+Test(cli, generate_refuses_inconsistent_models, .timeout = 300)
+{
+    NEED_MODEL();
+    char copy[] = "/tmp/detinfer-patched-XXXXXX";
+    int fd = mkstemp(copy);
+    cr_assert(fd >= 0);
+    close(fd);
+    ran r = sh("cp %s %s", model_path(), copy);
+    cr_assert_eq(r.status, 0, "%s", r.out);
+    di_gguf *g;
+    di_err e;
+    cr_assert_eq(di_gguf_open(copy, &g, &e), 0, "%s", e.msg);
+    const di_gguf_kv *types = di_gguf_find(g, "tokenizer.ggml.token_type");
+    cr_assert(types && types->arr_type == 5, "token types are i32");
+    patch cases[] = {
+        u32_patch("layers", value_at(g, "llama.block_count"), 29, "tensor blk.29.", "llama.block_count = 29"),
+        u32_patch("vocab", value_at(g, "llama.vocab_size"), 49000, "llama.vocab_size = 49000", "token_embd.weight"),
+        f32_patch("eps NaN", value_at(g, "llama.attention.layer_norm_rms_epsilon"), NAN,
+                  "llama.attention.layer_norm_rms_epsilon = nan", "positive and finite"),
+        f32_patch("eps -1", value_at(g, "llama.attention.layer_norm_rms_epsilon"), -1.0f,
+                  "llama.attention.layer_norm_rms_epsilon = -1", "positive and finite"),
+        f32_patch("rope 0", value_at(g, "llama.rope.freq_base"), 0.0f, "llama.rope.freq_base = 0", "positive and finite"),
+        f32_patch("rope NaN", value_at(g, "llama.rope.freq_base"), NAN, "llama.rope.freq_base = nan", NULL),
+        f32_patch("rope -5", value_at(g, "llama.rope.freq_base"), -5.0f, "llama.rope.freq_base = -5", NULL),
+        u32_patch("rope dim", value_at(g, "llama.rope.dimension_count"), 32, "llama.rope.dimension_count = 32",
+                  "not the head dim 64"),
+        u32_patch("token type", (long)(types->data - g->base) + 4 * 100, 9, "tokenizer.ggml.token_type[100] = 9",
+                  "not a known token type"),
+        /* token_embd as F16 instead of Q8_0: it grows into the tensors after it */
+        u32_patch("overlap", tensor_type_at(g, "token_embd.weight"), 1, "tensor blk.0.attn_norm.weight: data offset",
+                  "overlap"),
+    };
+    di_gguf_close(g);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        patch *p = &cases[i];
+        uint8_t saved[8];
+        fd = open(copy, O_RDWR);
+        cr_assert(fd >= 0);
+        cr_assert_eq(pread(fd, saved, p->n, p->at), (ssize_t)p->n);
+        cr_assert_eq(pwrite(fd, p->bytes, p->n, p->at), (ssize_t)p->n);
+        close(fd);
+        r = sh(GEN " -m %s --device cpu -t 1 -n 4 --temp 0 -p hi", copy);
+        cr_assert_eq(r.status, 2, "%s: exit %d\n%s", p->what, r.status, r.out);
+        cr_assert(strstr(r.out, copy) && strstr(r.out, p->needle1), "%s: no '%s':\n%s", p->what, p->needle1, r.out);
+        if (p->needle2) cr_assert(strstr(r.out, p->needle2), "%s: no '%s':\n%s", p->what, p->needle2, r.out);
+        fd = open(copy, O_RDWR);
+        cr_assert_eq(pwrite(fd, saved, p->n, p->at), (ssize_t)p->n);
+        close(fd);
+    }
+    unlink(copy);
 }

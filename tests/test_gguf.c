@@ -16,7 +16,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "model/config.h"
 #include "model/gguf.h"
+#include "model/tokenizer.h"
 
 #ifndef DI_SOURCE_DIR
 #define DI_SOURCE_DIR "."
@@ -710,6 +712,44 @@ Test(gguf, bad_tensor_infos_are_named)
     expect_tensor_error(small_tensor(""), "0 bytes", NULL);
 }
 
+/* llama.cpp's rule: tensor i starts where tensor i-1 ends, padded. Anything else means two
+ * tensors read the same bytes (or bytes nobody wrote) without any other error. */
+Test(gguf, tensor_data_must_follow_the_previous_tensor)
+{
+    /* two offsets sharing a range: b claims a's bytes */
+    tspec ts[3] = {small_tensor("a"), small_tensor("b"), small_tensor("c")};
+    ts[1].set_offset = true;
+    ts[1].offset = 0;
+    wbuf b = gg_build(3, NULL, 0, ts, 3, 32);
+    expect_format_error(&b, "tensor b: data offset 0, expected 32", "overlap");
+    free(b.p);
+
+    /* a type changed so that a grows into b: 16 F32 elements are 64 bytes, the file left 32 */
+    ts[1] = small_tensor("b");
+    ts[0].dims[0] = 16;
+    b = gg_build(3, NULL, 0, ts, 3, 32);
+    expect_format_error(&b, "tensor b: data offset 32, expected 64 (where a ends", "overlap");
+    free(b.p);
+
+    /* a gap: b starts a block later than a's end */
+    ts[0] = small_tensor("a");
+    ts[1].set_offset = true;
+    ts[1].offset = 64;
+    b = gg_build(3, NULL, 0, ts, 3, 32);
+    expect_format_error(&b, "tensor b: data offset 64, expected 32", "gap");
+    free(b.p);
+
+    /* the same shapes, offsets as written: opens, and each tensor reads its own bytes */
+    ts[1] = small_tensor("b");
+    b = gg_build(3, NULL, 0, ts, 3, 32);
+    di_gguf *g;
+    di_err e;
+    cr_assert_eq(gg_open(&b, &g, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_gguf_tensor_find(g, "c")->offset, 64);
+    di_gguf_close(g);
+    free(b.p);
+}
+
 Test(gguf, longest_tensor_name_and_lookups)
 {
     char name[256];
@@ -747,6 +787,193 @@ Test(gguf, missing_file_is_a_usage_error)
     cr_assert_eq(rc, DI_EFORMAT, "an empty file: %s", e.msg);
     cr_assert(strstr(e.msg, "too short"), "%s", e.msg);
     cr_assert_eq(di_gguf_open_mem(NULL, 0, "nothing", &g, &e), DI_EFORMAT);
+}
+
+/* ---------- llama metadata cross-checks (model/config.c, the tokenizer's token types) ---------- */
+
+/* A small llama file whose every value a test can change: dim 8, 2 heads of 4, 1 KV head. */
+typedef struct llama_opts {
+    uint32_t block_count, embd_rows, n_tokens;
+    int64_t vocab_size, rope_dim, key_length;   /* -1: the key is absent */
+    float eps, rope_base;
+    int layer_tensors;                          /* blk.<n>.attn_norm.weight for n below this */
+    int bad_type_at;                            /* -1, or the token whose token_type is bad_type */
+    int32_t bad_type;
+} llama_opts;
+
+static llama_opts llama_defaults(void)
+{
+    return (llama_opts){.block_count = 2, .embd_rows = 6, .n_tokens = 6, .vocab_size = 6, .rope_dim = 4,
+                        .key_length = 4, .eps = 1e-5f, .rope_base = 10000.0f, .layer_tensors = 2, .bad_type_at = -1};
+}
+
+static void w_u32_kv(wbuf *k, uint64_t *n, const char *key, uint32_t v) { w_key(k, key, DI_GGUF_U32); w_u32(k, v); (*n)++; }
+static void w_f32_kv(wbuf *k, uint64_t *n, const char *key, float v) { w_key(k, key, DI_GGUF_F32); w_f32(k, v); (*n)++; }
+static void w_str_kv(wbuf *k, uint64_t *n, const char *key, const char *v) { w_key(k, key, DI_GGUF_STRING); w_str(k, v); (*n)++; }
+
+static wbuf llama_file(const llama_opts *o)
+{
+    wbuf k = {0};
+    uint64_t n = 0;
+    w_str_kv(&k, &n, "general.architecture", "llama");
+    w_u32_kv(&k, &n, "llama.block_count", o->block_count);
+    w_u32_kv(&k, &n, "llama.embedding_length", 8);
+    w_u32_kv(&k, &n, "llama.feed_forward_length", 16);
+    w_u32_kv(&k, &n, "llama.attention.head_count", 2);
+    w_u32_kv(&k, &n, "llama.attention.head_count_kv", 1);
+    w_u32_kv(&k, &n, "llama.context_length", 64);
+    w_f32_kv(&k, &n, "llama.attention.layer_norm_rms_epsilon", o->eps);
+    w_f32_kv(&k, &n, "llama.rope.freq_base", o->rope_base);
+    if (o->rope_dim >= 0) w_u32_kv(&k, &n, "llama.rope.dimension_count", (uint32_t)o->rope_dim);
+    if (o->key_length >= 0) w_u32_kv(&k, &n, "llama.attention.key_length", (uint32_t)o->key_length);
+    if (o->vocab_size >= 0) w_u32_kv(&k, &n, "llama.vocab_size", (uint32_t)o->vocab_size);
+    w_str_kv(&k, &n, "tokenizer.ggml.model", "gpt2");
+    w_str_kv(&k, &n, "tokenizer.ggml.pre", "smollm");
+    w_key(&k, "tokenizer.ggml.tokens", DI_GGUF_ARRAY); w_u32(&k, DI_GGUF_STRING); w_u64(&k, o->n_tokens); n++;
+    for (uint32_t i = 0; i < o->n_tokens; i++) {
+        char piece[8];
+        snprintf(piece, sizeof piece, "%c", 'a' + (int)(i % 26));
+        w_str(&k, piece);
+    }
+    w_key(&k, "tokenizer.ggml.token_type", DI_GGUF_ARRAY); w_u32(&k, DI_GGUF_I32); w_u64(&k, o->n_tokens); n++;
+    for (uint32_t i = 0; i < o->n_tokens; i++) w_u32(&k, (int)i == o->bad_type_at ? (uint32_t)o->bad_type : 1u);
+    w_key(&k, "tokenizer.ggml.merges", DI_GGUF_ARRAY); w_u32(&k, DI_GGUF_STRING); w_u64(&k, 0); n++;
+    w_u32_kv(&k, &n, "tokenizer.ggml.bos_token_id", 0);
+    w_u32_kv(&k, &n, "tokenizer.ggml.eos_token_id", 1);
+
+    static char names[8][40];
+    tspec ts[9];
+    int nt = 0;
+    ts[nt++] = (tspec){.name = "token_embd.weight", .type = DI_GGML_F32, .n_dims = 2, .dims = {8, o->embd_rows},
+                       .nbytes = 8 * 4 * (size_t)o->embd_rows};
+    for (int l = 0; l < o->layer_tensors && l < 8; l++) {
+        snprintf(names[l], sizeof names[l], "blk.%d.attn_norm.weight", l);
+        ts[nt++] = (tspec){.name = names[l], .type = DI_GGML_F32, .n_dims = 1, .dims = {8}, .nbytes = 32};
+    }
+    wbuf b = gg_build(3, &k, n, ts, nt, 32);
+    free(k.p);
+    return b;
+}
+
+/* The file opens; di_config_read fails with DI_EFORMAT naming the file and both needles. */
+static void expect_config_error(const llama_opts *o, const char *needle1, const char *needle2)
+{
+    wbuf b = llama_file(o);
+    di_gguf *g;
+    di_err e;
+    cr_assert_eq(gg_open(&b, &g, &e), 0, "%s", e.msg);
+    di_config c;
+    di_err_clear(&e);
+    int rc = di_config_read(g, &c, &e);
+    cr_assert_eq(rc, DI_EFORMAT, "expected DI_EFORMAT naming %s, got %d (%s)", needle1, rc, e.msg);
+    cr_assert(!strncmp(e.msg, "synthetic.gguf: ", 16), "message does not start with the file: %s", e.msg);
+    cr_assert(strstr(e.msg, needle1), "message lacks \"%s\": %s", needle1, e.msg);
+    if (needle2) cr_assert(strstr(e.msg, needle2), "message lacks \"%s\": %s", needle2, e.msg);
+    di_gguf_close(g);
+    free(b.p);
+}
+
+Test(gguf, llama_config_of_a_consistent_file)
+{
+    llama_opts o = llama_defaults();
+    wbuf b = llama_file(&o);
+    di_gguf *g;
+    di_err e;
+    cr_assert_eq(gg_open(&b, &g, &e), 0, "%s", e.msg);
+    di_config c;
+    cr_assert_eq(di_config_read(g, &c, &e), 0, "%s", e.msg);
+    cr_assert(c.n_layers == 2 && c.dim == 8 && c.head_dim == 4 && c.n_kv_heads == 1 && c.vocab == 6 && c.ctx_train == 64);
+    cr_assert(c.eps == 1e-5f && c.rope_base == 10000.0f);
+    di_tokenizer *t;
+    cr_assert_eq(di_tokenizer_load(g, &t, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_tokenizer_vocab_size(t), 6);
+    di_tokenizer_free(t);
+    di_gguf_close(g);
+    free(b.p);
+    /* the optional keys may be absent: the values come from the tensors and the defaults */
+    o.vocab_size = o.rope_dim = o.key_length = -1;
+    b = llama_file(&o);
+    cr_assert_eq(gg_open(&b, &g, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_config_read(g, &c, &e), 0, "%s", e.msg);
+    cr_assert_eq(c.vocab, 6);
+    di_gguf_close(g);
+    free(b.p);
+}
+
+/* A token list shorter (or longer) than token_embd's rows: generated ids past the list
+ * used to print nothing, with exit 0. llama.vocab_size, when present, must agree too. */
+Test(gguf, llama_token_count_must_match_token_embd_rows)
+{
+    llama_opts o = llama_defaults();
+    o.n_tokens = 5;
+    o.vocab_size = -1;
+    expect_config_error(&o, "tokenizer.ggml.tokens has 5 tokens", "token_embd.weight has 6 rows");
+    o.n_tokens = 7;
+    expect_config_error(&o, "tokenizer.ggml.tokens has 7 tokens", "token_embd.weight");
+    o = llama_defaults();
+    o.vocab_size = 5;
+    expect_config_error(&o, "llama.vocab_size = 5", "token_embd.weight");
+}
+
+/* llama.block_count below the file's layers used to run the first layers only. */
+Test(gguf, llama_block_count_must_cover_the_layer_tensors)
+{
+    llama_opts o = llama_defaults();
+    o.block_count = 1;
+    expect_config_error(&o, "tensor blk.1.attn_norm.weight belongs to layer 1", "llama.block_count = 1");
+    o.layer_tensors = 5;
+    o.block_count = 3;
+    expect_config_error(&o, "blk.3.attn_norm.weight", "llama.block_count = 3");
+}
+
+/* NaN, infinite, zero or negative epsilon or rope base used to give end-of-text at once. */
+Test(gguf, llama_epsilon_and_rope_base_must_be_positive_and_finite)
+{
+    const float bad[] = {NAN, -1.0f, 0.0f, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        llama_opts o = llama_defaults();
+        o.eps = bad[i];
+        expect_config_error(&o, "llama.attention.layer_norm_rms_epsilon", "positive and finite");
+        o = llama_defaults();
+        o.rope_base = bad[i];
+        expect_config_error(&o, "llama.rope.freq_base", "positive and finite");
+    }
+}
+
+/* llama.rope.dimension_count used to be ignored; llama rotates whole heads only. */
+Test(gguf, llama_rope_dimension_is_the_head_dim)
+{
+    llama_opts o = llama_defaults();
+    o.rope_dim = 6;
+    expect_config_error(&o, "llama.rope.dimension_count = 6 is larger than the head dim 4", NULL);
+    o.rope_dim = 2;
+    expect_config_error(&o, "llama.rope.dimension_count = 2, not the head dim 4", "not supported");
+    o = llama_defaults();
+    o.key_length = 8;
+    expect_config_error(&o, "llama.attention.key_length = 8", "head dim");
+}
+
+/* Token types outside llama.cpp's 1..6 used to be taken for NORMAL. */
+Test(gguf, unknown_token_types_are_rejected)
+{
+    const int32_t bad[] = {0, 7, 99, -1};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        llama_opts o = llama_defaults();
+        o.bad_type_at = 3;
+        o.bad_type = bad[i];
+        wbuf b = llama_file(&o);
+        di_gguf *g;
+        di_err e;
+        cr_assert_eq(gg_open(&b, &g, &e), 0, "%s", e.msg);
+        di_tokenizer *t = NULL;
+        cr_assert_eq(di_tokenizer_load(g, &t, &e), DI_EFORMAT, "token type %d was accepted", bad[i]);
+        cr_assert_null(t);
+        char want[80];
+        snprintf(want, sizeof want, "tokenizer.ggml.token_type[3] = %d is not a known token type", bad[i]);
+        cr_assert(strstr(e.msg, want) && strstr(e.msg, "synthetic.gguf"), "%s", e.msg);
+        di_gguf_close(g);
+        free(b.p);
+    }
 }
 
 /* ---------- the fuzz corpus ---------- */
@@ -842,6 +1069,23 @@ static void write_seed_corpus(const char *dir)
     free(b.p);
     for (int i = 0; i < 4; i++) { free(xs[i].bytes); free(xs[i].want); }
     free(k.p);
+    /* a llama file that passes the config and tokenizer checks, and two that do not */
+    llama_opts o = llama_defaults();
+    b = llama_file(&o);
+    snprintf(path, sizeof path, "%s/gen_valid_llama", dir);
+    write_file(path, &b);
+    free(b.p);
+    o.n_tokens = 5;
+    b = llama_file(&o);
+    snprintf(path, sizeof path, "%s/gen_edge_llama_short_vocab", dir);
+    write_file(path, &b);
+    free(b.p);
+    tspec ov[3] = {small_tensor("a"), small_tensor("b"), small_tensor("c")};
+    ov[0].dims[0] = 16;
+    b = gg_build(3, NULL, 0, ov, 3, 32);
+    snprintf(path, sizeof path, "%s/gen_edge_overlap", dir);
+    write_file(path, &b);
+    free(b.p);
     write_edge_corpus(dir);
 }
 
@@ -849,7 +1093,8 @@ static bool gen_valid_name(const char *name) { return strstr(name, "valid") != N
 
 /* Every file in tests/fuzz/corpus/ (seeds, edge cases, crashers the fuzzer found) goes through
  * di_gguf_open_mem: none may crash; files named *valid* must open, and then every tensor is
- * dequantized, as the fuzz harness does. */
+ * dequantized and the llama config and tokenizer are read, as the fuzz harness does
+ * (gen_valid_llama must pass those too). */
 Test(gguf, fuzz_corpus_replays_cleanly, .timeout = 120)
 {
     const char *dir = DI_SOURCE_DIR "/tests/fuzz/corpus";
@@ -886,6 +1131,12 @@ Test(gguf, fuzz_corpus_replays_cleanly, .timeout = 120)
                 cr_assert_eq(di_gguf_to_f32(g, &g->tensors[i], out, &e), want, "%s: %s", ent->d_name, e.msg);
                 free(out);
             }
+            di_config c;
+            di_tokenizer *t = NULL;
+            int crc = di_config_read(g, &c, &e), trc = di_tokenizer_load(g, &t, &e);
+            if (!strcmp(ent->d_name, "gen_valid_llama"))
+                cr_assert(!crc && !trc, "%s must pass the llama checks: %s", ent->d_name, e.msg);
+            di_tokenizer_free(t);
             di_gguf_close(g);
         }
         free(p);

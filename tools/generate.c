@@ -6,6 +6,7 @@
 #include "model/chat.h"
 #include "model/engine.h"
 #include "model/tokenizer.h"
+#include "base/file.h"
 #include "base/sha256.h"
 #include <errno.h>
 #include <limits.h>
@@ -99,11 +100,12 @@ static bool parse_int(const char *s, int lo, int hi, int *out)
     return true;
 }
 
+/* digits only: strtoull would also take leading blanks, '+' and '-' (" -1" wraps to 2^64-1) */
 static bool parse_u64(const char *s, uint64_t *out)
 {
     char *end;
     errno = 0;
-    if (*s == '-') return false;
+    if (*s < '0' || *s > '9') return false;
     *out = strtoull(s, &end, 10);
     return !errno && end != s && !*end;
 }
@@ -188,21 +190,16 @@ static int parse_args(int argc, char **argv, args *a)
     return -1;
 }
 
-static char *read_file(const char *path, size_t *len)
+/* A prompt file's text; an error (a FIFO, a NUL byte, ...) is printed, naming the flag and file. */
+static char *read_file(const char *path, const char *flag)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    size_t got;
-    while (buf && (got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += got;
-        if (cap - n - 1 == 0) { char *b = realloc(buf, cap *= 2); if (!b) { free(buf); buf = NULL; } else buf = b; }
+    char *text;
+    di_err err = {0};
+    if (di_file_read_text(path, flag, &text, NULL, &err)) {
+        fprintf(stderr, "generate: %s\n", err.msg);
+        return NULL;
     }
-    fclose(f);
-    if (buf) buf[n] = 0;
-    if (len) *len = n;
-    return buf;
+    return text;
 }
 
 static char *default_model(void)
@@ -305,8 +302,8 @@ static void print_result(const args *a, const di_tokenizer *tok, const di_reques
 /* The non-empty lines of a file, in place in one buffer; exit status 2 on a problem. */
 static int read_lines(const char *path, const char *flag, char ***lines, int *n)
 {
-    char *all = read_file(path, NULL);
-    if (!all) { fprintf(stderr, "generate: %s %s: %s\n", flag, path, strerror(errno)); return 2; }
+    char *all = read_file(path, flag);
+    if (!all) return 2;
     *lines = NULL;
     *n = 0;
     bool empty_line = false;
@@ -347,10 +344,7 @@ static int gather_prompts(const args *a, char ***texts, int **kinds, int *n_req,
         return 0;
     }
     if (a->messages) prompt = "";   /* the conversation file is the prompt (chat_prompt) */
-    if (a->prompt_file && !(prompt = owned[0] = read_file(a->prompt_file, NULL))) {
-        fprintf(stderr, "generate: -f %s: %s\n", a->prompt_file, strerror(errno));
-        return 2;
-    }
+    if (a->prompt_file && !(prompt = owned[0] = read_file(a->prompt_file, "-f"))) return 2;
     if (a->background && (rc = read_lines(a->background, "--background", &bg, &n_bg))) return rc;
     if (bg) owned[1] = bg[0];
     long reps = a->repeat ? a->repeat : 1, total = reps + n_bg;
@@ -642,16 +636,14 @@ static int run(const args *ap, run_state *s)
     if ((rc = gather_prompts(&a, &s->texts, &s->kinds, &s->n_req, s->owned))) return rc;
     int n_req = s->n_req;
 
-    /* model and tokenizer: the GGUF is opened once, here; the model borrows it */
-    FILE *probe = fopen(s->model_path, "rb");
-    if (!probe) {
-        fprintf(stderr, "generate: model %s: %s (scripts/fetch-model downloads the default model)\n", s->model_path,
-                strerror(errno));
+    /* model and tokenizer: the GGUF is opened once, here (a regular file, never blocking: base/file);
+     * the model borrows it; tokenize first, to size the KV pool and reject prompts longer than the
+     * context */
+    if (di_gguf_open(s->model_path, &s->g, &err)) {
+        fprintf(stderr, "generate: %s%s\n", err.msg,
+                err.code == DI_EUSAGE ? " (scripts/fetch-model downloads the default model)" : "");
         return 2;
     }
-    fclose(probe);
-    /* tokenize first, to size the KV pool and reject prompts longer than the context */
-    if (di_gguf_open(s->model_path, &s->g, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
     if (di_tokenizer_load(s->g, &s->tok, &err)) { fprintf(stderr, "generate: %s\n", err.msg); return 2; }
     if (a.chat && di_chat_template_load(s->g, a.chat_template, &s->chat.tmpl, &err)) {
         fprintf(stderr, "generate: %s\n", err.msg);
@@ -681,6 +673,10 @@ static int run(const args *ap, run_state *s)
     }
     t_load = wall() - t_load;
     fprintf(stderr, "generate: %s; model %s loaded in %.2f s\n", di_rt_describe(s->rt), s->model_path, t_load);
+    int trained = di_model_config(s->m)->ctx_train;
+    if (a.ctx > trained)
+        fprintf(stderr, "generate: warning: --ctx %d is beyond the model's trained context (llama.context_length = %d); "
+                "text past %d tokens may be poor\n", a.ctx, trained, trained);
 
     /* stop at the vocabulary's end-of-generation ids and at the chat template's end of turn */
     const int32_t *eog;
@@ -712,13 +708,27 @@ static int run(const args *ap, run_state *s)
     return 0;
 }
 
+/* Output that did not reach stdout (a full disk, /dev/full) is a failure,
+ * not exit 0: the last buffered bytes are only written, and fail, at the flush. */
+static int finish_stdout(int rc)
+{
+    int e = 0;
+    errno = 0;
+    if (fflush(stdout)) e = errno ? errno : EIO;
+    bool bad = e || ferror(stdout);   /* ferror alone: an earlier write failed */
+    if (fclose(stdout) && !bad) { bad = true; e = errno; }
+    if (!bad) return rc;
+    fprintf(stderr, "generate: writing the output failed%s%s\n", e ? ": " : "", e ? strerror(e) : "");
+    return rc ? rc : 1;
+}
+
 int main(int argc, char **argv)
 {
     args a;
     int rc = parse_args(argc, argv, &a);
-    if (rc >= 0) return rc;
+    if (rc >= 0) return finish_stdout(rc);
     run_state s = {.model_path = a.model ? strdup(a.model) : default_model()};
     rc = run(&a, &s);
     run_state_free(&s);
-    return rc;
+    return finish_stdout(rc);
 }

@@ -1,15 +1,15 @@
 /* libFuzzer harness for the GGUF reader: every input goes through di_gguf_open_mem and, when
  * it opens, every tensor is dequantized into a scratch buffer (types without a dequantizer must
- * fail cleanly), the tokenizer is loaded and encodes a few strings, and the chat template is
- * recognised. Any crash, sanitizer report, leak or timeout is a bug in model/gguf.c, quant.c,
- * tokenizer.c, pretok.c or chat.c.
+ * fail cleanly), the llama config checks (model/config.c) run, the tokenizer is loaded and
+ * encodes a few strings, and the chat template is recognised. Any crash, sanitizer report, leak
+ * or timeout is a bug in model/gguf.c, quant.c, config.c, tokenizer.c, pretok.c or chat.c.
  *
  * Build (from the repo root; clang 14 from Debian: apt-get install -y clang):
  *
  *   clang -std=gnu11 -g -O1 -ffp-contract=off -fsanitize=fuzzer,address,undefined \
  *         -fno-sanitize-recover=undefined -I. \
- *         tests/fuzz/gguf_fuzz.c model/gguf.c model/quant.c model/tokenizer.c model/pretok.c \
- *         model/chat.c base/err.c -ljansson -o /tmp/gguf_fuzz
+ *         tests/fuzz/gguf_fuzz.c model/gguf.c model/quant.c model/config.c model/tokenizer.c \
+ *         model/pretok.c model/chat.c base/err.c base/file.c -ljansson -lm -o /tmp/gguf_fuzz
  *
  * Run (a scratch corpus dir first: the fuzzer writes new inputs into the first dir it is given,
  * and the checked-in corpus should stay small; crashers land in -artifact_prefix):
@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "model/chat.h"
+#include "model/config.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 
@@ -66,6 +67,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void)di_gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &f, &err);
         (void)di_gguf_get_str(g, "general.architecture", &s, &err);
         (void)di_gguf_tensor_find(g, "token_embd.weight");
+        /* the cross-checks: any verdict is fine, a failure must name the file */
+        di_config c;
+        if (di_config_read(g, &c, &err) != DI_OK && strncmp(err.msg, "fuzz.gguf: ", 11) != 0) abort();
         /* the tokenizer (any kind the file names) and the chat template, when the file has them */
         di_tokenizer *tok = NULL;
         if (di_tokenizer_load(g, &tok, &err) == DI_OK) {
