@@ -1,4 +1,5 @@
-/* llama hyper-parameters from GGUF metadata, cross-checked against the tensors. See config.h. */
+/* Model hyper-parameters from GGUF metadata, cross-checked against the tensors, for every
+ * architecture of model/arch.def: the keys are "<arch>.<key>". See config.h. */
 #include "model/config.h"
 #include <math.h>
 #include <stdio.h>
@@ -7,18 +8,27 @@
 
 enum { MAX_VOCAB = 1 << 24 };
 
+/* "<arch>.<key>" */
+static const char *key(const di_config *c, const char *k)
+{
+    static _Thread_local char buf[160];
+    snprintf(buf, sizeof buf, "%s.%s", c->arch->name, k);
+    return buf;
+}
+
 static int read_ints(const di_gguf *g, di_config *c, di_err *err)
 {
     struct { const char *key; int *dst; long max; } ints[] = {
-        {"llama.block_count", &c->n_layers, 1024},          {"llama.embedding_length", &c->dim, 65536},
-        {"llama.feed_forward_length", &c->ffn, 1 << 20},    {"llama.attention.head_count", &c->n_heads, 1024},
-        {"llama.attention.head_count_kv", &c->n_kv_heads, 1024}, {"llama.context_length", &c->ctx_train, 1 << 24},
+        {"block_count", &c->n_layers, 1024},          {"embedding_length", &c->dim, 65536},
+        {"feed_forward_length", &c->ffn, 1 << 20},    {"attention.head_count", &c->n_heads, 1024},
+        {"attention.head_count_kv", &c->n_kv_heads, 1024}, {"context_length", &c->ctx_train, 1 << 24},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         uint64_t v;
-        if (di_gguf_get_u64(g, ints[i].key, &v, err)) return err->code;
+        const char *k = key(c, ints[i].key);
+        if (di_gguf_get_u64(g, k, &v, err)) return err->code;
         if (v == 0 || v > (uint64_t)ints[i].max)
-            return di_fail(err, DI_EFORMAT, "%s: %s = %llu is out of range", g->path, ints[i].key, (unsigned long long)v);
+            return di_fail(err, DI_EFORMAT, "%s: %s = %llu is out of range", g->path, k, (unsigned long long)v);
         *ints[i].dst = (int)v;
     }
     return DI_OK;
@@ -26,43 +36,54 @@ static int read_ints(const di_gguf *g, di_config *c, di_err *err)
 
 /* A float the forward pass divides by or raises to a power: NaN, infinity, zero or a negative
  * value makes every logit NaN, and the sampler then picks end-of-text at once. */
-static int read_positive(const di_gguf *g, const char *key, float fallback, float *out, di_err *err)
+static int read_positive(const di_gguf *g, const char *k, float fallback, float *out, di_err *err)
 {
-    if (!di_gguf_find(g, key) && !isnan(fallback)) {
+    if (!di_gguf_find(g, k) && !isnan(fallback)) {
         *out = fallback;
         return DI_OK;
     }
-    if (di_gguf_get_f32(g, key, out, err)) return err->code;
+    if (di_gguf_get_f32(g, k, out, err)) return err->code;
     if (!(isfinite(*out) && *out > 0))
-        return di_fail(err, DI_EFORMAT, "%s: %s = %g must be positive and finite", g->path, key, (double)*out);
+        return di_fail(err, DI_EFORMAT, "%s: %s = %g must be positive and finite", g->path, k, (double)*out);
     return DI_OK;
 }
 
 /* Optional keys that must agree with a value derived from others when they are present. */
-static int check_optional(const di_gguf *g, const char *key, uint64_t want, const char *why, di_err *err)
+static int check_optional(const di_gguf *g, const char *k, uint64_t want, const char *why, di_err *err)
 {
-    if (!di_gguf_find(g, key)) return DI_OK;
+    if (!di_gguf_find(g, k)) return DI_OK;
     uint64_t v;
-    if (di_gguf_get_u64(g, key, &v, err)) return err->code;
+    if (di_gguf_get_u64(g, k, &v, err)) return err->code;
     if (v != want)
-        return di_fail(err, DI_EFORMAT, "%s: %s = %llu, but %s is %llu", g->path, key, (unsigned long long)v, why,
+        return di_fail(err, DI_EFORMAT, "%s: %s = %llu, but %s is %llu", g->path, k, (unsigned long long)v, why,
                        (unsigned long long)want);
     return DI_OK;
 }
 
+/* The head dim: dim / heads, or (Qwen 3, Gemma 3) attention.key_length, which value_length must
+ * equal. RoPE rotates every pair of a head: partial rotation is refused, as llama.cpp does. */
 static int read_heads(const di_gguf *g, di_config *c, di_err *err)
 {
-    if (c->dim % c->n_heads || c->n_heads % c->n_kv_heads)
-        return di_fail(err, DI_EFORMAT, "%s: %d heads do not divide dim %d or are not a multiple of %d KV heads",
-                       g->path, c->n_heads, c->dim, c->n_kv_heads);
-    c->head_dim = c->dim / c->n_heads;
+    if (c->n_heads % c->n_kv_heads)
+        return di_fail(err, DI_EFORMAT, "%s: %d heads are not a multiple of %d KV heads", g->path, c->n_heads,
+                       c->n_kv_heads);
+    const char *kl = key(c, "attention.key_length");
+    if (c->arch->head_dim_key && di_gguf_find(g, kl)) {
+        uint64_t v;
+        if (di_gguf_get_u64(g, kl, &v, err)) return err->code;
+        if (v == 0 || v > 1024) return di_fail(err, DI_EFORMAT, "%s: %s = %llu is out of range", g->path, kl, (unsigned long long)v);
+        c->head_dim = (int)v;
+    } else {
+        if (c->dim % c->n_heads)
+            return di_fail(err, DI_EFORMAT, "%s: %d heads do not divide dim %d", g->path, c->n_heads, c->dim);
+        c->head_dim = c->dim / c->n_heads;
+        if (check_optional(g, kl, (uint64_t)c->head_dim, "the head dim (embedding_length / attention.head_count)", err))
+            return err->code;
+    }
     if (c->head_dim % 2) return di_fail(err, DI_EFORMAT, "%s: head dim %d is odd", g->path, c->head_dim);
-    const char *hd = "the head dim (llama.embedding_length / llama.attention.head_count)";
-    if (check_optional(g, "llama.attention.key_length", (uint64_t)c->head_dim, hd, err) ||
-        check_optional(g, "llama.attention.value_length", (uint64_t)c->head_dim, hd, err))
-        return err->code;
-    /* the rope table rotates every pair of a head; llama.cpp refuses partial rotation for llama too */
-    const char *rk = "llama.rope.dimension_count";
+    if (check_optional(g, key(c, "attention.value_length"), (uint64_t)c->head_dim, "the head dim", err)) return err->code;
+    char rk[160];
+    snprintf(rk, sizeof rk, "%s", key(c, "rope.dimension_count"));
     if (!di_gguf_find(g, rk)) return DI_OK;
     uint64_t rd;
     if (di_gguf_get_u64(g, rk, &rd, err)) return err->code;
@@ -71,11 +92,43 @@ static int read_heads(const di_gguf *g, di_config *c, di_err *err)
                        (unsigned long long)rd, c->head_dim);
     if (rd != (uint64_t)c->head_dim)
         return di_fail(err, DI_EFORMAT, "%s: %s = %llu, not the head dim %d: rotating only part of a head is not "
-                       "supported for llama", g->path, rk, (unsigned long long)rd, c->head_dim);
+                       "supported", g->path, rk, (unsigned long long)rd, c->head_dim);
     return DI_OK;
 }
 
-/* The vocabulary is token_embd's rows; the token list and llama.vocab_size, where present,
+/* RoPE: the base, linear scaling (<arch>.rope.scaling.type = linear), Llama 3's frequency
+ * factors (the rope_freqs.weight tensor), and the sliding-window layers' own base. */
+static int read_rope(const di_gguf *g, di_config *c, di_err *err)
+{
+    if (read_positive(g, key(c, "rope.freq_base"), 10000.0f, &c->rope_base, err)) return err->code;
+    c->rope_scale = 1.0f;
+    char tk[160];
+    snprintf(tk, sizeof tk, "%s", key(c, "rope.scaling.type"));
+    if (di_gguf_find(g, tk)) {
+        di_gguf_str t;
+        if (di_gguf_get_str(g, tk, &t, err)) return err->code;
+        bool none = t.len == 4 && !memcmp(t.ptr, "none", 4), linear = t.len == 6 && !memcmp(t.ptr, "linear", 6);
+        if (!none && !linear)
+            return di_fail(err, DI_EFORMAT, "%s: %s = '%.*s' is not supported (none or linear)", g->path, tk,
+                           (int)(t.len > 32 ? 32 : t.len), t.ptr);
+        if (linear && read_positive(g, key(c, "rope.scaling.factor"), NAN, &c->rope_scale, err)) return err->code;
+    }
+    const di_gguf_tensor *f = di_gguf_tensor_find(g, "rope_freqs.weight");
+    if (f && f->n_elems != (uint64_t)c->head_dim / 2)
+        return di_fail(err, DI_EFORMAT, "%s: tensor rope_freqs.weight has %llu elements, the head dim %d needs %d",
+                       g->path, (unsigned long long)f->n_elems, c->head_dim, c->head_dim / 2);
+    c->rope_freqs = f != NULL;
+    if (!c->arch->swa_period) return DI_OK;
+    c->rope_base_swa = c->arch->swa_rope_base;
+    uint64_t w;
+    const char *wk = key(c, "attention.sliding_window");
+    if (di_gguf_get_u64(g, wk, &w, err)) return err->code;
+    if (w == 0 || w > (1u << 24)) return di_fail(err, DI_EFORMAT, "%s: %s = %llu is out of range", g->path, wk, (unsigned long long)w);
+    c->window = (int)w;
+    return DI_OK;
+}
+
+/* The vocabulary is token_embd's rows; the token list and <arch>.vocab_size, where present,
  * must say the same: a shorter list leaves generated ids without text. */
 static int read_vocab(const di_gguf *g, di_config *c, di_err *err)
 {
@@ -86,7 +139,7 @@ static int read_vocab(const di_gguf *g, di_config *c, di_err *err)
                        g->path, (unsigned long long)e->dims[0], (unsigned long long)(e->n_dims > 1 ? e->dims[1] : 1),
                        c->dim, MAX_VOCAB);
     c->vocab = (int)e->dims[1];
-    if (check_optional(g, "llama.vocab_size", (uint64_t)c->vocab, "the row count of token_embd.weight", err))
+    if (check_optional(g, key(c, "vocab_size"), (uint64_t)c->vocab, "the row count of token_embd.weight", err))
         return err->code;
     const di_gguf_kv *toks = di_gguf_find(g, "tokenizer.ggml.tokens");
     if (toks && toks->type == DI_GGUF_ARRAY && toks->arr_len != (uint64_t)c->vocab)
@@ -95,8 +148,8 @@ static int read_vocab(const di_gguf *g, di_config *c, di_err *err)
     return DI_OK;
 }
 
-/* Layer tensors are "blk.<n>.<name>"; one with n >= llama.block_count would be ignored. The
- * ones below the count are each looked up, so a missing one is already an error at load. */
+/* Layer tensors are "blk.<n>.<name>"; one with n >= block_count would be ignored. The ones
+ * below the count are each looked up, so a missing one is already an error at load. */
 static int check_layers(const di_gguf *g, const di_config *c, di_err *err)
 {
     for (uint64_t i = 0; i < g->n_tensors; i++) {
@@ -106,10 +159,15 @@ static int check_layers(const di_gguf *g, const di_config *c, di_err *err)
         unsigned long long layer = strtoull(name + 4, &end, 10);
         if (*end != '.') continue;
         if (layer >= (unsigned long long)c->n_layers)
-            return di_fail(err, DI_EFORMAT, "%s: tensor %s belongs to layer %llu, but llama.block_count = %d", g->path,
-                           name, layer, c->n_layers);
+            return di_fail(err, DI_EFORMAT, "%s: tensor %s belongs to layer %llu, but %s = %d", g->path, name, layer,
+                           key(c, "block_count"), c->n_layers);
     }
     return DI_OK;
+}
+
+bool di_config_layer_windowed(const di_config *c, int l)
+{
+    return c->arch->swa_period > 0 && (l + 1) % c->arch->swa_period != 0;
 }
 
 int di_config_read(const di_gguf *g, di_config *c, di_err *err)
@@ -117,13 +175,11 @@ int di_config_read(const di_gguf *g, di_config *c, di_err *err)
     *c = (di_config){0};
     di_gguf_str arch;
     if (di_gguf_get_str(g, "general.architecture", &arch, err)) return err->code;
-    if (arch.len != 5 || memcmp(arch.ptr, "llama", 5))
-        return di_fail(err, DI_EUSAGE, "%s: unsupported architecture '%.*s' (detinfer runs llama models)", g->path,
-                       (int)(arch.len > 64 ? 64 : arch.len), arch.ptr);
-    if (read_ints(g, c, err) ||
-        read_positive(g, "llama.attention.layer_norm_rms_epsilon", NAN, &c->eps, err) ||
-        read_positive(g, "llama.rope.freq_base", 10000.0f, &c->rope_base, err) ||
-        read_heads(g, c, err) || read_vocab(g, c, err) || check_layers(g, c, err))
+    if (!(c->arch = di_arch_find(arch.ptr, arch.len)))
+        return di_fail(err, DI_EUSAGE, "%s: unsupported architecture '%.*s' (detinfer runs %s)", g->path,
+                       (int)(arch.len > 64 ? 64 : arch.len), arch.ptr, di_arch_names());
+    if (read_ints(g, c, err) || read_positive(g, key(c, "attention.layer_norm_rms_epsilon"), NAN, &c->eps, err) ||
+        read_heads(g, c, err) || read_rope(g, c, err) || read_vocab(g, c, err) || check_layers(g, c, err))
         return err->code;
     return DI_OK;
 }

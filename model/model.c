@@ -1,4 +1,6 @@
-/* Llama forward over a ragged token batch, every op a kernels.def kernel.
+/* The forward pass over a ragged token batch, every op a kernels.def kernel, for every
+ * architecture of model/arch.def (Llama, Mistral, Qwen 2/3, Gemma 3): what differs between them
+ * is the table's fields, read here in one place per layer step.
  * Read top to bottom: load (config, weights), then one step (embed, layers, logits). */
 #define _GNU_SOURCE   /* sched_getaffinity */
 #include "model/model.h"
@@ -13,11 +15,15 @@
 
 typedef struct layer {
     di_buf *attn_norm, *wqkv, *wo, *ffn_norm, *wgu, *wdown;
+    di_buf *bqkv;                     /* qkv_bias: [q | k | v] biases */
+    di_buf *q_norm, *k_norm;          /* qk_norm */
+    di_buf *post_attn, *post_ffn;     /* post_norms */
 } layer;
 
-/* every kernel a step launches, specialized to this model */
+/* every kernel a step launches, specialized to this model (NULL where the architecture has none) */
 typedef struct kernels {
-    di_kernel *embed, *rmsnorm, *qkv, *rope, *kv_write, *attention, *wo, *gu, *swiglu, *down;
+    di_kernel *embed, *rmsnorm, *qkv, *qk_norm, *rope, *kv_write, *attention, *attention_window;
+    di_kernel *wo, *gu, *act, *down, *residual_add;
     di_kernel *gather, *lm_head, *log_softmax, *argmax;
 } kernels;
 
@@ -28,13 +34,15 @@ struct di_model {
     bool owns_g;                     /* opened by di_model_load (else borrowed from the caller) */
     di_rt *rt;
     layer *layers;
-    di_buf *embd, *lm_head, *out_norm, *rope_cs;
+    di_buf *embd, *lm_head, *out_norm, *rope_cs, *rope_cs_swa;   /* RoPE tables: global, sliding-window layers */
     di_buf **kc, **vc, *btab;       /* KV cache per layer, block table */
     int32_t *btab_host;
     int maxb;                        /* block-table width: ctx / KVB rounded up */
     /* per-step activations, max_batch_tokens rows */
     di_buf *tok, *pos, *seq, *rows, *h, *xn, *qkv, *att, *gu, *act, *hsel, *logits, *lp, *ids;
+    di_buf *blk_out;                  /* post_norms: a block's output before its norm joins h */
     kernels k;
+    float embed_scale;                /* embed_scale: sqrt(dim), rounded to f32 once */
 };
 
 const di_config *di_model_config(const di_model *m) { return &m->c; }
@@ -165,32 +173,65 @@ static int load_vector(di_model *m, const char *name, uint64_t n, di_buf **dst, 
     return rc;
 }
 
+/* "blk.<l>.<what>" */
+static const char *lname(char buf[80], int l, const char *what)
+{
+    snprintf(buf, 80, "blk.%d.%s", l, what);
+    return buf;
+}
+
+/* Several GGUF vectors concatenated into one f32 buffer. */
+static int load_vectors(di_model *m, const char *const *names, const uint64_t *lens, int count, di_buf **dst,
+                        di_err *err)
+{
+    uint64_t total = 0, at = 0;
+    for (int i = 0; i < count; i++) total += lens[i];
+    float *f = malloc(total * sizeof(float));
+    if (!f) return di_fail(err, DI_ENOMEM, "out of memory loading %s", names[0]);
+    int rc = DI_OK;
+    for (int i = 0; i < count && !rc; i++) {
+        const di_gguf_tensor *t = tensor(m, names[i], lens[i], 1, err);
+        rc = !t ? err->code : di_gguf_to_f32(m->g, t, f + at, err);
+        at += lens[i];
+    }
+    if (!rc && !(rc = di_buf_alloc(m->rt, total * 4, dst, err))) rc = di_buf_write(*dst, 0, f, total * 4, err);
+    free(f);
+    return rc;
+}
+
 static int load_layer(di_model *m, int l, di_err *err)
 {
     const di_config *c = &m->c;
+    const di_arch *a = c->arch;
     layer *L = &m->layers[l];
-    char q[64], k[64], v[64], o[64], gate[64], up[64], down[64], an[64], fn[64];
-    snprintf(q, sizeof q, "blk.%d.attn_q.weight", l);
-    snprintf(k, sizeof k, "blk.%d.attn_k.weight", l);
-    snprintf(v, sizeof v, "blk.%d.attn_v.weight", l);
-    snprintf(o, sizeof o, "blk.%d.attn_output.weight", l);
-    snprintf(gate, sizeof gate, "blk.%d.ffn_gate.weight", l);
-    snprintf(up, sizeof up, "blk.%d.ffn_up.weight", l);
-    snprintf(down, sizeof down, "blk.%d.ffn_down.weight", l);
-    snprintf(an, sizeof an, "blk.%d.attn_norm.weight", l);
-    snprintf(fn, sizeof fn, "blk.%d.ffn_norm.weight", l);
+    char q[80], k[80], v[80], o[80], gate[80], up[80], down[80], an[80], fn[80];
     uint64_t D = (uint64_t)c->dim, Q = (uint64_t)c->n_heads * c->head_dim, KV = (uint64_t)c->n_kv_heads * c->head_dim;
-    const char *qkv[] = {q, k, v}, *wo[] = {o}, *gu[] = {gate, up}, *dn[] = {down};
+    uint64_t HD = (uint64_t)c->head_dim;
+    const char *qkv[] = {lname(q, l, "attn_q.weight"), lname(k, l, "attn_k.weight"), lname(v, l, "attn_v.weight")};
+    const char *wo[] = {lname(o, l, "attn_output.weight")}, *dn[] = {lname(down, l, "ffn_down.weight")};
+    const char *gu[] = {lname(gate, l, "ffn_gate.weight"), lname(up, l, "ffn_up.weight")};
     uint64_t qkv_out[] = {Q, KV, KV}, wo_out[] = {D}, gu_out[] = {(uint64_t)c->ffn, (uint64_t)c->ffn}, dn_out[] = {D};
-    if (load_vector(m, an, D, &L->attn_norm, err) || load_vector(m, fn, D, &L->ffn_norm, err) ||
+    if (load_vector(m, lname(an, l, "attn_norm.weight"), D, &L->attn_norm, err) ||
+        load_vector(m, lname(fn, l, "ffn_norm.weight"), D, &L->ffn_norm, err) ||
         load_matrix(m, qkv, qkv_out, 3, D, &L->wqkv, err) || load_matrix(m, wo, wo_out, 1, Q, &L->wo, err) ||
         load_matrix(m, gu, gu_out, 2, D, &L->wgu, err) || load_matrix(m, dn, dn_out, 1, (uint64_t)c->ffn, &L->wdown, err))
+        return err->code;
+    if (a->qkv_bias) {
+        const char *b[] = {lname(q, l, "attn_q.bias"), lname(k, l, "attn_k.bias"), lname(v, l, "attn_v.bias")};
+        if (load_vectors(m, b, qkv_out, 3, &L->bqkv, err)) return err->code;
+    }
+    if (a->qk_norm && (load_vector(m, lname(q, l, "attn_q_norm.weight"), HD, &L->q_norm, err) ||
+                       load_vector(m, lname(k, l, "attn_k_norm.weight"), HD, &L->k_norm, err)))
+        return err->code;
+    if (a->post_norms && (load_vector(m, lname(an, l, "post_attention_norm.weight"), D, &L->post_attn, err) ||
+                          load_vector(m, lname(fn, l, "post_ffw_norm.weight"), D, &L->post_ffn, err)))
         return err->code;
     return DI_OK;
 }
 
-/* cos, sin of pos * base^(-2i/HD) in double, rounded once: the same table for every backend */
-static int load_rope(di_model *m, di_err *err)
+/* cos, sin of (pos / scale) * base^(-2i/HD) / factor_i in double, rounded once: the same table
+ * for every backend. factor_i: Llama 3's rope_freqs.weight (1 without it). */
+static int rope_table(di_model *m, double base, const float *factor, di_buf **dst, di_err *err)
 {
     const di_config *c = &m->c;
     size_t n = (size_t)m->o.ctx * c->head_dim;
@@ -198,13 +239,33 @@ static int load_rope(di_model *m, di_err *err)
     if (!cs) return di_fail(err, DI_ENOMEM, "out of memory (rope table)");
     for (int p = 0; p < m->o.ctx; p++)
         for (int i = 0; i < c->head_dim / 2; i++) {
-            double a = p * pow((double)c->rope_base, -2.0 * i / c->head_dim);
+            double a = p / (double)c->rope_scale * pow(base, -2.0 * i / c->head_dim) / (factor ? factor[i] : 1.0);
             cs[(size_t)p * c->head_dim + 2 * i] = (float)cos(a);
             cs[(size_t)p * c->head_dim + 2 * i + 1] = (float)sin(a);
         }
-    int rc = di_buf_alloc(m->rt, n * 4, &m->rope_cs, err);
-    if (!rc) rc = di_buf_write(m->rope_cs, 0, cs, n * 4, err);
+    int rc = di_buf_alloc(m->rt, n * 4, dst, err);
+    if (!rc) rc = di_buf_write(*dst, 0, cs, n * 4, err);
     free(cs);
+    return rc;
+}
+
+static int load_rope(di_model *m, di_err *err)
+{
+    const di_config *c = &m->c;
+    float *factor = NULL;
+    int rc = DI_OK;
+    if (c->rope_freqs) {
+        const di_gguf_tensor *t = di_gguf_tensor_find(m->g, "rope_freqs.weight");
+        if (!(factor = malloc(t->n_elems * sizeof(float)))) return di_fail(err, DI_ENOMEM, "out of memory (rope_freqs)");
+        rc = di_gguf_to_f32(m->g, t, factor, err);
+        for (uint64_t i = 0; !rc && i < t->n_elems; i++)
+            if (!(isfinite(factor[i]) && factor[i] > 0))
+                rc = di_fail(err, DI_EFORMAT, "%s: rope_freqs.weight[%llu] = %g must be positive and finite", m->g->path,
+                             (unsigned long long)i, (double)factor[i]);
+    }
+    if (!rc) rc = rope_table(m, c->rope_base, factor, &m->rope_cs, err);
+    if (!rc && c->arch->swa_period) rc = rope_table(m, c->rope_base_swa, factor, &m->rope_cs_swa, err);
+    free(factor);
     return rc;
 }
 
@@ -220,22 +281,29 @@ static int kernel(di_model *m, di_op op, const char *const *dims, const long *va
 static int prepare_kernels(di_model *m, di_err *err)
 {
     const di_config *c = &m->c;
+    const di_arch *a = c->arch;
     long D = c->dim, F = c->ffn, V = c->vocab, NH = c->n_heads, NKV = c->n_kv_heads, HD = c->head_dim;
     long QKVW = (NH + 2 * NKV) * HD;
     kernels *k = &m->k;
-    const char *heads[] = {"NH", "NKV", "HD", "CTX"};
-    long headv[] = {NH, NKV, HD, m->o.ctx};
+    const char *heads[] = {"NH", "NKV", "HD", "CTX"}, *win[] = {"NH", "NKV", "HD", "WIN"};
+    long headv[] = {NH, NKV, HD, m->o.ctx}, winv[] = {NH, NKV, HD, c->window};
     const char *kn[] = {"K", "N"};
-    if (kernel(m, DI_OP_embed, (const char *[]){"D", "V"}, (long[]){D, V}, 2, &k->embed, err) ||
+    /* post_norms: each block's output is normed before it joins h, so no residual epilogue */
+    di_op out = a->post_norms ? DI_OP_matmul : DI_OP_matmul_residual;
+    if (kernel(m, a->embed_scale ? DI_OP_embed_scaled : DI_OP_embed, (const char *[]){"D", "V"}, (long[]){D, V}, 2,
+               &k->embed, err) ||
         kernel(m, DI_OP_rmsnorm, (const char *[]){"D"}, (long[]){D}, 1, &k->rmsnorm, err) ||
-        kernel(m, DI_OP_matmul, kn, (long[]){D, QKVW}, 2, &k->qkv, err) ||
-        kernel(m, DI_OP_rope_adjacent, heads, headv, 4, &k->rope, err) ||
+        kernel(m, a->qkv_bias ? DI_OP_matmul_bias : DI_OP_matmul, kn, (long[]){D, QKVW}, 2, &k->qkv, err) ||
+        (a->qk_norm && kernel(m, DI_OP_qk_norm, heads, headv, 3, &k->qk_norm, err)) ||
+        kernel(m, a->rope == DI_ROPE_ADJACENT ? DI_OP_rope_adjacent : DI_OP_rope_halfsplit, heads, headv, 4, &k->rope, err) ||
         kernel(m, DI_OP_kv_write, heads, headv, 3, &k->kv_write, err) ||
         kernel(m, DI_OP_attention, heads, headv, 3, &k->attention, err) ||
-        kernel(m, DI_OP_matmul_residual, kn, (long[]){NH * HD, D}, 2, &k->wo, err) ||
+        (a->swa_period && kernel(m, DI_OP_attention_window, win, winv, 4, &k->attention_window, err)) ||
+        kernel(m, out, kn, (long[]){NH * HD, D}, 2, &k->wo, err) ||
         kernel(m, DI_OP_matmul, kn, (long[]){D, 2 * F}, 2, &k->gu, err) ||
-        kernel(m, DI_OP_swiglu, (const char *[]){"F"}, (long[]){F}, 1, &k->swiglu, err) ||
-        kernel(m, DI_OP_matmul_residual, kn, (long[]){F, D}, 2, &k->down, err) ||
+        kernel(m, a->act == DI_ACT_SILU ? DI_OP_swiglu : DI_OP_geglu, (const char *[]){"F"}, (long[]){F}, 1, &k->act, err) ||
+        kernel(m, out, kn, (long[]){F, D}, 2, &k->down, err) ||
+        (a->post_norms && kernel(m, DI_OP_residual_add, (const char *[]){"D"}, (long[]){D}, 1, &k->residual_add, err)) ||
         kernel(m, DI_OP_gather_rows, (const char *[]){"D"}, (long[]){D}, 1, &k->gather, err) ||
         kernel(m, DI_OP_matmul, kn, (long[]){D, V}, 2, &k->lm_head, err) ||
         kernel(m, DI_OP_log_softmax, (const char *[]){"V"}, (long[]){V}, 1, &k->log_softmax, err) ||
@@ -256,6 +324,7 @@ static int alloc_buffers(di_model *m, di_err *err)
         {&m->xn, R * D * 4}, {&m->qkv, R * QKVW * 4}, {&m->att, R * (size_t)c->n_heads * c->head_dim * 4},
         {&m->gu, R * 2 * F * 4}, {&m->act, R * F * 4}, {&m->hsel, R * D * 4}, {&m->logits, R * V * 4},
         {&m->lp, R * V * 4}, {&m->ids, R * 4}, {&m->btab, (size_t)m->o.max_seqs * m->maxb * 4},
+        {&m->blk_out, c->arch->post_norms ? R * D * 4 : 4},
     };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (di_buf_alloc(m->rt, all[i].bytes, all[i].b, err)) return di_wrap(err, "activation buffers");
@@ -290,6 +359,7 @@ static int load(di_model *m, const di_model_opts *o, di_err *err)
         for (int l = 0; l < c->n_layers && !rc; l++) rc = load_layer(m, l, err);
     }
     if (!rc) rc = load_rope(m, err);
+    if (!rc) m->embed_scale = (float)sqrt((double)m->c.dim);
     if (!rc) rc = alloc_buffers(m, err);
     if (!rc) rc = prepare_kernels(m, err);
     return rc;
@@ -325,11 +395,13 @@ void di_model_free(di_model *m)
         layer *L = &m->layers[l];
         di_buf_free(L->attn_norm); di_buf_free(L->wqkv); di_buf_free(L->wo);
         di_buf_free(L->ffn_norm); di_buf_free(L->wgu); di_buf_free(L->wdown);
+        di_buf_free(L->bqkv); di_buf_free(L->q_norm); di_buf_free(L->k_norm);
+        di_buf_free(L->post_attn); di_buf_free(L->post_ffn);
         if (m->kc) di_buf_free(m->kc[l]);
         if (m->vc) di_buf_free(m->vc[l]);
     }
-    di_buf *bufs[] = {m->embd, m->lm_head, m->out_norm, m->rope_cs, m->btab, m->tok, m->pos, m->seq, m->rows, m->h,
-                      m->xn, m->qkv, m->att, m->gu, m->act, m->hsel, m->logits, m->lp, m->ids};
+    di_buf *bufs[] = {m->embd, m->lm_head, m->out_norm, m->rope_cs, m->rope_cs_swa, m->btab, m->tok, m->pos, m->seq,
+                      m->rows, m->h, m->xn, m->qkv, m->att, m->gu, m->act, m->hsel, m->logits, m->lp, m->ids, m->blk_out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) di_buf_free(bufs[i]);
     free(m->layers); free(m->kc); free(m->vc); free(m->btab_host);
     if (m->owns_g) di_gguf_close(m->g);
@@ -373,21 +445,39 @@ int di_model_forward(di_model *m, const di_step *s, di_err *err)
         return err->code;
 
     const kernels *k = &m->k;
-    LAUNCH(k->embed, n, B(m->h), B(m->embd), B(m->tok));
+    const di_arch *a = c->arch;
+    if (a->embed_scale) LAUNCH(k->embed, n, B(m->h), B(m->embd), B(m->tok), {.f32 = m->embed_scale});
+    else LAUNCH(k->embed, n, B(m->h), B(m->embd), B(m->tok));
     for (int l = 0; l < c->n_layers; l++) {
         const layer *L = &m->layers[l];
+        bool windowed = di_config_layer_windowed(c, l);
         /* attention block: h += Wo . attn(rope(Wqkv . norm(h))) */
         LAUNCH(k->rmsnorm, n, B(m->xn), B(m->h), B(L->attn_norm), {.f32 = c->eps});
-        LAUNCH(k->qkv, n, B(m->qkv), B(m->xn), B(L->wqkv));
-        LAUNCH(k->rope, n, B(m->qkv), B(m->pos), B(m->rope_cs));
+        if (a->qkv_bias) LAUNCH(k->qkv, n, B(m->qkv), B(m->xn), B(L->wqkv), B(L->bqkv));
+        else LAUNCH(k->qkv, n, B(m->qkv), B(m->xn), B(L->wqkv));
+        if (a->qk_norm) LAUNCH(k->qk_norm, n, B(m->qkv), B(L->q_norm), B(L->k_norm), {.f32 = c->eps});
+        LAUNCH(k->rope, n, B(m->qkv), B(m->pos), B(windowed ? m->rope_cs_swa : m->rope_cs));
         LAUNCH(k->kv_write, n, B(m->kc[l]), B(m->vc[l]), B(m->qkv), B(m->pos), B(m->seq), B(m->btab));
-        LAUNCH(k->attention, n, B(m->att), B(m->qkv), B(m->kc[l]), B(m->vc[l]), B(m->pos), B(m->seq), B(m->btab));
-        LAUNCH(k->wo, n, B(m->h), B(m->att), B(L->wo), B(m->h));
-        /* MLP block: h += Wdown . (silu(Wgate . norm(h)) * Wup . norm(h)) */
+        LAUNCH(windowed ? k->attention_window : k->attention, n, B(m->att), B(m->qkv), B(m->kc[l]), B(m->vc[l]),
+               B(m->pos), B(m->seq), B(m->btab));
+        if (a->post_norms) {   /* h += norm(Wo . attn) */
+            LAUNCH(k->wo, n, B(m->blk_out), B(m->att), B(L->wo));
+            LAUNCH(k->rmsnorm, n, B(m->blk_out), B(m->blk_out), B(L->post_attn), {.f32 = c->eps});
+            LAUNCH(k->residual_add, n, B(m->h), B(m->h), B(m->blk_out));
+        } else {
+            LAUNCH(k->wo, n, B(m->h), B(m->att), B(L->wo), B(m->h));
+        }
+        /* FFN block: h += Wdown . (act(Wgate . norm(h)) * Wup . norm(h)) */
         LAUNCH(k->rmsnorm, n, B(m->xn), B(m->h), B(L->ffn_norm), {.f32 = c->eps});
         LAUNCH(k->gu, n, B(m->gu), B(m->xn), B(L->wgu));
-        LAUNCH(k->swiglu, n, B(m->act), B(m->gu));
-        LAUNCH(k->down, n, B(m->h), B(m->act), B(L->wdown), B(m->h));
+        LAUNCH(k->act, n, B(m->act), B(m->gu));
+        if (a->post_norms) {   /* h += norm(Wdown . act) */
+            LAUNCH(k->down, n, B(m->blk_out), B(m->act), B(L->wdown));
+            LAUNCH(k->rmsnorm, n, B(m->blk_out), B(m->blk_out), B(L->post_ffn), {.f32 = c->eps});
+            LAUNCH(k->residual_add, n, B(m->h), B(m->h), B(m->blk_out));
+        } else {
+            LAUNCH(k->down, n, B(m->h), B(m->act), B(L->wdown), B(m->h));
+        }
     }
     if (s->n_out == 0) return di_rt_sync(m->rt, err);
     /* logits only for the rows that need them */

@@ -5,13 +5,22 @@
 #define DI_MODEL_H
 #include <stdbool.h>
 #include <stdint.h>
+#include "model/arch.h"
 #include "model/gguf.h"
 #include "runtime/backend.h"
 
 typedef struct di_config {
+    const di_arch *arch;      /* model/arch.def: what the layers are made of */
     int n_layers, dim, ffn, n_heads, n_kv_heads, head_dim, vocab, ctx_train;
     float rope_base, eps;
+    float rope_scale;         /* linear RoPE scaling: positions divided by this (1: none) */
+    bool rope_freqs;          /* rope_freqs.weight: per-pair frequency factors (Llama 3's rope scaling) */
+    int window;               /* sliding-window layers' keys (arch->swa_period > 0) */
+    float rope_base_swa;      /* their RoPE base */
 } di_config;
+
+/* Whether layer l of c sees a sliding window (else every earlier key). */
+bool di_config_layer_windowed(const di_config *c, int l);
 
 typedef struct di_model di_model;
 
@@ -26,7 +35,7 @@ typedef struct di_model_opts {
     int max_seqs;           /* block-table rows */
 } di_model_opts;
 
-/* Opens the GGUF, checks it is a llama model with every tensor present and well shaped,
+/* Opens the GGUF, checks it is a model of an architecture in model/arch.def with every tensor present and well shaped,
  * converts and uploads the weights, and prepares every kernel. */
 int di_model_load(const char *path, di_rt *rt, const di_model_opts *o, di_model **out, di_err *err);
 /* The same from a GGUF the caller opened (and keeps open until di_model_free). */
