@@ -640,7 +640,7 @@ static int run(const args *ap, run_state *s)
      * the model borrows it; tokenize first, to size the KV pool and reject prompts longer than the
      * context */
     if (di_gguf_open(s->model_path, &s->g, &err)) {
-        fprintf(stderr, "generate: %s%s\n", err.msg,
+        fprintf(stderr, "generate: model %s%s\n", err.msg,
                 err.code == DI_EUSAGE ? " (scripts/fetch-model downloads the default model)" : "");
         return 2;
     }
