@@ -8,19 +8,24 @@
  * depend on (seed, tensor name, index) only, so the bf16 and q4_1 files of a shape are
  * roundings of the same numbers, and --layers N gives the first N layers of the full model.
  *
- * The file holds everything model/model.c reads (general.architecture, the llama.* keys,
- * token_embd/output_norm/output and blk.N.{attn_norm,attn_q,attn_k,attn_v,attn_output,
- * ffn_norm,ffn_gate,ffn_up,ffn_down}.weight; matrices bf16 or q4_1, norms f32), plus a
- * placeholder SentencePiece-style vocabulary (<unk>, <s>, </s>, the 256 byte tokens, then
- * "<tN>") so that llama.cpp can open the file for comparison runs. Our tokenizer is not
- * meant to read it: benchmarks feed token ids.
+ * The file holds everything model/model.c reads for the shape's architecture (model/arch.def:
+ * general.architecture, the <arch>.* keys, token_embd/output_norm/output and
+ * blk.N.{attn_norm,attn_q,attn_k,attn_v,attn_output,ffn_norm,ffn_gate,ffn_up,ffn_down}.weight,
+ * and as the architecture has them attn_{q,k,v}.bias (Qwen 2), attn_{q,k}_norm (Qwen 3, Gemma 3),
+ * post_attention_norm / post_ffw_norm (Gemma 3), rope_freqs (Llama 3's rope scaling); matrices
+ * bf16 or q4_1, norms, biases and factors f32), plus a placeholder SentencePiece-style
+ * vocabulary (<unk>, <s>, </s>, the 256 byte tokens, then "<tN>") so that llama.cpp can open the
+ * file for comparison runs, or, with --vocab FILE, every tokenizer.* key of FILE (a vocab-only
+ * GGUF such as llama.cpp's ggml-vocab-llama-bpe.gguf, whose token count must be the shape's
+ * vocab). The tiny-* shapes are the architectures' reference models (tests/data/make_arch_ref.py
+ * computes their logits with HF transformers in float64).
  *
  * Tensor data is generated in chunks on several threads and streamed to the file: memory
  * stays at a few tens of MB whatever the model size. --header-only writes the metadata and
  * tensor infos and then extends the file to its full size without writing data (a sparse
  * file, reading as zeros): readers can check every key, shape and offset at no disk cost.
  *
- * usage: make_random_gguf OUT.gguf --shape smollm2|llama3-8b|tiny [--seed S] [--type bf16|q4_1]
+ * usage: make_random_gguf OUT.gguf --shape NAME [--seed S] [--type bf16|q4_1] [--vocab FILE]
  *                         [--layers N] [--threads N] [--header-only] [--quiet] */
 #include <errno.h>
 #include <math.h>
@@ -32,6 +37,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "model/gguf.h"
 
 enum {
     ALIGN = 32,
@@ -45,16 +51,30 @@ enum {
 };
 
 typedef struct shape {
-    const char *name, *label;
+    const char *name, *label, *arch;
     int layers, dim, heads, kv_heads, ffn, vocab, ctx;
     float rope_base, eps;
     bool tied;                      /* no output.weight: the lm head is token_embd */
+    int head_dim;                   /* written as <arch>.attention.key_length; 0: dim / heads */
+    bool bias, qk_norm, post_norms; /* Qwen 2's qkv biases; Qwen 3 / Gemma 3's per-head norms; Gemma 3 */
+    int window;                     /* <arch>.attention.sliding_window (Gemma 3) */
+    float llama3_factor;            /* rope_freqs.weight from Llama 3's rope scaling with this factor; 0: none */
 } shape;
 
 static const shape shapes[] = {
-    {"tiny", "random tiny", 2, 128, 4, 2, 256, 512, 2048, 10000.0f, 1e-5f, false},
-    {"smollm2", "random SmolLM2-135M shape", 30, 576, 9, 3, 1536, 49152, 8192, 100000.0f, 1e-5f, true},
-    {"llama3-8b", "random Llama-3-8B shape", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0f, 1e-5f, false},
+    {"tiny", "random tiny", "llama", 2, 128, 4, 2, 256, 512, 2048, 10000.0f, 1e-5f, false, .head_dim = 0},
+    {"smollm2", "random SmolLM2-135M shape", "llama", 30, 576, 9, 3, 1536, 49152, 8192, 100000.0f, 1e-5f, true, .head_dim = 0},
+    {"llama3-8b", "random Llama-3-8B shape", "llama", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0f, 1e-5f, false, .head_dim = 0,
+     .llama3_factor = 8.0f},
+    /* the architectures' reference models: small, every feature of the architecture present */
+    {"tiny-llama3", "random tiny Llama 3", "llama", 2, 128, 4, 2, 256, 512, 8192, 500000.0f, 1e-5f, false,
+     .llama3_factor = 8.0f},
+    {"tiny-mistral", "random tiny Mistral", "mistral", 2, 128, 4, 1, 320, 512, 4096, 1000000.0f, 1e-5f, false, .head_dim = 0},
+    {"tiny-qwen2", "random tiny Qwen 2.5", "qwen2", 2, 128, 4, 2, 256, 512, 4096, 1000000.0f, 1e-6f, true, .bias = true},
+    {"tiny-qwen3", "random tiny Qwen 3", "qwen3", 2, 128, 4, 2, 256, 512, 4096, 1000000.0f, 1e-6f, true,
+     .head_dim = 48, .qk_norm = true},
+    {"tiny-gemma3", "random tiny Gemma 3", "gemma3", 6, 128, 2, 1, 256, 512, 4096, 1000000.0f, 1e-6f, true,
+     .head_dim = 96, .qk_norm = true, .post_norms = true, .window = 8},
 };
 
 /* ---- values ---------------------------------------------------------------------------- */
@@ -109,48 +129,59 @@ static uint16_t to_f16(float f)
 
 /* ---- tensors ------------------------------------------------------------------------------ */
 
+typedef enum { T_MATRIX, T_NORM, T_BIAS, T_FACTORS } tensor_kind;
+
 typedef struct tensor {
     char name[64];
     int type;                 /* GGML_* */
     uint64_t dims[2];         /* ggml order: dims[0] contiguous */
     int n_dims;
-    bool norm;                /* 1 + 0.02 g, else 0.02 g */
+    tensor_kind kind;         /* matrix, bias: 0.02 g; norm: 1 + 0.02 g; factors: Llama 3's (f32) */
     uint64_t offset, nbytes;
 } tensor;
 
 static uint64_t align_up(uint64_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
 
-static void add_tensor(tensor *t, int *n, const char *name, int type, uint64_t d0, uint64_t d1, bool norm)
+static void add_tensor(tensor *t, int *n, const char *name, int type, uint64_t d0, uint64_t d1, tensor_kind kind)
 {
     tensor *x = &t[(*n)++];
     snprintf(x->name, sizeof x->name, "%s", name);
-    x->type = norm ? GGML_F32 : type;
+    x->type = kind != T_MATRIX ? GGML_F32 : type;
     x->dims[0] = d0;
     x->dims[1] = d1;
     x->n_dims = d1 ? 2 : 1;
-    x->norm = norm;
+    x->kind = kind;
     uint64_t elems = d0 * (d1 ? d1 : 1);
     x->nbytes = x->type == GGML_F32 ? elems * 4 : x->type == GGML_BF16 ? elems * 2 : elems / QK * Q4_1_BYTES;
 }
 
+static int head_dim(const shape *s) { return s->head_dim ? s->head_dim : s->dim / s->heads; }
+
 static int build_tensors(const shape *s, int type, tensor *t)
 {
     int n = 0;
-    uint64_t D = (uint64_t)s->dim, HD = (uint64_t)(s->dim / s->heads), Q = (uint64_t)s->heads * HD,
+    uint64_t D = (uint64_t)s->dim, HD = (uint64_t)head_dim(s), Q = (uint64_t)s->heads * HD,
              KV = (uint64_t)s->kv_heads * HD, F = (uint64_t)s->ffn, V = (uint64_t)s->vocab;
     char name[64];
-    add_tensor(t, &n, "token_embd.weight", type, D, V, false);
-    add_tensor(t, &n, "output_norm.weight", type, D, 0, true);
-    if (!s->tied) add_tensor(t, &n, "output.weight", type, D, V, false);
+    add_tensor(t, &n, "token_embd.weight", type, D, V, T_MATRIX);
+    add_tensor(t, &n, "output_norm.weight", type, D, 0, T_NORM);
+    if (!s->tied) add_tensor(t, &n, "output.weight", type, D, V, T_MATRIX);
+    if (s->llama3_factor) add_tensor(t, &n, "rope_freqs.weight", type, HD / 2, 0, T_FACTORS);
     for (int l = 0; l < s->layers; l++) {
-        struct { const char *what; uint64_t in, out; bool norm; } parts[] = {
-            {"attn_norm", D, 0, true}, {"attn_q", D, Q, false}, {"attn_k", D, KV, false},
-            {"attn_v", D, KV, false}, {"attn_output", Q, D, false}, {"ffn_norm", D, 0, true},
-            {"ffn_gate", D, F, false}, {"ffn_up", D, F, false}, {"ffn_down", F, D, false},
+        struct { const char *what; uint64_t in, out; tensor_kind kind; bool on; } parts[] = {
+            {"attn_norm.weight", D, 0, T_NORM, true}, {"attn_q.weight", D, Q, T_MATRIX, true},
+            {"attn_k.weight", D, KV, T_MATRIX, true}, {"attn_v.weight", D, KV, T_MATRIX, true},
+            {"attn_q.bias", Q, 0, T_BIAS, s->bias}, {"attn_k.bias", KV, 0, T_BIAS, s->bias},
+            {"attn_v.bias", KV, 0, T_BIAS, s->bias}, {"attn_q_norm.weight", HD, 0, T_NORM, s->qk_norm},
+            {"attn_k_norm.weight", HD, 0, T_NORM, s->qk_norm}, {"attn_output.weight", Q, D, T_MATRIX, true},
+            {"post_attention_norm.weight", D, 0, T_NORM, s->post_norms}, {"ffn_norm.weight", D, 0, T_NORM, true},
+            {"ffn_gate.weight", D, F, T_MATRIX, true}, {"ffn_up.weight", D, F, T_MATRIX, true},
+            {"ffn_down.weight", F, D, T_MATRIX, true}, {"post_ffw_norm.weight", D, 0, T_NORM, s->post_norms},
         };
         for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-            snprintf(name, sizeof name, "blk.%d.%s.weight", l, parts[i].what);
-            add_tensor(t, &n, name, type, parts[i].in, parts[i].out, parts[i].norm);
+            if (!parts[i].on) continue;
+            snprintf(name, sizeof name, "blk.%d.%s", l, parts[i].what);
+            add_tensor(t, &n, name, type, parts[i].in, parts[i].out, parts[i].kind);
         }
     }
     uint64_t off = 0;
@@ -188,27 +219,18 @@ static void kv_u32(mbuf *b, int *n, const char *k, uint32_t v) { put_str(b, k); 
 static void kv_f32(mbuf *b, int *n, const char *k, float v) { put_str(b, k); put_u32(b, GGUF_F32); put_f32(b, v); (*n)++; }
 static void kv_bool(mbuf *b, int *n, const char *k, bool v) { uint8_t x = v; put_str(b, k); put_u32(b, GGUF_BOOL); put(b, &x, 1); (*n)++; }
 
-static int metadata(mbuf *b, const shape *s, int type, uint64_t seed)
+/* "<arch>.<key>" */
+static const char *akey(const shape *s, const char *k)
+{
+    static char buf[160];
+    snprintf(buf, sizeof buf, "%s.%s", s->arch, k);
+    return buf;
+}
+
+/* The placeholder SentencePiece vocabulary: <unk>, <s>, </s>, the 256 byte tokens, then "<tN>". */
+static int placeholder_vocab(mbuf *b, const shape *s)
 {
     int n = 0;
-    char name[128];
-    snprintf(name, sizeof name, "%s (seed %llu)", s->label, (unsigned long long)seed);
-    kv_str(b, &n, "general.architecture", "llama");
-    kv_str(b, &n, "general.name", name);
-    kv_u32(b, &n, "general.alignment", ALIGN);
-    kv_u32(b, &n, "general.file_type", type == GGML_BF16 ? FTYPE_BF16 : FTYPE_Q4_1);
-    kv_u32(b, &n, "general.quantization_version", 2);
-    kv_u32(b, &n, "llama.block_count", (uint32_t)s->layers);
-    kv_u32(b, &n, "llama.context_length", (uint32_t)s->ctx);
-    kv_u32(b, &n, "llama.embedding_length", (uint32_t)s->dim);
-    kv_u32(b, &n, "llama.feed_forward_length", (uint32_t)s->ffn);
-    kv_u32(b, &n, "llama.attention.head_count", (uint32_t)s->heads);
-    kv_u32(b, &n, "llama.attention.head_count_kv", (uint32_t)s->kv_heads);
-    kv_f32(b, &n, "llama.rope.freq_base", s->rope_base);
-    kv_f32(b, &n, "llama.attention.layer_norm_rms_epsilon", s->eps);
-    kv_u32(b, &n, "llama.vocab_size", (uint32_t)s->vocab);
-    kv_u32(b, &n, "llama.rope.dimension_count", (uint32_t)(s->dim / s->heads));
-    /* placeholder vocabulary (SentencePiece layout, as llama.cpp's "llama" tokenizer wants it) */
     kv_str(b, &n, "tokenizer.ggml.model", "llama");
     put_str(b, "tokenizer.ggml.tokens"); put_u32(b, GGUF_ARRAY); put_u32(b, GGUF_STRING); put_u64(b, (uint64_t)s->vocab);
     char tok[32];
@@ -231,9 +253,97 @@ static int metadata(mbuf *b, const shape *s, int type, uint64_t seed)
     return n;
 }
 
+/* Bytes a GGUF value of `type` takes at p (p inside a mapping the reader validated). */
+static uint64_t value_bytes(int type, const uint8_t *p)
+{
+    static const uint8_t sizes[] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+    uint64_t n;
+    if (type == GGUF_STRING) { memcpy(&n, p, 8); return 8 + n; }
+    if (type != GGUF_ARRAY) return sizes[type];
+    uint32_t et;
+    memcpy(&et, p, 4);
+    memcpy(&n, p + 4, 8);
+    uint64_t total = 12;
+    for (uint64_t i = 0; i < n; i++) total += value_bytes((int)et, p + total);
+    return total;
+}
+
+/* Every tokenizer.* key of a vocab-only GGUF, copied as it is. */
+static int copied_vocab(mbuf *b, const shape *s, const char *path)
+{
+    di_gguf *g = NULL;
+    di_err err = {0};
+    if (di_gguf_open(path, &g, &err)) { fprintf(stderr, "make_random_gguf: --vocab: %s\n", err.msg); return -1; }
+    const di_gguf_kv *toks = di_gguf_find(g, "tokenizer.ggml.tokens");
+    if (!toks || toks->arr_len != (uint64_t)s->vocab) {
+        fprintf(stderr, "make_random_gguf: --vocab %s: %llu tokens, the shape's vocab is %d\n", path,
+                (unsigned long long)(toks ? toks->arr_len : 0), s->vocab);
+        di_gguf_close(g);
+        return -1;
+    }
+    int n = 0;
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        const di_gguf_kv *kv = &g->kv[i];
+        if (kv->key.len < 10 || memcmp(kv->key.ptr, "tokenizer.", 10)) continue;
+        put_u64(b, kv->key.len);
+        put(b, kv->key.ptr, kv->key.len);
+        put_u32(b, (uint32_t)kv->type);
+        /* an array's data points at its first element: its header (type, count) is the 12 bytes before */
+        const uint8_t *v = kv->type == GGUF_ARRAY ? kv->data - 12 : kv->data;
+        put(b, v, value_bytes(kv->type, v));
+        n++;
+    }
+    di_gguf_close(g);
+    return n;
+}
+
+static int metadata(mbuf *b, const shape *s, int type, uint64_t seed, const char *vocab)
+{
+    int n = 0;
+    char name[128];
+    snprintf(name, sizeof name, "%s (seed %llu)", s->label, (unsigned long long)seed);
+    kv_str(b, &n, "general.architecture", s->arch);
+    kv_str(b, &n, "general.name", name);
+    kv_u32(b, &n, "general.alignment", ALIGN);
+    kv_u32(b, &n, "general.file_type", type == GGML_BF16 ? FTYPE_BF16 : FTYPE_Q4_1);
+    kv_u32(b, &n, "general.quantization_version", 2);
+    kv_u32(b, &n, akey(s, "block_count"), (uint32_t)s->layers);
+    kv_u32(b, &n, akey(s, "context_length"), (uint32_t)s->ctx);
+    kv_u32(b, &n, akey(s, "embedding_length"), (uint32_t)s->dim);
+    kv_u32(b, &n, akey(s, "feed_forward_length"), (uint32_t)s->ffn);
+    kv_u32(b, &n, akey(s, "attention.head_count"), (uint32_t)s->heads);
+    kv_u32(b, &n, akey(s, "attention.head_count_kv"), (uint32_t)s->kv_heads);
+    kv_f32(b, &n, akey(s, "rope.freq_base"), s->rope_base);
+    kv_f32(b, &n, akey(s, "attention.layer_norm_rms_epsilon"), s->eps);
+    kv_u32(b, &n, akey(s, "vocab_size"), (uint32_t)s->vocab);
+    kv_u32(b, &n, akey(s, "rope.dimension_count"), (uint32_t)head_dim(s));
+    if (s->head_dim) {
+        kv_u32(b, &n, akey(s, "attention.key_length"), (uint32_t)s->head_dim);
+        kv_u32(b, &n, akey(s, "attention.value_length"), (uint32_t)s->head_dim);
+    }
+    if (s->window) kv_u32(b, &n, akey(s, "attention.sliding_window"), (uint32_t)s->window);
+    int nv = vocab ? copied_vocab(b, s, vocab) : placeholder_vocab(b, s);
+    return nv < 0 ? -1 : n + nv;
+}
+
+/* Llama 3's rope scaling as factors per frequency pair (what llama.cpp's converter writes to
+ * rope_freqs.weight): 1 for short wavelengths, `factor` for long ones, smoothly between, with
+ * low_freq_factor 1, high_freq_factor 4 and an original context of 8192. */
+static float llama3_factor(const shape *s, uint64_t i)
+{
+    double HD = head_dim(s), freq = pow((double)s->rope_base, -2.0 * (double)i / HD), wavelen = 2 * M_PI / freq;
+    double factor = s->llama3_factor, low = 1, high = 4, old = 8192;
+    double low_wl = old / low, high_wl = old / high;
+    if (wavelen < high_wl) return 1.0f;
+    if (wavelen > low_wl) return (float)factor;
+    double smooth = (old / wavelen - low) / (high - low);
+    return (float)(1.0 / ((1 - smooth) / factor + smooth));
+}
+
 /* ---- data: chunks filled by worker threads -------------------------------------------------- */
 
 typedef struct job {
+    const shape *s;
     const tensor *t;
     uint64_t key, first, count;   /* elements [first, first + count) of the tensor */
     uint8_t *out;                 /* where element `first` goes */
@@ -242,8 +352,11 @@ typedef struct job {
 static void fill(const job *j)
 {
     const tensor *t = j->t;
-    float base = t->norm ? 1.0f : 0.0f, std = 0.02f;
-    if (t->type == GGML_F32) {
+    float base = t->kind == T_NORM ? 1.0f : 0.0f, std = 0.02f;
+    if (t->kind == T_FACTORS) {
+        float *o = (float *)j->out;
+        for (uint64_t i = 0; i < j->count; i++) o[i] = llama3_factor(j->s, j->first + i);
+    } else if (t->type == GGML_F32) {
         float *o = (float *)j->out;
         for (uint64_t i = 0; i < j->count; i++) o[i] = base + std * gauss(j->key, j->first + i);
     } else if (t->type == GGML_BF16) {
@@ -284,7 +397,8 @@ static uint64_t bytes_of(int type, uint64_t elems)
 }
 
 /* Generates the tensor chunk by chunk, nthreads workers per chunk, and writes it. */
-static int write_tensor(FILE *f, const tensor *t, uint64_t seed, int nthreads, uint8_t *buf, const char *path)
+static int write_tensor(FILE *f, const shape *s, const tensor *t, uint64_t seed, int nthreads, uint8_t *buf,
+                        const char *path)
 {
     uint64_t elems = t->dims[0] * (t->n_dims > 1 ? t->dims[1] : 1), key = tensor_key(seed, t->name);
     for (uint64_t first = 0; first < elems; first += CHUNK_ELEMS) {
@@ -295,11 +409,11 @@ static int write_tensor(FILE *f, const tensor *t, uint64_t seed, int nthreads, u
         pthread_t th[MAX_THREADS];
         int nj = 0;
         if (count % QK || nthreads == 1 || count < 65536) {
-            jobs[nj++] = (job){t, key, first, count, buf};
+            jobs[nj++] = (job){s, t, key, first, count, buf};
         } else {
             for (uint64_t b = 0; b < blocks; b += per, nj++) {
                 uint64_t nb = blocks - b < per ? blocks - b : per;
-                jobs[nj] = (job){t, key, first + b * QK, nb * QK, buf + bytes_of(t->type, b * QK)};
+                jobs[nj] = (job){s, t, key, first + b * QK, nb * QK, buf + bytes_of(t->type, b * QK)};
             }
         }
         int started = 0;
@@ -333,11 +447,14 @@ static int usage(const char *why, const char *arg)
         fprintf(stderr, "\n");
     }
     fprintf(why ? stderr : stdout,
-            "usage: make_random_gguf OUT.gguf --shape smollm2|llama3-8b|tiny [--seed S] [--type bf16|q4_1]\n"
+            "usage: make_random_gguf OUT.gguf --shape NAME [--seed S] [--type bf16|q4_1] [--vocab FILE]\n"
             "                        [--layers N] [--threads N] [--header-only] [--quiet]\n"
             "  --shape        tiny (2 layers, dim 128, 4/2 heads, ffn 256, vocab 512);\n"
             "                 smollm2 (30 x 576, 9/3 heads, ffn 1536, vocab 49152, tied lm head);\n"
-            "                 llama3-8b (32 x 4096, 32/8 heads, ffn 14336, vocab 128256, rope 500000)\n"
+            "                 llama3-8b (32 x 4096, 32/8 heads, ffn 14336, vocab 128256, rope 500000, Llama 3 rope scaling);\n"
+            "                 tiny-llama3, tiny-mistral, tiny-qwen2, tiny-qwen3, tiny-gemma3: the architectures'\n"
+            "                 reference models (every feature of the architecture, a few layers of dim 128)\n"
+            "  --vocab FILE   the tokenizer.* keys of FILE instead of a placeholder vocabulary\n"
             "  --seed S       weights are a function of (S, tensor name, index) (default 1)\n"
             "  --type T       matrices bf16 (default) or q4_1; norms are f32\n"
             "  --layers N     only the first N layers (same weights as the full shape's)\n"
@@ -366,7 +483,7 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-    const char *out = NULL, *shape_name = NULL, *type_name = "bf16";
+    const char *out = NULL, *shape_name = NULL, *type_name = "bf16", *vocab = NULL;
     uint64_t seed = 1, layers = 0, threads = 0;
     bool header_only = false, quiet = false;
     for (int i = 1; i < argc; i++) {
@@ -376,6 +493,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--quiet")) quiet = true;
         else if (!strcmp(a, "--shape")) { if (!v) return usage("%s needs a value", a); shape_name = v; i++; }
         else if (!strcmp(a, "--type")) { if (!v) return usage("%s needs a value", a); type_name = v; i++; }
+        else if (!strcmp(a, "--vocab")) { if (!v) return usage("%s needs a value", a); vocab = v; i++; }
         else if (!strcmp(a, "--seed")) { if (!parse_u64(v, 0, UINT64_MAX, &seed)) return usage("--seed takes an unsigned integer, not '%s'", v ? v : ""); i++; }
         else if (!strcmp(a, "--layers")) { if (!parse_u64(v, 1, 1024, &layers)) return usage("--layers takes 1..1024, not '%s'", v ? v : ""); i++; }
         else if (!strcmp(a, "--threads")) { if (!parse_u64(v, 1, MAX_THREADS, &threads)) return usage("--threads takes 1..64, not '%s'", v ? v : ""); i++; }
@@ -384,11 +502,11 @@ int main(int argc, char **argv)
         else return usage("one output file only ('%s' is a second)", a);
     }
     if (!out) return usage("%s", "no output file given");
-    if (!shape_name) return usage("%s", "--shape is required (smollm2, llama3-8b or tiny)");
+    if (!shape_name) return usage("%s", "--shape is required (make_random_gguf --help lists the shapes)");
     const shape *sp = NULL;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         if (!strcmp(shapes[i].name, shape_name)) sp = &shapes[i];
-    if (!sp) return usage("--shape takes smollm2, llama3-8b or tiny, not '%s'", shape_name);
+    if (!sp) return usage("no --shape '%s' (make_random_gguf --help lists the shapes)", shape_name);
     int type = !strcmp(type_name, "bf16") ? GGML_BF16 : !strcmp(type_name, "q4_1") ? GGML_Q4_1 : -1;
     if (type < 0) return usage("--type takes bf16 or q4_1, not '%s'", type_name);
     shape s = *sp;
@@ -398,12 +516,13 @@ int main(int argc, char **argv)
         threads = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (uint64_t)n;
     }
 
-    int max_tensors = 3 + 9 * s.layers;
+    int max_tensors = 4 + 16 * s.layers;
     tensor *ts = calloc((size_t)max_tensors, sizeof *ts);
     mbuf kv = {0}, info = {0};
     if (!ts) { fprintf(stderr, "make_random_gguf: out of memory\n"); return 1; }
     int nt = build_tensors(&s, type, ts);
-    int nkv = metadata(&kv, &s, type, seed);
+    int nkv = metadata(&kv, &s, type, seed, vocab);
+    if (nkv < 0) return 2;
     for (int i = 0; i < nt; i++) {
         put_str(&info, ts[i].name);
         put_u32(&info, (uint32_t)ts[i].n_dims);
@@ -444,7 +563,7 @@ int main(int argc, char **argv)
         uint64_t done = 0;
         bool progress = !quiet && data_bytes > (1ull << 30) && isatty(2);
         for (int i = 0; i < nt && !rc; i++) {
-            rc = write_tensor(f, &ts[i], seed, (int)threads, buf, out);
+            rc = write_tensor(f, &s, &ts[i], seed, (int)threads, buf, out);
             done += align_up(ts[i].nbytes);
             if (progress && (i % 9 == 0 || i == nt - 1))
                 fprintf(stderr, "\r  %5.1f%%  %.1f GB  %.0f s", 100.0 * done / data_bytes, done / 1e9, now() - t0);

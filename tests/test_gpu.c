@@ -7,58 +7,7 @@
 
 static di_rt *gpu_or_skip(void) { return th_gpu_rt_or_skip(DI_PROFILE_EXACT); }
 
-enum { NBLK = 24, NSEQ = 3, MAXB = 8 };
-
-/* Elements of an argument: its shape with runtime names bound. */
-static long arg_elems(const di_spec *s, const di_specialization *p, const di_arg *a, long rows)
-{
-    if (a->role == DI_ROLE_SCALAR) return 1;
-    long total = 1;
-    const char *c = a->shape;
-    while (*c) {
-        const char *e = strchr(c, ',');
-        size_t n = e ? (size_t)(e - c) : strlen(c);
-        char tok[128];
-        snprintf(tok, sizeof tok, "%.*s", (int)n, c);
-        char *t = tok;
-        while (isspace((unsigned char)*t)) t++;
-        long v;
-        di_err err = {0};
-        if (!strcmp(t, "rows") || !strcmp(t, "n")) v = rows;
-        else if (!strcmp(t, "maxb")) v = MAXB;
-        else if (!strcmp(t, "blocks")) v = NBLK;
-        else if (!strcmp(t, "seqs")) v = NSEQ;
-        else if (!strcmp(t, "KVB")) v = s->sched.kv_block;
-        else cr_assert_eq(di_eval_expr(s, p, t, &v, &err), 0, "%s: %s", s->name, err.msg);
-        total *= v;
-        c = e ? e + 1 : c + n;
-    }
-    return total;
-}
-
-/* Random, valid contents by argument name: ids within their ranges, data in [-1, 1). */
-static void fill_arg(const di_spec *s, const di_specialization *p, const di_arg *a, di_dtype t, void *buf, long count,
-                     long rows, uint64_t seed)
-{
-    if (t == DI_F32) { th_fill(buf, (size_t)count, seed); return; }
-    if (t == DI_BF16) {
-        for (long i = 0; i < count; i++) ((uint16_t *)buf)[i] = th_bf16(th_uniform(&seed));
-        return;
-    }
-    int *v = buf;
-    long kvb = s->sched.kv_block ? s->sched.kv_block : 32;
-    for (long i = 0; i < count; i++) {
-        uint64_t r = th_next(&seed);
-        if (!strcmp(a->name, "tok")) v[i] = (int)(r % (uint64_t)di_spec_dim(s, p, "V"));
-        else if (!strcmp(a->name, "pos")) v[i] = (int)(r % (uint64_t)(MAXB * kvb));
-        else if (!strcmp(a->name, "seq")) v[i] = (int)(r % NSEQ);
-        else if (!strcmp(a->name, "btab")) v[i] = (int)((i * 7 + 3) % NBLK);  /* distinct per sequence row */
-        else if (!strcmp(a->name, "src")) v[i] = (int)(r % (uint64_t)rows);
-        else v[i] = 0;
-    }
-    if (!strcmp(a->name, "pos") && di_spec_dim(s, p, "CTX") > 0)
-        for (long i = 0; i < count; i++) v[i] %= (int)di_spec_dim(s, p, "CTX");
-}
+#include "spec_args.h"
 
 /* Runs spec on both backends with the same inputs; every output buffer must match in bits. */
 static void compare_op(di_rt *cpu, di_rt *gpu, const di_spec *s, const di_specialization *p, long rows)
@@ -112,6 +61,11 @@ Test(gpu, exact_every_op_bitwise_equal_to_cpu, .timeout = 600)
         if (s->cls == DI_MATMUL) { di_spec_set_dim(s, &p, "K", 576, NULL); di_spec_set_dim(s, &p, "N", 1536, NULL); }
         for (int r = 0; r < 3; r++) compare_op(cpu, gpu, s, &p, rows[r]);
     }
+    /* a sliding window shorter than the positions (up to 255): masked keys and skipped splits */
+    const di_spec *aw = di_spec_find("attention_window");
+    di_specialization w = th_spec("attention_window", "WIN", 40L, NULL);
+    compare_op(cpu, gpu, aw, &w, 5);
+    compare_op(cpu, gpu, aw, &w, 64);
     /* matmul at shapes off every tile: K 100, N 37; bf16 output */
     const di_spec *mm = di_spec_find("matmul");
     di_specialization p = th_spec("matmul", "K", 100L, "N", 37L, NULL);

@@ -102,7 +102,7 @@ static void cache_free(kv_cache *c) { di_buf_free(c->kc); di_buf_free(c->vc); di
 
 /* One step: tokens (qkv rows with their positions and sequences) are written to the cache,
  * then attend. Returns the attention output rows. */
-static void step(kv_cache *c, const float *qkv, const int *pos, const int *seq, long rows, float *out)
+static void step(kv_cache *c, const float *qkv, const int *pos, const int *seq, long rows, long win, float *out)
 {
     di_buf *bq = th_buf(c->rt, qkv, rows * QKVW * 4), *bp = th_buf(c->rt, pos, rows * 4),
            *bs = th_buf(c->rt, seq, rows * 4), *bo = th_buf(c->rt, NULL, rows * NH * HD * 4);
@@ -110,7 +110,12 @@ static void step(kv_cache *c, const float *qkv, const int *pos, const int *seq, 
     di_val w[] = {{.buf = c->kc}, {.buf = c->vc}, {.buf = bq}, {.buf = bp}, {.buf = bs}, {.buf = c->btab}};
     th_launch(c->rt, th_kernel(c->rt, "kv_write", NULL), w, sizes);
     di_val a[] = {{.buf = bo}, {.buf = bq}, {.buf = c->kc}, {.buf = c->vc}, {.buf = bp}, {.buf = bs}, {.buf = c->btab}};
-    th_launch(c->rt, th_kernel(c->rt, "attention", NULL), a, sizes);
+    if (win) {   /* the sliding-window spec: a query sees its last `win` positions */
+        di_specialization p = th_spec("attention_window", "WIN", win, NULL);
+        th_launch(c->rt, th_kernel(c->rt, "attention_window", &p), a, sizes);
+    } else {
+        th_launch(c->rt, th_kernel(c->rt, "attention", NULL), a, sizes);
+    }
     th_read(bo, out, rows * NH * HD * 4);
     di_buf_free(bq); di_buf_free(bp); di_buf_free(bs); di_buf_free(bo);
 }
@@ -126,7 +131,7 @@ static float *seq_tokens(long n, uint64_t seed)
 
 /* Sequence 0's T tokens fed in chunks of `chunk`; when `mix`, each step also carries tokens
  * of sequence 1 (at its own positions) before and after. */
-static void run_seq(di_rt *rt, const float *x, const float *other, long chunk, bool mix, float *out)
+static void run_seq(di_rt *rt, const float *x, const float *other, long chunk, bool mix, long win, float *out)
 {
     kv_cache c = cache_new(rt);
     long other_pos = 0;
@@ -142,49 +147,59 @@ static void run_seq(di_rt *rt, const float *x, const float *other, long chunk, b
             seq[r] = 0;
         }
         if (mix) { memcpy(q + r * QKVW, other + other_pos * QKVW, QKVW * 4); pos[r] = (int)other_pos++; seq[r++] = 1; }
-        step(&c, q, pos, seq, rows, o);
+        step(&c, q, pos, seq, rows, win, o);
         memcpy(out + t0 * NH * HD, o + (mix ? 1 : 0) * NH * HD, n * NH * HD * 4);
         free(q); free(o); free(pos); free(seq);
     }
     cache_free(&c);
 }
 
-Test(invariance, attention_prefill_chunks_decode_and_mixing_give_same_bits, .timeout = 120)
+/* Whole prompt, chunks of 1, 7 and 64, alone and mixed with another sequence: the same bits;
+ * and the whole-prompt run against double precision. win > 0: the sliding-window spec. */
+static void check_attention(long win)
 {
     di_rt *rt1 = th_rt(DI_BACKEND_C, 1), *rt2 = th_rt(DI_BACKEND_C, 2);
     float *x = seq_tokens(T, 11), *other = seq_tokens(2 * T + 2, 12); /* chunk 1 mixes in 2 per step */
     float *ref = malloc((size_t)T * NH * HD * 4), *got = malloc((size_t)T * NH * HD * 4);
-    run_seq(rt2, x, other, T, false, ref);    /* whole prompt in one step */
+    run_seq(rt2, x, other, T, false, win, ref);    /* whole prompt in one step */
 
     /* accuracy of the reference run against double precision */
     for (long t = 0; t < T; t += 13)
         for (long h = 0; h < NH; h++) {
             const float *q = x + t * QKVW + h * HD;
-            long kvh = h / (NH / NKV);
+            long kvh = h / (NH / NKV), j0 = win && t - win + 1 > 0 ? t - win + 1 : 0;
             double s[T], mx = -INFINITY, sum = 0;
-            for (long j = 0; j <= t; j++) {
+            for (long j = j0; j <= t; j++) {
                 const float *k = x + j * QKVW + NH * HD + kvh * HD;
                 double d = 0;
                 for (long e = 0; e < HD; e++) d += (double)q[e] * k[e];
                 s[j] = d / 8.0;
                 mx = fmax(mx, s[j]);
             }
-            for (long j = 0; j <= t; j++) sum += exp(s[j] - mx);
+            for (long j = j0; j <= t; j++) sum += exp(s[j] - mx);
             for (long d = 0; d < HD; d++) {
                 double o = 0;
-                for (long j = 0; j <= t; j++) o += exp(s[j] - mx) / sum * x[j * QKVW + (NH + NKV) * HD + kvh * HD + d];
+                for (long j = j0; j <= t; j++) o += exp(s[j] - mx) / sum * x[j * QKVW + (NH + NKV) * HD + kvh * HD + d];
                 float g = ref[t * NH * HD + h * HD + d];
-                cr_assert(fabs(g - o) <= 2e-6 * (1 + fabs(o)), "attention t=%ld h=%ld d=%ld: %.9g vs %.9g", t, h, d, g, o);
+                cr_assert(fabs(g - o) <= 2e-6 * (1 + fabs(o)), "attention (window %ld) t=%ld h=%ld d=%ld: %.9g vs %.9g",
+                          win, t, h, d, g, o);
             }
         }
 
     const long chunks[] = {1, 7, 64};
     for (int m = 0; m < 2; m++)
         for (size_t c = 0; c < 3; c++) {
-            run_seq(m ? rt1 : rt2, x, other, chunks[c], m == 1, got);
+            run_seq(m ? rt1 : rt2, x, other, chunks[c], m == 1, win, got);
             cr_assert(th_bits_equal(got, ref, (size_t)T * NH * HD),
-                      "attention with chunk %ld%s differs from the whole prompt", chunks[c], m ? ", mixed batch" : "");
+                      "attention (window %ld) with chunk %ld%s differs from the whole prompt", win, chunks[c],
+                      m ? ", mixed batch" : "");
         }
     free(x); free(other); free(ref); free(got);
     di_rt_close(rt1); di_rt_close(rt2);
 }
+
+Test(invariance, attention_prefill_chunks_decode_and_mixing_give_same_bits, .timeout = 120) { check_attention(0); }
+
+/* A window of 40 over splits of 32: windows that start inside a split (masked keys) and, from
+ * position 64 on, splits wholly before the window (not folded). */
+Test(invariance, attention_window_prefill_chunks_decode_and_mixing_give_same_bits, .timeout = 120) { check_attention(40); }
