@@ -59,17 +59,21 @@ typedef struct shape {
     bool bias, qk_norm, post_norms; /* Qwen 2's qkv biases; Qwen 3 / Gemma 3's per-head norms; Gemma 3 */
     int window;                     /* <arch>.attention.sliding_window (Gemma 3) */
     float llama3_factor;            /* rope_freqs.weight from Llama 3's rope scaling with this factor; 0: none */
+    int llama3_ctx;                 /* its original context (8192 for Llama 3; tiny-llama3's is short, so
+                                     * that the factors change the rotations of its short sequences) */
 } shape;
 
 static const shape shapes[] = {
     {"tiny", "random tiny", "llama", 2, 128, 4, 2, 256, 512, 2048, 10000.0f, 1e-5f, false, .head_dim = 0},
     {"smollm2", "random SmolLM2-135M shape", "llama", 30, 576, 9, 3, 1536, 49152, 8192, 100000.0f, 1e-5f, true, .head_dim = 0},
     {"llama3-8b", "random Llama-3-8B shape", "llama", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0f, 1e-5f, false, .head_dim = 0,
-     .llama3_factor = 8.0f},
+     .llama3_factor = 8.0f, .llama3_ctx = 8192},
     /* the architectures' reference models: small, every feature of the architecture present */
     {"tiny-llama3", "random tiny Llama 3", "llama", 2, 128, 4, 2, 256, 512, 8192, 500000.0f, 1e-5f, false,
-     .llama3_factor = 8.0f},
-    {"tiny-mistral", "random tiny Mistral", "mistral", 2, 128, 4, 1, 320, 512, 4096, 1000000.0f, 1e-5f, false, .head_dim = 0},
+     .llama3_factor = 8.0f, .llama3_ctx = 32},
+    /* Mistral 7B-style: a llama file, as llama.cpp converts Mistral (4:1 grouped queries, theta 1e6) */
+    {"tiny-mistral", "random tiny Mistral", "llama", 2, 128, 4, 1, 320, 512, 4096, 1000000.0f, 1e-5f, false,
+     .head_dim = 0},
     {"tiny-qwen2", "random tiny Qwen 2.5", "qwen2", 2, 128, 4, 2, 256, 512, 4096, 1000000.0f, 1e-6f, true, .bias = true},
     {"tiny-qwen3", "random tiny Qwen 3", "qwen3", 2, 128, 4, 2, 256, 512, 4096, 1000000.0f, 1e-6f, true,
      .head_dim = 48, .qk_norm = true},
@@ -328,11 +332,11 @@ static int metadata(mbuf *b, const shape *s, int type, uint64_t seed, const char
 
 /* Llama 3's rope scaling as factors per frequency pair (what llama.cpp's converter writes to
  * rope_freqs.weight): 1 for short wavelengths, `factor` for long ones, smoothly between, with
- * low_freq_factor 1, high_freq_factor 4 and an original context of 8192. */
+ * low_freq_factor 1, high_freq_factor 4 and the shape's original context. */
 static float llama3_factor(const shape *s, uint64_t i)
 {
     double HD = head_dim(s), freq = pow((double)s->rope_base, -2.0 * (double)i / HD), wavelen = 2 * M_PI / freq;
-    double factor = s->llama3_factor, low = 1, high = 4, old = 8192;
+    double factor = s->llama3_factor, low = 1, high = 4, old = s->llama3_ctx;
     double low_wl = old / low, high_wl = old / high;
     if (wavelen < high_wl) return 1.0f;
     if (wavelen > low_wl) return (float)factor;

@@ -1,0 +1,113 @@
+/* The architectures of model/arch.def against an independent reference: each tiny-* random model
+ * of perf/make_random_gguf is made again from its seed and run, teacher-forced, on the sequences
+ * of tests/data/arch_ref.txt (HF transformers in float64, tests/data/make_arch_ref.py). Every
+ * scored position must give the reference's top-1 id, and the log-probs of the next token and of
+ * the reference's top 4 must be within 1e-4. Exact profile; DETINFER_TEST_BACKEND=cuda runs it on
+ * the GPU (whose exact profile is the CPU's bits). */
+#include "model_fixture.h"
+#include <stdio.h>
+#include <sys/wait.h>
+
+enum { MAXSEQ = 64, MAXREF = 1024 };
+
+typedef struct { long seq, pos; int next, top[4]; double next_lp, top_lp[4]; } ref_row;
+
+typedef struct {
+    int32_t ids[8][MAXSEQ];
+    int n_ids[8], n_seqs;
+    ref_row rows[MAXREF];
+    int n_rows;
+} arch_ref;
+
+static void load_ref(const char *arch, arch_ref *r)
+{
+    FILE *f = fopen(DI_SOURCE_DIR "/tests/data/arch_ref.txt", "r");
+    cr_assert_not_null(f, "tests/data/arch_ref.txt missing");
+    static char line[8192];
+    memset(r, 0, sizeof *r);
+    while (fgets(line, sizeof line, f)) {
+        char a[32];
+        int off = 0;
+        if (!strncmp(line, "ids ", 4)) {
+            long s;
+            if (sscanf(line + 4, "%31s %ld%n", a, &s, &off) != 2 || strcmp(a, arch)) continue;
+            cr_assert(s < 8);
+            char *p = line + 4 + off, *end;
+            for (long v; (v = strtol(p, &end, 10)), end != p; p = end) r->ids[s][r->n_ids[s]++] = (int32_t)v;
+            if (s + 1 > r->n_seqs) r->n_seqs = (int)s + 1;
+            continue;
+        }
+        if (line[0] == '#' || sscanf(line, "%31s", a) != 1 || strcmp(a, arch)) continue;
+        ref_row *x = &r->rows[r->n_rows];
+        int got = sscanf(line, "%31s %ld %ld %d %lf %d %lf %d %lf %d %lf %d %lf", a, &x->seq, &x->pos, &x->next,
+                         &x->next_lp, &x->top[0], &x->top_lp[0], &x->top[1], &x->top_lp[1], &x->top[2], &x->top_lp[2],
+                         &x->top[3], &x->top_lp[3]);
+        cr_assert_eq(got, 13, "arch_ref.txt: a bad line: %s", line);
+        cr_assert(++r->n_rows < MAXREF);
+    }
+    fclose(f);
+    cr_assert(r->n_seqs >= 5 && r->n_rows >= 5 * 32, "%s: %d sequences, %d scored positions in arch_ref.txt", arch,
+              r->n_seqs, r->n_rows);
+}
+
+static void check_arch(const char *arch)
+{
+    arch_ref *ref = malloc(sizeof *ref);
+    load_ref(arch, ref);
+    char path[] = "/tmp/detinfer-arch-XXXXXX.gguf", cmd[512];
+    int fd = mkstemps(path, 5);
+    cr_assert(fd >= 0);
+    close(fd);
+    snprintf(cmd, sizeof cmd, DI_BUILD_DIR "/make_random_gguf %s --shape tiny-%s --seed 1 --quiet", path, arch);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+
+    const char *b = getenv("DETINFER_TEST_BACKEND");
+    di_rt_opts ro = {.backend = b && !strcmp(b, "cuda") ? DI_BACKEND_CUDA : DI_BACKEND_C, .threads = 2,
+                     .profile = DI_PROFILE_EXACT};
+    di_rt *rt;
+    di_model *m;
+    di_err e = {0};
+    cr_assert_eq(di_rt_open(&ro, &rt, &e), 0, "%s", e.msg);
+    di_model_opts o = {.max_batch_tokens = MAXSEQ, .ctx = MAXSEQ, .kv_blocks = 4, .max_seqs = 1};
+    cr_assert_eq(di_model_load(path, rt, &o, &m, &e), 0, "%s: %s", arch, e.msg);
+    int V = di_model_config(m)->vocab;
+    cr_assert_eq(di_model_set_blocks(m, 0, (int32_t[]){0, 1}, 2, &e), 0, "%s", e.msg);
+    float *lp = malloc((size_t)MAXSEQ * V * sizeof(float));
+    double worst = 0;
+    int top1 = 0;
+    for (int s = 0; s < ref->n_seqs; s++) {
+        int n = ref->n_ids[s];
+        int32_t pos[MAXSEQ], seq[MAXSEQ] = {0}, rows[MAXSEQ];
+        for (int i = 0; i < n; i++) pos[i] = rows[i] = i;
+        di_step st = {n, ref->ids[s], pos, seq, n, rows, lp, NULL, NULL};
+        cr_assert_eq(di_model_forward(m, &st, &e), 0, "%s: %s", arch, e.msg);
+        for (int k = 0; k < ref->n_rows; k++) {
+            const ref_row *x = &ref->rows[k];
+            if (x->seq != s) continue;
+            const float *row = lp + (size_t)x->pos * V;
+            int best = 0;
+            for (int v = 1; v < V; v++) best = row[v] > row[best] ? v : best;
+            cr_assert_eq(best, x->top[0], "%s: sequence %d position %ld: top-1 %d, the reference's %d (%.6f vs %.6f)",
+                         arch, s, x->pos, best, x->top[0], (double)row[best], x->top_lp[0]);
+            top1++;
+            double d = fabs(row[x->next] - x->next_lp);
+            for (int t = 0; t < 4; t++) d = fmax(d, fabs(row[x->top[t]] - x->top_lp[t]));
+            cr_assert(d <= 1e-4, "%s: sequence %d position %ld: log-prob error %.3g over 1e-4", arch, s, x->pos, d);
+            worst = fmax(worst, d);
+        }
+    }
+    cr_log_info("%s: top-1 equal at %d of %d positions; largest log-prob error %.3g (tolerance 1e-4)", arch, top1,
+                ref->n_rows, worst);
+    cr_assert_eq(top1, ref->n_rows);
+    free(lp);
+    di_model_free(m);
+    di_rt_close(rt);
+    unlink(path);
+    free(ref);
+}
+
+Test(arch, llama3_matches_hf_float64, .timeout = 300) { check_arch("llama3"); }
+Test(arch, mistral_matches_hf_float64, .timeout = 300) { check_arch("mistral"); }
+Test(arch, qwen2_matches_hf_float64, .timeout = 300) { check_arch("qwen2"); }
+Test(arch, qwen3_matches_hf_float64, .timeout = 300) { check_arch("qwen3"); }
+Test(arch, gemma3_matches_hf_float64, .timeout = 300) { check_arch("gemma3"); }
