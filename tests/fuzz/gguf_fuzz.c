@@ -21,7 +21,9 @@
  *
  * Every crasher found goes into tests/fuzz/corpus/ (name it crash-*), where the Criterion test
  * gguf::fuzz_corpus_replays_cleanly replays it. Replay one by hand: /tmp/gguf_fuzz FILE.
- * The gen_* seeds and edge cases are written by tests/test_gguf.c (DI_GGUF_WRITE_CORPUS=1). */
+ * The gen_* seeds and edge cases are written by tests/test_gguf.c (DI_GGUF_WRITE_CORPUS=1);
+ * the fuzz_* files are inputs the fuzzer found, one per llama cross-check they reach (the
+ * smallest of each kind, not the whole scratch corpus). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
