@@ -345,7 +345,7 @@ static int make_requests(const args *a, const di_tokenizer *tok, char **texts, i
         r->prompt = ids[i];
         r->n_prompt = (int)n;
         r->n_predict = a->n_predict < a->ctx - (int)n ? a->n_predict : a->ctx - (int)n;
-        r->sampler = (di_sampler){a->temp, a->top_k, a->top_p, a->seed};
+        r->sampler = (di_sampler){a->temp, a->top_k, a->top_p, a->seed, 0};
         r->rng_id = 0;   /* every request draws from its own (seed, position) stream: batch mates cannot shift it */
         r->chunk = a->chunk;
         /* a seeded schedule spreads arrivals over about four steps per request, so the
