@@ -187,7 +187,7 @@ static void accept(const di_engine_opts *o, di_request *r, int32_t tok, float lp
     r->logprobs[r->n_gen] = lp;
     r->n_gen++;
     if (o->on_token) o->on_token(o->ctx, r, tok);
-    if (is_stop(o, tok)) r->finish = DI_DONE_EOS;
+    if (!r->ignore_stop && is_stop(o, tok)) r->finish = DI_DONE_EOS;
     else if (r->n_gen >= r->n_predict) r->finish = DI_DONE_LENGTH;
 }
 
@@ -629,7 +629,7 @@ int di_engine_step(di_engine *e, bool *busy, di_err *err)
 
 void di_engine_get_info(const di_engine *e, di_engine_info *out)
 {
-    *out = (di_engine_info){.blocks_total = e->p.nb, .step = e->step, .last_step_s = e->last_step_s};
+    *out = (di_engine_info){.blocks_total = e->p.nb, .step = e->step, .steps = e->st.steps, .last_step_s = e->last_step_s};
     for (int i = 0; i < e->n; i++) {
         if (e->sub[i]->slot >= 0) out->running++;
         else if (e->sub[i]->finish == DI_RUNNING) out->waiting++;

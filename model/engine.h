@@ -33,6 +33,7 @@ typedef struct di_request {
     int chunk;                /* prefill chunk size; <= 0: whole prompt in one step */
     bool score_prompt;        /* record prompt_lp (such a request computes its whole prompt: no prefix reuse) */
     long arrival_step;        /* admitted no earlier than this engine step */
+    bool ignore_stop;         /* generate n_predict tokens even past the engine's stop ids */
     int top_n;                /* 0..DI_TOP_MAX: keep the top_n (log-prob, id) of every output row */
     void *user;               /* the caller's; the engine never reads it */
     /* out */
@@ -83,6 +84,7 @@ typedef struct di_engine_info {
     int running, waiting;     /* requests with a sequence slot; submitted and not admitted (or preempted) */
     int blocks_total, blocks_held, blocks_cached;   /* held: by a request; cached: in the prefix cache */
     long step;                /* the engine clock */
+    long steps;               /* forward steps run */
     double last_step_s;       /* wall time of the last forward step */
 } di_engine_info;
 
