@@ -365,7 +365,7 @@ static int decode_tokenize(ctx *c, di_api_request *r)
     if (!r->prompts) return oom(c);
     r->n_prompts = 1;
     if (!(r->prompts[0].text = dup_str(t, &r->prompts[0].text_len))) return oom(c);
-    return get_bool(c, "add_special", &r->add_special);
+    return get_bool(c, "parse_special", &r->parse_special);
 }
 
 static int decode_detokenize(ctx *c, di_api_request *r)

@@ -42,7 +42,7 @@ typedef struct di_api_request {
     char *stop[DI_API_MAX_STOP];
     int n_stop;
     int logprobs;             /* top-N log-probs per token (completions: logprobs; chat: top_logprobs); -1: none */
-    bool echo, stream, include_usage, ignore_eos, add_special;
+    bool echo, stream, include_usage, ignore_eos, parse_special;
     int n;                    /* choices per prompt */
 } di_api_request;
 

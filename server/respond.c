@@ -49,7 +49,7 @@ static json_t *token_json(const di_tokenizer *tok, int32_t id)
 {
     const char *b;
     size_t n;
-    if (di_token_piece(tok, id, &b, &n)) return json_string("");
+    if (!tok || di_token_piece(tok, id, &b, &n)) return json_string("");
     if (di_utf8_valid(b, n)) return json_stringn(b, n);
     di_str s = {0};
     di_str_puts(&s, "bytes:");
@@ -64,7 +64,7 @@ static json_t *bytes_json(const di_tokenizer *tok, int32_t id)
     const char *b;
     size_t n = 0;
     json_t *a = json_array();
-    if (!di_token_piece(tok, id, &b, &n))
+    if (tok && !di_token_piece(tok, id, &b, &n))
         for (size_t i = 0; i < n; i++) json_array_append_new(a, json_integer((unsigned char)b[i]));
     return a;
 }
@@ -160,7 +160,7 @@ static void prompt_text(struct di_server *s, const job *j, const choice *c, di_s
     for (int i = 0; i < c->n_ids; i++) {
         const char *b;
         size_t n;
-        if (!di_token_piece(s->tok, c->ids[i], &b, &n)) di_str_putn(out, b, n);
+        if (s->tok && !di_token_piece(s->tok, c->ids[i], &b, &n)) di_str_putn(out, b, n);
     }
     if (!out->p) di_str_putn(out, "", 0);
 }

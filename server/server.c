@@ -105,7 +105,7 @@ static void on_token(void *ctx, const di_request *r, int32_t t)
     if (!(is_stop_id(s, t) && !r->ignore_stop)) {
         const char *b;
         size_t n;
-        if (!di_token_piece(s->tok, t, &b, &n)) di_str_putn(&c->raw, b, n);
+        if (s->tok && !di_token_piece(s->tok, t, &b, &n)) di_str_putn(&c->raw, b, n);
     }
     if (!c->raw.p) di_str_putn(&c->raw, "", 0);
     c->tok_end[r->n_gen - 1] = c->raw.len;
@@ -277,6 +277,7 @@ static void *engine_main(void *arg)
     s->start_rc = rc;
     s->start_err = err;
     if (e) di_engine_get_info(e, &s->info);
+    if (m && !s->vocab) s->vocab = di_model_config(m)->vocab;
     pthread_cond_broadcast(&s->engine_cv);
     pthread_mutex_unlock(&s->mu);
     if (!rc) serve_loop(&ec);
@@ -350,6 +351,12 @@ static int tokenize_prompt(di_server *s, const di_api_request *q, int i, int32_t
     size_t len = 0;
     char param[32];
     snprintf(param, sizeof param, q->n_prompts > 1 ? "prompt[%d]" : "prompt", i);
+    /* a model whose tokenizer detinfer cannot read (a random-weight benchmark model) takes token ids only */
+    if (!s->tok && (q->kind == DI_API_CHAT || q->prompts[i].text))
+        return di_api_fail(e, 422, q->kind == DI_API_CHAT ? "messages" : param, "no_tokenizer",
+                           "this model's tokenizer is not supported: send the prompt as token ids");
+    if (q->kind == DI_API_CHAT && !s->tmpl)
+        return di_api_fail(e, 422, "messages", "no_chat_template", "this model's chat template is not supported: use /v1/completions");
     if (q->kind == DI_API_CHAT) {
         di_chat_msg *m = calloc((size_t)q->n_msgs, sizeof *m);
         if (!m) return di_api_fail(e, 500, NULL, NULL, "out of memory");
@@ -559,12 +566,17 @@ static enum MHD_Result tokenize_route(di_server *s, struct MHD_Connection *conn,
     di_api_request q;
     di_api_error e = {0};
     if (di_api_decode(kind, cs->body.p ? cs->body.p : "", cs->body.len, s->vocab, &q, &e)) return send_error(s, conn, &e);
+    if (!s->tok) {
+        di_api_request_free(&q);
+        di_api_fail(&e, 422, NULL, "no_tokenizer", "this model's tokenizer is not supported");
+        return send_error(s, conn, &e);
+    }
     json_t *o;
     if (kind == DI_API_TOKENIZE) {
         int32_t *ids = NULL;
         size_t n = 0;
         di_err err = {0};
-        if (di_tokenize(s->tok, q.prompts[0].text, q.prompts[0].text_len, q.add_special, &ids, &n, &err)) {
+        if (di_tokenize(s->tok, q.prompts[0].text, q.prompts[0].text_len, q.parse_special, &ids, &n, &err)) {
             di_api_fail(&e, 422, "content", "invalid_value", "%s", err.msg);
             di_api_request_free(&q);
             return send_error(s, conn, &e);
@@ -779,10 +791,10 @@ int di_server_start(const di_server_opts *o, const di_tokenizer *tok, const di_c
     if (!s->o.host) s->o.host = "127.0.0.1";
     s->tok = tok;
     s->tmpl = tmpl;
-    s->vocab = di_tokenizer_vocab_size(tok);
+    s->vocab = tok ? di_tokenizer_vocab_size(tok) : 0;   /* without a tokenizer: the model's, once loaded */
     s->created = (long)time(NULL);
     snprintf(s->model_id, sizeof s->model_id, "%s", o->model_name);
-    int32_t cand[2] = {di_tokenizer_eos(tok), di_tokenizer_special(tok, "<|endoftext|>")};
+    int32_t cand[2] = {tok ? di_tokenizer_eos(tok) : -1, tok ? di_tokenizer_special(tok, "<|endoftext|>") : -1};
     for (int i = 0; i < 2; i++)
         if (cand[i] >= 0 && (s->n_stops == 0 || s->stops[0] != cand[i])) s->stops[s->n_stops++] = cand[i];
     pthread_mutex_init(&s->mu, NULL);

@@ -181,8 +181,15 @@ int main(int argc, char **argv)
         t0 = (double)t.tv_sec + t.tv_nsec * 1e-9;
     }
     rc = di_gguf_open(path, &g, &err);
-    if (!rc) rc = di_tokenizer_load(g, &tok, &err);
-    if (!rc) rc = di_chat_template_load(g, NULL, &tmpl, &err);
+    /* without a tokenizer or a chat template the server still takes token-id prompts */
+    if (!rc && di_tokenizer_load(g, &tok, &err)) {
+        fprintf(stderr, "serve: %s: token-id prompts only\n", err.msg);
+        tok = NULL;
+    }
+    if (!rc && tok && di_chat_template_load(g, NULL, &tmpl, &err)) {
+        fprintf(stderr, "serve: %s: no /v1/chat/completions\n", err.msg);
+        tmpl = NULL;
+    }
     if (!rc) rc = di_server_start(&a.o, tok, tmpl, &s, &err);
     if (rc) {
         fprintf(stderr, "serve: %s\n", err.msg);
