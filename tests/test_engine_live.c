@@ -75,7 +75,8 @@ Test(engine_live, subject_same_when_submitted_at_random_steps_among_cancels, .ti
                 cr_assert_eq(di_engine_submit(eng, &L->r[i], &e), 0, "%s", e.msg);
                 submitted++;
             }
-        if (L->r[victim].slot >= 0 && ++victim_steps == 2) {
+        /* (a request's slot means something only once it is submitted) */
+        if (at[victim] < step && L->done[victim] == 0 && L->r[victim].slot >= 0 && ++victim_steps == 2) {
             di_engine_info before, after;
             di_engine_get_info(eng, &before);
             int held = L->r[victim].n_blocks;
@@ -92,6 +93,7 @@ Test(engine_live, subject_same_when_submitted_at_random_steps_among_cancels, .ti
         cr_assert_eq(di_engine_step(eng, &busy, &e), 0, "%s", e.msg);
     }
     cr_assert_eq(submitted, 2 + NBG);
+    cr_assert_eq(L->r[victim].finish, DI_DONE_CANCEL, "the victim was never cancelled");
     cr_assert(!busy, "the engine did not drain");
     di_engine_info end;
     di_engine_get_info(eng, &end);
