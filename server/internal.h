@@ -25,6 +25,7 @@ typedef struct choice {
     bool stopped;             /* a stop string matched: the text ends at stop_at */
     size_t stop_at;
     bool done;
+    bool started;             /* produced a token or ended: no longer counted as waiting */
     int end;                  /* END_* once done */
     /* the HTTP thread's */
     size_t sent;              /* bytes of raw streamed */
@@ -73,6 +74,7 @@ struct di_server {
     /* under mu */
     job *inbox, *inbox_tail;
     int inbox_choices;
+    int pending;              /* choices accepted that have not started (no token yet, not done) */
     int jobs_alive;           /* accepted and not yet freed */
     bool draining, stop_engine, fatal;
     double drain_deadline;

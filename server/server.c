@@ -110,6 +110,7 @@ static void on_token(void *ctx, const di_request *r, int32_t t)
     if (!c->raw.p) di_str_putn(&c->raw, "", 0);
     c->tok_end[r->n_gen - 1] = c->raw.len;
     c->n_pub = r->n_gen;
+    if (!c->started) { c->started = true; s->pending--; }
     if (!c->stopped && c->job->q.n_stop && c->raw.len > before) {
         long at = find_stop(c, before);
         if (at >= 0) { c->stopped = true; c->stop_at = (size_t)at; }
@@ -126,6 +127,7 @@ static void on_done(void *ctx, di_request *r)
     pthread_mutex_lock(&s->mu);
     c->n_pub = r->n_gen;
     c->done = true;
+    if (!c->started) { c->started = true; s->pending--; }
     c->end = c->stopped || r->finish == DI_DONE_EOS ? END_STOP : r->finish == DI_DONE_LENGTH ? END_LENGTH
            : c->job->client_gone ? END_CANCEL : END_ABORT;
     s->m.prompt_tokens += r->n_prompt;
@@ -140,6 +142,7 @@ static void fail_choice(di_server *s, choice *c, int status, const char *msg)
     pthread_mutex_lock(&s->mu);
     if (!c->job->err.status) di_api_fail(&c->job->err, status, NULL, NULL, "%s", msg);
     c->done = true;
+    if (!c->started) { c->started = true; s->pending--; }
     c->end = END_ERROR;
     c->job->n_done++;
     pthread_cond_broadcast(&c->job->cv);
@@ -442,7 +445,9 @@ static int make_job(di_server *s, di_api_request *q, job **out, di_api_error *e)
 static int enqueue(di_server *s, job *j, di_api_error *e)
 {
     pthread_mutex_lock(&s->mu);
-    int waiting = s->inbox_choices + s->info.waiting;
+    /* waiting: accepted and not started, counted by this side (the engine's own view is as of
+     * its last step boundary, which a client that just got its first token may have outrun) */
+    int waiting = s->pending;
     int rc = 0;
     if (s->draining) rc = di_api_fail(e, 503, NULL, "shutting_down", "the server is shutting down");
     else if (s->fatal) rc = di_api_fail(e, 503, NULL, "engine_failed", "the engine failed; the server no longer serves");
@@ -455,6 +460,7 @@ static int enqueue(di_server *s, job *j, di_api_error *e)
         if (s->inbox_tail) s->inbox_tail->next = j; else s->inbox = j;
         s->inbox_tail = j;
         s->inbox_choices += j->n_ch;
+        s->pending += j->n_ch;
         s->jobs_alive++;
         pthread_cond_signal(&s->engine_cv);
     }
@@ -637,7 +643,7 @@ static enum MHD_Result metrics_route(di_server *s, struct MHD_Connection *conn)
     pthread_mutex_lock(&s->mu);
     metrics m = s->m;
     di_engine_info in = s->info;
-    int inbox = s->inbox_choices;
+    int pending = s->pending;
     pthread_mutex_unlock(&s->mu);
     di_str_puts(&t, "# HELP detinfer_requests_total API requests answered, by outcome.\n# TYPE detinfer_requests_total counter\n");
     const char *names[] = {"ok", "cancelled", "aborted", "client_error", "server_error", "rejected"};
@@ -647,8 +653,8 @@ static enum MHD_Result metrics_route(di_server *s, struct MHD_Connection *conn)
                       "detinfer_prompt_tokens_total %ld\n", m.prompt_tokens);
     di_str_printf(&t, "# HELP detinfer_generated_tokens_total Tokens generated.\n# TYPE detinfer_generated_tokens_total counter\n"
                       "detinfer_generated_tokens_total %ld\n", m.gen_tokens);
-    di_str_printf(&t, "# HELP detinfer_queue_depth Requests waiting for a sequence slot.\n# TYPE detinfer_queue_depth gauge\n"
-                      "detinfer_queue_depth %d\n", inbox + in.waiting);
+    di_str_printf(&t, "# HELP detinfer_queue_depth Requests accepted that have not started generating.\n"
+                      "# TYPE detinfer_queue_depth gauge\ndetinfer_queue_depth %d\n", pending);
     di_str_printf(&t, "# HELP detinfer_requests_running Requests holding a sequence slot.\n# TYPE detinfer_requests_running gauge\n"
                       "detinfer_requests_running %d\n", in.running);
     di_str_printf(&t, "# HELP detinfer_kv_blocks_in_use KV cache blocks held by requests.\n# TYPE detinfer_kv_blocks_in_use gauge\n"

@@ -5,6 +5,7 @@
  * build/pydeps. */
 #include "model_fixture.h"
 #include "server/api.h"
+#include "base/utf8.h"
 #include <dirent.h>
 #include <sys/wait.h>
 
@@ -170,4 +171,32 @@ Test(server, openai_client_gets_the_same_bits_under_load, .timeout = 900)
 Test(server, bad_input_full_queue_and_sigterm, .timeout = 600)
 {
     drive("faults");
+}
+
+/* The output rule (base/utf8.h): hold back an incomplete trailing character, replace what is
+ * invalid with U+FFFD; sanitizing a complete prefix and then the rest equals the whole. */
+Test(server, utf8_hold_back_and_replace)
+{
+    const char *e_acute = "caf\xc3\xa9", *cut = "caf\xc3", *euro3 = "\xe2\x82\xac";
+    cr_assert_eq(di_utf8_complete(cut, 4), 3);
+    cr_assert_eq(di_utf8_complete(e_acute, 5), 5);
+    cr_assert_eq(di_utf8_complete(euro3, 2), 0);
+    cr_assert_eq(di_utf8_complete("a\xff", 2), 2, "an invalid byte is not held back: it never completes");
+    di_str s = {0};
+    di_utf8_sanitize(&s, cut, 4);
+    cr_assert_str_eq(s.p, "caf\xef\xbf\xbd");
+    di_str_free(&s);
+    di_utf8_sanitize(&s, "\xed\xa0\x80x\xf0\x9f\x98\x80", 8);   /* a surrogate (3 replacements), x, an emoji */
+    cr_assert_str_eq(s.p, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbdx\xf0\x9f\x98\x80");
+    cr_assert(di_utf8_valid(s.p, s.len));
+    di_str_free(&s);
+    const char *mix = "ab\xc3\xa9\xe2\x82";
+    size_t k = di_utf8_complete(mix, 6);
+    di_str whole = {0}, parts = {0};
+    di_utf8_sanitize(&whole, mix, 6);
+    di_utf8_sanitize(&parts, mix, k);
+    di_utf8_sanitize(&parts, mix + k, 6 - k);
+    cr_assert_str_eq(whole.p, parts.p);
+    di_str_free(&whole);
+    di_str_free(&parts);
 }

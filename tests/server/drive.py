@@ -345,6 +345,7 @@ def section_faults(args):
     first_event(A[1])
     B = start_stream("Count to ten", 200)
     first_event(B[1])
+    check(s.metrics()["detinfer_queue_depth"] == 0, "A and B have tokens yet count as waiting")
     Cq = start_stream("Name a color", 4)      # waits: both sequence slots are taken
     deadline = time.time() + 60
     while s.metrics()["detinfer_queue_depth"] < 1 and time.time() < deadline:
