@@ -130,6 +130,13 @@ def section_client(args):
         check(G[2][i][0] == G[0][i] and G[3][i][0] == b, "greedy token %d is not its top-1" % i)
     log("greedy:", repr(g.choices[0].text), G[1])
 
+    # a stop string ends the text before it (" Paris.\n\n" stopped at "."), streamed or not;
+    # the stream holds back what could begin it
+    st = cl.completions.create(model=model, prompt=PROMPT, max_tokens=4, temperature=0, stop=["."])
+    check(st.choices[0].text == " Paris" and st.choices[0].finish_reason == "stop", "stop: %r" % st.choices[0])
+    text, _, _, fin = stream_completion(cl, model=model, prompt=PROMPT, max_tokens=4, temperature=0, stop=["s.\n"])
+    check(text == " Pari" and fin == "stop", "streamed stop: %r %r" % (text, fin))
+
     # generate --json on the same request: the same tokens and bits
     out = subprocess.run([args.generate, "-m", args.model, "--device", "cpu", "-t", str(args.threads), "-p", PROMPT,
                           "-n", "4", "--temp", "0", "--json", "--logprobs", "2"], capture_output=True, text=True, timeout=300)
@@ -239,8 +246,8 @@ def section_client(args):
     check(m["detinfer_generated_tokens_total"] - before["detinfer_generated_tokens_total"] < 200, "the request ran to the end")
     log("disconnect freed %d blocks" % held)
 
-    # every request answered exactly once: 3 + 1 + 16 + 2 ok, 1 cancelled, nothing else
-    check(m['detinfer_requests_total{outcome="ok"}'] == 22, "ok count %r" % m)
+    # every request answered exactly once: 5 + 1 + 16 + 2 ok, 1 cancelled, nothing else
+    check(m['detinfer_requests_total{outcome="ok"}'] == 24, "ok count %r" % m)
     for o in ("aborted", "client_error", "server_error", "rejected"):
         check(m['detinfer_requests_total{outcome="%s"}' % o] == 0, "%s count %r" % (o, m))
     rc, err = s.stop()
