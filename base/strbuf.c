@@ -23,6 +23,14 @@ void di_str_puts(di_str *s, const char *text)
     s->len += n;
 }
 
+void di_str_putn(di_str *s, const char *bytes, size_t n)
+{
+    reserve(s, n);
+    if (n) memcpy(s->p + s->len, bytes, n);
+    s->len += n;
+    s->p[s->len] = 0;
+}
+
 void di_str_printf(di_str *s, const char *fmt, ...)
 {
     va_list ap;

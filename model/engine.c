@@ -1,5 +1,6 @@
 #include "model/engine.h"
 #include "base/sha256.h"
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -22,7 +23,9 @@ int di_request_blocks(const di_request *r) { return blocks_for(r->n_prompt + r->
 void di_request_release(di_request *r)
 {
     free(r->tokens); free(r->logprobs); free(r->prompt_lp); free(r->blocks);
+    free(r->top_lp); free(r->top_id); free(r->prompt_top_lp); free(r->prompt_top_id);
     r->tokens = NULL; r->logprobs = NULL; r->prompt_lp = NULL; r->blocks = NULL;
+    r->top_lp = NULL; r->top_id = NULL; r->prompt_top_lp = NULL; r->prompt_top_id = NULL;
 }
 
 /* A request's known sequence: the prompt, then what it generated. After a preemption the
@@ -184,7 +187,7 @@ static void accept(const di_engine_opts *o, di_request *r, int32_t tok, float lp
     r->logprobs[r->n_gen] = lp;
     r->n_gen++;
     if (o->on_token) o->on_token(o->ctx, r, tok);
-    if (is_stop(o, tok)) r->finish = DI_DONE_EOS;
+    if (!r->ignore_stop && is_stop(o, tok)) r->finish = DI_DONE_EOS;
     else if (r->n_gen >= r->n_predict) r->finish = DI_DONE_LENGTH;
 }
 
@@ -197,22 +200,24 @@ typedef struct step_plan {
     int *kind;                /* per output row: 0 next token, 1 prompt score only */
 } step_plan;
 
-typedef struct engine {
+struct di_engine {
     di_model *m;
-    const di_engine_opts *o;
-    di_request **reqs;
-    int n, kvb, V, max_seqs;  /* max_seqs: the option, capped by the model's sequence slots */
-    int *order;               /* request indexes by (arrival step, index): first come, first served */
+    di_engine_opts o;
+    di_request **sub;         /* the requests inside, in submission order */
+    di_request **arr;         /* the same by (arrival step, submission): first come, first served */
+    int n, cap, kvb, V, max_seqs;  /* max_seqs: the option, capped by the model's sequence slots */
+    long submitted;           /* submissions so far: the N of "request N" in messages */
     int *slot_used;
     pool p;
     step_plan plan;
     float *lp;
     int32_t *greedy;
     long step, admit_seq;     /* step: engine steps so far, the clock arrivals are given in */
-    double t0;
+    double t0, last_step_s;
     di_engine_stats st;
     di_err *err;
-} engine;
+};
+typedef struct di_engine engine;
 
 enum { NEED_BLOCK = -1 };     /* planning ran out of KV blocks: someone must be preempted */
 
@@ -246,7 +251,7 @@ static bool preempt_newest(engine *e)
 {
     di_request *v = NULL;
     for (int i = 0; i < e->n; i++) {
-        di_request *r = e->reqs[i];
+        di_request *r = e->sub[i];
         if (r->slot >= 0 && (!v || r->admit_seq > v->admit_seq)) v = r;
     }
     if (!v) return false;
@@ -290,7 +295,7 @@ static void plan_positions(step_plan *p, di_request *r, int take)
 /* How many of r's pending positions go in this step: its chunk, within the budget left. */
 static int chunk_take(const engine *e, const di_request *r)
 {
-    int left = known(r) - r->n_fed, budget = e->o->max_batch_tokens - e->plan.n;
+    int left = known(r) - r->n_fed, budget = e->o.max_batch_tokens - e->plan.n;
     int take = r->chunk > 0 && r->chunk < left ? r->chunk : left;
     return take < budget ? take : budget;
 }
@@ -300,7 +305,7 @@ static int plan_running(engine *e)
 {
     for (int pass = 0; pass < 2; pass++)
         for (int k = 0; k < e->n; k++) {
-            di_request *r = e->reqs[e->order[k]];
+            di_request *r = e->arr[k];
             if (r->slot < 0 || is_decode(r) != (pass == 0)) continue;
             int take = chunk_take(e, r);
             if (take <= 0) continue;
@@ -317,7 +322,7 @@ static int plan_step(engine *e, bool *preempted)
 {
     for (;;) {
         e->plan.n = e->plan.n_out = e->plan.n_prefill = 0;
-        for (int i = 0; i < e->n; i++) e->reqs[i]->take = 0;
+        for (int i = 0; i < e->n; i++) e->sub[i]->take = 0;
         int rc = plan_running(e);
         if (rc != NEED_BLOCK) return rc;
         if (!preempt_newest(e)) return di_fail(e->err, DI_ENOMEM, "KV cache pool exhausted with no request to preempt");
@@ -331,7 +336,7 @@ static int plan_step(engine *e, bool *preempted)
 static int match_prefix(engine *e, di_request *r, uint8_t chain[32])
 {
     memset(chain, 0, 32);
-    if (!e->o->prefix_cache || r->score_prompt) return 0;   /* scoring needs every prompt row computed */
+    if (!e->o.prefix_cache || r->score_prompt) return 0;   /* scoring needs every prompt row computed */
     int max = (known(r) - 1) / e->kvb, n = 0;
     uint8_t key[32];
     for (; n < max; n++) {
@@ -375,7 +380,7 @@ static int try_admit(engine *e, di_request *r, bool *admitted)
     int s = 0;
     while (s < e->max_seqs && e->slot_used[s]) s++;
     *admitted = false;
-    if (s == e->max_seqs || e->plan.n >= e->o->max_batch_tokens) return DI_OK;
+    if (s == e->max_seqs || e->plan.n >= e->o.max_batch_tokens) return DI_OK;
     uint8_t chain[32];
     int hits = match_prefix(e, r, chain);
     r->n_fed = hits * e->kvb;                       /* for chunk_take; undone if r must wait */
@@ -393,7 +398,7 @@ static int try_admit(engine *e, di_request *r, bool *admitted)
 static int admit(engine *e)
 {
     for (int k = 0; k < e->n; k++) {
-        di_request *r = e->reqs[e->order[k]];
+        di_request *r = e->arr[k];
         if (r->slot >= 0 || r->finish != DI_RUNNING) continue;
         if (r->arrival_step > e->step) break;
         bool ok;
@@ -414,6 +419,39 @@ static void register_blocks(engine *e, di_request *r)
     }
 }
 
+/* The n best (log-prob, id) of a row by (log-prob desc, id asc), the sampler's total order:
+ * insertion into a sorted prefix, NaN skipped. Copies of computed values; no arithmetic. */
+static void top_select(const float *row, int V, int n, float *lp, int32_t *id)
+{
+    int have = 0;
+    for (int32_t t = 0; t < V; t++) {
+        float x = row[t];
+        if (x != x) continue;
+        if (have == n && !(x > lp[n - 1])) continue;   /* ties keep the lower id, already in */
+        int j = have < n ? have++ : n - 1;
+        while (j > 0 && x > lp[j - 1]) { lp[j] = lp[j - 1]; id[j] = id[j - 1]; j--; }
+        lp[j] = x;
+        id[j] = t;
+    }
+    for (; have < n; have++) { lp[have] = -INFINITY; id[have] = -1; }   /* a vocabulary of NaN */
+}
+
+/* One output row of r: a prompt position to score, or the next token. */
+static void take_row(engine *e, di_request *r, const float *row, int pos, int kind, int32_t greedy, double t)
+{
+    int n = r->top_n;
+    if (kind == 1) {
+        r->prompt_lp[pos] = row[r->prompt[pos + 1]];
+        if (n) top_select(row, e->V, n, r->prompt_top_lp + (size_t)pos * n, r->prompt_top_id + (size_t)pos * n);
+        return;
+    }
+    /* a scoring request with nothing to generate ends at its last prompt row */
+    if (r->n_gen >= r->n_predict) { r->finish = DI_DONE_LENGTH; return; }
+    if (n) top_select(row, e->V, n, r->top_lp + (size_t)r->n_gen * n, r->top_id + (size_t)r->n_gen * n);
+    int32_t tok = di_sample(&r->sampler, row, e->V, greedy, r->rng_id, (uint64_t)pos + 1);
+    accept(&e->o, r, tok, row[tok], t);
+}
+
 /* The forward pass of the plan, then sampling, scoring and the new KV's bookkeeping. */
 static int run_step(engine *e)
 {
@@ -424,19 +462,14 @@ static int run_step(engine *e)
     if (rc) return rc;
     double te = now();
     e->st.steps++;
+    e->last_step_s = te - ts;
     if (p->n_prefill) e->st.prefill_s += te - ts; else e->st.decode_s += te - ts;
-    for (int k = 0; k < p->n_out; k++) {
-        di_request *r = p->owner[k];
-        const float *row = e->lp + (size_t)k * e->V;
-        int pos = p->pos[p->out_rows[k]];
-        if (p->kind[k] == 1) { r->prompt_lp[pos] = row[r->prompt[pos + 1]]; continue; }
-        int32_t tok = di_sample(&r->sampler, row, e->V, e->greedy[k], r->rng_id, (uint64_t)pos + 1);
-        accept(e->o, r, tok, row[tok], te - e->t0);
-    }
+    for (int k = 0; k < p->n_out; k++)
+        take_row(e, p->owner[k], e->lp + (size_t)k * e->V, p->pos[p->out_rows[k]], p->kind[k], e->greedy[k], te - e->t0);
     for (int i = 0; i < e->n; i++) {
-        di_request *r = e->reqs[i];
+        di_request *r = e->sub[i];
         r->n_fed += r->take;
-        if (r->take && e->o->prefix_cache) register_blocks(e, r);
+        if (r->take && e->o.prefix_cache) register_blocks(e, r);
         r->take = 0;
         if (r->slot >= 0 && r->finish != DI_RUNNING) { r->t_end = now() - e->t0; leave(e, r); }
     }
@@ -448,7 +481,7 @@ static bool skip_to_arrival(engine *e)
 {
     long next = -1;
     for (int i = 0; i < e->n; i++) {
-        const di_request *r = e->reqs[i];
+        const di_request *r = e->sub[i];
         if (r->finish == DI_RUNNING && r->slot < 0 && (next < 0 || r->arrival_step < next)) next = r->arrival_step;
     }
     if (next < 0) return false;
@@ -456,8 +489,124 @@ static bool skip_to_arrival(engine *e)
     return true;
 }
 
-static int run_loop(engine *e)
+/* ---- requests in and out ------------------------------------------------------------------ */
+
+static void remove_from(di_request **list, int n, const di_request *r)
 {
+    int i = 0;
+    while (i < n && list[i] != r) i++;
+    if (i < n) memmove(list + i, list + i + 1, sizeof *list * (size_t)(n - i - 1));
+}
+
+/* r leaves the engine's lists: its digest, its share of the stats. */
+static void let_go(engine *e, di_request *r)
+{
+    if (r->slot >= 0) leave(e, r);
+    if (r->tokens) digest(r);
+    e->st.prompt_tokens += r->n_prompt;
+    e->st.gen_tokens += r->n_gen;
+    remove_from(e->sub, e->n, r);
+    remove_from(e->arr, e->n, r);
+    e->n--;
+}
+
+/* Finished requests leave, in submission order, and are reported. */
+static void collect(engine *e)
+{
+    for (int i = 0; i < e->n;) {
+        di_request *r = e->sub[i];
+        if (r->finish == DI_RUNNING) { i++; continue; }
+        let_go(e, r);
+        if (e->o.on_done) e->o.on_done(e->o.ctx, r);
+    }
+}
+
+bool di_engine_cancel(di_engine *e, di_request *r)
+{
+    int i = 0;
+    while (i < e->n && e->sub[i] != r) i++;
+    if (i == e->n) return false;
+    if (r->finish == DI_RUNNING) {
+        r->finish = DI_DONE_CANCEL;
+        r->t_end = now() - e->t0;
+    }
+    let_go(e, r);
+    if (e->o.on_done) e->o.on_done(e->o.ctx, r);
+    return true;
+}
+
+static int init_request(di_request *r, long i, int pool_blocks, di_err *err)
+{
+    if (r->n_prompt <= 0) return di_fail(err, DI_EUSAGE, "request %ld: empty prompt", i);
+    if (r->n_predict < 0) return di_fail(err, DI_EUSAGE, "request %ld: negative n_predict", i);
+    if (r->top_n < 0 || r->top_n > DI_TOP_MAX)
+        return di_fail(err, DI_EUSAGE, "request %ld: top_n %d is outside 0..%d", i, r->top_n, DI_TOP_MAX);
+    /* the last generated token is never fed, so its position needs no KV */
+    int need = blocks_for(r->n_prompt + r->n_predict - 1);
+    if (need > pool_blocks)
+        return di_fail(err, DI_EUSAGE, "request %ld needs %d KV blocks (%d prompt + %d generated tokens), more than the whole pool (%d)",
+                       i, need, r->n_prompt, r->n_predict, pool_blocks);
+    size_t tn = (size_t)r->top_n;
+    r->tokens = calloc((size_t)r->n_predict + 1, 4);
+    r->logprobs = calloc((size_t)r->n_predict + 1, 4);
+    r->prompt_lp = r->score_prompt ? calloc((size_t)r->n_prompt, 4) : NULL;
+    r->blocks = calloc((size_t)di_request_blocks(r) + 1, 4);
+    if (tn) {
+        r->top_lp = calloc(((size_t)r->n_predict + 1) * tn, 4);
+        r->top_id = calloc(((size_t)r->n_predict + 1) * tn, 4);
+        if (r->score_prompt) {
+            r->prompt_top_lp = calloc((size_t)r->n_prompt * tn, 4);
+            r->prompt_top_id = calloc((size_t)r->n_prompt * tn, 4);
+        }
+    }
+    r->n_gen = r->n_fed = r->n_blocks = r->n_hashed = r->take = r->preemptions = r->prefix_hit_tokens = 0;
+    r->admit_seq = 0;
+    r->slot = -1;
+    r->t_admit = r->t_first = r->t_end = 0;
+    /* nothing to generate and nothing to score: done at once */
+    r->finish = r->n_predict > 0 || r->score_prompt ? DI_RUNNING : DI_DONE_LENGTH;
+    if (!r->tokens || !r->logprobs || !r->blocks || (r->score_prompt && !r->prompt_lp) ||
+        (tn && (!r->top_lp || !r->top_id || (r->score_prompt && (!r->prompt_top_lp || !r->prompt_top_id)))))
+        return di_fail(err, DI_ENOMEM, "out of memory");
+    return DI_OK;
+}
+
+static bool grow_lists(engine *e)
+{
+    if (e->n < e->cap) return true;
+    int cap = e->cap ? 2 * e->cap : 16;
+    di_request **s = realloc(e->sub, sizeof *s * (size_t)cap);
+    if (s) e->sub = s;
+    di_request **a = s ? realloc(e->arr, sizeof *a * (size_t)cap) : NULL;
+    if (a) e->arr = a;
+    if (!s || !a) return false;
+    e->cap = cap;
+    return true;
+}
+
+int di_engine_submit(di_engine *e, di_request *r, di_err *err)
+{
+    long index = e->submitted++;
+    r->slot = -1;
+    r->n_blocks = r->n_gen = 0;
+    r->tokens = NULL; r->logprobs = NULL; r->prompt_lp = NULL; r->blocks = NULL;
+    r->top_lp = NULL; r->top_id = NULL; r->prompt_top_lp = NULL; r->prompt_top_id = NULL;
+    int rc = init_request(r, index, e->p.nb, err);
+    if (rc) { di_request_release(r); return rc; }
+    if (!grow_lists(e)) { di_request_release(r); return di_fail(err, DI_ENOMEM, "out of memory"); }
+    e->sub[e->n] = r;
+    /* arrival order, ties by submission: after every request arriving no later than r */
+    int j = e->n;
+    while (j > 0 && e->arr[j - 1]->arrival_step > r->arrival_step) { e->arr[j] = e->arr[j - 1]; j--; }
+    e->arr[j] = r;
+    e->n++;
+    return DI_OK;
+}
+
+int di_engine_step(di_engine *e, bool *busy, di_err *err)
+{
+    e->err = err;
+    collect(e);
     for (int idle = 0;;) {
         bool preempted = false;
         int rc = plan_step(e, &preempted);
@@ -465,107 +614,92 @@ static int run_loop(engine *e)
         if (!rc && !preempted) rc = admit(e);
         if (rc) return rc;
         if (e->plan.n == 0) {
-            if (!skip_to_arrival(e)) return DI_OK;
+            if (!skip_to_arrival(e)) { collect(e); *busy = e->n > 0; return DI_OK; }
             /* an empty engine always admits the first waiter: each fits the pool alone */
             if (++idle > 2) return di_fail(e->err, DI_ENOMEM, "engine made no progress at step %ld", e->step);
             continue;
         }
-        idle = 0;
         if ((rc = run_step(e))) return rc;
         e->step++;
+        collect(e);
+        *busy = e->n > 0;
+        return DI_OK;
+    }
+}
+
+void di_engine_get_info(const di_engine *e, di_engine_info *out)
+{
+    *out = (di_engine_info){.blocks_total = e->p.nb, .step = e->step, .steps = e->st.steps, .last_step_s = e->last_step_s};
+    for (int i = 0; i < e->n; i++) {
+        if (e->sub[i]->slot >= 0) out->running++;
+        else if (e->sub[i]->finish == DI_RUNNING) out->waiting++;
+    }
+    for (int b = 0; b < e->p.nb; b++) {
+        out->blocks_held += e->p.ref[b] > 0;
+        out->blocks_cached += e->p.cached[b];
     }
 }
 
 /* ---- setup ------------------------------------------------------------------------------- */
-
-static int init_request(di_request *r, int i, int pool_blocks, di_err *err)
-{
-    if (r->n_prompt <= 0) return di_fail(err, DI_EUSAGE, "request %d: empty prompt", i);
-    if (r->n_predict < 0) return di_fail(err, DI_EUSAGE, "request %d: negative n_predict", i);
-    /* the last generated token is never fed, so its position needs no KV */
-    int need = blocks_for(r->n_prompt + r->n_predict - 1);
-    if (need > pool_blocks)
-        return di_fail(err, DI_EUSAGE, "request %d needs %d KV blocks (%d prompt + %d generated tokens), more than the whole pool (%d)",
-                       i, need, r->n_prompt, r->n_predict, pool_blocks);
-    r->tokens = calloc((size_t)r->n_predict + 1, 4);
-    r->logprobs = calloc((size_t)r->n_predict + 1, 4);
-    r->prompt_lp = r->score_prompt ? calloc((size_t)r->n_prompt, 4) : NULL;
-    r->blocks = calloc((size_t)di_request_blocks(r) + 1, 4);
-    r->n_gen = r->n_fed = r->n_blocks = r->n_hashed = r->take = r->preemptions = r->prefix_hit_tokens = 0;
-    r->admit_seq = 0;
-    r->slot = -1;
-    r->finish = r->n_predict > 0 ? DI_RUNNING : DI_DONE_LENGTH;
-    if (!r->tokens || !r->logprobs || !r->blocks || (r->score_prompt && !r->prompt_lp))
-        return di_fail(err, DI_ENOMEM, "out of memory");
-    return DI_OK;
-}
-
-/* Admission order: by arrival step, ties by index (a stable insertion sort; n is small). */
-static void sort_arrivals(engine *e)
-{
-    for (int i = 0; i < e->n; i++) {
-        int j = i, x = i;
-        while (j > 0 && e->reqs[e->order[j - 1]]->arrival_step > e->reqs[x]->arrival_step) {
-            e->order[j] = e->order[j - 1];
-            j--;
-        }
-        e->order[j] = x;
-    }
-}
-
-static int engine_init(engine *e)
-{
-    int budget = e->o->max_batch_tokens;
-    if (budget <= 0 || e->o->max_seqs <= 0)
-        return di_fail(e->err, DI_EUSAGE, "engine: max_batch_tokens %d and max_seqs %d must be positive", budget, e->o->max_seqs);
-    e->max_seqs = e->o->max_seqs < di_model_max_seqs(e->m) ? e->o->max_seqs : di_model_max_seqs(e->m);
-    step_plan *p = &e->plan;
-    p->tok = malloc(sizeof(int32_t) * budget); p->pos = malloc(sizeof(int32_t) * budget);
-    p->seq = malloc(sizeof(int32_t) * budget); p->out_rows = malloc(sizeof(int32_t) * budget);
-    p->owner = malloc(sizeof(di_request *) * budget); p->kind = malloc(sizeof(int) * budget);
-    e->lp = malloc((size_t)budget * e->V * sizeof(float));
-    e->greedy = malloc(sizeof(int32_t) * budget);
-    e->order = malloc(sizeof(int) * (size_t)(e->n + 1));
-    e->slot_used = calloc((size_t)e->max_seqs, sizeof(int));
-    bool ok = pool_init(&e->p, di_model_kv_blocks(e->m), &e->st);
-    if (!ok || !p->tok || !p->pos || !p->seq || !p->out_rows || !p->owner || !p->kind || !e->lp || !e->greedy ||
-        !e->order || !e->slot_used)
-        return di_fail(e->err, DI_ENOMEM, "out of memory");
-    sort_arrivals(e);
-    for (int i = 0; i < e->n; i++) {
-        int rc = init_request(e->reqs[i], i, e->p.nb, e->err);
-        if (rc) return rc;
-    }
-    return DI_OK;
-}
 
 static void engine_free(engine *e)
 {
     step_plan *p = &e->plan;
     pool_free(&e->p);
     free(p->tok); free(p->pos); free(p->seq); free(p->out_rows); free(p->owner); free(p->kind);
-    free(e->lp); free(e->greedy); free(e->order); free(e->slot_used);
+    free(e->lp); free(e->greedy); free(e->sub); free(e->arr); free(e->slot_used);
+    free(e);
+}
+
+int di_engine_open(di_model *m, const di_engine_opts *o, di_engine **out, di_err *err)
+{
+    *out = NULL;
+    int budget = o->max_batch_tokens;
+    if (budget <= 0 || o->max_seqs <= 0)
+        return di_fail(err, DI_EUSAGE, "engine: max_batch_tokens %d and max_seqs %d must be positive", budget, o->max_seqs);
+    engine *e = calloc(1, sizeof *e);
+    if (!e) return di_fail(err, DI_ENOMEM, "out of memory");
+    *e = (engine){.m = m, .o = *o, .kvb = di_model_kv_block(), .V = di_model_config(m)->vocab, .t0 = now(), .err = err};
+    e->max_seqs = o->max_seqs < di_model_max_seqs(m) ? o->max_seqs : di_model_max_seqs(m);
+    step_plan *p = &e->plan;
+    p->tok = malloc(sizeof(int32_t) * budget); p->pos = malloc(sizeof(int32_t) * budget);
+    p->seq = malloc(sizeof(int32_t) * budget); p->out_rows = malloc(sizeof(int32_t) * budget);
+    p->owner = malloc(sizeof(di_request *) * budget); p->kind = malloc(sizeof(int) * budget);
+    e->lp = malloc((size_t)budget * e->V * sizeof(float));
+    e->greedy = malloc(sizeof(int32_t) * budget);
+    e->slot_used = calloc((size_t)e->max_seqs, sizeof(int));
+    bool ok = pool_init(&e->p, di_model_kv_blocks(m), &e->st);
+    if (!ok || !p->tok || !p->pos || !p->seq || !p->out_rows || !p->owner || !p->kind || !e->lp || !e->greedy ||
+        !e->slot_used) {
+        engine_free(e);
+        return di_fail(err, DI_ENOMEM, "out of memory");
+    }
+    *out = e;
+    return DI_OK;
+}
+
+void di_engine_close(di_engine *e, di_engine_stats *st)
+{
+    if (!e) return;
+    while (e->n > 0) let_go(e, e->sub[0]);
+    if (st) *st = e->st;
+    engine_free(e);
 }
 
 int di_engine_run(di_model *m, di_request **reqs, int n, const di_engine_opts *o, di_engine_stats *st, di_err *err)
 {
-    engine e = {.m = m, .o = o, .reqs = reqs, .n = n, .kvb = di_model_kv_block(), .V = di_model_config(m)->vocab,
-                .t0 = now(), .err = err};
-    /* first, state that the cleanup below can trust whatever fails */
+    /* first, state that the caller's cleanup can trust whatever fails */
     for (int i = 0; i < n; i++) {
         reqs[i]->slot = -1;
         reqs[i]->n_blocks = reqs[i]->n_gen = 0;
         reqs[i]->tokens = NULL; reqs[i]->logprobs = NULL; reqs[i]->prompt_lp = NULL; reqs[i]->blocks = NULL;
+        reqs[i]->top_lp = NULL; reqs[i]->top_id = NULL; reqs[i]->prompt_top_lp = NULL; reqs[i]->prompt_top_id = NULL;
     }
-    int rc = engine_init(&e);
-    if (!rc) rc = run_loop(&e);
-    for (int i = 0; i < n; i++) {
-        if (reqs[i]->slot >= 0) leave(&e, reqs[i]);
-        if (reqs[i]->tokens) digest(reqs[i]);
-        e.st.prompt_tokens += reqs[i]->n_prompt;
-        e.st.gen_tokens += reqs[i]->n_gen;
-    }
-    if (st) *st = e.st;
-    engine_free(&e);
+    di_engine *e;
+    int rc = di_engine_open(m, o, &e, err);
+    if (rc) return rc;
+    for (int i = 0; i < n && !rc; i++) rc = di_engine_submit(e, reqs[i], err);
+    for (bool busy = !rc; busy && !rc;) rc = di_engine_step(e, &busy, err);
+    di_engine_close(e, st);
     return rc;
 }

@@ -6,7 +6,13 @@
  * token ids and shared read-only; when a step needs a block and none is left, the most
  * recently admitted request is preempted and later recomputed. No choice the engine makes
  * reaches a reduction order: kernels take their orders from kernels.def alone, attention
- * reduces in KV-block-aligned splits, so reused or recomputed KV is the same bits. */
+ * reduces in KV-block-aligned splits, so reused or recomputed KV is the same bits.
+ *
+ * Two ways in. Live (a server): di_engine_open, then di_engine_submit whenever a request
+ * comes, di_engine_step in a loop, di_engine_cancel at will; all from the one thread that owns
+ * the model. Submission and cancellation take effect at step boundaries, which change which
+ * rows are in a step and never an order (DESIGN.md, "Admission is free"). All at once
+ * (generate, the tests, bench_engine): di_engine_run, a loop over the live calls. */
 #ifndef DI_ENGINE_H
 #define DI_ENGINE_H
 #include <stdbool.h>
@@ -14,7 +20,8 @@
 #include "model/model.h"
 #include "model/sampler.h"
 
-enum { DI_RUNNING = 0, DI_DONE_LENGTH, DI_DONE_EOS };
+enum { DI_RUNNING = 0, DI_DONE_LENGTH, DI_DONE_EOS, DI_DONE_CANCEL };
+enum { DI_TOP_MAX = 20 };    /* top_n at most */
 
 typedef struct di_request {
     /* in */
@@ -26,11 +33,18 @@ typedef struct di_request {
     int chunk;                /* prefill chunk size; <= 0: whole prompt in one step */
     bool score_prompt;        /* record prompt_lp (such a request computes its whole prompt: no prefix reuse) */
     long arrival_step;        /* admitted no earlier than this engine step */
+    bool ignore_stop;         /* generate n_predict tokens even past the engine's stop ids */
+    int top_n;                /* 0..DI_TOP_MAX: keep the top_n (log-prob, id) of every output row */
+    void *user;               /* the caller's; the engine never reads it */
     /* out */
     int32_t *tokens;          /* n_predict capacity */
     float *logprobs;          /* log-prob of each generated token */
     int n_gen;
     float *prompt_lp;         /* n_prompt - 1: log-prob of prompt[i+1] after prompt[0..i] */
+    float *top_lp;            /* n_predict x top_n: the best log-probs at each generated position, */
+    int32_t *top_id;          /*   by (log-prob desc, id asc), the sampler's order; copies, no new math */
+    float *prompt_top_lp;     /* (n_prompt - 1) x top_n with score_prompt: the same for prompt[i+1] */
+    int32_t *prompt_top_id;
     uint8_t digest[32];       /* SHA-256 over (id int32 LE, log-prob bits u32 LE) per generated token */
     int finish;
     int preemptions;          /* times evicted from the batch and recomputed */
@@ -51,7 +65,11 @@ typedef struct di_engine_opts {
     bool prefix_cache;        /* share full KV blocks between requests with a common prefix */
     const int32_t *stop_ids;  /* generation ends after one of these */
     int n_stop;
+    /* A generated token, within a step: r's tokens, logprobs and top_* hold it already. */
     void (*on_token)(void *ctx, const di_request *r, int32_t token);
+    /* r has left the engine (finished or cancelled; digest set): the engine holds no more of it.
+     * Called at step boundaries, or from di_engine_cancel. */
+    void (*on_done)(void *ctx, di_request *r);
     void *ctx;
 } di_engine_opts;
 
@@ -61,8 +79,34 @@ typedef struct di_engine_stats {
     double prefill_s, decode_s;
 } di_engine_stats;
 
+/* What a live engine holds, for metrics. */
+typedef struct di_engine_info {
+    int running, waiting;     /* requests with a sequence slot; submitted and not admitted (or preempted) */
+    int blocks_total, blocks_held, blocks_cached;   /* held: by a request; cached: in the prefix cache */
+    long step;                /* the engine clock */
+    long steps;               /* forward steps run */
+    double last_step_s;       /* wall time of the last forward step */
+} di_engine_info;
+
+typedef struct di_engine di_engine;
+
 /* KV blocks a request can need at most */
 int di_request_blocks(const di_request *r);
+int di_engine_open(di_model *m, const di_engine_opts *o, di_engine **out, di_err *err);
+/* Queues r (its prompt must outlive it in the engine); admitted at a step boundary no earlier
+ * than r->arrival_step. Outputs are allocated here (free with di_request_release after
+ * on_done). DI_EUSAGE if r is malformed or cannot fit the KV pool even alone; the message
+ * names it as "request N", N counting submissions from 0. */
+int di_engine_submit(di_engine *e, di_request *r, di_err *err);
+/* One forward step (admitting first what fits); *busy: whether requests remain. */
+int di_engine_step(di_engine *e, bool *busy, di_err *err);
+/* Takes r out now: its KV blocks go back (cached ones stay cached), finish = DI_DONE_CANCEL,
+ * on_done is called. False if r is not in the engine (already done). Between steps only. */
+bool di_engine_cancel(di_engine *e, di_request *r);
+void di_engine_get_info(const di_engine *e, di_engine_info *out);
+/* Stats so far; requests still inside are let go as they are (finish stays DI_RUNNING). */
+void di_engine_close(di_engine *e, di_engine_stats *st);
+
 /* Runs all requests to completion: every request ends with finish != DI_RUNNING, or the
  * call fails (DI_EUSAGE names a request that cannot fit the KV pool even alone). Outputs
  * are allocated here; free with di_request_release. */

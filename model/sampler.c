@@ -60,6 +60,13 @@ int32_t di_sample(const di_sampler *s, const float *lp, int vocab, int32_t greed
         qsort(c, (size_t)n, sizeof *c, cmp);
     }
     if (n == 0) { free(c); return greedy_id; }
+    /* min-p on the model's probabilities (not the tempered ones): c is sorted, so a prefix */
+    if (s->min_p > 0.0f) {
+        double floor = log((double)s->min_p);
+        int keep = 1;
+        while (keep < n && (double)c[keep].lp - c[0].lp >= floor) keep++;
+        n = keep;
+    }
     /* weights at temperature T, relative to the best; then the top-p prefix */
     double *w = malloc((size_t)n * sizeof *w), total = 0;
     if (!w) { free(c); return greedy_id; }

@@ -1,5 +1,5 @@
 /* Token selection. Greedy: the largest logit, ties to the lowest id. Sampling: top-k, then
- * top-p, then a draw at temperature T with a uniform number from Philox4x32-10 keyed by
+ * min-p, then top-p, then a draw at temperature T with a uniform number from Philox4x32-10 keyed by
  * (seed, request, position): a request's draws never depend on its batch mates or on
  * how many draws anybody made before. Candidates are ordered by (log-prob desc, id asc),
  * a total order, so the same log-probs always give the same token. */
@@ -12,6 +12,7 @@ typedef struct di_sampler {
     int top_k;        /* <= 0: no limit */
     float top_p;      /* >= 1: no limit */
     uint64_t seed;
+    float min_p;      /* <= 0: no limit; else keep p >= min_p * p(best), before temperature */
 } di_sampler;
 
 /* Philox4x32-10 of counter (c0..c3) and key (k0, k1). */

@@ -46,7 +46,7 @@ static float *logprobs_of(const double *w, int n)
 Test(sampler, greedy_returns_the_device_argmax)
 {
     float lp[4] = {-1, -0.5f, -0.5f, -3};
-    di_sampler g = {0, 40, 0.95f, 1};
+    di_sampler g = {0, 40, 0.95f, 1, 0};
     cr_assert_eq(di_sample(&g, lp, 4, 1, 0, 0), 1);
 }
 
@@ -54,18 +54,18 @@ Test(sampler, top_k_and_top_p_limit_the_candidates)
 {
     double w[6] = {0.30, 0.25, 0.20, 0.15, 0.06, 0.04};
     float *lp = logprobs_of(w, 6);
-    di_sampler k2 = {1.0f, 2, 1.0f, 9};
+    di_sampler k2 = {1.0f, 2, 1.0f, 9, 0};
     int seen[6] = {0};
     for (uint64_t pos = 0; pos < 4000; pos++) seen[di_sample(&k2, lp, 6, 0, 0, pos)]++;
     cr_assert(seen[0] > 0 && seen[1] > 0 && seen[2] + seen[3] + seen[4] + seen[5] == 0, "top-k 2 drew outside {0, 1}");
     /* frequencies follow the renormalized weights 0.30 : 0.25 */
     cr_assert(fabs(seen[0] / 4000.0 - 0.30 / 0.55) < 0.03, "p0 %g", seen[0] / 4000.0);
-    di_sampler p = {1.0f, 0, 0.70f, 9};  /* 0.30 + 0.25 + 0.20 = 0.75 >= 0.70: three candidates */
+    di_sampler p = {1.0f, 0, 0.70f, 9, 0};  /* 0.30 + 0.25 + 0.20 = 0.75 >= 0.70: three candidates */
     memset(seen, 0, sizeof seen);
     for (uint64_t pos = 0; pos < 4000; pos++) seen[di_sample(&p, lp, 6, 0, 0, pos)]++;
     cr_assert(seen[2] > 0 && seen[3] + seen[4] + seen[5] == 0, "top-p 0.7 kept %d %d %d", seen[3], seen[4], seen[5]);
     /* low temperature concentrates on the best */
-    di_sampler cold = {0.05f, 0, 1.0f, 9};
+    di_sampler cold = {0.05f, 0, 1.0f, 9, 0};
     int best = 0;
     for (uint64_t pos = 0; pos < 1000; pos++) best += di_sample(&cold, lp, 6, 0, 0, pos) == 0;
     cr_assert_gt(best, 950);
@@ -75,6 +75,21 @@ Test(sampler, top_k_and_top_p_limit_the_candidates)
 Test(sampler, equal_logprobs_order_by_id)
 {
     float lp[5] = {-1.6094f, -1.6094f, -1.6094f, -1.6094f, -1.6094f};
-    di_sampler s = {1.0f, 1, 1.0f, 3};   /* top-1 of a five-way tie: the lowest id */
+    di_sampler s = {1.0f, 1, 1.0f, 3, 0};   /* top-1 of a five-way tie: the lowest id */
     for (uint64_t pos = 0; pos < 50; pos++) cr_assert_eq(di_sample(&s, lp, 5, 4, 0, pos), 0);
+}
+
+/* min-p keeps the candidates with p >= min_p x p(best), on the model's probabilities: with
+ * p = 0.5, 0.3, 0.15, 0.05 and min_p 0.5 only ids 0 and 1 (0.3 >= 0.25) can be drawn. */
+Test(sampler, min_p_keeps_a_prefix)
+{
+    float lp[4] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f)};
+    di_sampler s = {.temp = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = 5, .min_p = 0.5f};
+    int seen[4] = {0};
+    for (uint64_t pos = 0; pos < 400; pos++) seen[di_sample(&s, lp, 4, 0, 0, pos)]++;
+    cr_assert(seen[0] > 0 && seen[1] > 0, "min-p dropped a kept candidate: %d %d", seen[0], seen[1]);
+    cr_assert_eq(seen[2] + seen[3], 0, "min-p kept ids 2/3: %d %d", seen[2], seen[3]);
+    s.min_p = 0.0f;
+    for (uint64_t pos = 0; pos < 400; pos++) seen[di_sample(&s, lp, 4, 0, 0, pos)]++;
+    cr_assert_gt(seen[2] + seen[3], 0, "without min-p ids 2/3 should be drawn sometimes");
 }

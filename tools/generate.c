@@ -5,9 +5,11 @@
  * how many distinct completions and digests it got: with batch-invariant kernels, one. */
 #include "model/chat.h"
 #include "model/engine.h"
+#include "model/receipt.h"
 #include "model/tokenizer.h"
 #include "base/file.h"
 #include "base/sha256.h"
+#include "base/utf8.h"
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -21,7 +23,8 @@
 typedef struct args {
     const char *model, *prompt, *prompt_file, *batch_file, *device, *dump_src, *dump_ptx, *background;
     di_profile profile;
-    bool chat, digest, json, no_prefix_cache, arrivals, ignore_eos;
+    bool chat, digest, json, no_prefix_cache, arrivals, ignore_eos, score;
+    int logprobs;             /* --logprobs N: top-N per token; -1 none */
     /* chat and model inspection (--tokenize, --info): no runtime is opened for those */
     const char *chat_template, *system, *messages;
     bool tokenize, info, special;
@@ -70,7 +73,9 @@ static void usage(FILE *f)
         "      --profile P         %s (default exact; vendor: not invariant, for comparison)\n"
         "  output:\n"
         "      --digest            print each request's SHA-256 of generated ids and log-prob bits\n"
-        "      --json              one JSON object per request on stdout\n"
+        "      --json              one JSON object per request on stdout (with log-prob bits and the receipt)\n"
+        "      --logprobs N        the N (0..20) most likely tokens at each generated position, with log-probs\n"
+        "      --score             the prompt's log-probs: of each prompt token after the ones before it\n"
         "      --dump-cuda DIR     write generated kernel sources (and compile logs) to DIR\n"
         "      --dump-ptx DIR      write PTX (GPU) and compile logs to DIR\n"
         "  load experiments (the prompt of -p or -f, run many times; ends with a 'repeats:' line):\n"
@@ -124,7 +129,8 @@ static bool parse_float(const char *s, float lo, float hi, float *out)
 static int parse_args(int argc, char **argv, args *a)
 {
     *a = (args){.device = "auto", .profile = DI_PROFILE_EXACT, .n_predict = 128, .top_k = 40, .ctx = 2048, .threads = 0,
-                .chunk = 0, .max_batch_tokens = 256, .temp = 0.8f, .top_p = 0.95f, .seed = 42};
+                .chunk = 0, .max_batch_tokens = 256, .temp = 0.8f, .top_p = 0.95f, .seed = 42,
+                .logprobs = -1};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -146,6 +152,8 @@ static int parse_args(int argc, char **argv, args *a)
         else if (!strcmp(o, "--ignore-eos")) a->ignore_eos = true;
         else if (!strcmp(o, "--digest")) a->digest = true;
         else if (!strcmp(o, "--json")) a->json = true;
+        else if (!strcmp(o, "--score")) a->score = true;
+        else if (!strcmp(o, "--logprobs")) { NEED(); if (!parse_int(v, 0, DI_TOP_MAX, &a->logprobs)) return bad_usage("--logprobs takes 0..20, not '%s'", v); }
         else if (IS("-n", "--n-predict")) { NEED(); if (!parse_int(v, 0, 1 << 20, &a->n_predict)) return bad_usage("-n takes a count, not '%s'", v); }
         else if (!strcmp(o, "--top-k")) { NEED(); if (!parse_int(v, 0, INT_MAX, &a->top_k)) return bad_usage("--top-k takes a count, not '%s'", v); }
         else if (IS("-c", "--ctx")) { NEED(); if (!parse_int(v, 1, 1 << 20, &a->ctx)) return bad_usage("--ctx takes a positive count, not '%s'", v); }
@@ -219,8 +227,13 @@ static double wall(void)
     return (double)t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-static void json_string(FILE *f, const char *s, size_t n)
+/* JSON strings are valid UTF-8: invalid or incomplete sequences become U+FFFD (base/utf8.h). */
+static void json_string(FILE *f, const char *raw, size_t raw_n)
 {
+    di_str clean = {0};
+    di_utf8_sanitize(&clean, raw, raw_n);
+    const char *s = clean.p;
+    size_t n = clean.len;
     fputc('"', f);
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
@@ -231,9 +244,67 @@ static void json_string(FILE *f, const char *s, size_t n)
         else fputc(ch, f);
     }
     fputc('"', f);
+    di_str_free(&clean);
 }
 
-typedef struct stream_ctx { const di_tokenizer *tok; bool on; } stream_ctx;
+static void bits_hex(float x, char out[9])
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    snprintf(out, 9, "%08x", u);
+}
+
+/* A log-prob as JSON: the decimal (-9999 for -inf: JSON has no infinity) and its bits. */
+static void json_lp(FILE *f, float x) { printf("%.9g", x == x && x > -3.4e38f ? x : -9999.0f); (void)f; }
+
+/* [[{"id":..,"logprob":..,"bits":".."}, ...] per position] */
+static void json_top(const float *lp, const int32_t *id, int positions, int n)
+{
+    printf("[");
+    for (int i = 0; i < positions; i++) {
+        printf("%s[", i ? "," : "");
+        for (int k = 0; k < n && id[(size_t)i * n + k] >= 0; k++) {
+            char h[9];
+            bits_hex(lp[(size_t)i * n + k], h);
+            printf("%s{\"id\":%d,\"logprob\":", k ? "," : "", id[(size_t)i * n + k]);
+            json_lp(stdout, lp[(size_t)i * n + k]);
+            printf(",\"bits\":\"%s\"}", h);
+        }
+        printf("]");
+    }
+    printf("]");
+}
+
+static void json_bits(const float *lp, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char h[9];
+        bits_hex(lp[i], h);
+        printf("%s\"%s\"", i ? "," : "", h);
+    }
+}
+
+/* Streams text as it comes; a character split between tokens waits for its last byte. */
+typedef struct stream_ctx { const di_tokenizer *tok; bool on; char held[4]; size_t n_held; } stream_ctx;
+
+static void stream_write(stream_ctx *s, const char *b, size_t n, bool last)
+{
+    char buf[512];
+    di_str out = {0};
+    size_t k = s->n_held + n <= sizeof buf ? s->n_held + n : 0;
+    const char *all = buf;
+    if (k) { memcpy(buf, s->held, s->n_held); memcpy(buf + s->n_held, b, n); }
+    else { di_str_putn(&out, s->held, s->n_held); di_str_putn(&out, b, n); all = out.p; k = out.len; }
+    size_t ready = last ? k : di_utf8_complete(all, k);
+    di_str clean = {0};
+    di_utf8_sanitize(&clean, all, ready);
+    fwrite(clean.p, 1, clean.len, stdout);
+    fflush(stdout);
+    s->n_held = k - ready;
+    memcpy(s->held, all + ready, s->n_held);
+    di_str_free(&clean);
+    di_str_free(&out);
+}
 
 /* The stop ids (end of turn) are left out of the printed text unless --special; set once by run. */
 static struct { const int32_t *ids; int n; } hidden;
@@ -252,7 +323,7 @@ static void on_token(void *ctx, const di_request *r, int32_t t)
     if (!s->on || hidden_token(t)) return;
     const char *b;
     size_t n;
-    if (di_token_piece(s->tok, t, &b, &n) == 0) { fwrite(b, 1, n, stdout); fflush(stdout); }
+    if (di_token_piece(s->tok, t, &b, &n) == 0) stream_write(s, b, n, false);
 }
 
 static char *request_text(const di_tokenizer *tok, const di_request *r, size_t *len)
@@ -272,7 +343,33 @@ static char *request_text(const di_tokenizer *tok, const di_request *r, size_t *
     return out;
 }
 
-static void print_result(const args *a, const di_tokenizer *tok, const di_request *r, int index, int kind, bool streamed)
+/* --logprobs and --score without --json: one line per position, the bits beside the decimal. */
+static void print_logprob_lines(const args *a, const di_tokenizer *tok, const di_request *r)
+{
+    char h[9];
+    for (int i = 0; a->score && i + 1 < r->n_prompt; i++) {
+        bits_hex(r->prompt_lp[i], h);
+        printf("score %d id %d logprob %.9g bits %s\n", i + 1, r->prompt[i + 1], r->prompt_lp[i], h);
+    }
+    for (int i = 0; a->logprobs >= 0 && i < r->n_gen; i++) {
+        const char *b;
+        size_t n = 0;
+        di_token_piece(tok, r->tokens[i], &b, &n);
+        bits_hex(r->logprobs[i], h);
+        printf("logprob %d id %d ", i, r->tokens[i]);
+        json_string(stdout, n ? b : "", n);
+        printf(" %.9g bits %s", r->logprobs[i], h);
+        for (int k = 0; k < a->logprobs && r->top_id[(size_t)i * a->logprobs + k] >= 0; k++) {
+            float lp = r->top_lp[(size_t)i * a->logprobs + k];
+            bits_hex(lp, h);
+            printf("%s %d:%.9g:%s", k ? "" : " top", r->top_id[(size_t)i * a->logprobs + k], lp, h);
+        }
+        printf("\n");
+    }
+}
+
+static void print_result(const args *a, const di_tokenizer *tok, const di_request *r, int index, int kind, bool streamed,
+                         const char *receipt)
 {
     char hex[65];
     di_hex(r->digest, 32, hex);
@@ -284,14 +381,35 @@ static void print_result(const args *a, const di_tokenizer *tok, const di_reques
         printf(",\"tokens\":[");
         for (int i = 0; i < r->n_gen; i++) printf("%s%d", i ? "," : "", r->tokens[i]);
         printf("],\"logprobs\":[");
-        for (int i = 0; i < r->n_gen; i++) printf("%s%.9g", i ? "," : "", r->logprobs[i]);
-        printf("],\"digest\":\"%s\",\"finish\":\"%s\",\"prompt_tokens\":%d,\"arrival_step\":%ld,\"preemptions\":%d,"
+        for (int i = 0; i < r->n_gen; i++) { printf("%s", i ? "," : ""); json_lp(stdout, r->logprobs[i]); }
+        printf("],\"logprob_bits\":[");
+        json_bits(r->logprobs, r->n_gen);
+        printf("]");
+        if (a->logprobs >= 0) { printf(",\"top_logprobs\":"); json_top(r->top_lp, r->top_id, r->n_gen, a->logprobs); }
+        if (a->score) {
+            /* position i: the log-prob of prompt token i after tokens 0..i-1 (none for the first) */
+            printf(",\"prompt_ids\":[");
+            for (int i = 0; i < r->n_prompt; i++) printf("%s%d", i ? "," : "", r->prompt[i]);
+            printf("],\"prompt_logprobs\":[null");
+            for (int i = 0; i + 1 < r->n_prompt; i++) { printf(","); json_lp(stdout, r->prompt_lp[i]); }
+            printf("],\"prompt_logprob_bits\":[null%s", r->n_prompt > 1 ? "," : "");
+            json_bits(r->prompt_lp, r->n_prompt - 1);
+            printf("]");
+        }
+        if (receipt) { printf(",\"system_fingerprint\":"); json_string(stdout, receipt, strlen(receipt)); }
+        printf(",\"digest\":\"%s\",\"finish\":\"%s\",\"prompt_tokens\":%d,\"arrival_step\":%ld,\"preemptions\":%d,"
                "\"prefix_hit_tokens\":%d,\"timings\":{\"admit_s\":%.6f,\"first_token_s\":%.6f,\"end_s\":%.6f}}\n",
                hex, r->finish == DI_DONE_EOS ? "stop" : "length", r->n_prompt, r->arrival_step, r->preemptions,
                r->prefix_hit_tokens, r->t_admit, r->t_first, r->t_end);
     } else if (kind == K_PROMPT || kind == K_BATCH) {
-        if (!streamed) { fwrite(text ? text : "", 1, text ? len : 0, stdout); }
+        if (!streamed) {
+            di_str clean = {0};
+            di_utf8_sanitize(&clean, text ? text : "", text ? len : 0);
+            fwrite(clean.p, 1, clean.len, stdout);
+            di_str_free(&clean);
+        }
         fputc('\n', stdout);
+        print_logprob_lines(a, tok, r);
         if (a->digest) printf("digest %d %s\n", index, hex);
     } else if (a->digest) {
         printf("digest %d %s %s\n", index, kind_name[kind], hex);   /* load runs print no text: too many */
@@ -424,9 +542,11 @@ static int make_requests(const args *a, const di_tokenizer *tok, const chat_stat
         r->prompt = ids[i];
         r->n_prompt = (int)n;
         r->n_predict = a->n_predict < a->ctx - (int)n ? a->n_predict : a->ctx - (int)n;
-        r->sampler = (di_sampler){a->temp, a->top_k, a->top_p, a->seed};
+        r->sampler = (di_sampler){a->temp, a->top_k, a->top_p, a->seed, 0};
         r->rng_id = 0;   /* every request draws from its own (seed, position) stream: batch mates cannot shift it */
         r->chunk = a->chunk;
+        r->score_prompt = a->score;
+        r->top_n = a->logprobs > 0 ? a->logprobs : 0;
         /* a seeded schedule spreads arrivals over about four steps per request, so the
          * batch grows and shrinks from step to step */
         r->arrival_step = a->arrivals ? (long)(di_uniform(a->arrival_seed, (uint64_t)i, 0) * 4.0 * n_req) : 0;
@@ -686,7 +806,7 @@ static int run(const args *ap, run_state *s)
     int32_t end = s->chat.tmpl ? di_tokenizer_special(s->tok, di_chat_template_end(s->chat.tmpl)) : -1;
     if (end >= 0 && !di_tokenizer_is_eog(s->tok, end)) stops[n_stop++] = end;
     if (!a.special) hidden.ids = stops, hidden.n = n_stop;
-    stream_ctx sc = {s->tok, n_req == 1 && !a.json};
+    stream_ctx sc = {.tok = s->tok, .on = n_req == 1 && !a.json};
     di_engine_opts eo = {.max_batch_tokens = a.max_batch_tokens, .max_seqs = in_flight, .prefix_cache = !a.no_prefix_cache,
                          .stop_ids = stops, .n_stop = a.ignore_eos ? 0 : n_stop, .on_token = on_token, .ctx = &sc};
     di_engine_stats st;
@@ -697,7 +817,13 @@ static int run(const args *ap, run_state *s)
         return err.code == DI_EUSAGE ? 2 : 1;
     }
     t_run = wall() - t_run;
-    for (int i = 0; i < n_req; i++) print_result(&a, s->tok, &s->reqs[i], i, s->kinds[i], sc.on);
+    if (sc.on) stream_write(&sc, "", 0, true);   /* what an unfinished character held back, as U+FFFD */
+    /* the receipt: what the bits are a function of besides the request (hashing the model takes a moment) */
+    di_receipt receipt;
+    bool have_receipt = a.json && !di_receipt_make(s->model_path, s->rt, di_rt_profile(s->rt), &receipt, &err);
+    if (a.json && !have_receipt) fprintf(stderr, "generate: no receipt: %s\n", err.msg);
+    for (int i = 0; i < n_req; i++)
+        print_result(&a, s->tok, &s->reqs[i], i, s->kinds[i], sc.on, have_receipt ? receipt.text : NULL);
     fflush(stdout);   /* results before the timing line when both go to one terminal */
     fprintf(stderr, "generate: prompt %ld tokens in %.2f s (%.1f tok/s); generated %ld tokens in %.2f s (%.1f tok/s); %ld steps; "
             "prefix cache %ld tokens; %ld preemptions; %ld evictions\n",
