@@ -24,7 +24,23 @@ static inline const char *model_path(void)
         if (!model_path()) cr_skip_test("DETINFER_MODEL is not set (scripts/test fetches the model)"); \
     } while (0)
 
+/* DETINFER_GEMMA3: Gemma 3 270M (scripts/test fetches it), for the suites that run a second model. */
+static inline const char *gemma3_path(void)
+{
+    const char *p = getenv("DETINFER_GEMMA3");
+    return p && *p ? p : NULL;
+}
+
+static inline fixture fixture_open_path(const char *path, int threads, int max_batch_tokens, int kv_blocks,
+                                        int max_seqs);
+
 static inline fixture fixture_open(int threads, int max_batch_tokens, int kv_blocks, int max_seqs)
+{
+    return fixture_open_path(model_path(), threads, max_batch_tokens, kv_blocks, max_seqs);
+}
+
+static inline fixture fixture_open_path(const char *path, int threads, int max_batch_tokens, int kv_blocks,
+                                        int max_seqs)
 {
     fixture f = {0};
     di_err e = {0};
@@ -36,8 +52,8 @@ static inline fixture fixture_open(int threads, int max_batch_tokens, int kv_blo
     if (cuda && pr && *pr) cr_assert(di_profile_parse(pr, &ro.profile), "DETINFER_TEST_PROFILE=%s is no profile", pr);
     cr_assert_eq(di_rt_open(&ro, &f.rt, &e), 0, "runtime: %s", e.msg);
     di_model_opts o = {.max_batch_tokens = max_batch_tokens, .ctx = 512, .kv_blocks = kv_blocks, .max_seqs = max_seqs};
-    cr_assert_eq(di_model_load(model_path(), f.rt, &o, &f.m, &e), 0, "%s", e.msg);
-    cr_assert_eq(di_gguf_open(model_path(), &f.g, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_model_load(path, f.rt, &o, &f.m, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_gguf_open(path, &f.g, &e), 0, "%s", e.msg);
     cr_assert_eq(di_tokenizer_load(f.g, &f.tok, &e), 0, "%s", e.msg);
     return f;
 }
