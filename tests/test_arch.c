@@ -4,6 +4,7 @@
  * scored position must give the reference's top-1 id, and the log-probs of the next token and of
  * the reference's top 4 must be within 1e-4. Exact profile; DETINFER_TEST_BACKEND=cuda runs it on
  * the GPU (whose exact profile is the CPU's bits). */
+#define _GNU_SOURCE   /* memmem */
 #include "model_fixture.h"
 #include <stdio.h>
 #include <sys/wait.h>
@@ -111,3 +112,61 @@ Test(arch, mistral_matches_hf_float64, .timeout = 300) { check_arch("mistral"); 
 Test(arch, qwen2_matches_hf_float64, .timeout = 300) { check_arch("qwen2"); }
 Test(arch, qwen3_matches_hf_float64, .timeout = 300) { check_arch("qwen3"); }
 Test(arch, gemma3_matches_hf_float64, .timeout = 300) { check_arch("gemma3"); }
+
+/* ---- what each architecture needs, missing or wrong: an error naming it -------------------- */
+
+/* A tiny-<arch> file with the first occurrence of `from` replaced by `to` (the same length:
+ * a key or tensor renamed so that the loader no longer finds it). */
+static void make_patched(const char *arch, const char *from, const char *to, char *path)
+{
+    strcpy(path, "/tmp/detinfer-arch-bad-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    close(fd);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, DI_BUILD_DIR "/make_random_gguf %s --shape tiny-%s --quiet", path, arch);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    FILE *f = fopen(path, "r+b");
+    cr_assert_not_null(f);
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    size_t k = strlen(from);
+    cr_assert_eq(k, strlen(to));
+    char *at = memmem(buf, n, from, k);
+    cr_assert_not_null(at, "%s: no '%s' in the first MiB", arch, from);
+    fseek(f, at - buf, SEEK_SET);
+    cr_assert_eq(fwrite(to, 1, k, f), k);
+    fclose(f);
+}
+
+static void expect_refused(const char *arch, const char *from, const char *to, const char *needle)
+{
+    char path[64];
+    make_patched(arch, from, to, path);
+    di_rt *rt = th_rt(DI_BACKEND_C, 1);
+    di_model *m = NULL;
+    di_err e = {0};
+    di_model_opts o = {.max_batch_tokens = 8, .ctx = 64, .kv_blocks = 2, .max_seqs = 1};
+    int rc = di_model_load(path, rt, &o, &m, &e);
+    cr_assert_neq(rc, 0, "%s with '%s' renamed '%s' loaded", arch, from, to);
+    cr_assert(strstr(e.msg, needle) && strstr(e.msg, path), "%s: the message does not name '%s' and the file: %s", arch,
+              needle, e.msg);
+    di_rt_close(rt);
+    unlink(path);
+}
+
+Test(arch, missing_keys_and_tensors_are_named)
+{
+    expect_refused("gemma3", "gemma3.attention.sliding_window", "gemma3.attention.sliding_windoX",
+                   "gemma3.attention.sliding_window");
+    expect_refused("gemma3", "blk.0.post_ffw_norm.weight", "blk.0.post_ffw_norX.weight", "blk.0.post_ffw_norm.weight");
+    expect_refused("gemma3", "blk.1.post_attention_norm.weight", "blk.1.post_attention_norX.weight",
+                   "blk.1.post_attention_norm.weight");
+    expect_refused("qwen3", "blk.1.attn_k_norm.weight", "blk.1.attn_k_norX.weight", "blk.1.attn_k_norm.weight");
+    expect_refused("qwen2", "blk.0.attn_v.bias", "blk.0.attn_v.biaX", "blk.0.attn_v.bias");
+    expect_refused("qwen3", "qwen3.attention.head_count_kv", "qwen3.attention.head_count_kX",
+                   "qwen3.attention.head_count_kv");
+    /* without key_length the head dim is dim / heads (32), which value_length (48) contradicts */
+    expect_refused("qwen3", "qwen3.attention.key_length", "qwen3.attention.key_lengtX", "qwen3.attention.value_length = 48");
+    expect_refused("gemma3", "gemma3", "gemmaX", "unsupported architecture 'gemmaX' (detinfer runs llama, qwen2, qwen3, gemma3)");
+}
