@@ -21,8 +21,9 @@ extern char **environ;
 struct di_cc_code { void *handle; int fd; };
 
 /* The flags, in the order they reach the compiler (and the cache key). Why each is there:
- *   -O2 -ftree-vectorize: loops over independent outputs become SIMD lanes; an in-order
- *       reduction chain stays a chain (without -fassociative-math the vectoriser may not split it).
+ *   -O3: loops over independent outputs become SIMD lanes (the matmul tile runs ~1.5x faster
+ *       than at -O2); an in-order reduction chain stays a chain (without -fassociative-math the
+ *       vectoriser may not split it). -O3 changes no IEEE semantics; only -Ofast would.
  *   -ffp-contract=off: a * b + c stays two roundings (exact forbids FMA, as --fmad=false on the GPU).
  *   -fno-fast-math: stated, so that no CFLAGS-style default can turn it on.
  *   -fno-math-errno: sqrtf becomes sqrtss (correctly rounded, as libm's is): no library call.
@@ -31,7 +32,7 @@ struct di_cc_code { void *handle; int fd; };
  *       linked -nostdlib, as it is for libtcc).
  *   -mavx2 (x86-64 with AVX2 only): 8 lanes; no -mfma, so no FMA instruction can appear at all. */
 static const char *const base_flags[] = {
-    "-std=gnu11", "-O2", "-ftree-vectorize", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
+    "-std=gnu11", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
     "-fno-strict-aliasing", "-fno-tree-loop-distribute-patterns", "-fPIC", "-shared", "-nostdlib", "-s", "-w",
 };
 enum { NBASE = sizeof base_flags / sizeof base_flags[0], MAX_FLAGS = NBASE + 2 };
