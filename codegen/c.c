@@ -1,7 +1,9 @@
-/* C backend prelude (libtcc). Blocks run one after another on a CPU worker; a block's
- * "threads" become plain loops, in thread order, so per-output orders are unchanged.
- * No headers: the unit is compiled with -nostdlib; sqrtf comes from the host's libm
- * (correctly rounded, as IEEE requires and NVRTC's __fsqrt_rn gives). */
+/* C backend prelude (libtcc, or the system cc: runtime/cc.h). Blocks run one after another on
+ * a CPU worker; a block's "threads" become plain loops, in thread order, so per-output orders
+ * are unchanged. No headers: the unit is compiled with -nostdlib; sqrtf comes from the host's
+ * libm under libtcc and is the sqrtss instruction under cc (both correctly rounded, as IEEE
+ * requires and NVRTC's __fsqrt_rn gives). The matmul's block shape is the C lowering's own
+ * (lower.c, lower_matmul_c). */
 #include "codegen/codegen.h"
 
 void di_prelude_c(di_str *out)
@@ -18,7 +20,5 @@ void di_prelude_c(di_str *out)
         "#define DI_ONE_THREAD if (1)\n"
         "#define DI_AS_F32(x) (((union { di_u32 u; float f; }){ .u = (x) }).f)\n"
         "#define DI_AS_U32(x) (((union { float f; di_u32 u; }){ .f = (x) }).u)\n"
-        "#define di_sqrtf(x) sqrtf(x)\n"
-        "#define DI_MM_RT 4  /* matmul: rows per block (weights reused from cache) */\n"
-        "#define DI_MM_CG (8 * TILE_N)  /* matmul: columns per block */\n");
+        "#define di_sqrtf(x) sqrtf(x)\n");
 }

@@ -177,6 +177,216 @@ static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p
                   di_ctype(wt), lx, lw, store, s->body);
 }
 
+/* ---- matmul on the C backend ------------------------------------------------------------
+ *
+ * The same order per output as lower_matmul (and the GPU): acc = 0; for each chunk [kc, kc +
+ * SPLIT) an in-order chain c = 0, c = c + x[k] * w[n][k] for k = kc, kc + 1, ...; acc = acc + c
+ * in chunk order; then the epilogue. What changes is only which outputs run side by side, so
+ * that a compiler can make SIMD lanes of them (each lane one output's chain, never a split of
+ * one chain: without reassociation it may not do that, and the cc tier's flags forbid it):
+ *   - a block is DI_MM_CG columns x DI_MM_RB rows (the grid follows the rows; an order does not);
+ *   - with DI_MM_DIRECT rows or more, the weights of one K stretch (DI_MM_TK long) are copied
+ *     into a tile with the column as the fast index, once for all the block's rows, and each
+ *     row's DI_MM_CG chains step through it together: a weight is read from memory once per
+ *     block of rows, and the inner loop runs over independent outputs;
+ *   - with fewer rows (decode), each row reads the weights in place, 8 columns side by side.
+ * bf16 weights are decoded in the inner loops; with K and SPLIT even, two at a time from one
+ * 32-bit load (the low half is w[k], little-endian hosts only, as x86-64 and arm64 are). */
+enum { MM_CG = 32, MM_RB = 32, MM_DIRECT = 4, MM_TK = 64, MM_LANES = 8 };
+
+typedef struct mm_c {
+    const char *name;           /* the entry's name */
+    const char *rows;           /* the rows size parameter */
+    di_dtype xt, wt, yt;
+    bool pairs;                 /* bf16 w read two at a time */
+    const char *lx, *lw, *store;
+} mm_c;
+
+static long mm_split(const di_spec *s, const di_specialization *p)
+{
+    long k = di_spec_dim(s, p, "K");
+    return p->ksplits ? (k + p->ksplits - 1) / p->ksplits : s->sched.split;
+}
+
+/* One step of column j's chain at k (or at k and k + 1 from pair word u), as text. */
+static void mm_step(di_str *o, const mm_c *m, const char *ind, const char *c, const char *wj, const char *xk0,
+                    const char *xk1, const char *k)
+{
+    if (m->pairs)
+        di_str_printf(o, "%s{ const di_u32 u = %s[(%s) / 2]; %s = %s + %s * DI_AS_F32(u << 16); "
+                         "%s = %s + %s * DI_AS_F32(u & 0xffff0000u); }\n",
+                      ind, wj, k, c, c, xk0, c, c, xk1);
+    else
+        di_str_printf(o, "%s%s = %s + %s * %s(%s[%s]);\n", ind, c, c, xk0, m->lw, wj, k);
+}
+
+static void mm_direct(di_str *o, const mm_c *m)
+{
+    const char *wty = m->pairs ? "di_u32" : di_ctype(m->wt);
+    int step = m->pairs ? 2 : 1;
+    di_str_printf(o, "static void %s_direct(float *at, const %s *x_, const %s *w_, long n0, long nc, long r0, long nr)\n"
+                     "{\n"
+                     "    for (long i = 0; i < nr; i++) {\n"
+                     "        const %s *x = x_ + (r0 + i) * K;\n"
+                     "        float *a = at + i * DI_MM_CG;\n"
+                     "        long j = 0;\n"
+                     "        for (; j + %d <= nc; j += %d) {\n",
+                  m->name, di_ctype(m->xt), di_ctype(m->wt), di_ctype(m->xt), MM_LANES, MM_LANES);
+    for (int l = 0; l < MM_LANES; l++)
+        di_str_printf(o, "            const %s *w%d = (const %s *)(w_ + (n0 + j + %d) * K);\n", wty, l, wty, l);
+    for (int l = 0; l < MM_LANES; l++) di_str_printf(o, "            float a%d = 0.0f;\n", l);
+    di_str_puts(o, "            for (long kc = 0; kc < K; kc += SPLIT) {\n"
+                   "                const long ke = kc + SPLIT < K ? kc + SPLIT : K;\n");
+    for (int l = 0; l < MM_LANES; l++) di_str_printf(o, "                float c%d = 0.0f;\n", l);
+    di_str_printf(o, "                for (long k = kc; k < ke; k += %d) {\n", step);
+    di_str_printf(o, "                    const float x0 = %s(x[k]);\n", m->lx);
+    if (m->pairs) di_str_printf(o, "                    const float x1 = %s(x[k + 1]);\n", m->lx);
+    for (int l = 0; l < MM_LANES; l++) {
+        char c[8], w[8];
+        snprintf(c, sizeof c, "c%d", l);
+        snprintf(w, sizeof w, "w%d", l);
+        mm_step(o, m, "                    ", c, w, "x0", "x1", "k");
+    }
+    di_str_puts(o, "                }\n");
+    for (int l = 0; l < MM_LANES; l++) di_str_printf(o, "                a%d = a%d + c%d;\n", l, l, l);
+    di_str_puts(o, "            }\n");
+    for (int l = 0; l < MM_LANES; l++) di_str_printf(o, "            a[j + %d] = a%d;\n", l, l);
+    di_str_printf(o, "        }\n"
+                     "        for (; j < nc; j++) {\n"
+                     "            const %s *wj = w_ + (n0 + j) * K;\n"
+                     "            float aj = 0.0f;\n"
+                     "            for (long kc = 0; kc < K; kc += SPLIT) {\n"
+                     "                const long ke = kc + SPLIT < K ? kc + SPLIT : K;\n"
+                     "                float c = 0.0f;\n"
+                     "                for (long k = kc; k < ke; k++) c = c + %s(x[k]) * %s(wj[k]);\n"
+                     "                aj = aj + c;\n"
+                     "            }\n"
+                     "            a[j] = aj;\n"
+                     "        }\n"
+                     "    }\n"
+                     "}\n\n",
+                  di_ctype(m->wt), m->lx, m->lw);
+}
+
+static void mm_tile(di_str *o, const mm_c *m)
+{
+    di_str_printf(o, "static void %s_tile(float *at, const %s *x_, const %s *w_, long n0, long nc, long r0, long nr)\n"
+                     "{\n", m->name, di_ctype(m->xt), di_ctype(m->wt));
+    if (m->pairs)
+        di_str_puts(o, "    di_u32 wt[DI_MM_TK / 2 * DI_MM_CG];   /* (w[n0 + j][k], w[n0 + j][k + 1]) at [(k - k0) / 2][j] */\n");
+    else
+        di_str_puts(o, "    float wt[DI_MM_TK * DI_MM_CG];        /* w[n0 + j][k] at [k - k0][j] */\n");
+    di_str_puts(o, "    float ct[DI_MM_RB * DI_MM_CG];        /* the chunk chains, [row][column] */\n"
+                   "    for (long i = 0; i < nr * DI_MM_CG; i++) at[i] = 0.0f;\n"
+                   "    for (long kc = 0; kc < K; kc += SPLIT) {\n"
+                   "        const long ke = kc + SPLIT < K ? kc + SPLIT : K;\n"
+                   "        for (long i = 0; i < nr * DI_MM_CG; i++) ct[i] = 0.0f;\n"
+                   "        for (long k0 = kc; k0 < ke; k0 += DI_MM_TK) {\n"
+                   "            const long kn = ke - k0 < DI_MM_TK ? ke - k0 : DI_MM_TK;\n");
+    /* the tile; columns past N (the last block) are zeros, computed and never stored */
+    if (m->pairs)
+        di_str_puts(o, "            for (long kp = 0; kp < kn / 2; kp++) {\n"
+                       "                const di_u32 *src = (const di_u32 *)(w_ + n0 * K + k0) + kp;\n"
+                       "                di_u32 *dst = wt + kp * DI_MM_CG;\n"
+                       "                if (nc == DI_MM_CG)\n"
+                       "                    for (long j = 0; j < DI_MM_CG; j++) dst[j] = src[j * (K / 2)];\n"
+                       "                else\n"
+                       "                    for (long j = 0; j < DI_MM_CG; j++) dst[j] = j < nc ? src[j * (K / 2)] : 0u;\n"
+                       "            }\n");
+    else
+        di_str_printf(o, "            for (long k = 0; k < kn; k++) {\n"
+                         "                const %s *src = w_ + n0 * K + k0 + k;\n"
+                         "                float *dst = wt + k * DI_MM_CG;\n"
+                         "                for (long j = 0; j < DI_MM_CG; j++) dst[j] = j < nc ? %s(src[j * K]) : 0.0f;\n"
+                         "            }\n",
+                      di_ctype(m->wt), m->lw);
+    di_str_printf(o, "            for (long i = 0; i < nr; i++) {\n"
+                     "                const %s *x = x_ + (r0 + i) * K + k0;\n"
+                     "                float *c = ct + i * DI_MM_CG;\n", di_ctype(m->xt));
+    if (m->pairs)
+        di_str_printf(o, "                for (long kp = 0; kp < kn / 2; kp++) {\n"
+                         "                    const float x0 = %s(x[2 * kp]), x1 = %s(x[2 * kp + 1]);\n"
+                         "                    const di_u32 *wk = wt + kp * DI_MM_CG;\n"
+                         "                    for (long j = 0; j < DI_MM_CG; j++) {\n"
+                         "                        const di_u32 u = wk[j];\n"
+                         "                        c[j] = c[j] + x0 * DI_AS_F32(u << 16);\n"
+                         "                        c[j] = c[j] + x1 * DI_AS_F32(u & 0xffff0000u);\n"
+                         "                    }\n"
+                         "                }\n", m->lx, m->lx);
+    else
+        di_str_printf(o, "                for (long k = 0; k < kn; k++) {\n"
+                         "                    const float x0 = %s(x[k]);\n"
+                         "                    const float *wk = wt + k * DI_MM_CG;\n"
+                         "                    for (long j = 0; j < DI_MM_CG; j++) c[j] = c[j] + x0 * wk[j];\n"
+                         "                }\n", m->lx);
+    di_str_puts(o, "            }\n"
+                   "        }\n"
+                   "        for (long i = 0; i < nr * DI_MM_CG; i++) at[i] = at[i] + ct[i];\n"
+                   "    }\n"
+                   "}\n\n");
+}
+
+/* The block: its outputs' sums by one of the two paths, then the epilogue per output. */
+static void lower_matmul_c(di_str *o, const di_spec *s, const di_specialization *p, const char *name)
+{
+    mm_c m = {.name = name, .rows = s->sizes[0]};
+    m.xt = m.wt = m.yt = DI_F32;
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
+        if (!strcmp(s->args[i].name, "x")) m.xt = p->dtypes[i];
+        if (!strcmp(s->args[i].name, "w")) m.wt = p->dtypes[i];
+        if (!strcmp(s->args[i].name, "y")) m.yt = p->dtypes[i];
+    }
+    m.lx = load_expr(m.xt);
+    m.lw = load_expr(m.wt);
+    m.store = m.yt == DI_BF16 ? "di_f32_to_bf16" : "";
+    m.pairs = m.wt == DI_BF16 && di_spec_dim(s, p, "K") % 2 == 0 && mm_split(s, p) % 2 == 0;
+    /* libtcc does not vectorise, and its code is fastest on the direct path at every row count:
+     * there the threshold is out of reach. Either path gives every output the same order. */
+    di_str_printf(o, "#define DI_MM_CG %d      /* columns per block */\n"
+                     "#define DI_MM_RB %d      /* rows per block */\n"
+                     "#define DI_MM_TK %d      /* k per tile */\n"
+                     "#ifdef __TINYC__\n"
+                     "#define DI_MM_DIRECT (DI_MM_RB + 1)\n"
+                     "#else\n"
+                     "#define DI_MM_DIRECT %d   /* fewer rows than this: weights read in place */\n"
+                     "#endif\n\n",
+                  MM_CG, MM_RB, MM_TK, MM_DIRECT);
+    mm_direct(o, &m);
+    mm_tile(o, &m);
+    di_str_printf(o, "static void %s_block(long bx, long by, ", name);
+    di_emit_params(o, s, p);
+    di_str_printf(o, ")\n{\n"
+                     "    const long n0 = bx * DI_MM_CG, r0 = by * DI_MM_RB;\n"
+                     "    const long nc = N - n0 < DI_MM_CG ? N - n0 : DI_MM_CG;\n"
+                     "    const long nr = %s - r0 < DI_MM_RB ? %s - r0 : DI_MM_RB;\n"
+                     "    float at[DI_MM_RB * DI_MM_CG];   /* the sums, [row][column] */\n"
+                     "    if (nr >= DI_MM_DIRECT) %s_tile(at, x_, w_, n0, nc, r0, nr);\n"
+                     "    else %s_direct(at, x_, w_, n0, nc, r0, nr);\n"
+                     "    for (long i = 0; i < nr; i++) {\n"
+                     "        const long r = r0 + i;\n",
+                  m.rows, m.rows, name, name);
+    emit_slices(o, s, p, "r", "        ");
+    di_str_printf(o, "        for (long j = 0; j < nc; j++) {\n"
+                     "            const long n = n0 + j;\n"
+                     "            const float acc = at[i * DI_MM_CG + j];\n"
+                     "            y[n] = %s(%s);\n"
+                     "        }\n"
+                     "    }\n"
+                     "}\n",
+                  m.store, s->body);
+}
+
+/* The C backend's matmul grid: DI_MM_CG columns x DI_MM_RB rows per block. */
+static void geometry_matmul_c(const di_spec *s, const di_specialization *p, const long *sizes, di_geometry *g)
+{
+    long n = di_spec_dim(s, p, "N");
+    memset(g, 0, sizeof *g);
+    g->grid[0] = (unsigned)((n + MM_CG - 1) / MM_CG);
+    g->grid[1] = (unsigned)((sizes[0] + MM_RB - 1) / MM_RB);
+    g->grid[2] = 1;
+    g->block[0] = g->block[1] = g->block[2] = 1;
+}
+
 /* One block per (row, q head). Splits of SPLIT positions, aligned to KV blocks, in order:
  * scores (an in-order dot over HD), split max, weights exp(s - max) and their in-order
  * sum, acc[d] as an in-order chain over the split's positions; then the split is folded
@@ -279,6 +489,11 @@ static int class_emit(di_str *o, const di_spec *s, const di_specialization *p, c
                       di_err *err)
 {
     bool c = t->backend == DI_BACKEND_C;
+    if (c && s->cls == DI_MATMUL) {
+        lower_matmul_c(o, s, p, name);
+        di_emit_c_entry(o, s, p, name);
+        return DI_OK;
+    }
     if (c) {
         di_str_printf(o, "static void %s_block(long bx, long by, ", name);
         di_emit_params(o, s, p);
@@ -309,6 +524,7 @@ static int class_plan(const di_spec *s, const di_specialization *p, const di_tar
 {
     di_geometry g;
     if (di_geometry_for(s, p, t->backend, sizes, &g, err)) return err->code;
+    if (t->backend == DI_BACKEND_C && s->cls == DI_MATMUL) geometry_matmul_c(s, p, sizes, &g);
     di_plan_entry(s, pl, &g);
     return DI_OK;
 }

@@ -21,6 +21,7 @@ typedef struct opts {
     const char *model, *device, *profile;
     int requests, concurrency, subject_every, max_batch_tokens, threads;
     unsigned long seed;
+    di_cpu_compiler cpu_compiler;
 } opts;
 
 static int usage(const char *why)
@@ -28,7 +29,7 @@ static int usage(const char *why)
     if (why) fprintf(stderr, "bench_engine: %s\n", why);
     fprintf(stderr, "usage: bench_engine -m MODEL.gguf [--device cpu|cuda] [--profile exact|fast|vendor]\n"
                     "                    [--requests N] [--concurrency C] [--subject-every K] [--seed S]\n"
-                    "                    [--max-batch-tokens T] [-t threads]\n");
+                    "                    [--max-batch-tokens T] [-t threads] [--cpu-compiler tcc|cc|auto]\n");
     return 2;
 }
 
@@ -51,6 +52,12 @@ static int parse(int argc, char **argv, opts *o)
         else if (!strcmp(a, "--device")) o->device = v;
         else if (!strcmp(a, "--profile")) o->profile = v;
         else if (!strcmp(a, "--seed")) o->seed = strtoul(v, NULL, 10);
+        else if (!strcmp(a, "--cpu-compiler")) {
+            if (!di_cpu_compiler_parse(v, &o->cpu_compiler)) {
+                fprintf(stderr, "bench_engine: --cpu-compiler takes tcc, cc or auto, not '%s'\n", v);
+                return 2;
+            }
+        }
         else { fprintf(stderr, "bench_engine: unknown option '%s'\n", a); return usage(NULL); }
         i++;
     }
@@ -104,7 +111,8 @@ int main(int argc, char **argv)
     di_err err = {0};
     di_profile prof = DI_PROFILE_EXACT;
     di_profile_parse(o.profile, &prof);   /* checked by parse */
-    di_rt_opts ro = {.backend = strcmp(o.device, "cuda") ? DI_BACKEND_C : DI_BACKEND_CUDA, .profile = prof, .threads = o.threads};
+    di_rt_opts ro = {.backend = strcmp(o.device, "cuda") ? DI_BACKEND_C : DI_BACKEND_CUDA, .profile = prof, .threads = o.threads,
+                     .cpu_compiler = o.cpu_compiler};
     di_rt *rt = NULL;
     if (di_rt_open(&ro, &rt, &err)) { fprintf(stderr, "bench_engine: --device %s: %s\n", o.device, err.msg); return 2; }
     int kvb = di_model_kv_block(), per_seq = (160 + 110 + kvb - 1) / kvb + 1;

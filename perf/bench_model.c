@@ -21,7 +21,7 @@
  *
  * usage: bench_model -m MODEL.gguf [--device auto|cpu|cuda] [--profile exact|fast|vendor]
  *        [--prompt-len N] [--batch B,...] [--steps N] [--warmup N] [--prefill-runs N]
- *        [-t threads] [--hbm-gbs X] [--seed S] [--no-prefill] [--info] [--json] */
+ *        [-t threads] [--cpu-compiler tcc|cc|auto] [--hbm-gbs X] [--seed S] [--no-prefill] [--info] [--json] */
 #include "model/model.h"
 #include <errno.h>
 #include <math.h>
@@ -35,6 +35,7 @@ enum { MAX_BATCHES = 16 };
 
 typedef struct options {
     const char *model, *device, *profile;
+    di_cpu_compiler cpu_compiler;
     int prompt_len, steps, warmup, prefill_runs, threads, nb;
     int batches[MAX_BATCHES];
     double hbm_gbs;
@@ -63,6 +64,7 @@ static void usage(FILE *f)
         "      --prefill-runs N  timed prefill forwards (default 5, after one warm-up)\n"
         "      --no-prefill      skip the prefill measurement (decode prompts are still prefilled)\n"
         "  -t, --threads N       CPU threads (default: all cores)\n"
+        "      --cpu-compiler C  tcc | cc | auto: what builds the CPU kernels (default auto, as generate)\n"
         "      --hbm-gbs X       memory bandwidth roofline in GB/s (default 3350: H100 SXM)\n"
         "      --seed S          token ids (default 1)\n"
         "      --info            print the model's shape, bytes and memory plan, load nothing\n"
@@ -123,6 +125,13 @@ static int parse_args(int argc, char **argv, options *o)
         else if (!strcmp(a, "--warmup")) { NEED(); if (!parse_int(v, 0, 1 << 20, &o->warmup)) return bad("--warmup takes a count, not '%s'", v); }
         else if (!strcmp(a, "--prefill-runs")) { NEED(); if (!parse_int(v, 1, 1 << 20, &o->prefill_runs)) return bad("--prefill-runs takes a positive count, not '%s'", v); }
         else if (!strcmp(a, "--no-prefill")) o->no_prefill = true;
+        else if (!strcmp(a, "--cpu-compiler")) {
+            NEED();
+            if (!di_cpu_compiler_parse(v, &o->cpu_compiler)) {
+                fprintf(stderr, "bench_model: --cpu-compiler takes tcc, cc or auto, not '%s'\n", v);
+                return 2;
+            }
+        }
         else if (IS("-t", "--threads")) { NEED(); if (!parse_int(v, 1, 1024, &o->threads)) return bad("--threads takes 1..1024, not '%s'", v); }
         else if (!strcmp(a, "--hbm-gbs")) {
             NEED();
@@ -403,7 +412,8 @@ int main(int argc, char **argv)
     /* backend, as generate opens it */
     di_rt_opts ro = {.backend = DI_BACKEND_C,
                      .profile = DI_PROFILE_EXACT,
-                     .threads = o.threads ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN)};
+                     .threads = o.threads ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
+                     .cpu_compiler = o.cpu_compiler};
     di_profile_parse(o.profile, &ro.profile);   /* checked by parse_args */
     di_rt *rt = NULL;
     if (strcmp(o.device, "cpu")) {

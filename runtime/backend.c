@@ -2,6 +2,7 @@
  * compile) and the one launch path, which carries out the plan a kernel's lowering gives. */
 #include "runtime/backend.h"
 #include "runtime/cache.h"
+#include "runtime/cc.h"
 #include "vendor/cublaslt.h"
 #include "runtime/nvrtc.h"
 #include "runtime/pool.h"
@@ -11,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 /* cuBLASLt plans by M (the heuristic is asked once per row count a kernel meets). */
 typedef struct lt_plan_list {
@@ -28,7 +30,8 @@ struct di_kernel {
     void *fn[DI_MAX_ENTRIES];   /* CUDA functions, or the C backend's block functions */
     int ndeps;
     di_kernel *deps[DI_MAX_DEPS];
-    di_tcc_code *code;          /* C backend */
+    di_tcc_code *code;          /* C backend, built by libtcc */
+    di_cc_code *cc;             /* C backend, built by the system compiler */
     di_cuda_module *mod;        /* CUDA backend */
     di_buf *ws;                 /* the plan's workspace, grown on demand */
     lt_plan_list *lt_plans;     /* DI_RUN_CUBLASLT */
@@ -41,6 +44,9 @@ struct di_rt {
     di_pool *pool;
     di_cuda *cuda;
     di_cache *cache;
+    di_cpu_compiler cpu;      /* C backend: TCC or CC */
+    bool cpu_auto;            /* chosen by auto: a kernel cc fails on is built by libtcc */
+    bool cc_warned;
     di_kernel *kernels;
     di_cublaslt *lt;          /* vendor profile on the GPU; NULL: generated variants instead */
     di_buf *lt_ws;            /* cuBLASLt workspace, shared: one stream orders its users */
@@ -88,6 +94,39 @@ static int open_cuda(di_rt *rt, const di_rt_opts *o, di_err *err)
     return DI_OK;
 }
 
+bool di_cpu_compiler_parse(const char *name, di_cpu_compiler *out)
+{
+    if (!strcmp(name, "auto")) *out = DI_CPU_COMPILER_AUTO;
+    else if (!strcmp(name, "tcc")) *out = DI_CPU_COMPILER_TCC;
+    else if (!strcmp(name, "cc")) *out = DI_CPU_COMPILER_CC;
+    else return false;
+    return true;
+}
+
+const char *di_cpu_compiler_name(di_cpu_compiler c)
+{
+    return c == DI_CPU_COMPILER_TCC ? "tcc" : c == DI_CPU_COMPILER_CC ? "cc" : "auto";
+}
+
+/* The CPU tier: the option, else $DETINFER_CPU_COMPILER, else auto (cc if one works). */
+static int choose_cpu_compiler(di_rt *rt, di_cpu_compiler want, di_err *err)
+{
+    const char *from = "--cpu-compiler";
+    if (want == DI_CPU_COMPILER_DEFAULT) {
+        const char *env = getenv("DETINFER_CPU_COMPILER");
+        want = DI_CPU_COMPILER_AUTO;
+        from = "DETINFER_CPU_COMPILER";
+        if (env && *env && !di_cpu_compiler_parse(env, &want))
+            return di_fail(err, DI_EUSAGE, "DETINFER_CPU_COMPILER=%s: takes tcc, cc or auto", env);
+    }
+    di_err ce = {0};
+    if (want == DI_CPU_COMPILER_CC && !di_cc_available(&ce)) return di_fail(err, DI_EUSAGE, "%s cc: %s", from, ce.msg);
+    rt->cpu_auto = want == DI_CPU_COMPILER_AUTO;
+    rt->cpu = want == DI_CPU_COMPILER_TCC || (rt->cpu_auto && !di_cc_available(&ce)) ? DI_CPU_COMPILER_TCC
+                                                                                     : DI_CPU_COMPILER_CC;
+    return DI_OK;
+}
+
 int di_rt_open(const di_rt_opts *o, di_rt **out, di_err *err)
 {
     if (!(di_profile_backends(o->profile) & (o->backend == DI_BACKEND_CUDA ? DI_ON_CUDA : DI_ON_CPU)))
@@ -104,9 +143,13 @@ int di_rt_open(const di_rt_opts *o, di_rt **out, di_err *err)
         }
     } else {
         rt->target = di_target_c();
+        if (choose_cpu_compiler(rt, o->cpu_compiler, err)) { free(rt); return err->code; }
         rt->pool = di_pool_new(o->threads);
         if (!rt->pool) { free(rt); return di_fail(err, DI_ENOMEM, "cannot start the CPU pool"); }
-        snprintf(rt->desc, sizeof rt->desc, "cpu (%d threads, libtcc), %s profile%s", di_pool_threads(rt->pool),
+        char tier[300];
+        if (rt->cpu == DI_CPU_COMPILER_CC) snprintf(tier, sizeof tier, "cc: %s", di_cc_version());
+        else snprintf(tier, sizeof tier, "libtcc");
+        snprintf(rt->desc, sizeof rt->desc, "cpu (%d threads, %s), %s profile%s", di_pool_threads(rt->pool), tier,
                  di_profile_name(o->profile),
                  o->profile == DI_PROFILE_VENDOR ? " (not batch invariant: matmul K split count from the row count)" : "");
     }
@@ -121,6 +164,7 @@ void di_rt_close(di_rt *rt)
     for (di_kernel *k = rt->kernels, *next; k; k = next) {
         next = k->next;
         di_tcc_free(k->code);
+        di_cc_free(k->cc);
         di_buf_free(k->ws);
         for (lt_plan_list *p = k->lt_plans, *pn; p; p = pn) {
             pn = p->next;
@@ -143,6 +187,7 @@ const di_target *di_rt_target(const di_rt *rt) { return &rt->target; }
 di_profile di_rt_profile(const di_rt *rt) { return rt->o.profile; }
 const char *di_rt_describe(const di_rt *rt) { return rt->desc; }
 di_rt_stats di_rt_get_stats(const di_rt *rt) { return rt->stats; }
+di_cpu_compiler di_rt_cpu_compiler(const di_rt *rt) { return rt->cuda ? DI_CPU_COMPILER_DEFAULT : rt->cpu; }
 struct di_cache *di_rt_cache(di_rt *rt) { return rt->cache; }
 
 /* ---- buffers ------------------------------------------------------------------------- */
@@ -244,45 +289,132 @@ static void dump_log(const di_rt *rt, const char *name, const void *data, size_t
 
 /* ---- compile or fetch ---------------------------------------------------------------- */
 
-static int build_c(di_rt *rt, di_kernel *k, const char *src, di_err *err)
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* A compile that happened (a cache miss): counted, timed, and reported to the progress callback. */
+static void compiled(di_rt *rt, const char *kernel, const char *compiler, double t0)
+{
+    double s = now_s() - t0;
+    rt->stats.kernels_compiled++;
+    rt->stats.compile_seconds += s;
+    if (rt->o.on_compile) rt->o.on_compile(rt->o.on_compile_ctx, kernel, compiler, s);
+}
+
+/* The two CPU tiers: one C source, two compilers. What each puts in its cache key (everything
+ * that can make its output differ), how it compiles, loads and finds a symbol. */
+typedef struct cpu_tier {
+    const char *name;
+    void (*key)(di_keyb *kb);
+    int (*compile)(const char *src, const char *label, void **bin, size_t *len, di_err *err);
+    int (*load)(di_kernel *k, const void *bin, size_t len, di_err *err);
+    void *(*symbol)(di_kernel *k, const char *name);
+} cpu_tier;
+
+static void tcc_key(di_keyb *kb)
+{
+    di_keyb_add_str(kb, "compiler", DI_TCC_IDENTITY);
+    di_keyb_add_str(kb, "kind", "tcc-obj");
+}
+static int tcc_load(di_kernel *k, const void *bin, size_t len, di_err *err)
+{
+    return di_tcc_load_obj(bin, len, k->entries[0].name, &k->code, &k->fn[0], err);
+}
+static void *tcc_sym(di_kernel *k, const char *name) { return di_tcc_symbol(k->code, name); }
+
+/* The compiler's --version line and its flags in order; the host's machine, since a flag such
+ * as -mavx2 is chosen from the CPU the process runs on. */
+static void cc_key(di_keyb *kb)
+{
+    const char *const *flags;
+    int n = di_cc_flags(&flags);
+    di_keyb_add_str(kb, "compiler", di_cc_version());
+    for (int i = 0; i < n; i++) di_keyb_add_str(kb, "option", flags[i]);
+#if defined(__x86_64__)
+    di_keyb_add_str(kb, "arch", "x86_64");
+#elif defined(__aarch64__)
+    di_keyb_add_str(kb, "arch", "aarch64");
+#else
+    di_keyb_add_str(kb, "arch", "other");
+#endif
+    di_keyb_add_str(kb, "kind", "cc-so");
+}
+static int cc_load(di_kernel *k, const void *bin, size_t len, di_err *err)
+{
+    return di_cc_load_so(bin, len, k->entries[0].name, &k->cc, &k->fn[0], err);
+}
+static void *cc_sym(di_kernel *k, const char *name) { return di_cc_symbol(k->cc, name); }
+
+static const cpu_tier tier_tcc = {"libtcc", tcc_key, di_tcc_compile_obj, tcc_load, tcc_sym};
+static const cpu_tier tier_cc = {"cc", cc_key, di_cc_compile_so, cc_load, cc_sym};
+
+static int build_cpu(di_rt *rt, di_kernel *k, const char *src, const cpu_tier *t, di_err *err)
 {
     di_keyb kb;
     di_keyb_init(&kb);
     di_keyb_add_str(&kb, "generator", DI_CODEGEN_SCHEMA);
     di_keyb_add_str(&kb, "source", src);
-    di_keyb_add_str(&kb, "compiler", DI_TCC_IDENTITY);
-    di_keyb_add_str(&kb, "kind", "tcc-obj");
+    t->key(&kb);
     di_key key = di_keyb_final(&kb);
     const char *entry = k->entries[0].name;
-    void *obj = NULL;
+    void *bin = NULL;
     size_t len = 0;
-    bool hit = di_cache_get(rt->cache, &key, &obj, &len);
+    bool hit = di_cache_get(rt->cache, &key, &bin, &len);
     if (!hit) {
-        if (di_tcc_compile_obj(src, entry, &obj, &len, err)) return err->code;
-        di_cache_put(rt->cache, &key, obj, len);
-        rt->stats.kernels_compiled++;
+        double t0 = now_s();
+        if (t->compile(src, entry, &bin, &len, err)) return err->code;
+        compiled(rt, k->name, t->name, t0);
+        di_cache_put(rt->cache, &key, bin, len);
     } else {
         rt->stats.kernels_from_cache++;
     }
-    int rc = di_tcc_load_obj(obj, len, entry, &k->code, &k->fn[0], err);
-    free(obj);
+    int rc = t->load(k, bin, len, err);
+    free(bin);
     if (rc && hit) {
         /* a cached object that does not load is treated as corrupt: rebuild it */
         di_err_clear(err);
-        if (di_tcc_compile_obj(src, entry, &obj, &len, err)) return err->code;
-        di_cache_put(rt->cache, &key, obj, len);
-        rc = di_tcc_load_obj(obj, len, entry, &k->code, &k->fn[0], err);
-        free(obj);
+        double t0 = now_s();
+        if (t->compile(src, entry, &bin, &len, err)) return err->code;
+        compiled(rt, k->name, t->name, t0);
+        di_cache_put(rt->cache, &key, bin, len);
+        rc = t->load(k, bin, len, err);
+        free(bin);
     }
     for (int i = 1; !rc && i < k->nentries; i++)
-        if (!(k->fn[i] = di_tcc_symbol(k->code, k->entries[i].name)))
+        if (!(k->fn[i] = t->symbol(k, k->entries[i].name)))
             rc = di_fail(err, DI_ECOMPILE, "%s: symbol %s not found in the object", k->name, k->entries[i].name);
-    char hex[65], log[512];
+    char hex[65], log[1024];
     di_key_hex(&key, hex);
     int n = snprintf(log, sizeof log, "kernel %s\nkey %s\ncache %s\ncompiler %s\n", k->name, hex, hit ? "hit" : "miss",
-                     DI_TCC_IDENTITY);
-    dump_log(rt, k->name, log, (size_t)n);
+                     t == &tier_cc ? di_cc_version() : DI_TCC_IDENTITY);
+    if (t == &tier_cc) {
+        const char *const *flags;
+        int nf = di_cc_flags(&flags);
+        n += snprintf(log + n, sizeof log - (size_t)n, "flags");
+        for (int i = 0; i < nf && n < (int)sizeof log; i++) n += snprintf(log + n, sizeof log - (size_t)n, " %s", flags[i]);
+        if (n < (int)sizeof log) n += snprintf(log + n, sizeof log - (size_t)n, "\n");
+    }
+    dump_log(rt, k->name, log, (size_t)(n < (int)sizeof log ? n : (int)sizeof log - 1));
     return rc;
+}
+
+/* cc when the runtime uses it; under auto, a kernel cc cannot build is built by libtcc (the
+ * same bits, slower), with one warning. An explicit --cpu-compiler cc fails instead. */
+static int build_c(di_rt *rt, di_kernel *k, const char *src, di_err *err)
+{
+    if (rt->cpu != DI_CPU_COMPILER_CC) return build_cpu(rt, k, src, &tier_tcc, err);
+    int rc = build_cpu(rt, k, src, &tier_cc, err);
+    if (!rc || !rt->cpu_auto) return rc;
+    if (!rt->cc_warned) fprintf(stderr, "detinfer: cc failed, libtcc builds %s instead: %.600s\n", k->name, err->msg);
+    rt->cc_warned = true;
+    di_err_clear(err);
+    di_cc_free(k->cc);
+    k->cc = NULL;
+    return build_cpu(rt, k, src, &tier_tcc, err);
 }
 
 static di_key cuda_key(const di_rt *rt, const char *src, const char **opts, int nopts, const char *arch,
@@ -381,6 +513,7 @@ int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_ker
     snprintf(k->name, sizeof k->name, "%s", name);
     if (build(rt, k, err)) {
         di_tcc_free(k->code);
+        di_cc_free(k->cc);
         if (k->mod) di_cuda_module_unload(rt->cuda, k->mod);
         free(k);
         return err->code;

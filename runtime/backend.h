@@ -13,6 +13,18 @@
 
 typedef struct di_rt di_rt;
 
+/* Which compiler builds the C lowering for the CPU. Both give the same bits (the flags of
+ * runtime/cc.h allow nothing that changes a rounding); cc is the faster code, libtcc the one
+ * that is always there. DEFAULT: $DETINFER_CPU_COMPILER (tcc | cc | auto), else auto: cc where
+ * a system C compiler works, libtcc otherwise and for any kernel cc fails on. */
+typedef enum { DI_CPU_COMPILER_DEFAULT, DI_CPU_COMPILER_AUTO, DI_CPU_COMPILER_TCC, DI_CPU_COMPILER_CC } di_cpu_compiler;
+bool di_cpu_compiler_parse(const char *name, di_cpu_compiler *out);   /* "tcc" | "cc" | "auto" */
+const char *di_cpu_compiler_name(di_cpu_compiler c);
+
+/* Called after each kernel the runtime compiles (a cache miss): its name, the compiler
+ * ("cc", "libtcc", "nvrtc") and the seconds the compile took. */
+typedef void (*di_compile_fn)(void *ctx, const char *kernel, const char *compiler, double seconds);
+
 typedef struct di_rt_opts {
     di_backend_kind backend;
     di_profile profile;
@@ -23,6 +35,9 @@ typedef struct di_rt_opts {
     /* Dumps, on cache hits too. NULL: $DETINFER_DUMP_DIR for both. */
     const char *dump_src_dir; /* generated .c/.cu and compile logs */
     const char *dump_ptx_dir; /* GPU: the PTX and compile logs */
+    di_cpu_compiler cpu_compiler;
+    di_compile_fn on_compile; /* progress of the first compile; may be NULL */
+    void *on_compile_ctx;
 } di_rt_opts;
 
 typedef struct di_buf {
@@ -37,14 +52,19 @@ typedef union di_val { di_buf *buf; float f32; int i32; } di_val;
 
 typedef struct di_kernel di_kernel;
 
-typedef struct di_rt_stats { long kernels_compiled, kernels_from_cache, launches; } di_rt_stats;
+typedef struct di_rt_stats {
+    long kernels_compiled, kernels_from_cache, launches;
+    double compile_seconds;   /* spent in compilers (cache misses only) */
+} di_rt_stats;
 
 int di_rt_open(const di_rt_opts *o, di_rt **out, di_err *err);
 void di_rt_close(di_rt *rt);
 di_backend_kind di_rt_backend(const di_rt *rt);
 const di_target *di_rt_target(const di_rt *rt);
 di_profile di_rt_profile(const di_rt *rt);
-const char *di_rt_describe(const di_rt *rt);   /* "cpu (2 threads)", "cuda NVIDIA H100 ... sm_90a" */
+const char *di_rt_describe(const di_rt *rt);   /* "cpu (2 threads, cc ...)", "cuda NVIDIA H100 ... sm_90a" */
+/* The CPU compiler kernels are built with (TCC or CC; DEFAULT on the GPU). */
+di_cpu_compiler di_rt_cpu_compiler(const di_rt *rt);
 di_rt_stats di_rt_get_stats(const di_rt *rt);
 struct di_cache *di_rt_cache(di_rt *rt);
 

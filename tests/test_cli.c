@@ -4,6 +4,7 @@
 #include "helpers.h"
 #include "model_fixture.h"
 #include <fcntl.h>
+#include "runtime/cc.h"
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -199,10 +200,9 @@ Test(cli, unknown_profile_exits_2_everywhere)
 }
 
 /* The recorded digests (tests/data/digests.tsv) do not move: every refactor of the kernel
- * layer has to leave these bits alone. */
-Test(cli, generate_digests_match_the_record, .timeout = 600)
+ * layer has to leave these bits alone, whichever compiler builds the CPU kernels. */
+static void check_digests(const char *compiler)
 {
-    NEED_MODEL();
     FILE *f = fopen(DI_SOURCE_DIR "/tests/data/digests.tsv", "r");
     cr_assert_not_null(f);
     char line[1024];
@@ -214,11 +214,12 @@ Test(cli, generate_digests_match_the_record, .timeout = 600)
         *tab = 0;
         char want[65];
         cr_assert_eq(sscanf(tab + 1, "%64s", want), 1);
-        ran r = sh(GEN " -m %s --device cpu -t 2 --digest %s", model_path(), line);
-        cr_assert_eq(r.status, 0, "generate %s: exit %d\n%s", line, r.status, r.out);
+        ran r = sh(GEN " -m %s --device cpu -t 2 --cpu-compiler %s --digest %s", model_path(), compiler, line);
+        cr_assert_eq(r.status, 0, "generate --cpu-compiler %s %s: exit %d\n%s", compiler, line, r.status, r.out);
         char expect_line[100];
         snprintf(expect_line, sizeof expect_line, "digest 0 %s", want);
-        cr_assert(strstr(r.out, expect_line), "generate %s: digest moved (want %s):\n%s", line, want, r.out);
+        cr_assert(strstr(r.out, expect_line), "generate --cpu-compiler %s %s: digest moved (want %s):\n%s", compiler,
+                  line, want, r.out);
         checked++;
     }
     fclose(f);
@@ -406,4 +407,29 @@ Test(cli, generate_refuses_inconsistent_models, .timeout = 300)
         close(fd);
     }
     unlink(copy);
+}
+
+Test(cli, generate_digests_match_the_record, .timeout = 600)
+{
+    NEED_MODEL();
+    check_digests("tcc");
+}
+
+Test(cli, generate_digests_match_the_record_under_cc, .timeout = 600)
+{
+    NEED_MODEL();
+    di_err e = {0};
+    if (!di_cc_available(&e)) cr_skip_test("%s", e.msg);
+    check_digests("cc");
+}
+
+Test(cli, generate_cpu_compiler_flag_and_load_line)
+{
+    NEED_MODEL();
+    ran r = sh(GEN " -m %s --device cpu --cpu-compiler gcc -p hi", model_path());
+    cr_assert_eq(r.status, 2, "a bad --cpu-compiler is a usage error:\n%s", r.out);
+    cr_assert(strstr(r.out, "--cpu-compiler takes tcc, cc or auto, not 'gcc'"), "%s", r.out);
+    r = sh(GEN " -m %s --device cpu -t 1 --cpu-compiler tcc -p hi -n 1 --temp 0", model_path());
+    cr_assert_eq(r.status, 0, "%s", r.out);
+    cr_assert(strstr(r.out, "libtcc") && strstr(r.out, "kernels: "), "the load line names the compiler:\n%s", r.out);
 }

@@ -23,6 +23,7 @@
 typedef struct args {
     const char *model, *prompt, *prompt_file, *batch_file, *device, *dump_src, *dump_ptx, *background;
     di_profile profile;
+    di_cpu_compiler cpu_compiler;
     bool chat, digest, json, no_prefix_cache, arrivals, ignore_eos, score;
     int logprobs;             /* --logprobs N: top-N per token; -1 none */
     /* chat and model inspection (--tokenize, --info): no runtime is opened for those */
@@ -71,6 +72,8 @@ static void usage(FILE *f)
         "  device and numerics:\n"
         "      --device D          auto | cpu | cuda (default auto)\n"
         "      --profile P         %s (default exact; vendor: not invariant, for comparison)\n"
+        "      --cpu-compiler C    tcc | cc | auto: what builds the CPU kernels (default auto: the system cc\n"
+        "                          where it works, else libtcc; the same bits either way)\n"
         "  output:\n"
         "      --digest            print each request's SHA-256 of generated ids and log-prob bits\n"
         "      --json              one JSON object per request on stdout (with log-prob bits and the receipt)\n"
@@ -182,6 +185,10 @@ static int parse_args(int argc, char **argv, args *a)
                         di_profile_choices(), v);
                 return 2;
             }
+        }
+        else if (!strcmp(o, "--cpu-compiler")) {
+            NEED();
+            if (!di_cpu_compiler_parse(v, &a->cpu_compiler)) return bad_usage("--cpu-compiler takes tcc, cc or auto, not '%s'", v);
         }
         else if (!strcmp(o, "--dump-cuda")) { NEED(); a->dump_src = v; }
         else if (!strcmp(o, "--dump-ptx")) { NEED(); a->dump_ptx = v; }
@@ -574,12 +581,33 @@ static void load_summary(const di_request *reqs, const int *kinds, int n_req, do
     printf("repeats: %d, unique completions: %d, unique digests: %d, seconds: %.2f\n", reps, uniq_text, uniq_digest, seconds);
 }
 
+/* Progress of the first compile (later runs take the kernels from the cache): one line that
+ * says so, kept up to date on a terminal. */
+typedef struct compile_progress { int n; double seconds; bool tty; } compile_progress;
+
+static void on_compile(void *ctx, const char *kernel, const char *compiler, double seconds)
+{
+    compile_progress *cp = ctx;
+    cp->n++;
+    cp->seconds += seconds;
+    if (cp->n == 1 && !cp->tty)
+        fprintf(stderr, "generate: compiling kernels with %s (the first run only; later runs take them from the "
+                        "cache)\n", compiler);
+    if (cp->tty)
+        fprintf(stderr, "\rgenerate: compiling kernels with %s (the first run only): %d done, %.1f s, %.40s\033[K",
+                compiler, cp->n, cp->seconds, kernel);
+}
+
+static compile_progress progress;
+
 static di_rt *open_runtime(const args *a)
 {
     di_err err = {0};
+    progress.tty = isatty(2);
     di_rt_opts ro = {.backend = DI_BACKEND_C, .profile = a->profile,
                      .threads = a->threads ? a->threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
-                     .dump_src_dir = a->dump_src, .dump_ptx_dir = a->dump_ptx};
+                     .dump_src_dir = a->dump_src, .dump_ptx_dir = a->dump_ptx, .cpu_compiler = a->cpu_compiler,
+                     .on_compile = on_compile, .on_compile_ctx = &progress};
     di_rt *rt = NULL;
     if (strcmp(a->device, "cpu")) {
         ro.backend = DI_BACKEND_CUDA;
@@ -792,7 +820,10 @@ static int run(const args *ap, run_state *s)
         return err.code == DI_ENOMEM || err.code == DI_EDEVICE ? 1 : 2;
     }
     t_load = wall() - t_load;
-    fprintf(stderr, "generate: %s; model %s loaded in %.2f s\n", di_rt_describe(s->rt), s->model_path, t_load);
+    di_rt_stats rs = di_rt_get_stats(s->rt);
+    if (progress.tty && progress.n) fprintf(stderr, "\n");
+    fprintf(stderr, "generate: %s; model %s loaded in %.2f s; kernels: %ld compiled in %.2f s, %ld from the cache\n",
+            di_rt_describe(s->rt), s->model_path, t_load, rs.kernels_compiled, rs.compile_seconds, rs.kernels_from_cache);
     int trained = di_model_config(s->m)->ctx_train;
     if (a.ctx > trained)
         fprintf(stderr, "generate: warning: --ctx %d is beyond the model's trained context (llama.context_length = %d); "
