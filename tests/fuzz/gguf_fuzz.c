@@ -8,7 +8,7 @@
  *
  *   clang -std=gnu11 -g -O1 -ffp-contract=off -fsanitize=fuzzer,address,undefined \
  *         -fno-sanitize-recover=undefined -I. \
- *         tests/fuzz/gguf_fuzz.c model/gguf.c model/quant.c model/config.c model/tokenizer.c \
+ *         tests/fuzz/gguf_fuzz.c model/gguf.c model/quant.c model/config.c model/arch.c model/tokenizer.c \
  *         model/pretok.c model/chat.c base/err.c base/file.c -ljansson -lm -o /tmp/gguf_fuzz
  *
  * Run (a scratch corpus dir first: the fuzzer writes new inputs into the first dir it is given,
