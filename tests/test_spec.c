@@ -550,6 +550,52 @@ Test(spec, tiny_draft_model_equals_plain_decoding, .timeout = 300)
     }
 }
 
+/* The draft model's KV follows the sequence: the target drafting for itself proposes, at every
+ * step and after every rejection, the target's own argmax at that position (white box: on_token
+ * reads the step's drafts from the request's engine state; top-1 gives the row's argmax). A
+ * draft KV left holding a rejected draft would propose something else. */
+typedef struct follow { long checked, wrong; } follow;
+
+static void check_draft_is_argmax(void *ctx, const di_request *r, int32_t t)
+{
+    (void)t;
+    follow *f = ctx;
+    int j = r->spec_hit;   /* this token comes from the row after j kept drafts */
+    if (!r->spec_k || j >= r->spec_k) return;
+    f->checked++;
+    f->wrong += r->spec_tok[j] != r->top_id[r->n_gen - 1];
+}
+
+Test(spec, tiny_draft_model_kv_follows_the_sequence, .timeout = 300)
+{
+    tiny t = tiny_open(24, 128, 4, target_args);
+    prompt p[NPROMPTS];
+    make_prompts(p);
+    follow f = {0};
+    for (int k = 0; k < 2; k++) {
+        di_request r[4];
+        di_request *rp[4];
+        for (int i = 0; i < 4; i++) {
+            req_def d = {.prompt = p[i].id, .n_prompt = p[i].n, .n_predict = 150, .top_n = 1, .temp = temps[k], .seed = 61,
+                         .rng_id = (uint64_t)i, .arrival = 5 * i};
+            fill_request(&r[i], &d, &(di_draft_opts){.draft_max = K, .model = true});
+            rp[i] = &r[i];
+        }
+        di_engine_opts o = {.max_batch_tokens = 24, .max_seqs = 4, .on_token = check_draft_is_argmax, .ctx = &f,
+                            .draft_model = t.draft};
+        di_engine_stats st;
+        di_err e = {0};
+        cr_assert_eq(di_engine_run(t.m, rp, 4, &o, &st, &e), 0, "%s", e.msg);
+        for (int i = 0; i < 4; i++) di_request_release(&r[i]);
+        if (k == 1) cr_assert_gt(st.drafted, st.draft_accepted, "sampling rejected no draft");
+    }
+    cr_log_info("%ld drafts checked against the target's argmax, %ld differ", f.checked, f.wrong);
+    cr_assert_gt(f.checked, 500);
+    cr_assert_eq(f.wrong, 0, "%ld of %ld drafts are not the target's argmax: the draft model's KV left the sequence", f.wrong,
+                 f.checked);
+    tiny_close(&t);
+}
+
 /* Ends: a stop id, a stop callback (a stop string over token ids) and max_tokens end the
  * request at the token plain decoding ends it at; drafted tokens after it are neither kept
  * nor streamed. */
