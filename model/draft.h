@@ -16,8 +16,8 @@ enum { DI_DRAFT_MAX = 16, DI_NGRAM_MAX = 16 };   /* draft_max and ngram_max at m
 
 typedef struct di_draft_opts {
     int draft_max;            /* K: tokens drafted per step at most (0: no speculation) */
-    int ngram_max;            /* prompt lookup: the longest suffix matched (default 3) */
-    int ngram_min;            /* and the shortest (default 1); 1 <= ngram_min <= ngram_max */
+    int ngram_max;            /* prompt lookup: the longest suffix matched (generate and serve: 3, min 2) */
+    int ngram_min;            /* and the shortest; 1 <= ngram_min <= ngram_max */
     bool model;               /* draft with the engine's draft model instead of prompt lookup */
 } di_draft_opts;
 

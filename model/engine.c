@@ -485,6 +485,7 @@ static void take_row(engine *e, di_request *r, const float *row, int pos, int32_
 static void count_decode(engine *e, di_request *r)
 {
     r->decode_steps++;
+    r->decode_tokens += 1 + r->spec_hit;
     r->drafted += r->spec_k;
     r->draft_accepted += r->spec_hit;
     e->st.decode_slots++;
@@ -746,7 +747,7 @@ static int init_request(di_request *r, long i, int pool_blocks, di_err *err)
         }
     }
     r->n_gen = r->n_fed = r->n_blocks = r->n_hashed = r->take = r->preemptions = r->prefix_hit_tokens = 0;
-    r->drafted = r->draft_accepted = r->decode_steps = r->spec_k = r->spec_hit = r->d_fed = 0;
+    r->drafted = r->draft_accepted = r->decode_steps = r->decode_tokens = r->spec_k = r->spec_hit = r->d_fed = 0;
     r->decoding = false;
     r->admit_seq = 0;
     r->slot = -1;

@@ -65,7 +65,7 @@ typedef struct di_request {
     int preemptions;          /* times evicted from the batch and recomputed */
     int prefix_hit_tokens;    /* positions taken from the prefix cache instead of computed */
     int drafted, draft_accepted;   /* speculation: tokens drafted, and those of them kept */
-    int decode_steps;         /* steps with a decode row (tokens per step: decode tokens / this) */
+    int decode_steps, decode_tokens;   /* steps with a decode row, and the tokens they gave (1 each without speculation) */
     double t_admit, t_first, t_end;   /* seconds, engine clock; t_admit: first admission */
     /* engine state */
     int slot, n_fed, take;    /* n_fed: positions whose KV is in the cache; take: planned this step */
