@@ -15,6 +15,8 @@
  * and DETINFER_TEST_PROFILE pick the GPU and its profile, as for the other model suites. */
 #include "model_fixture.h"
 #include "model/draft.h"
+#include "server/api.h"
+#include <sys/wait.h>
 
 /* ---- prompt lookup alone ---------------------------------------------------------------------- */
 
@@ -708,4 +710,63 @@ Test(spec, gemma3_code_equals_plain_decoding, .timeout = 900)
 {
     if (!gemma3_path()) cr_skip_test("DETINFER_GEMMA3 is not set (scripts/test fetches Gemma 3 270M)");
     real_model(gemma3_path(), 10, 1);
+}
+
+/* ---- serve: the request field, the server default, metrics ---------------------------------- */
+
+/* "speculative" decodes into the request, each bad member named. */
+Test(spec, serve_decodes_the_speculative_field)
+{
+    di_api_request q;
+    di_api_error e = {0};
+    const char *ok = "{\"prompt\":\"hi\",\"speculative\":{\"draft_max\":6,\"ngram\":4,\"ngram_min\":1,\"method\":\"ngram\"}}";
+    cr_assert_eq(di_api_decode(DI_API_COMPLETION, ok, strlen(ok), 100, &q, &e), 0, "%s", e.message);
+    cr_assert(q.spec_given && q.draft_max == 6 && q.ngram == 4 && q.ngram_min == 1 && !q.draft_model);
+    di_api_request_free(&q);
+    const char *dflt = "{\"prompt\":\"hi\",\"speculative\":{}}";
+    cr_assert_eq(di_api_decode(DI_API_COMPLETION, dflt, strlen(dflt), 100, &q, &e), 0, "%s", e.message);
+    cr_assert(q.spec_given && q.draft_max == 4 && q.ngram == 3 && q.ngram_min == 2);
+    di_api_request_free(&q);
+    const char *none = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}";
+    cr_assert_eq(di_api_decode(DI_API_CHAT, none, strlen(none), 100, &q, &e), 0, "%s", e.message);
+    cr_assert(!q.spec_given, "no field: the server's default");
+    di_api_request_free(&q);
+    static const struct { const char *body, *param; } bad[] = {
+        {"{\"prompt\":\"hi\",\"speculative\":{\"draft_max\":17}}", "speculative.draft_max"},
+        {"{\"prompt\":\"hi\",\"speculative\":{\"draft_max\":\"4\"}}", "speculative.draft_max"},
+        {"{\"prompt\":\"hi\",\"speculative\":{\"ngram\":0}}", "speculative.ngram"},
+        {"{\"prompt\":\"hi\",\"speculative\":{\"ngram\":2,\"ngram_min\":3}}", "speculative.ngram_min"},
+        {"{\"prompt\":\"hi\",\"speculative\":{\"method\":\"medusa\"}}", "speculative.method"},
+        {"{\"prompt\":\"hi\",\"speculative\":{\"num_speculative_tokens\":3}}", "speculative"},
+        {"{\"prompt\":\"hi\",\"speculative\":true}", "speculative"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&e, 0, sizeof e);
+        cr_assert_eq(di_api_decode(DI_API_COMPLETION, bad[i].body, strlen(bad[i].body), 100, &q, &e), 422, "%s", bad[i].body);
+        cr_assert_str_eq(e.param, bad[i].param, "%s: param %s", bad[i].body, e.param);
+    }
+}
+
+/* serve with --draft-max 4 on SmolLM2 (tests/server/drive.py spec): each request speculating
+ * and not gives the same ids, bits, text, finish and usage, a stop string included; /metrics
+ * counts the drafts. */
+Test(spec, serve_answers_the_same_speculating_or_not, .timeout = 900)
+{
+    NEED_MODEL();
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "PYTHONPATH=%s/pydeps python3 %s/tests/server/drive.py spec --serve %s --generate %s --model '%s' --threads 1 2>&1",
+             DI_BUILD_DIR, DI_SOURCE_DIR, DI_SERVE_PATH, DI_GENERATE_PATH, model_path());
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    static char out[1 << 16];
+    size_t n = 0, k;
+    while (n < sizeof out - 1 && (k = fread(out + n, 1, sizeof out - 1 - n, p)) > 0) n += k;
+    for (char rest[4096]; fread(rest, 1, sizeof rest, p) > 0;) {}
+    out[n] = 0;
+    int st = pclose(p);
+    if (strstr(out, "No module named 'openai'"))
+        cr_assert_fail("the openai package is missing: scripts/test installs it (pip install --target build/pydeps openai)");
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "drive.py spec failed:\n%s", out);
+    cr_log_info("%s", out);
 }
