@@ -179,7 +179,8 @@ static bool is_stop(const di_engine_opts *o, int32_t t)
     return false;
 }
 
-/* A generated token: record, stream, and decide whether the request is done. */
+/* A generated token: record, stream, and decide whether the request is done. A request that
+ * is done takes no further token, so drafted rows after this one are rejected. */
 static void accept(const di_engine_opts *o, di_request *r, int32_t tok, float lp, double t)
 {
     if (r->n_gen == 0) r->t_first = t;
@@ -187,7 +188,8 @@ static void accept(const di_engine_opts *o, di_request *r, int32_t tok, float lp
     r->logprobs[r->n_gen] = lp;
     r->n_gen++;
     if (o->on_token) o->on_token(o->ctx, r, tok);
-    if (!r->ignore_stop && is_stop(o, tok)) r->finish = DI_DONE_EOS;
+    if (o->halt && o->halt(o->ctx, r)) r->finish = DI_DONE_STOP;
+    else if (!r->ignore_stop && is_stop(o, tok)) r->finish = DI_DONE_EOS;
     else if (r->n_gen >= r->n_predict) r->finish = DI_DONE_LENGTH;
 }
 
@@ -197,8 +199,20 @@ typedef struct step_plan {
     int n, n_out, n_prefill;
     int32_t *tok, *pos, *seq, *out_rows;
     di_request **owner;       /* per output row */
-    int *kind;                /* per output row: 0 next token, 1 prompt score only */
+    int *kind;                /* per output row: ROW_NEXT, ROW_SCORE, ROW_VERIFY */
 } step_plan;
+
+/* An output row gives r's next token (its last known position), scores a prompt position, or
+ * verifies a draft: a drafted position whose token is kept only if every earlier one was. */
+enum { ROW_NEXT, ROW_SCORE, ROW_VERIFY };
+
+/* The draft model's own step buffers (the target's plan is in use while it runs). */
+typedef struct draft_bufs {
+    int32_t *tok, *pos, *seq, *out_rows, *greedy;
+    di_request **owner;       /* per output row */
+    di_request **rs;          /* the requests drafting this step (max_seqs) */
+    int *want;                /* and how many tokens each */
+} draft_bufs;
 
 struct di_engine {
     di_model *m;
@@ -216,6 +230,8 @@ struct di_engine {
     double t0, last_step_s;
     di_engine_stats st;
     di_err *err;
+    int d_blocks;             /* draft model: KV blocks per slot (slot s owns [s d_blocks, (s + 1) d_blocks)) */
+    draft_bufs d;
 };
 typedef struct di_engine engine;
 
@@ -242,6 +258,7 @@ static void leave(engine *e, di_request *r)
     while (r->n_blocks > 0) pool_drop(&e->p, r->blocks[--r->n_blocks]);
     e->slot_used[r->slot] = 0;
     r->slot = -1;
+    r->d_fed = 0;   /* the next holder of the slot overwrites the draft model's KV */
 }
 
 /* Takes the most recently admitted running request out of the batch (it has done the least
@@ -283,11 +300,12 @@ static bool is_decode(const di_request *r) { return r->n_gen > 0 && r->n_fed == 
 static void plan_positions(step_plan *p, di_request *r, int take)
 {
     int last = known(r) - 1;
-    if (!is_decode(r)) p->n_prefill += take;
+    r->decoding = is_decode(r);
+    if (!r->decoding) p->n_prefill += take;
     for (int j = 0; j < take; j++) {
         int pos = r->n_fed + j;
         bool score = r->score_prompt && pos + 1 < r->n_prompt;
-        plan_add(p, r, token_at(r, pos), pos, pos == last || score, pos == last ? 0 : 1);
+        plan_add(p, r, token_at(r, pos), pos, pos == last || score, pos == last ? ROW_NEXT : ROW_SCORE);
     }
     r->take = take;
 }
@@ -322,7 +340,10 @@ static int plan_step(engine *e, bool *preempted)
 {
     for (;;) {
         e->plan.n = e->plan.n_out = e->plan.n_prefill = 0;
-        for (int i = 0; i < e->n; i++) e->sub[i]->take = 0;
+        for (int i = 0; i < e->n; i++) {
+            e->sub[i]->take = e->sub[i]->spec_k = 0;
+            e->sub[i]->decoding = false;
+        }
         int rc = plan_running(e);
         if (rc != NEED_BLOCK) return rc;
         if (!preempt_newest(e)) return di_fail(e->err, DI_ENOMEM, "KV cache pool exhausted with no request to preempt");
@@ -369,6 +390,7 @@ static void enter(engine *e, di_request *r, int slot, int hits, const uint8_t ch
     e->st.prefix_hit_tokens += r->n_fed;
     e->slot_used[slot] = 1;
     r->slot = slot;
+    r->d_fed = 0;
     if (r->admit_seq == 0) r->t_admit = now() - e->t0;
     r->admit_seq = ++e->admit_seq;
 }
@@ -436,11 +458,17 @@ static void top_select(const float *row, int V, int n, float *lp, int32_t *id)
     for (; have < n; have++) { lp[have] = -INFINITY; id[have] = -1; }   /* a vocabulary of NaN */
 }
 
-/* One output row of r: a prompt position to score, or the next token. */
-static void take_row(engine *e, di_request *r, const float *row, int pos, int kind, int32_t greedy, double t)
+/* One output row of r: a prompt position to score, the next token, or a draft to verify. */
+static void take_row(engine *e, di_request *r, const float *row, int pos, int32_t input, int kind, int32_t greedy, double t)
 {
     int n = r->top_n;
-    if (kind == 1) {
+    if (kind == ROW_VERIFY) {
+        /* kept only if the row's input is the true sequence: every earlier row of the step was
+         * kept (its position is the last known one) and its token equalled this row's draft */
+        if (r->finish != DI_RUNNING || pos != known(r) - 1 || token_at(r, pos) != input) return;
+        r->spec_hit++;
+    }
+    if (kind == ROW_SCORE) {
         r->prompt_lp[pos] = row[r->prompt[pos + 1]];
         if (n) top_select(row, e->V, n, r->prompt_top_lp + (size_t)pos * n, r->prompt_top_id + (size_t)pos * n);
         return;
@@ -450,6 +478,156 @@ static void take_row(engine *e, di_request *r, const float *row, int pos, int ki
     if (n) top_select(row, e->V, n, r->top_lp + (size_t)r->n_gen * n, r->top_id + (size_t)r->n_gen * n);
     int32_t tok = di_sample(&r->sampler, row, e->V, greedy, r->rng_id, (uint64_t)pos + 1);
     accept(&e->o, r, tok, row[tok], t);
+}
+
+/* ---- speculation: drafted rows, verified in the same step ------------------------------------ */
+
+static void count_decode(engine *e, di_request *r)
+{
+    r->decode_steps++;
+    r->decode_tokens += 1 + r->spec_hit;
+    r->drafted += r->spec_k;
+    r->draft_accepted += r->spec_hit;
+    e->st.decode_slots++;
+    e->st.decode_tokens += 1 + r->spec_hit;   /* the decode row's token, then each kept draft's */
+    e->st.drafted += r->spec_k;
+    e->st.draft_accepted += r->spec_hit;
+    if (!r->spec_k) return;
+    if (r->spec_hit == r->spec_k) e->st.full_accepts += r->spec_k == r->draft.draft_max;
+    else if (r->finish == DI_RUNNING) e->st.reject_at[r->spec_hit]++;   /* a mismatch, not the end of r */
+}
+
+/* Blocks past the one the next decode row writes hold rejected drafts' KV only: back to the free
+ * list (never cached: no position in them is below n_fed). The block table keeps stale entries
+ * past n_blocks; no row reaches them before grow_blocks sets them again. */
+static void trim_blocks(engine *e, di_request *r)
+{
+    int keep = blocks_for(r->n_fed + 1);
+    while (r->n_blocks > keep) pool_drop(&e->p, r->blocks[--r->n_blocks]);
+}
+
+/* Gives r blocks for positions [0, positions) from the free list alone: a draft may not evict a
+ * cached block or preempt anyone. Returns the positions r's blocks now cover. */
+static int grow_free(engine *e, di_request *r, int positions)
+{
+    int need = blocks_for(positions), had = r->n_blocks;
+    while (r->n_blocks < need && e->p.n_free > 0) {
+        int b = e->p.free_ids[--e->p.n_free];
+        e->p.ref[b] = 1;
+        r->blocks[r->n_blocks++] = b;
+    }
+    if (r->n_blocks > had && di_model_set_blocks(e->m, r->slot, r->blocks, r->n_blocks, e->err)) return -1;
+    return r->n_blocks * e->kvb;
+}
+
+/* r's drafts spec_tok[0..k) as the rows of positions known(r) .. known(r) + k - 1, after its
+ * decode row at known(r) - 1; fewer if its blocks cannot cover them. */
+static int add_drafts(engine *e, di_request *r, int k)
+{
+    int from = known(r), cover = k > 0 ? grow_free(e, r, from + k) : from;
+    if (cover < 0) return e->err->code;
+    if (k > cover - from) k = cover - from;
+    for (int j = 0; j < k; j++) plan_add(&e->plan, r, r->spec_tok[j], from + j, true, ROW_VERIFY);
+    r->take += k;
+    r->spec_k = k;
+    return DI_OK;
+}
+
+/* One forward of the draft model over d's n rows, n_out of them giving greedy ids. */
+static int draft_forward(engine *e, int n, int n_out)
+{
+    draft_bufs *d = &e->d;
+    di_step s = {n, d->tok, d->pos, d->seq, n_out, d->out_rows, NULL, NULL, d->greedy};
+    double t = now();
+    int rc = di_model_forward(e->o.draft_model, &s, e->err);
+    e->st.draft_s += now() - t;
+    e->st.draft_steps++;
+    return rc;
+}
+
+static void draft_row(draft_bufs *d, int *n, const di_request *r, int32_t tok, int pos)
+{
+    d->tok[*n] = tok;
+    d->pos[*n] = pos;
+    d->seq[*n] = r->slot;
+    (*n)++;
+}
+
+/* Greedy drafts of the draft model for rs[0..n), each wanting want[i] tokens: first its KV
+ * catches up with the known sequence (positions d_fed .. known - 1, in budget-sized forwards;
+ * the last of them gives the first draft), then each draft is fed to give the next, all the
+ * requests' rows in one forward per draft position. Sets want[i] to the drafts made. */
+static int draft_with_model(engine *e, di_request **rs, int *want, int n)
+{
+    draft_bufs *d = &e->d;
+    int B = e->o.max_batch_tokens, most = 0, rc;
+    for (bool behind = true; behind;) {
+        int rows = 0, outs = 0;
+        behind = false;
+        for (int i = 0; i < n; i++) {
+            di_request *r = rs[i];
+            int K = known(r), take = K - r->d_fed < B - rows ? K - r->d_fed : B - rows;
+            if (r->d_fed >= K) continue;
+            if (take <= 0) { behind = true; break; }
+            for (int j = 0; j < take; j++) draft_row(d, &rows, r, token_at(r, r->d_fed + j), r->d_fed + j);
+            r->d_fed += take;
+            if (r->d_fed == K) { d->out_rows[outs] = rows - 1; d->owner[outs++] = r; }
+            else behind = true;
+        }
+        if (rows && (rc = draft_forward(e, rows, outs))) return rc;
+        for (int k = 0; k < outs; k++) d->owner[k]->spec_tok[0] = d->greedy[k];
+    }
+    for (int i = 0; i < n; i++) most = want[i] > most ? want[i] : most;
+    for (int j = 1; j < most; j++) {
+        int rows = 0;
+        for (int i = 0; i < n; i++) {
+            if (want[i] <= j) continue;
+            if (rows == B) { want[i] = j; continue; }   /* more drafting requests than rows */
+            d->out_rows[rows] = rows;
+            d->owner[rows] = rs[i];
+            draft_row(d, &rows, rs[i], rs[i]->spec_tok[j - 1], known(rs[i]) - 1 + j);
+            rs[i]->d_fed = known(rs[i]) + j;
+        }
+        if (!rows) break;
+        if ((rc = draft_forward(e, rows, rows))) return rc;
+        for (int k = 0; k < rows; k++) d->owner[k]->spec_tok[j] = d->greedy[k];
+    }
+    return DI_OK;
+}
+
+/* Drafts for the step's decoding requests, in arrival order, within what the plan left of the
+ * budget: prompt lookup at once; the draft model's, batched, after. */
+static int plan_drafts(engine *e)
+{
+    int n_model = 0, reserved = 0, rc, *want = e->d.want;
+    di_request **model_rs = e->d.rs;
+    for (int a = 0; a < e->n; a++) {
+        di_request *r = e->arr[a];
+        if (!r->decoding || r->draft.draft_max <= 0) continue;
+        int k = r->draft.draft_max, left = e->o.max_batch_tokens - e->plan.n - reserved;
+        /* the last token a request may still take comes from the last verified row */
+        if (k > r->n_predict - r->n_gen - 1) k = r->n_predict - r->n_gen - 1;
+        if (k > left) k = left;
+        if (k <= 0) continue;
+        if (!r->draft.model) {
+            k = di_draft_lookup(r->prompt, r->n_prompt, r->tokens, r->n_gen, r->draft.ngram_min, r->draft.ngram_max, k,
+                                r->spec_tok);
+            if ((rc = add_drafts(e, r, k))) return rc;
+            continue;
+        }
+        /* the draft model's positions known - 1 .. known + k - 2 must lie in its slot's blocks */
+        int room = e->d_blocks * e->kvb - known(r) + 1;
+        if (k > room) k = room;
+        if (k <= 0) continue;
+        model_rs[n_model] = r;
+        want[n_model++] = k;
+        reserved += k;
+    }
+    if (!n_model) return DI_OK;
+    if ((rc = draft_with_model(e, model_rs, want, n_model))) return rc;
+    for (int i = 0; i < n_model; i++)
+        if ((rc = add_drafts(e, model_rs[i], want[i]))) return rc;
+    return DI_OK;
 }
 
 /* The forward pass of the plan, then sampling, scoring and the new KV's bookkeeping. */
@@ -464,14 +642,23 @@ static int run_step(engine *e)
     e->st.steps++;
     e->last_step_s = te - ts;
     if (p->n_prefill) e->st.prefill_s += te - ts; else e->st.decode_s += te - ts;
-    for (int k = 0; k < p->n_out; k++)
-        take_row(e, p->owner[k], e->lp + (size_t)k * e->V, p->pos[p->out_rows[k]], p->kind[k], e->greedy[k], te - e->t0);
+    for (int k = 0; k < p->n_out; k++) {
+        int row = p->out_rows[k];
+        take_row(e, p->owner[k], e->lp + (size_t)k * e->V, p->pos[row], p->tok[row], p->kind[k], e->greedy[k], te - e->t0);
+    }
     for (int i = 0; i < e->n; i++) {
         di_request *r = e->sub[i];
-        r->n_fed += r->take;
-        if (r->take && e->o.prefix_cache) register_blocks(e, r);
-        r->take = 0;
+        if (r->take) {
+            /* a rejected draft's KV is not the sequence's: n_fed stops before it */
+            r->n_fed += r->take - (r->spec_k - r->spec_hit);
+            if (r->d_fed > r->n_fed) r->d_fed = r->n_fed;
+            if (r->decoding) count_decode(e, r);
+            if (e->o.prefix_cache) register_blocks(e, r);
+        }
         if (r->slot >= 0 && r->finish != DI_RUNNING) { r->t_end = now() - e->t0; leave(e, r); }
+        else if (r->spec_k) trim_blocks(e, r);
+        r->take = r->spec_k = r->spec_hit = 0;
+        r->decoding = false;
     }
     return DI_OK;
 }
@@ -560,6 +747,8 @@ static int init_request(di_request *r, long i, int pool_blocks, di_err *err)
         }
     }
     r->n_gen = r->n_fed = r->n_blocks = r->n_hashed = r->take = r->preemptions = r->prefix_hit_tokens = 0;
+    r->drafted = r->draft_accepted = r->decode_steps = r->decode_tokens = r->spec_k = r->spec_hit = r->d_fed = 0;
+    r->decoding = false;
     r->admit_seq = 0;
     r->slot = -1;
     r->t_admit = r->t_first = r->t_end = 0;
@@ -584,6 +773,17 @@ static bool grow_lists(engine *e)
     return true;
 }
 
+/* A request's speculation options, checked against the engine. */
+static int check_draft(const engine *e, const di_request *r, long i, di_err *err)
+{
+    if (r->draft.draft_max == 0) return DI_OK;
+    const char *why = di_draft_check(&r->draft);
+    if (why) return di_fail(err, DI_EUSAGE, "request %ld: speculation: %s", i, why);
+    if (r->draft.model && !e->o.draft_model)
+        return di_fail(err, DI_EUSAGE, "request %ld: drafts from a draft model, but the engine was opened without one", i);
+    return DI_OK;
+}
+
 int di_engine_submit(di_engine *e, di_request *r, di_err *err)
 {
     long index = e->submitted++;
@@ -592,6 +792,7 @@ int di_engine_submit(di_engine *e, di_request *r, di_err *err)
     r->tokens = NULL; r->logprobs = NULL; r->prompt_lp = NULL; r->blocks = NULL;
     r->top_lp = NULL; r->top_id = NULL; r->prompt_top_lp = NULL; r->prompt_top_id = NULL;
     int rc = init_request(r, index, e->p.nb, err);
+    if (!rc) rc = check_draft(e, r, index, err);
     if (rc) { di_request_release(r); return rc; }
     if (!grow_lists(e)) { di_request_release(r); return di_fail(err, DI_ENOMEM, "out of memory"); }
     e->sub[e->n] = r;
@@ -612,6 +813,7 @@ int di_engine_step(di_engine *e, bool *busy, di_err *err)
         int rc = plan_step(e, &preempted);
         /* no admissions in a step that preempted: the victim would come straight back */
         if (!rc && !preempted) rc = admit(e);
+        if (!rc && e->plan.n) rc = plan_drafts(e);   /* last: drafts take only what is left */
         if (rc) return rc;
         if (e->plan.n == 0) {
             if (!skip_to_arrival(e)) { collect(e); *busy = e->n > 0; return DI_OK; }
@@ -629,7 +831,9 @@ int di_engine_step(di_engine *e, bool *busy, di_err *err)
 
 void di_engine_get_info(const di_engine *e, di_engine_info *out)
 {
-    *out = (di_engine_info){.blocks_total = e->p.nb, .step = e->step, .steps = e->st.steps, .last_step_s = e->last_step_s};
+    *out = (di_engine_info){.blocks_total = e->p.nb, .step = e->step, .steps = e->st.steps, .last_step_s = e->last_step_s,
+                            .drafted = e->st.drafted, .draft_accepted = e->st.draft_accepted,
+                            .decode_slots = e->st.decode_slots, .decode_tokens = e->st.decode_tokens};
     for (int i = 0; i < e->n; i++) {
         if (e->sub[i]->slot >= 0) out->running++;
         else if (e->sub[i]->finish == DI_RUNNING) out->waiting++;
@@ -648,7 +852,41 @@ static void engine_free(engine *e)
     pool_free(&e->p);
     free(p->tok); free(p->pos); free(p->seq); free(p->out_rows); free(p->owner); free(p->kind);
     free(e->lp); free(e->greedy); free(e->sub); free(e->arr); free(e->slot_used);
+    draft_bufs *d = &e->d;
+    free(d->tok); free(d->pos); free(d->seq); free(d->out_rows); free(d->greedy); free(d->owner); free(d->rs); free(d->want);
     free(e);
+}
+
+/* The draft model's slots: slot s owns blocks [s W, (s + 1) W), W as many as its pool allows and
+ * its context holds (set_blocks refuses more than the context), its buffers sized as the target's. */
+static int open_draft(engine *e, int budget, di_err *err)
+{
+    di_model *D = e->o.draft_model;
+    int V = di_model_config(D)->vocab;
+    if (V != e->V) return di_fail(err, DI_EUSAGE, "draft model: a vocabulary of %d tokens, the model's has %d", V, e->V);
+    if (di_model_max_seqs(D) < e->max_seqs)
+        return di_fail(err, DI_EUSAGE, "draft model: %d sequence slots, fewer than the engine's %d", di_model_max_seqs(D), e->max_seqs);
+    int W = di_model_kv_blocks(D) / e->max_seqs;
+    int32_t *ids = malloc(sizeof *ids * (size_t)(W > 0 ? W : 1));
+    if (!ids) return di_fail(err, DI_ENOMEM, "out of memory");
+    di_err quiet = {0};
+    for (; W > 0; W--) {
+        for (int i = 0; i < W; i++) ids[i] = i;
+        if (!di_model_set_blocks(D, 0, ids, W, &quiet)) break;
+    }
+    for (int s = 1; s < e->max_seqs && W > 0; s++) {
+        for (int i = 0; i < W; i++) ids[i] = s * W + i;
+        if (di_model_set_blocks(D, s, ids, W, err)) { free(ids); return err->code; }
+    }
+    free(ids);
+    if (W == 0) return di_fail(err, DI_EUSAGE, "draft model: %d KV blocks cannot give each of %d slots one", di_model_kv_blocks(D), e->max_seqs);
+    e->d_blocks = W;
+    draft_bufs *d = &e->d;
+    d->tok = malloc(sizeof(int32_t) * budget); d->pos = malloc(sizeof(int32_t) * budget);
+    d->seq = malloc(sizeof(int32_t) * budget); d->out_rows = malloc(sizeof(int32_t) * budget);
+    d->greedy = malloc(sizeof(int32_t) * budget); d->owner = malloc(sizeof(di_request *) * budget);
+    if (!d->tok || !d->pos || !d->seq || !d->out_rows || !d->greedy || !d->owner) return di_fail(err, DI_ENOMEM, "out of memory");
+    return DI_OK;
 }
 
 int di_engine_open(di_model *m, const di_engine_opts *o, di_engine **out, di_err *err)
@@ -669,11 +907,15 @@ int di_engine_open(di_model *m, const di_engine_opts *o, di_engine **out, di_err
     e->greedy = malloc(sizeof(int32_t) * budget);
     e->slot_used = calloc((size_t)e->max_seqs, sizeof(int));
     bool ok = pool_init(&e->p, di_model_kv_blocks(m), &e->st);
+    e->d.rs = malloc(sizeof(di_request *) * (size_t)e->max_seqs);
+    e->d.want = malloc(sizeof(int) * (size_t)e->max_seqs);
     if (!ok || !p->tok || !p->pos || !p->seq || !p->out_rows || !p->owner || !p->kind || !e->lp || !e->greedy ||
-        !e->slot_used) {
+        !e->slot_used || !e->d.rs || !e->d.want) {
         engine_free(e);
         return di_fail(err, DI_ENOMEM, "out of memory");
     }
+    int rc = o->draft_model ? open_draft(e, budget, err) : DI_OK;
+    if (rc) { engine_free(e); return rc; }
     *out = e;
     return DI_OK;
 }

@@ -12,15 +12,29 @@
  * comes, di_engine_step in a loop, di_engine_cancel at will; all from the one thread that owns
  * the model. Submission and cancellation take effect at step boundaries, which change which
  * rows are in a step and never an order (DESIGN.md, "Admission is free"). All at once
- * (generate, the tests, bench_engine): di_engine_run, a loop over the live calls. */
+ * (generate, the tests, bench_engine): di_engine_run, a loop over the live calls.
+ *
+ * Speculation (r->draft): a decoding request's step carries its next-token row and up to K
+ * drafted tokens (model/draft.h: prompt lookup, or the engine's draft model) as the rows of
+ * the positions after it, like a prefill chunk. Row j's token is kept only while every
+ * earlier one equalled its draft: then its input is the true sequence, and since no kernel
+ * depends on the row count and prefill gives decode's bits, its log-probs are plain
+ * decoding's, bit for bit; the draw is keyed by the position, as in plain decoding, never by
+ * the draft. Rejected positions' KV lies beyond n_fed: it is overwritten before any row reads
+ * it, blocks holding only such positions are given back after the step, and the prefix cache
+ * registers only blocks wholly below n_fed. Drafts take what is left of the step budget after
+ * decode rows, prefill chunks and admissions, and free KV blocks only (never an eviction or a
+ * preemption), so they cannot delay anyone's work. */
 #ifndef DI_ENGINE_H
 #define DI_ENGINE_H
 #include <stdbool.h>
 #include <stdint.h>
+#include "model/draft.h"
 #include "model/model.h"
 #include "model/sampler.h"
 
-enum { DI_RUNNING = 0, DI_DONE_LENGTH, DI_DONE_EOS, DI_DONE_CANCEL };
+/* DI_DONE_STOP: the caller's halt callback ended it (a stop string) */
+enum { DI_RUNNING = 0, DI_DONE_LENGTH, DI_DONE_EOS, DI_DONE_CANCEL, DI_DONE_STOP };
 enum { DI_TOP_MAX = 20 };    /* top_n at most */
 
 typedef struct di_request {
@@ -35,6 +49,7 @@ typedef struct di_request {
     long arrival_step;        /* admitted no earlier than this engine step */
     bool ignore_stop;         /* generate n_predict tokens even past the engine's stop ids */
     int top_n;                /* 0..DI_TOP_MAX: keep the top_n (log-prob, id) of every output row */
+    di_draft_opts draft;      /* speculative decoding (draft.draft_max > 0): the same bits, fewer steps */
     void *user;               /* the caller's; the engine never reads it */
     /* out */
     int32_t *tokens;          /* n_predict capacity */
@@ -49,6 +64,8 @@ typedef struct di_request {
     int finish;
     int preemptions;          /* times evicted from the batch and recomputed */
     int prefix_hit_tokens;    /* positions taken from the prefix cache instead of computed */
+    int drafted, draft_accepted;   /* speculation: tokens drafted, and those of them kept */
+    int decode_steps, decode_tokens;   /* steps with a decode row, and the tokens they gave (1 each without speculation) */
     double t_admit, t_first, t_end;   /* seconds, engine clock; t_admit: first admission */
     /* engine state */
     int slot, n_fed, take;    /* n_fed: positions whose KV is in the cache; take: planned this step */
@@ -57,6 +74,10 @@ typedef struct di_request {
     uint8_t chain[32];
     int32_t *blocks;
     int n_blocks;
+    bool decoding;            /* this step's plan holds r's decode row */
+    int spec_k, spec_hit;     /* drafts in this step's plan; verify rows kept */
+    int d_fed;                /* positions whose KV the draft model holds for r (in r's slot) */
+    int32_t spec_tok[DI_DRAFT_MAX];
 } di_request;
 
 typedef struct di_engine_opts {
@@ -67,16 +88,29 @@ typedef struct di_engine_opts {
     int n_stop;
     /* A generated token, within a step: r's tokens, logprobs and top_* hold it already. */
     void (*on_token)(void *ctx, const di_request *r, int32_t token);
+    /* After on_token: true ends r at this token (finish DI_DONE_STOP), as a stop id would; no
+     * token after it is generated, drafted or not (serve's stop strings). NULL: never. */
+    bool (*halt)(void *ctx, const di_request *r);
     /* r has left the engine (finished or cancelled; digest set): the engine holds no more of it.
      * Called at step boundaries, or from di_engine_cancel. */
     void (*on_done)(void *ctx, di_request *r);
     void *ctx;
+    /* Drafts for requests with draft.model: a model with the target's vocabulary, on its own KV,
+     * loaded with at least the engine's max_batch_tokens and max_seqs and kv_blocks = max_seqs x
+     * blocks per sequence (its slot s owns blocks [s W, (s + 1) W)). NULL: none. Its greedy
+     * tokens are only proposals: the target verifies every one. */
+    di_model *draft_model;
 } di_engine_opts;
 
 typedef struct di_engine_stats {
     long steps, prompt_tokens, gen_tokens;
     long preemptions, prefix_hit_tokens, evictions;   /* evictions: cached blocks reused for new KV */
-    double prefill_s, decode_s;
+    long drafted, draft_accepted;    /* speculation: tokens drafted, and kept */
+    long decode_slots, decode_tokens;   /* (request, step) pairs with a decode row, and the tokens they gave */
+    long reject_at[DI_DRAFT_MAX];    /* verifications whose draft j was the first one rejected (a mismatch) */
+    long full_accepts;               /* verifications that kept all draft_max drafts */
+    long draft_steps;                /* forward steps of the draft model */
+    double prefill_s, decode_s, draft_s;   /* draft_s: in the draft model (part of neither other) */
 } di_engine_stats;
 
 /* What a live engine holds, for metrics. */
@@ -86,6 +120,7 @@ typedef struct di_engine_info {
     long step;                /* the engine clock */
     long steps;               /* forward steps run */
     double last_step_s;       /* wall time of the last forward step */
+    long drafted, draft_accepted, decode_slots, decode_tokens;   /* di_engine_stats' so far */
 } di_engine_info;
 
 typedef struct di_engine di_engine;

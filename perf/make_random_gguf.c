@@ -61,6 +61,7 @@ typedef struct shape {
     float llama3_factor;            /* rope_freqs.weight from Llama 3's rope scaling with this factor; 0: none */
     int llama3_ctx;                 /* its original context (8192 for Llama 3; tiny-llama3's is short, so
                                      * that the factors change the rotations of its short sequences) */
+    float head_std;                 /* --head-std: the lm head's std (0: 0.02 like every matrix) */
 } shape;
 
 static const shape shapes[] = {
@@ -357,6 +358,8 @@ static void fill(const job *j)
 {
     const tensor *t = j->t;
     float base = t->kind == T_NORM ? 1.0f : 0.0f, std = 0.02f;
+    /* the lm head (token_embd when tied): a larger std gives peaked next-token distributions */
+    if (j->s->head_std > 0 && !strcmp(t->name, j->s->tied ? "token_embd.weight" : "output.weight")) std = j->s->head_std;
     if (t->kind == T_FACTORS) {
         float *o = (float *)j->out;
         for (uint64_t i = 0; i < j->count; i++) o[i] = llama3_factor(j->s, j->first + i);
@@ -463,6 +466,8 @@ static int usage(const char *why, const char *arg)
             "  --type T       matrices bf16 (default) or q4_1; norms are f32\n"
             "  --layers N     only the first N layers (same weights as the full shape's)\n"
             "  --threads N    generator threads (default: all cores, at most %d)\n"
+            "  --head-std S   the lm head's weights are S g instead of 0.02 g (peaked next-token distributions:\n"
+            "                 sampled text that repeats, for the speculation tests)\n"
             "  --header-only  metadata and tensor infos, then a sparse extension to the full size\n", MAX_THREADS);
     return why ? 2 : 0;
 }
@@ -489,6 +494,7 @@ int main(int argc, char **argv)
 {
     const char *out = NULL, *shape_name = NULL, *type_name = "bf16", *vocab = NULL;
     uint64_t seed = 1, layers = 0, threads = 0;
+    float head_std = 0;
     bool header_only = false, quiet = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -501,6 +507,12 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--seed")) { if (!parse_u64(v, 0, UINT64_MAX, &seed)) return usage("--seed takes an unsigned integer, not '%s'", v ? v : ""); i++; }
         else if (!strcmp(a, "--layers")) { if (!parse_u64(v, 1, 1024, &layers)) return usage("--layers takes 1..1024, not '%s'", v ? v : ""); i++; }
         else if (!strcmp(a, "--threads")) { if (!parse_u64(v, 1, MAX_THREADS, &threads)) return usage("--threads takes 1..64, not '%s'", v ? v : ""); i++; }
+        else if (!strcmp(a, "--head-std")) {
+            char *end = NULL;
+            head_std = v ? strtof(v, &end) : 0;
+            if (!v || *end || !(head_std > 0 && head_std <= 100)) return usage("--head-std takes a number in (0, 100], not '%s'", v ? v : "");
+            i++;
+        }
         else if (a[0] == '-' && a[1]) return usage("unknown option '%s'", a);
         else if (!out) out = a;
         else return usage("one output file only ('%s' is a second)", a);
@@ -515,6 +527,7 @@ int main(int argc, char **argv)
     if (type < 0) return usage("--type takes bf16 or q4_1, not '%s'", type_name);
     shape s = *sp;
     if (layers) s.layers = (int)layers;
+    s.head_std = head_std;
     if (!threads) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         threads = n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (uint64_t)n;

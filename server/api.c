@@ -296,6 +296,55 @@ static int get_seed(ctx *c, di_api_request *r)
     return 0;
 }
 
+/* An integer member of object o (the field `of`), named "of.name" in errors. */
+static int get_member_int(ctx *c, json_t *o, const char *of, const char *name, long long lo, long long hi, int *out)
+{
+    json_t *v = json_object_get(o, name);
+    if (!v || json_is_null(v)) return 0;
+    char p[64];
+    snprintf(p, sizeof p, "%s.%s", of, name);
+    if (!json_is_integer(v)) return bad(c, p, "'%s' must be an integer", p);
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi) return bad(c, p, "'%s' is %lld, outside %lld..%lld", p, x, lo, hi);
+    *out = (int)x;
+    return 0;
+}
+
+/* "speculative": {"draft_max": K (0..16; 0: off), "ngram": N (1..16, default 3), "ngram_min": M
+ * (1..N, default min(2, N)), "method": "ngram" | "draft_model"}, or null (the server's default).
+ * It changes how many steps a request takes, never a token or a bit. */
+static int get_speculative(ctx *c, di_api_request *r)
+{
+    json_t *v = field(c, "speculative");
+    if (!v) return 0;
+    if (!json_is_object(v)) return bad(c, "speculative", "'speculative' must be an object");
+    const char *key;
+    json_t *x;
+    json_object_foreach(v, key, x) {
+        if (strcmp(key, "draft_max") && strcmp(key, "ngram") && strcmp(key, "ngram_min") && strcmp(key, "method"))
+            return di_api_fail(c->err, 422, "speculative", "unsupported_parameter",
+                               "'speculative' takes draft_max, ngram, ngram_min and method, not '%.64s'", key);
+    }
+    r->spec_given = true;
+    r->draft_max = 4, r->ngram = 3, r->ngram_min = -1, r->draft_model = false;
+    int rc;
+    if ((rc = get_member_int(c, v, "speculative", "draft_max", 0, 16, &r->draft_max))) return rc;
+    if ((rc = get_member_int(c, v, "speculative", "ngram", 1, 16, &r->ngram))) return rc;
+    if ((rc = get_member_int(c, v, "speculative", "ngram_min", 1, 16, &r->ngram_min))) return rc;
+    if (r->ngram_min > r->ngram)
+        return bad(c, "speculative.ngram_min", "'speculative.ngram_min' (%d) must not exceed 'speculative.ngram' (%d)",
+                   r->ngram_min, r->ngram);
+    if (r->ngram_min < 0) r->ngram_min = r->ngram < 2 ? r->ngram : 2;
+    json_t *m = json_object_get(v, "method");
+    if (m && !json_is_null(m)) {
+        const char *ms = json_is_string(m) ? json_string_value(m) : NULL;
+        if (!ms || (strcmp(ms, "ngram") && strcmp(ms, "draft_model")))
+            return bad(c, "speculative.method", "'speculative.method' must be \"ngram\" or \"draft_model\"");
+        r->draft_model = !strcmp(ms, "draft_model");
+    }
+    return 0;
+}
+
 /* Sampling, length, logprobs, streaming: the fields completions and chat share. */
 static int get_common(ctx *c, di_api_request *r)
 {
@@ -316,6 +365,7 @@ static int get_common(ctx *c, di_api_request *r)
     if ((rc = get_stop(c, r))) return rc;
     if ((rc = get_bool(c, "stream", &r->stream))) return rc;
     if ((rc = get_bool(c, "ignore_eos", &r->ignore_eos))) return rc;
+    if ((rc = get_speculative(c, r))) return rc;
     json_t *so = field(c, "stream_options");
     if (so) {
         if (!json_is_object(so)) return bad(c, "stream_options", "'stream_options' must be an object");

@@ -44,6 +44,10 @@ typedef struct di_api_request {
     int logprobs;             /* top-N log-probs per token (completions: logprobs; chat: top_logprobs); -1: none */
     bool echo, stream, include_usage, ignore_eos, parse_special;
     int n;                    /* choices per prompt */
+    /* "speculative": {"draft_max", "ngram", "ngram_min", "method"}; when absent, the server's default */
+    bool spec_given;
+    int draft_max, ngram, ngram_min;   /* ngram_min -1: not given (min(2, ngram)) */
+    bool draft_model;         /* "method": "draft_model" (else "ngram", prompt lookup) */
 } di_api_request;
 
 typedef struct di_api_error {

@@ -54,6 +54,8 @@ typedef struct job {
 typedef struct metrics {
     long ok, cancelled, aborted, client_error, server_error, rejected;
     long prompt_tokens, gen_tokens, steps;
+    long drafted, draft_accepted;     /* speculation, of finished requests */
+    long decode_steps, decode_tokens; /* (request, step) pairs with a decode row, and the tokens they gave */
     double step_sum;
     long step_bucket[14];     /* cumulative counts are formed when printed */
 } metrics;

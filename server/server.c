@@ -119,6 +119,15 @@ static void on_token(void *ctx, const di_request *r, int32_t t)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* A stop string that matched ends the request at this token: no drafted token after it is
+ * kept, so usage and log-probs stop where plain decoding stops (on_token set stopped). */
+static bool halt(void *ctx, const di_request *r)
+{
+    (void)ctx;
+    const choice *c = r->user;
+    return c->stopped;
+}
+
 static void on_done(void *ctx, di_request *r)
 {
     engine_ctx *ec = ctx;
@@ -132,6 +141,10 @@ static void on_done(void *ctx, di_request *r)
            : c->job->client_gone ? END_CANCEL : END_ABORT;
     s->m.prompt_tokens += r->n_prompt;
     s->m.gen_tokens += r->n_gen;
+    s->m.drafted += r->drafted;
+    s->m.draft_accepted += r->draft_accepted;
+    s->m.decode_steps += r->decode_steps;
+    s->m.decode_tokens += r->decode_tokens;
     c->job->n_done++;
     pthread_cond_broadcast(&c->job->cv);
     pthread_mutex_unlock(&s->mu);
@@ -268,8 +281,15 @@ static void *engine_main(void *arg)
     di_model_opts mo = {.max_batch_tokens = s->o.max_batch_tokens, .ctx = s->o.ctx, .max_seqs = s->o.max_seqs,
                         .kv_blocks = s->o.kv_blocks > 0 ? s->o.kv_blocks : s->o.max_seqs * ((s->o.ctx + kvb - 1) / kvb)};
     if (!rc) rc = di_model_load(s->o.model_path, rt, &mo, &m, &err);
+    /* the draft model: its own KV, every slot a whole context */
+    di_model *dm = NULL;
+    di_model_opts dmo = mo;
+    dmo.kv_blocks = s->o.max_seqs * ((s->o.ctx + kvb - 1) / kvb);
+    if (!rc && s->o.draft_model && (rc = di_model_load(s->o.draft_model, rt, &dmo, &dm, &err)))
+        di_wrap(&err, "--draft-model %s", s->o.draft_model);
     di_engine_opts eo = {.max_batch_tokens = s->o.max_batch_tokens, .max_seqs = s->o.max_seqs, .prefix_cache = s->o.prefix_cache,
-                         .stop_ids = s->stops, .n_stop = s->n_stops, .on_token = on_token, .on_done = on_done};
+                         .stop_ids = s->stops, .n_stop = s->n_stops, .on_token = on_token, .halt = halt, .on_done = on_done,
+                         .draft_model = dm};
     engine_ctx ec = {.s = s};
     eo.ctx = &ec;
     if (!rc) rc = di_engine_open(m, &eo, &e, &err);
@@ -285,6 +305,7 @@ static void *engine_main(void *arg)
     pthread_mutex_unlock(&s->mu);
     if (!rc) serve_loop(&ec);
     di_engine_close(e, NULL);
+    di_model_free(dm);
     di_model_free(m);
     if (rt) di_rt_close(rt);
     return NULL;
@@ -395,6 +416,12 @@ static int make_job(di_server *s, di_api_request *q, job **out, di_api_error *e)
     if (q->model && strcmp(q->model, s->model_id))
         return di_api_fail(e, 404, "model", "model_not_found", "The model '%.200s' does not exist; this server serves '%.200s'",
                            q->model, s->model_id);
+    if (q->spec_given && q->draft_max > 0 && q->draft_model && !s->o.draft_model)
+        return di_api_fail(e, 422, "speculative.method", "unsupported_parameter",
+                           "'speculative.method' \"draft_model\" needs a server started with --draft-model");
+    di_draft_opts draft = s->o.draft;
+    if (q->spec_given)
+        draft = (di_draft_opts){.draft_max = q->draft_max, .ngram_max = q->ngram, .ngram_min = q->ngram_min, .model = q->draft_model};
     int n_prompts = q->kind == DI_API_CHAT ? 1 : q->n_prompts;
     job *j = calloc(1, sizeof *j);
     if (!j) return di_api_fail(e, 500, NULL, NULL, "out of memory");
@@ -434,7 +461,8 @@ static int make_job(di_server *s, di_api_request *q, job **out, di_api_error *e)
                                 .sampler = {.temp = (float)j->q.temperature, .top_k = j->q.top_k, .top_p = (float)j->q.top_p,
                                             .seed = j->q.seed, .min_p = (float)j->q.min_p},
                                 .rng_id = (uint64_t)k, .score_prompt = j->q.echo && j->q.logprobs >= 0,
-                                .ignore_stop = j->q.ignore_eos, .top_n = j->q.logprobs > 0 ? j->q.logprobs : 0, .user = c};
+                                .ignore_stop = j->q.ignore_eos, .top_n = j->q.logprobs > 0 ? j->q.logprobs : 0,
+                                .draft = draft, .user = c};
         }
     }
     *out = j;
@@ -663,6 +691,17 @@ static enum MHD_Result metrics_route(di_server *s, struct MHD_Connection *conn)
                       "detinfer_kv_blocks_cached %d\n", in.blocks_cached);
     di_str_printf(&t, "# HELP detinfer_kv_blocks_total KV cache blocks in the pool.\n# TYPE detinfer_kv_blocks_total gauge\n"
                       "detinfer_kv_blocks_total %d\n", in.blocks_total);
+    di_str_printf(&t, "# HELP detinfer_spec_draft_tokens_total Tokens drafted for speculative decoding (finished requests).\n"
+                      "# TYPE detinfer_spec_draft_tokens_total counter\ndetinfer_spec_draft_tokens_total %ld\n", m.drafted);
+    di_str_printf(&t, "# HELP detinfer_spec_accepted_tokens_total Drafted tokens kept: the sampled token equalled the draft.\n"
+                      "# TYPE detinfer_spec_accepted_tokens_total counter\ndetinfer_spec_accepted_tokens_total %ld\n", m.draft_accepted);
+    di_str_printf(&t, "# HELP detinfer_decode_steps_total Steps in which a request had a decode row (finished requests).\n"
+                      "# TYPE detinfer_decode_steps_total counter\ndetinfer_decode_steps_total %ld\n", m.decode_steps);
+    di_str_printf(&t, "# HELP detinfer_decode_tokens_total Tokens those steps gave (1 per step without speculation).\n"
+                      "# TYPE detinfer_decode_tokens_total counter\ndetinfer_decode_tokens_total %ld\n", m.decode_tokens);
+    di_str_printf(&t, "# HELP detinfer_spec_tokens_per_step Decode tokens per decode step so far.\n"
+                      "# TYPE detinfer_spec_tokens_per_step gauge\ndetinfer_spec_tokens_per_step %.4f\n",
+                  m.decode_steps ? (double)m.decode_tokens / m.decode_steps : 0.0);
     di_str_puts(&t, "# HELP detinfer_step_seconds Wall time of one forward step.\n# TYPE detinfer_step_seconds histogram\n");
     long cum = 0;
     for (int b = 0; b < 13; b++) {

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include "base/err.h"
 #include "model/chat.h"
+#include "model/draft.h"
 #include "model/receipt.h"
 #include "model/tokenizer.h"
 
@@ -24,6 +25,8 @@ typedef struct di_server_opts {
     int threads;                           /* CPU workers; 0: all cores */
     int max_seqs, max_queue, ctx, max_batch_tokens, chunk, kv_blocks;
     bool prefix_cache;
+    di_draft_opts draft;                   /* speculation for requests without "speculative" (draft_max 0: off) */
+    const char *draft_model;               /* a draft model for "method": "draft_model" (NULL: none) */
     size_t max_body;                       /* bytes */
     double drain_s;                        /* on shutdown: how long in-flight requests may go on */
 } di_server_opts;

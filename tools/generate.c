@@ -32,6 +32,10 @@ typedef struct args {
     int n_predict, top_k, ctx, threads, chunk, max_batch_tokens, max_seqs, kv_blocks, repeat;
     float temp, top_p;
     uint64_t seed, arrival_seed;
+    /* speculative decoding: the same bits, fewer steps; draft_max -1: not given */
+    int draft_max, draft_ngram, draft_ngram_min;
+    bool ngram_given;
+    const char *draft_model;
 } args;
 
 /* what a request is, for --json and the load summary */
@@ -69,6 +73,11 @@ static void usage(FILE *f)
         "      --max-seqs N        requests in flight (default: all)\n"
         "      --kv-blocks N       KV cache pool size in blocks (default: enough for every request at once)\n"
         "      --no-prefix-cache   compute every prompt in full instead of sharing cached KV blocks\n"
+        "  speculative decoding (tokens and log-prob bits exactly as without it):\n"
+        "      --draft-max K       draft up to K (1..16) tokens per step and verify them in that step (default 0: off)\n"
+        "      --draft-ngram N     prompt lookup: match the last N..M tokens of the text so far, longest first (default 3)\n"
+        "      --draft-ngram-min M   the shortest n-gram matched (default 2, or N if N is 1)\n"
+        "      --draft-model FILE  draft with this model's greedy tokens instead (same vocabulary; --draft-max default 4)\n"
         "  device and numerics:\n"
         "      --device D          auto | cpu | cuda (default auto)\n"
         "      --profile P         %s (default exact; vendor: not invariant, for comparison)\n"
@@ -128,12 +137,28 @@ static bool parse_float(const char *s, float lo, float hi, float *out)
     return true;
 }
 
+/* The speculation flags together: -1 to go on, else 2. */
+static int check_draft_args(args *a)
+{
+    if (a->draft_max < 0) a->draft_max = a->draft_model ? 4 : 0;
+    if (a->draft_model && a->draft_max == 0) return bad_usage("%s", "--draft-model needs --draft-max of 1..16, not 0");
+    if (a->draft_model && a->ngram_given) return bad_usage("%s", "--draft-ngram and --draft-ngram-min are prompt lookup's; --draft-model drafts instead");
+    if (a->ngram_given && a->draft_max == 0) return bad_usage("%s", "--draft-ngram and --draft-ngram-min need --draft-max K");
+    if (a->draft_ngram_min < 0) a->draft_ngram_min = a->draft_ngram < 2 ? a->draft_ngram : 2;
+    if (a->draft_ngram_min > a->draft_ngram) {
+        fprintf(stderr, "generate: --draft-ngram-min %d is longer than --draft-ngram %d\n(generate --help lists the options)\n",
+                a->draft_ngram_min, a->draft_ngram);
+        return 2;
+    }
+    return -1;
+}
+
 /* returns -1 to go on, else the exit status */
 static int parse_args(int argc, char **argv, args *a)
 {
     *a = (args){.device = "auto", .profile = DI_PROFILE_EXACT, .n_predict = 128, .top_k = 40, .ctx = 2048, .threads = 0,
                 .chunk = 0, .max_batch_tokens = 256, .temp = 0.8f, .top_p = 0.95f, .seed = 42,
-                .logprobs = -1};
+                .logprobs = -1, .draft_max = -1, .draft_ngram = 3, .draft_ngram_min = -1};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -170,6 +195,10 @@ static int parse_args(int argc, char **argv, args *a)
         else if (!strcmp(o, "--concurrency")) { NEED(); if (!parse_int(v, 1, 65535, &a->max_seqs)) return bad_usage("--concurrency takes 1..65535, not '%s'", v); }
         else if (!strcmp(o, "--kv-blocks")) { NEED(); if (!parse_int(v, 1, 1 << 24, &a->kv_blocks)) return bad_usage("--kv-blocks takes a positive count, not '%s'", v); }
         else if (!strcmp(o, "--no-prefix-cache")) a->no_prefix_cache = true;
+        else if (!strcmp(o, "--draft-max")) { NEED(); if (!parse_int(v, 0, DI_DRAFT_MAX, &a->draft_max)) return bad_usage("--draft-max takes 0..16, not '%s'", v); }
+        else if (!strcmp(o, "--draft-ngram")) { NEED(); a->ngram_given = true; if (!parse_int(v, 1, DI_NGRAM_MAX, &a->draft_ngram)) return bad_usage("--draft-ngram takes 1..16, not '%s'", v); }
+        else if (!strcmp(o, "--draft-ngram-min")) { NEED(); a->ngram_given = true; if (!parse_int(v, 1, DI_NGRAM_MAX, &a->draft_ngram_min)) return bad_usage("--draft-ngram-min takes 1..16, not '%s'", v); }
+        else if (!strcmp(o, "--draft-model")) { NEED(); a->draft_model = v; }
         else if (!strcmp(o, "--repeat")) { NEED(); if (!parse_int(v, 1, 1 << 20, &a->repeat)) return bad_usage("--repeat takes a positive count, not '%s'", v); }
         else if (!strcmp(o, "--background")) { NEED(); a->background = v; }
         else if (!strcmp(o, "--arrival-seed")) {
@@ -202,7 +231,7 @@ static int parse_args(int argc, char **argv, args *a)
     if (a->tokenize && a->batch_file) return bad_usage("%s", "--tokenize takes -p, -f or --messages, not --batch-file");
     if (a->batch_file && (a->repeat || a->background))
         return bad_usage("%s", a->repeat ? "--repeat needs -p or -f, not --batch-file" : "--background needs -p or -f, not --batch-file");
-    return -1;
+    return check_draft_args(a);
 }
 
 /* A prompt file's text; an error (a FIFO, a NUL byte, ...) is printed, naming the flag and file. */
@@ -403,10 +432,13 @@ static void print_result(const args *a, const di_tokenizer *tok, const di_reques
             json_bits(r->prompt_lp, r->n_prompt - 1);
             printf("]");
         }
+        if (a->draft_max > 0)
+            printf(",\"speculation\":{\"drafted\":%d,\"accepted\":%d,\"decode_steps\":%d}", r->drafted, r->draft_accepted,
+                   r->decode_steps);
         if (receipt) { printf(",\"system_fingerprint\":"); json_string(stdout, receipt, strlen(receipt)); }
         printf(",\"digest\":\"%s\",\"finish\":\"%s\",\"prompt_tokens\":%d,\"arrival_step\":%ld,\"preemptions\":%d,"
                "\"prefix_hit_tokens\":%d,\"timings\":{\"admit_s\":%.6f,\"first_token_s\":%.6f,\"end_s\":%.6f}}\n",
-               hex, r->finish == DI_DONE_EOS ? "stop" : "length", r->n_prompt, r->arrival_step, r->preemptions,
+               hex, r->finish == DI_DONE_EOS || r->finish == DI_DONE_STOP ? "stop" : "length", r->n_prompt, r->arrival_step, r->preemptions,
                r->prefix_hit_tokens, r->t_admit, r->t_first, r->t_end);
     } else if (kind == K_PROMPT || kind == K_BATCH) {
         if (!streamed) {
@@ -554,6 +586,8 @@ static int make_requests(const args *a, const di_tokenizer *tok, const chat_stat
         r->chunk = a->chunk;
         r->score_prompt = a->score;
         r->top_n = a->logprobs > 0 ? a->logprobs : 0;
+        r->draft = (di_draft_opts){.draft_max = a->draft_max, .ngram_max = a->draft_ngram, .ngram_min = a->draft_ngram_min,
+                                   .model = a->draft_model != NULL};
         /* a seeded schedule spreads arrivals over about four steps per request, so the
          * batch grows and shrinks from step to step */
         r->arrival_step = a->arrivals ? (long)(di_uniform(a->arrival_seed, (uint64_t)i, 0) * 4.0 * n_req) : 0;
@@ -744,6 +778,25 @@ static int model_info(const args *a, const char *path)
     return 0;
 }
 
+/* The speculation line: drafts made and kept, where the first rejection fell, and tokens per
+ * decode step (a request's tokens from decode rows over its steps with a decode row: 1 without
+ * speculation). */
+static void print_spec_stats(const di_engine_stats *st)
+{
+    fprintf(stderr, "generate: speculation: drafted %ld, accepted %ld (%.1f%%), %.2f tokens per decode step",
+            st->drafted, st->draft_accepted, st->drafted ? 100.0 * st->draft_accepted / st->drafted : 0.0,
+            st->decode_slots ? (double)st->decode_tokens / st->decode_slots : 0.0);
+    int last = DI_DRAFT_MAX;
+    while (last > 0 && !st->reject_at[last - 1]) last--;
+    if (last) {
+        fprintf(stderr, "; first rejected at draft");
+        for (int j = 0; j < last; j++) fprintf(stderr, " %d:%ld", j, st->reject_at[j]);
+    }
+    fprintf(stderr, "; all kept %ld times", st->full_accepts);
+    if (st->draft_steps) fprintf(stderr, "; draft model %ld steps, %.2f s", st->draft_steps, st->draft_s);
+    fprintf(stderr, "\n");
+}
+
 /* Everything main holds, so that every exit, early or not, frees it in one place. */
 typedef struct run_state {
     char *model_path, *owned[2];
@@ -753,7 +806,7 @@ typedef struct run_state {
     di_gguf *g;
     di_tokenizer *tok;
     chat_state chat;
-    di_model *m;
+    di_model *m, *draft;
     di_request *reqs;
     di_request **rp;
     int32_t **ids;
@@ -765,6 +818,7 @@ static void run_state_free(run_state *s)
     for (int i = 0; s->ids && i < s->n_req; i++) free(s->ids[i]);
     free(s->reqs); free(s->rp); free(s->ids); free(s->kinds); free(s->texts);
     free(s->owned[0]); free(s->owned[1]);
+    di_model_free(s->draft);
     di_model_free(s->m);
     di_tokenizer_free(s->tok);
     chat_state_free(&s->chat);
@@ -819,11 +873,24 @@ static int run(const args *ap, run_state *s)
         fprintf(stderr, "generate: %s\n", err.msg);
         return err.code == DI_ENOMEM || err.code == DI_EDEVICE ? 1 : 2;
     }
+    if (a.draft_model) {
+        /* its own KV: every sequence slot a whole context (the engine gives slot s its blocks) */
+        int kvb = di_model_kv_block();
+        di_model_opts dmo = mo;
+        dmo.kv_blocks = in_flight * ((a.ctx + kvb - 1) / kvb);
+        if (di_model_load(a.draft_model, s->rt, &dmo, &s->draft, &err)) {
+            fprintf(stderr, "generate: --draft-model %s: %s\n", a.draft_model, err.msg);
+            return err.code == DI_ENOMEM || err.code == DI_EDEVICE ? 1 : 2;
+        }
+    }
     t_load = wall() - t_load;
     di_rt_stats rs = di_rt_get_stats(s->rt);
-    if (progress.tty && progress.n) fprintf(stderr, "\n");
-    fprintf(stderr, "generate: %s; model %s loaded in %.2f s; kernels: %ld compiled in %.2f s, %ld from the cache\n",
-            di_rt_describe(s->rt), s->model_path, t_load, rs.kernels_compiled, rs.compile_seconds, rs.kernels_from_cache);
+    if (progress.tty && progress.n) fprintf(stderr, "
+");
+    fprintf(stderr, "generate: %s; model %s%s%s loaded in %.2f s; kernels: %ld compiled in %.2f s, %ld from the cache
+",
+            di_rt_describe(s->rt), s->model_path, a.draft_model ? " and draft model " : "", a.draft_model ? a.draft_model : "",
+            t_load, rs.kernels_compiled, rs.compile_seconds, rs.kernels_from_cache);
     int trained = di_model_config(s->m)->ctx_train;
     if (a.ctx > trained)
         fprintf(stderr, "generate: warning: --ctx %d is beyond the model's trained context (llama.context_length = %d); "
@@ -839,12 +906,14 @@ static int run(const args *ap, run_state *s)
     if (!a.special) hidden.ids = stops, hidden.n = n_stop;
     stream_ctx sc = {.tok = s->tok, .on = n_req == 1 && !a.json};
     di_engine_opts eo = {.max_batch_tokens = a.max_batch_tokens, .max_seqs = in_flight, .prefix_cache = !a.no_prefix_cache,
-                         .stop_ids = stops, .n_stop = a.ignore_eos ? 0 : n_stop, .on_token = on_token, .ctx = &sc};
+                         .stop_ids = stops, .n_stop = a.ignore_eos ? 0 : n_stop, .on_token = on_token, .ctx = &sc,
+                         .draft_model = s->draft};
     di_engine_stats st;
     double t_run = wall();
     if (di_engine_run(s->m, s->rp, n_req, &eo, &st, &err)) {
         /* a request too big for the pool is the --kv-blocks value's fault: a usage error */
-        fprintf(stderr, "\ngenerate: %s%s\n", a.kv_blocks && err.code == DI_EUSAGE ? "--kv-blocks: " : "", err.msg);
+        const char *flag = !strncmp(err.msg, "draft model", 11) ? "--draft-model: " : a.kv_blocks && err.code == DI_EUSAGE ? "--kv-blocks: " : "";
+        fprintf(stderr, "\ngenerate: %s%s\n", flag, err.msg);
         return err.code == DI_EUSAGE ? 2 : 1;
     }
     t_run = wall() - t_run;
@@ -861,6 +930,7 @@ static int run(const args *ap, run_state *s)
             st.prompt_tokens, st.prefill_s, st.prefill_s > 0 ? st.prompt_tokens / st.prefill_s : 0.0, st.gen_tokens,
             st.decode_s, st.decode_s > 0 ? (st.gen_tokens - n_req) / st.decode_s : 0.0, st.steps, st.prefix_hit_tokens,
             st.preemptions, st.evictions);
+    if (a.draft_max > 0) print_spec_stats(&st);
     if (a.repeat || a.background) load_summary(s->reqs, s->kinds, n_req, t_run);
     return 0;
 }

@@ -35,6 +35,12 @@ static void usage(FILE *f)
         "      --chunk N           prefill chunk size (default: whole prompt within the step budget)\n"
         "      --kv-blocks N       KV pool in blocks (default: --max-seqs full contexts)\n"
         "      --no-prefix-cache   compute every prompt in full\n"
+        "      --draft-max K       speculative decoding for requests without \"speculative\": draft up to K (1..16)\n"
+        "                          tokens a step by prompt lookup (default 0: off); it changes no token or bit\n"
+        "      --draft-ngram N     the longest n-gram prompt lookup matches (default 3)\n"
+        "      --draft-ngram-min M   the shortest (default 2, or N if N is 1)\n"
+        "      --draft-model FILE  a draft model (same vocabulary) for \"speculative\": {\"method\": \"draft_model\"};\n"
+        "                          with --draft-max, the default drafts with it\n"
         "      --max-body BYTES    largest request body (default 1048576); larger get 413\n"
         "      --drain-timeout S   on SIGTERM/SIGINT, seconds in-flight requests may go on (default 30)\n"
         "  -h, --help              this text\n"
@@ -62,12 +68,29 @@ static bool parse_int(const char *s, long lo, long hi, long *out)
 typedef struct args {
     di_server_opts o;
     const char *model, *device, *profile, *template_name;
+    bool ngram_given;
 } args;
+
+/* The speculation flags together: -1 to go on, else 2. */
+static int check_draft_args(args *a)
+{
+    di_draft_opts *d = &a->o.draft;
+    if (a->ngram_given && d->draft_max == 0) return bad_usage("%s", "--draft-ngram and --draft-ngram-min need --draft-max K");
+    if (d->ngram_min < 0) d->ngram_min = d->ngram_max < 2 ? d->ngram_max : 2;
+    if (d->ngram_min > d->ngram_max) {
+        fprintf(stderr, "serve: --draft-ngram-min %d is longer than --draft-ngram %d\n(serve --help lists the options)\n",
+                d->ngram_min, d->ngram_max);
+        return 2;
+    }
+    d->model = a->o.draft_model && d->draft_max > 0;
+    return -1;
+}
 
 static int parse_args(int argc, char **argv, args *a)
 {
     *a = (args){.o = {.host = "127.0.0.1", .port = 8080, .max_seqs = 16, .max_queue = 64, .ctx = 2048, .max_batch_tokens = 256,
-                      .prefix_cache = true, .max_body = 1 << 20, .drain_s = 30},
+                      .prefix_cache = true, .max_body = 1 << 20, .drain_s = 30,
+                      .draft = {.draft_max = 0, .ngram_max = 3, .ngram_min = -1}},
                 .device = "auto", .profile = "exact"};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -102,6 +125,10 @@ static int parse_args(int argc, char **argv, args *a)
         else if (!strcmp(o, "--chunk")) INT("--chunk", 1, 1048576, a->o.chunk);
         else if (!strcmp(o, "--kv-blocks")) INT("--kv-blocks", 1, 16777216, a->o.kv_blocks);
         else if (!strcmp(o, "--no-prefix-cache")) a->o.prefix_cache = false;
+        else if (!strcmp(o, "--draft-max")) INT("--draft-max", 0, 16, a->o.draft.draft_max);
+        else if (!strcmp(o, "--draft-ngram")) { a->ngram_given = true; INT("--draft-ngram", 1, 16, a->o.draft.ngram_max); }
+        else if (!strcmp(o, "--draft-ngram-min")) { a->ngram_given = true; INT("--draft-ngram-min", 1, 16, a->o.draft.ngram_min); }
+        else if (!strcmp(o, "--draft-model")) { NEED(); a->o.draft_model = v; }
         else if (!strcmp(o, "--max-body")) INT("--max-body", 1, 1073741824, a->o.max_body);
         else if (!strcmp(o, "--drain-timeout")) INT("--drain-timeout", 0, 86400, a->o.drain_s);
         else return bad_usage("unknown option '%s'", o);
@@ -109,7 +136,7 @@ static int parse_args(int argc, char **argv, args *a)
 #undef NEED
 #undef INT
     }
-    return -1;
+    return check_draft_args(a);
 }
 
 typedef struct hurry { di_server *s; sigset_t sigs; } hurry;

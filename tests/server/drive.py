@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives `serve` with clients nobody here wrote: the official `openai` package and curl.
 
-usage: drive.py client|faults --serve PATH --generate PATH --model GGUF [--threads N]
+usage: drive.py client|faults|spec --serve PATH --generate PATH --model GGUF [--threads N]
 
 Each section starts its own server on 127.0.0.1 (a free port), checks what README.md's
 "serve" promises, and stops it. Every request goes to loopback and has a timeout; the
@@ -391,16 +391,74 @@ def section_faults(args):
     log("SIGTERM: final events %r, exit 0 after %.1f s" % (finals, time.time() - t0))
 
 
+# ---- section: spec (speculative decoding changes no bit) ------------------------------------
+
+CODE = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n\ndef"
+OFF = {"speculative": {"draft_max": 0}}
+
+
+def section_spec(args):
+    """A server whose default speculates (--draft-max 4): each request with it and without it
+    ("speculative": {"draft_max": 0}) gives the same tokens, bits, text, finish and usage; a stop
+    string ends both at the same token (no drafted token after it is kept or counted)."""
+    s = Server(args, "--draft-max", "4", "--max-seqs", "4")
+    cl = s.client()
+    model = cl.models.list().data[0].id
+
+    def both(**kw):
+        on = cl.completions.create(model=model, **kw)
+        off = cl.completions.create(model=model, extra_body=OFF, **kw)
+        a, b = on.choices[0], off.choices[0]
+        check(completion_record(a) == completion_record(b), "%r: ids/bits %r vs %r" % (kw, completion_record(a)[:2],
+                                                                                    completion_record(b)[:2]))
+        check(a.text == b.text and a.finish_reason == b.finish_reason, "%r: %r vs %r" % (kw, a, b))
+        check(on.usage == off.usage, "%r: usage %r vs %r" % (kw, on.usage, off.usage))
+        return a
+
+    g = both(prompt=CODE, max_tokens=20, temperature=0, logprobs=2)
+    log("greedy, speculating and not:", repr(g.text))
+    # a stop string that first completes at generated token 8 of the greedy text
+    ids = completion_record(g)[0]
+    upto = lambda n: s.post("/detokenize", {"tokens": ids[:n]})["content"]
+    stop = upto(9)[len(upto(8)) - 2:]
+    st = both(prompt=CODE, max_tokens=20, temperature=0, logprobs=0, stop=[stop])
+    check(st.finish_reason == "stop" and len(completion_record(st)[0]) <= 9, "stop %r: %r" % (stop, st))
+    sampled = dict(prompt=CODE, max_tokens=16, temperature=0.8, seed=7, logprobs=1)
+    both(**sampled)
+    text, sids, sbits, fin = stream_completion(cl, model=model, **sampled)
+    text0, sids0, sbits0, fin0 = stream_completion(cl, model=model, extra_body=OFF, **sampled)
+    check((text, sids, sbits, fin) == (text0, sids0, sbits0, fin0), "streamed sampled: %r vs %r" % (sids, sids0))
+    msgs = [{"role": "user", "content": "Repeat exactly: the cat sat on the mat, the cat sat on the mat."}]
+    ch = cl.chat.completions.create(model=model, messages=msgs, max_tokens=16, temperature=0, logprobs=True)
+    ch0 = cl.chat.completions.create(model=model, messages=msgs, max_tokens=16, temperature=0, logprobs=True, extra_body=OFF)
+    bits = lambda c: [(t.model_extra["id"], t.model_extra["bits"]) for t in c.choices[0].logprobs.content]
+    check(bits(ch) == bits(ch0) and ch.choices[0].message.content == ch0.choices[0].message.content, "chat differs")
+    m = s.metrics()
+    check(m["detinfer_spec_draft_tokens_total"] > 0 and m["detinfer_spec_accepted_tokens_total"] > 0, "metrics %r" % m)
+    check(m["detinfer_spec_tokens_per_step"] > 1, "tokens per step %r" % m["detinfer_spec_tokens_per_step"])
+    log("metrics: drafted %d, accepted %d, %.2f tokens per decode step" % (m["detinfer_spec_draft_tokens_total"],
+        m["detinfer_spec_accepted_tokens_total"], m["detinfer_spec_tokens_per_step"]))
+    C = "/v1/completions"
+    expect_error(s, C, '{"prompt": "hi", "speculative": {"draft_max": 17}}', 422, "speculative.draft_max", key=None)
+    expect_error(s, C, '{"prompt": "hi", "speculative": {"ngram": 2, "ngram_min": 3}}', 422, "speculative.ngram_min", key=None)
+    expect_error(s, C, '{"prompt": "hi", "speculative": {"method": "eagle"}}', 422, "speculative.method", key=None)
+    expect_error(s, C, '{"prompt": "hi", "speculative": {"method": "draft_model"}}', 422, "speculative.method", key=None)
+    expect_error(s, C, '{"prompt": "hi", "speculative": {"k": 2}}', 422, "speculative", key=None)
+    expect_error(s, C, '{"prompt": "hi", "speculative": 4}', 422, "speculative", key=None)
+    rc, err = s.stop()
+    check(rc == 0, "serve exited %d:\n%s" % (rc, err))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("section", choices=["client", "faults"])
+    ap.add_argument("section", choices=["client", "faults", "spec"])
     ap.add_argument("--serve", required=True)
     ap.add_argument("--generate", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     t0 = time.time()
-    {"client": section_client, "faults": section_faults}[args.section](args)
+    {"client": section_client, "faults": section_faults, "spec": section_spec}[args.section](args)
     log("%s: %d checks passed in %.1f s" % (args.section, CHECKS, time.time() - t0))
 
 
