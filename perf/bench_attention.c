@@ -8,6 +8,7 @@
  *
  * usage: bench_attention [--device cuda|cpu] [--profile exact|fast] [--prefill 1024,4096]
  *                        [--decode-len 4096] [--batches 1,8,32,64] [--runs 15] */
+#include "tools/cli.h"
 #include "runtime/backend.h"
 #include <stdint.h>
 #include <stdio.h>
@@ -57,13 +58,6 @@ static int parse(int argc, char **argv, opts *o)
     if (argc % 2 == 0) { fprintf(stderr, "bench_attention: an option is missing its value\n"); return 2; }
     if (o->decode_len <= 0 || o->runs < 3) { fprintf(stderr, "bench_attention: bad --decode-len or --runs\n"); return 2; }
     return -1;
-}
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
 }
 
 static int cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
@@ -116,10 +110,10 @@ static double time_attention(di_rt *rt, di_kernel *k, int seqs, long ctx, long r
         double *t = malloc(sizeof *t * (size_t)runs);
         int ok = !di_rt_launch(rt, k, args, sizes, err) && !di_rt_sync(rt, err);   /* warm-up */
         for (int i = 0; ok && i < runs; i++) {
-            double t0 = now();
+            double t0 = cli_now();
             for (int j = 0; ok && j < reps; j++) ok = !di_rt_launch(rt, k, args, sizes, err);
             ok = ok && !di_rt_sync(rt, err);
-            t[i] = (now() - t0) * 1e3 / reps;
+            t[i] = (cli_now() - t0) * 1e3 / reps;
         }
         if (ok) {
             qsort(t, (size_t)runs, sizeof *t, cmp);

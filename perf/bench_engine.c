@@ -11,6 +11,7 @@
  * usage: bench_engine -m MODEL.gguf [--device cpu|cuda] [--profile exact|fast|vendor]
  *                     [--requests 1000] [--concurrency 64] [--subject-every 4] [--seed 1]
  *                     [--max-batch-tokens 512] [-t threads] */
+#include "tools/cli.h"
 #include "model/engine.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,13 +78,6 @@ static uint64_t next(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 enum { SUBJECT_LEN = 96, SUBJECT_GEN = 100 };
 
 /* Prompts and lengths: request i is the subject when i % every == 0. */
@@ -119,18 +113,18 @@ int main(int argc, char **argv)
     di_model_opts mo = {.max_batch_tokens = o.max_batch_tokens, .ctx = 512, .kv_blocks = o.concurrency * per_seq,
                         .max_seqs = o.concurrency};
     di_model *m = NULL;
-    double t0 = now();
+    double t0 = cli_now();
     if (di_model_load(o.model, rt, &mo, &m, &err)) { fprintf(stderr, "bench_engine: %s\n", err.msg); di_rt_close(rt); return 2; }
-    double t_load = now() - t0;
+    double t_load = cli_now() - t0;
     di_request *r = calloc((size_t)o.requests, sizeof *r);
     di_request **rp = calloc((size_t)o.requests, sizeof *rp);
     int32_t *subject = make_prompts(&o, di_model_config(m)->vocab, r);
     for (int i = 0; i < o.requests; i++) rp[i] = &r[i];
     di_engine_opts eo = {.max_batch_tokens = o.max_batch_tokens, .max_seqs = o.concurrency, .prefix_cache = true};
     di_engine_stats st;
-    t0 = now();
+    t0 = cli_now();
     rc = di_engine_run(m, rp, o.requests, &eo, &st, &err);
-    double t_run = now() - t0;
+    double t_run = cli_now() - t0;
     if (rc) { fprintf(stderr, "bench_engine: %s\n", err.msg); return 1; }
     int subjects = 0, unique = 0, done = 0;
     for (int i = 0; i < o.requests; i++) {

@@ -22,6 +22,7 @@
  * usage: bench_model -m MODEL.gguf [--device auto|cpu|cuda] [--profile exact|fast|vendor]
  *        [--prompt-len N] [--batch B,...] [--steps N] [--warmup N] [--prefill-runs N]
  *        [-t threads] [--cpu-compiler tcc|cc|auto] [--hbm-gbs X] [--seed S] [--no-prefill] [--info] [--json] */
+#include "tools/cli.h"
 #include "model/model.h"
 #include <errno.h>
 #include <math.h>
@@ -72,23 +73,7 @@ static void usage(FILE *f)
         "  -h, --help            this text\n");
 }
 
-static int bad(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "bench_model: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n(bench_model --help lists the options)\n");
-    return 2;
-}
-
-static bool parse_int(const char *s, long lo, long hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = (int)v;
-    return true;
-}
+static int bad(const char *fmt, const char *arg) { return cli_usage_error("bench_model", fmt, arg); }
 
 static int parse_batches(const char *s, int *out, int max)
 {
@@ -119,11 +104,11 @@ static int parse_args(int argc, char **argv, options *o)
         else if (IS("-m", "--model")) { NEED(); o->model = v; }
         else if (!strcmp(a, "--device")) { NEED(); o->device = v; if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda")) return bad("--device takes auto, cpu or cuda, not '%s'", v); }
         else if (!strcmp(a, "--profile")) { NEED(); o->profile = v; di_profile pr; if (!di_profile_parse(v, &pr)) { fprintf(stderr, "bench_model: --profile takes %s, not '%s'\n", di_profile_choices(), v); return 2; } }
-        else if (!strcmp(a, "--prompt-len")) { NEED(); if (!parse_int(v, 1, 1 << 20, &o->prompt_len)) return bad("--prompt-len takes a positive count, not '%s'", v); }
+        else if (!strcmp(a, "--prompt-len")) { NEED(); if (!cli_parse_int(v, 1, 1 << 20, &o->prompt_len)) return bad("--prompt-len takes a positive count, not '%s'", v); }
         else if (!strcmp(a, "--batch")) { NEED(); if ((o->nb = parse_batches(v, o->batches, MAX_BATCHES)) <= 0) return bad("--batch takes up to 16 sizes 1..4096 separated by commas, not '%s'", v); }
-        else if (!strcmp(a, "--steps")) { NEED(); if (!parse_int(v, 1, 1 << 20, &o->steps)) return bad("--steps takes a positive count, not '%s'", v); }
-        else if (!strcmp(a, "--warmup")) { NEED(); if (!parse_int(v, 0, 1 << 20, &o->warmup)) return bad("--warmup takes a count, not '%s'", v); }
-        else if (!strcmp(a, "--prefill-runs")) { NEED(); if (!parse_int(v, 1, 1 << 20, &o->prefill_runs)) return bad("--prefill-runs takes a positive count, not '%s'", v); }
+        else if (!strcmp(a, "--steps")) { NEED(); if (!cli_parse_int(v, 1, 1 << 20, &o->steps)) return bad("--steps takes a positive count, not '%s'", v); }
+        else if (!strcmp(a, "--warmup")) { NEED(); if (!cli_parse_int(v, 0, 1 << 20, &o->warmup)) return bad("--warmup takes a count, not '%s'", v); }
+        else if (!strcmp(a, "--prefill-runs")) { NEED(); if (!cli_parse_int(v, 1, 1 << 20, &o->prefill_runs)) return bad("--prefill-runs takes a positive count, not '%s'", v); }
         else if (!strcmp(a, "--no-prefill")) o->no_prefill = true;
         else if (!strcmp(a, "--cpu-compiler")) {
             NEED();
@@ -132,7 +117,7 @@ static int parse_args(int argc, char **argv, options *o)
                 return 2;
             }
         }
-        else if (IS("-t", "--threads")) { NEED(); if (!parse_int(v, 1, 1024, &o->threads)) return bad("--threads takes 1..1024, not '%s'", v); }
+        else if (IS("-t", "--threads")) { NEED(); if (!cli_parse_int(v, 1, 1024, &o->threads)) return bad("--threads takes 1..1024, not '%s'", v); }
         else if (!strcmp(a, "--hbm-gbs")) {
             NEED();
             char *end;
@@ -245,13 +230,6 @@ static void print_plan(const plan *p, const options *o, const char *path)
 
 /* ---- running ---------------------------------------------------------------------------------- */
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -287,9 +265,9 @@ static double timed_forward(bench *b, int n, int n_out, float *logits, di_err *e
 {
     di_step s = {n, b->tok, b->pos, b->seq, n_out, b->out_rows, NULL, logits, b->greedy};
     if (di_rt_sync(b->rt, err)) return -1;
-    double t0 = now();
+    double t0 = cli_now();
     if (di_model_forward(b->m, &s, err) || di_rt_sync(b->rt, err)) return -1;
-    return now() - t0;
+    return cli_now() - t0;
 }
 
 static double prefill_slot(bench *b, int slot, float *logits, di_err *err)
@@ -433,13 +411,13 @@ int main(int argc, char **argv)
     di_model_opts mo = {.max_batch_tokens = p.max_batch_tokens, .ctx = p.ctx,
                         .kv_blocks = p.blocks_per_seq * p.max_batch, .max_seqs = p.max_batch};
     di_model *m = NULL;
-    double t_load = now();
+    double t_load = cli_now();
     if (di_model_load(o.model, rt, &mo, &m, &err)) {
         fprintf(stderr, "bench_model: %s\n", err.msg);
         di_rt_close(rt);
         return err.code == DI_ENOMEM || err.code == DI_EDEVICE ? 1 : 2;
     }
-    t_load = now() - t_load;
+    t_load = cli_now() - t_load;
     di_rt_stats rs = di_rt_get_stats(rt);
     printf("device: %s; profile %s; loaded in %.2f s (%ld kernels compiled, %ld from cache)\n", di_rt_describe(rt),
            profile, t_load, rs.kernels_compiled, rs.kernels_from_cache);
@@ -472,11 +450,11 @@ int main(int argc, char **argv)
     }
     int done = 0;
     for (int i = 0; i < o.nb && !rc; i++, done++) {
-        double t0 = now();
+        double t0 = cli_now();
         rc = run_decode(&b, o.batches[i], &dec[i], &err);
         if (rc) break;
         printf("decode: batch %d, median step %.3f ms (min %.3f) -> %.1f tokens/s  [%.1f s incl. prefills]\n",
-               o.batches[i], dec[i].median_s * 1e3, dec[i].min_s * 1e3, o.batches[i] / dec[i].median_s, now() - t0);
+               o.batches[i], dec[i].median_s * 1e3, dec[i].min_s * 1e3, o.batches[i] / dec[i].median_s, cli_now() - t0);
         fflush(stdout);
     }
     if (rc) fprintf(stderr, "bench_model: %s\n", err.msg);

@@ -9,6 +9,7 @@
  * usage: bench_serve -m MODEL.gguf --serve PATH [--device cpu|cuda] [--profile exact|fast|vendor]
  *                    [--clients 16] [--requests 64] [--prompt-len 64] [--gen 64] [--seed 1]
  *                    [--max-batch-tokens 512] [-t threads] [--skip-engine] */
+#include "tools/cli.h"
 #include "model/engine.h"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -78,13 +79,6 @@ static uint64_t next(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 static int cmp_d(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -139,9 +133,9 @@ static int run_engine(const opts *o, di_rt *rt, int32_t **prompts, lat *l)
     }
     /* the server's engine options: the same step budget, in flight and prefix cache */
     di_engine_opts eo = {.max_batch_tokens = o->max_batch_tokens, .max_seqs = o->clients, .prefix_cache = true};
-    double t0 = now();
+    double t0 = cli_now();
     int rc = di_engine_run(m, rp, o->requests, &eo, NULL, &err);
-    l->seconds = now() - t0;
+    l->seconds = cli_now() - t0;
     if (rc) { fprintf(stderr, "bench_serve: %s\n", err.msg); return 1; }
     for (int i = 0; i < o->requests; i++) {
         l->tokens += r[i].n_gen;
@@ -180,7 +174,7 @@ static int one_request(shared *sh, int i, double *ttft, double *gaps, int *n_gap
     n += snprintf(body + n, cap - (size_t)n, "],\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,\"stream\":true}", o->gen);
     int m = snprintf(req, cap + 256, "POST /v1/completions HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                                      "Content-Length: %d\r\n\r\n%s", n, body);
-    double t0 = now(), last = 0;
+    double t0 = cli_now(), last = 0;
     bool ok = write(fd, req, (size_t)m) == m;
     free(body);
     free(req);
@@ -189,7 +183,7 @@ static int one_request(shared *sh, int i, double *ttft, double *gaps, int *n_gap
     static const char needle[] = "\"finish_reason\":null";
     long got = 0;
     for (ssize_t k; ok && (k = read(fd, buf, sizeof buf)) > 0;) {
-        double t = now();
+        double t = cli_now();
         /* a needle may straddle two reads: search the last bytes of the previous read too */
         char joined[sizeof tail + sizeof buf];
         size_t tl = strlen(tail);
@@ -277,10 +271,10 @@ static int run_serve(const opts *o, int32_t **prompts, lat *l)
     shared sh = {.o = o, .port = port, .prompts = prompts, .l = l};
     pthread_mutex_init(&sh.mu, NULL);
     pthread_t *th = calloc((size_t)o->clients, sizeof *th);
-    double t0 = now();
+    double t0 = cli_now();
     for (int i = 0; i < o->clients; i++) pthread_create(&th[i], NULL, client, &sh);
     for (int i = 0; i < o->clients; i++) pthread_join(th[i], NULL);
-    l->seconds = now() - t0;
+    l->seconds = cli_now() - t0;
     free(th);
     kill(pid, SIGTERM);
     int st;

@@ -18,6 +18,7 @@
  *                   [--batch 1,8] [--gen 128] [--draft-max 4] [--draft-ngram 3] [--draft-ngram-min 2]
  *                   [--draft-model FILE] [--workloads code,summary,novel] [--max-batch-tokens 256] [-t N]
  *                   [--prompts FILE]   (-t: CPU threads, default every core) */
+#include "tools/cli.h"
 #include "model/chat.h"
 #include "model/engine.h"
 #include "model/tokenizer.h"
@@ -151,13 +152,6 @@ static int parse(int argc, char **argv, opts *o)
     return -1;
 }
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 static bool wanted(const opts *o, const workload *w)
 {
     char buf[128];
@@ -228,9 +222,9 @@ static int run_batch(const opts *o, bench_model *bm, int32_t **ids, const int *l
                          .stop_ids = bm->stops, .n_stop = bm->n_stop, .draft_model = d && d->model ? bm->draft : NULL};
     di_engine_stats st;
     di_err err = {0};
-    double t0 = now();
+    double t0 = cli_now();
     if (di_engine_run(bm->m, rp, B, &eo, &st, &err)) { fprintf(stderr, "bench_spec: %s\n", err.msg); return 3; }
-    out->s = now() - t0;
+    out->s = cli_now() - t0;
     out->gen = st.gen_tokens;
     out->drafted = st.drafted;
     out->accepted = st.draft_accepted;

@@ -27,6 +27,7 @@
  *
  * usage: make_random_gguf OUT.gguf --shape NAME [--seed S] [--type bf16|q4_1] [--vocab FILE]
  *                         [--layers N] [--threads N] [--header-only] [--quiet] */
+#include "tools/cli.h"
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -483,13 +484,6 @@ static bool parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
     return true;
 }
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 int main(int argc, char **argv)
 {
     const char *out = NULL, *shape_name = NULL, *type_name = "bf16", *vocab = NULL;
@@ -567,7 +561,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "make_random_gguf: %s: %s, %d layers, %s, %d tensors, %.2f GB (%s)\n", out, s.label, s.layers,
                 type_name, nt, total / 1e9, header_only ? "header only, sparse data" : "writing");
 
-    double t0 = now();
+    double t0 = cli_now();
     int rc = 0;
     if (header_only) {
         if (fflush(f) || ftruncate(fileno(f), (off_t)total)) {
@@ -583,7 +577,7 @@ int main(int argc, char **argv)
             rc = write_tensor(f, &s, &ts[i], seed, (int)threads, buf, out);
             done += align_up(ts[i].nbytes);
             if (progress && (i % 9 == 0 || i == nt - 1))
-                fprintf(stderr, "\r  %5.1f%%  %.1f GB  %.0f s", 100.0 * done / data_bytes, done / 1e9, now() - t0);
+                fprintf(stderr, "\r  %5.1f%%  %.1f GB  %.0f s", 100.0 * done / data_bytes, done / 1e9, cli_now() - t0);
         }
         if (progress) fprintf(stderr, "\n");
         free(buf);
@@ -593,6 +587,6 @@ int main(int argc, char **argv)
     if (rc) { unlink(out); return rc; }
     if (!quiet)
         fprintf(stderr, "make_random_gguf: %s %llu bytes in %.1f s\n", header_only ? "extended (sparse) to" : "wrote",
-                (unsigned long long)total, now() - t0);
+                (unsigned long long)total, cli_now() - t0);
     return 0;
 }

@@ -3,6 +3,7 @@
  * one batched engine and prints results in line order. Load experiments (--repeat,
  * --background, --arrival-seed) run the prompt many times among other requests and count
  * how many distinct completions and digests it got: with batch-invariant kernels, one. */
+#include "tools/cli.h"
 #include "model/chat.h"
 #include "model/engine.h"
 #include "model/receipt.h"
@@ -99,23 +100,7 @@ static void usage(FILE *f)
         "      --version           print the version\n", di_profile_choices());
 }
 
-static int bad_usage(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "generate: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n(generate --help lists the options)\n");
-    return 2;
-}
-
-static bool parse_int(const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = (int)v;
-    return true;
-}
+static int bad_usage(const char *fmt, const char *arg) { return cli_usage_error("generate", fmt, arg); }
 
 /* digits only: strtoull would also take leading blanks, '+' and '-' (" -1" wraps to 2^64-1) */
 static bool parse_u64(const char *s, uint64_t *out)
@@ -181,25 +166,25 @@ static int parse_args(int argc, char **argv, args *a)
         else if (!strcmp(o, "--digest")) a->digest = true;
         else if (!strcmp(o, "--json")) a->json = true;
         else if (!strcmp(o, "--score")) a->score = true;
-        else if (!strcmp(o, "--logprobs")) { NEED(); if (!parse_int(v, 0, DI_TOP_MAX, &a->logprobs)) return bad_usage("--logprobs takes 0..20, not '%s'", v); }
-        else if (IS("-n", "--n-predict")) { NEED(); if (!parse_int(v, 0, 1 << 20, &a->n_predict)) return bad_usage("-n takes a count, not '%s'", v); }
-        else if (!strcmp(o, "--top-k")) { NEED(); if (!parse_int(v, 0, INT_MAX, &a->top_k)) return bad_usage("--top-k takes a count, not '%s'", v); }
-        else if (IS("-c", "--ctx")) { NEED(); if (!parse_int(v, 1, 1 << 20, &a->ctx)) return bad_usage("--ctx takes a positive count, not '%s'", v); }
-        else if (IS("-t", "--threads")) { NEED(); if (!parse_int(v, 1, 1024, &a->threads)) return bad_usage("--threads takes 1..1024, not '%s'", v); }
-        else if (!strcmp(o, "--chunk")) { NEED(); if (!parse_int(v, 1, 1 << 20, &a->chunk)) return bad_usage("--chunk takes a positive count, not '%s'", v); }
-        else if (!strcmp(o, "--max-batch-tokens")) { NEED(); if (!parse_int(v, 1, 65535, &a->max_batch_tokens)) return bad_usage("--max-batch-tokens takes 1..65535, not '%s'", v); }
+        else if (!strcmp(o, "--logprobs")) { NEED(); if (!cli_parse_int(v, 0, DI_TOP_MAX, &a->logprobs)) return bad_usage("--logprobs takes 0..20, not '%s'", v); }
+        else if (IS("-n", "--n-predict")) { NEED(); if (!cli_parse_int(v, 0, 1 << 20, &a->n_predict)) return bad_usage("-n takes a count, not '%s'", v); }
+        else if (!strcmp(o, "--top-k")) { NEED(); if (!cli_parse_int(v, 0, INT_MAX, &a->top_k)) return bad_usage("--top-k takes a count, not '%s'", v); }
+        else if (IS("-c", "--ctx")) { NEED(); if (!cli_parse_int(v, 1, 1 << 20, &a->ctx)) return bad_usage("--ctx takes a positive count, not '%s'", v); }
+        else if (IS("-t", "--threads")) { NEED(); if (!cli_parse_int(v, 1, 1024, &a->threads)) return bad_usage("--threads takes 1..1024, not '%s'", v); }
+        else if (!strcmp(o, "--chunk")) { NEED(); if (!cli_parse_int(v, 1, 1 << 20, &a->chunk)) return bad_usage("--chunk takes a positive count, not '%s'", v); }
+        else if (!strcmp(o, "--max-batch-tokens")) { NEED(); if (!cli_parse_int(v, 1, 65535, &a->max_batch_tokens)) return bad_usage("--max-batch-tokens takes 1..65535, not '%s'", v); }
         else if (!strcmp(o, "--temp")) { NEED(); if (!parse_float(v, 0, 100, &a->temp)) return bad_usage("--temp takes 0..100, not '%s'", v); }
         else if (!strcmp(o, "--top-p")) { NEED(); if (!parse_float(v, 0, 1, &a->top_p)) return bad_usage("--top-p takes 0..1, not '%s'", v); }
         else if (IS("-s", "--seed")) { NEED(); if (!parse_u64(v, &a->seed)) return bad_usage("--seed takes an unsigned integer, not '%s'", v); }
-        else if (!strcmp(o, "--max-seqs")) { NEED(); if (!parse_int(v, 1, 65535, &a->max_seqs)) return bad_usage("--max-seqs takes 1..65535, not '%s'", v); }
-        else if (!strcmp(o, "--concurrency")) { NEED(); if (!parse_int(v, 1, 65535, &a->max_seqs)) return bad_usage("--concurrency takes 1..65535, not '%s'", v); }
-        else if (!strcmp(o, "--kv-blocks")) { NEED(); if (!parse_int(v, 1, 1 << 24, &a->kv_blocks)) return bad_usage("--kv-blocks takes a positive count, not '%s'", v); }
+        else if (!strcmp(o, "--max-seqs")) { NEED(); if (!cli_parse_int(v, 1, 65535, &a->max_seqs)) return bad_usage("--max-seqs takes 1..65535, not '%s'", v); }
+        else if (!strcmp(o, "--concurrency")) { NEED(); if (!cli_parse_int(v, 1, 65535, &a->max_seqs)) return bad_usage("--concurrency takes 1..65535, not '%s'", v); }
+        else if (!strcmp(o, "--kv-blocks")) { NEED(); if (!cli_parse_int(v, 1, 1 << 24, &a->kv_blocks)) return bad_usage("--kv-blocks takes a positive count, not '%s'", v); }
         else if (!strcmp(o, "--no-prefix-cache")) a->no_prefix_cache = true;
-        else if (!strcmp(o, "--draft-max")) { NEED(); if (!parse_int(v, 0, DI_DRAFT_MAX, &a->draft_max)) return bad_usage("--draft-max takes 0..16, not '%s'", v); }
-        else if (!strcmp(o, "--draft-ngram")) { NEED(); a->ngram_given = true; if (!parse_int(v, 1, DI_NGRAM_MAX, &a->draft_ngram)) return bad_usage("--draft-ngram takes 1..16, not '%s'", v); }
-        else if (!strcmp(o, "--draft-ngram-min")) { NEED(); a->ngram_given = true; if (!parse_int(v, 1, DI_NGRAM_MAX, &a->draft_ngram_min)) return bad_usage("--draft-ngram-min takes 1..16, not '%s'", v); }
+        else if (!strcmp(o, "--draft-max")) { NEED(); if (!cli_parse_int(v, 0, DI_DRAFT_MAX, &a->draft_max)) return bad_usage("--draft-max takes 0..16, not '%s'", v); }
+        else if (!strcmp(o, "--draft-ngram")) { NEED(); a->ngram_given = true; if (!cli_parse_int(v, 1, DI_NGRAM_MAX, &a->draft_ngram)) return bad_usage("--draft-ngram takes 1..16, not '%s'", v); }
+        else if (!strcmp(o, "--draft-ngram-min")) { NEED(); a->ngram_given = true; if (!cli_parse_int(v, 1, DI_NGRAM_MAX, &a->draft_ngram_min)) return bad_usage("--draft-ngram-min takes 1..16, not '%s'", v); }
         else if (!strcmp(o, "--draft-model")) { NEED(); a->draft_model = v; }
-        else if (!strcmp(o, "--repeat")) { NEED(); if (!parse_int(v, 1, 1 << 20, &a->repeat)) return bad_usage("--repeat takes a positive count, not '%s'", v); }
+        else if (!strcmp(o, "--repeat")) { NEED(); if (!cli_parse_int(v, 1, 1 << 20, &a->repeat)) return bad_usage("--repeat takes a positive count, not '%s'", v); }
         else if (!strcmp(o, "--background")) { NEED(); a->background = v; }
         else if (!strcmp(o, "--arrival-seed")) {
             NEED();
@@ -254,13 +239,6 @@ static char *default_model(void)
     else if (xdg && *xdg) snprintf(path, PATH_MAX, "%s/detinfer/models/%s", xdg, DEFAULT_MODEL);
     else snprintf(path, PATH_MAX, "%s/.cache/detinfer/models/%s", home ? home : ".", DEFAULT_MODEL);
     return path;
-}
-
-static double wall(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
 }
 
 /* JSON strings are valid UTF-8: invalid or incomplete sequences become U+FFFD (base/utf8.h). */
@@ -832,7 +810,7 @@ static int run(const args *ap, run_state *s)
 {
     const args a = *ap;
     di_err err = {0};
-    double t_load = wall();
+    double t_load = cli_now();
     int rc;
     if (a.info) return model_info(&a, s->model_path);
     if ((rc = gather_prompts(&a, &s->texts, &s->kinds, &s->n_req, s->owned))) return rc;
@@ -883,12 +861,10 @@ static int run(const args *ap, run_state *s)
             return err.code == DI_ENOMEM || err.code == DI_EDEVICE ? 1 : 2;
         }
     }
-    t_load = wall() - t_load;
+    t_load = cli_now() - t_load;
     di_rt_stats rs = di_rt_get_stats(s->rt);
-    if (progress.tty && progress.n) fprintf(stderr, "
-");
-    fprintf(stderr, "generate: %s; model %s%s%s loaded in %.2f s; kernels: %ld compiled in %.2f s, %ld from the cache
-",
+    if (progress.tty && progress.n) fprintf(stderr, "\n");
+    fprintf(stderr, "generate: %s; model %s%s%s loaded in %.2f s; kernels: %ld compiled in %.2f s, %ld from the cache\n",
             di_rt_describe(s->rt), s->model_path, a.draft_model ? " and draft model " : "", a.draft_model ? a.draft_model : "",
             t_load, rs.kernels_compiled, rs.compile_seconds, rs.kernels_from_cache);
     int trained = di_model_config(s->m)->ctx_train;
@@ -909,14 +885,14 @@ static int run(const args *ap, run_state *s)
                          .stop_ids = stops, .n_stop = a.ignore_eos ? 0 : n_stop, .on_token = on_token, .ctx = &sc,
                          .draft_model = s->draft};
     di_engine_stats st;
-    double t_run = wall();
+    double t_run = cli_now();
     if (di_engine_run(s->m, s->rp, n_req, &eo, &st, &err)) {
         /* a request too big for the pool is the --kv-blocks value's fault: a usage error */
         const char *flag = !strncmp(err.msg, "draft model", 11) ? "--draft-model: " : a.kv_blocks && err.code == DI_EUSAGE ? "--kv-blocks: " : "";
         fprintf(stderr, "\ngenerate: %s%s\n", flag, err.msg);
         return err.code == DI_EUSAGE ? 2 : 1;
     }
-    t_run = wall() - t_run;
+    t_run = cli_now() - t_run;
     if (sc.on) stream_write(&sc, "", 0, true);   /* what an unfinished character held back, as U+FFFD */
     /* the receipt: what the bits are a function of besides the request (hashing the model takes a moment) */
     di_receipt receipt;

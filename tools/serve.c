@@ -3,6 +3,7 @@
  * default. SIGTERM or SIGINT: stop accepting, let in-flight requests run for --drain-timeout
  * seconds, end the rest with a final event (finish_reason "abort"), exit 0; a second signal
  * ends them at once. */
+#include "tools/cli.h"
 #include "server/server.h"
 #include <errno.h>
 #include <limits.h>
@@ -47,23 +48,7 @@ static void usage(FILE *f)
         "      --version           print the version\n");
 }
 
-static int bad_usage(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "serve: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n(serve --help lists the options)\n");
-    return 2;
-}
-
-static bool parse_int(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
+static int bad_usage(const char *fmt, const char *arg) { return cli_usage_error("serve", fmt, arg); }
 
 typedef struct args {
     di_server_opts o;
@@ -97,7 +82,7 @@ static int parse_args(int argc, char **argv, args *a)
         long n;
 #define IS(s, l) (!strcmp(o, s) || !strcmp(o, l))
 #define NEED() do { if (!v) return bad_usage("%s needs a value", o); i++; } while (0)
-#define INT(flag, lo, hi, dst) do { NEED(); if (!parse_int(v, lo, hi, &n)) return bad_usage(flag " takes " #lo ".." #hi ", not '%s'", v); dst = n; } while (0)
+#define INT(flag, lo, hi, dst) do { NEED(); if (!cli_parse_long(v, lo, hi, &n)) return bad_usage(flag " takes " #lo ".." #hi ", not '%s'", v); dst = n; } while (0)
         if (IS("-h", "--help")) { usage(stdout); return 0; }
         else if (!strcmp(o, "--version")) { printf("detinfer serve %s\n", DI_VERSION); return 0; }
         else if (IS("-m", "--model")) { NEED(); a->model = v; }
