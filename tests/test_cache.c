@@ -824,7 +824,10 @@ static int run_kernel(void *arg)
 {
     kernel_job *j = arg;
     if (j->plant_at) write_entry(j->plant_at, &j->key, j->obj, j->obj_len, 0600);
-    di_rt_opts o = {.backend = DI_BACKEND_C, .profile = DI_PROFILE_EXACT, .threads = 1, .cache_dir = j->cache_dir};
+    /* libtcc: the planted object is a tcc object (the trust checks are the disk cache's, the
+     * same for every kind of entry; the cc tier's entries are shared objects under other keys) */
+    di_rt_opts o = {.backend = DI_BACKEND_C, .profile = DI_PROFILE_EXACT, .threads = 1, .cache_dir = j->cache_dir,
+                    .cpu_compiler = DI_CPU_COMPILER_TCC};
     di_rt *rt = NULL;
     di_err e = {0};
     if (di_rt_open(&o, &rt, &e)) { fprintf(stderr, "runtime: %s\n", e.msg); return 1; }
