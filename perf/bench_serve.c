@@ -4,11 +4,13 @@
  * Prompts are random token ids (any llama GGUF works, random weights included: serve takes
  * token-id prompts without a tokenizer); every request generates exactly --gen tokens
  * (ignore_eos), greedy. Prints throughput for both, the overhead (1 - serve / engine), and
- * p50/p99 of time to first token and of the time between tokens.
+ * p50/p99 of time to first token and of the time between tokens. Each side first runs a
+ * warm-up pass (--warmup requests, other prompts; default one wave of --clients) that is not
+ * timed, so neither side's figure holds kernel compiles or cache loads the other was spared.
  *
  * usage: bench_serve -m MODEL.gguf --serve PATH [--device cpu|cuda] [--profile exact|fast|vendor]
  *                    [--clients 16] [--requests 64] [--prompt-len 64] [--gen 64] [--seed 1]
- *                    [--max-batch-tokens 512] [-t threads] [--skip-engine] */
+ *                    [--max-batch-tokens 512] [--warmup C] [-t threads] [--skip-engine] */
 #include "tools/cli.h"
 #include "model/engine.h"
 #include <arpa/inet.h>
@@ -26,7 +28,7 @@
 
 typedef struct opts {
     const char *model, *serve, *device, *profile;
-    int clients, requests, prompt_len, gen, max_batch_tokens, threads;
+    int clients, requests, prompt_len, gen, max_batch_tokens, threads, warmup;
     unsigned long seed;
     bool skip_engine;
 } opts;
@@ -36,26 +38,25 @@ static int usage(const char *why)
     if (why) fprintf(stderr, "bench_serve: %s\n", why);
     fprintf(stderr, "usage: bench_serve -m MODEL.gguf --serve PATH [--device cpu|cuda] [--profile exact|fast|vendor]\n"
                     "                   [--clients C] [--requests N] [--prompt-len L] [--gen G] [--seed S]\n"
-                    "                   [--max-batch-tokens T] [-t threads] [--skip-engine]\n");
+                    "                   [--max-batch-tokens T] [--warmup W] [-t threads] [--skip-engine]\n");
     return 2;
 }
 
 static int parse(int argc, char **argv, opts *o)
 {
     *o = (opts){.device = "cpu", .profile = "exact", .clients = 16, .requests = 64, .prompt_len = 64, .gen = 64,
-                .max_batch_tokens = 512, .seed = 1};
+                .max_batch_tokens = 512, .seed = 1, .warmup = -1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--skip-engine")) { o->skip_engine = true; continue; }
         int *ip = !strcmp(a, "--clients") ? &o->clients : !strcmp(a, "--requests") ? &o->requests
                 : !strcmp(a, "--prompt-len") ? &o->prompt_len : !strcmp(a, "--gen") ? &o->gen
-                : !strcmp(a, "--max-batch-tokens") ? &o->max_batch_tokens : !strcmp(a, "-t") ? &o->threads : NULL;
+                : !strcmp(a, "--max-batch-tokens") ? &o->max_batch_tokens : !strcmp(a, "-t") ? &o->threads
+                : !strcmp(a, "--warmup") ? &o->warmup : NULL;
         if (!v) return usage("every option but --skip-engine takes a value");
         if (ip) {
-            char *end;
-            long n = strtol(v, &end, 10);
-            if (*end || n < 1 || n > 1000000) { fprintf(stderr, "bench_serve: %s takes 1..1000000, not '%s'\n", a, v); return 2; }
-            *ip = (int)n;
+            int lo = ip == &o->warmup ? 0 : 1;
+            if (!cli_parse_int(v, lo, 1000000, ip)) { fprintf(stderr, "bench_serve: %s takes %d..1000000, not '%s'\n", a, lo, v); return 2; }
         } else if (!strcmp(a, "-m")) o->model = v;
         else if (!strcmp(a, "--serve")) o->serve = v;
         else if (!strcmp(a, "--device")) o->device = v;
@@ -65,6 +66,7 @@ static int parse(int argc, char **argv, opts *o)
         i++;
     }
     if (!o->model || !o->serve) return usage("-m MODEL and --serve PATH are required");
+    if (o->warmup < 0) o->warmup = o->clients;
     if (strcmp(o->device, "cpu") && strcmp(o->device, "cuda")) return usage("--device takes cpu or cuda");
     di_profile pr;
     if (!di_profile_parse(o->profile, &pr)) { fprintf(stderr, "bench_serve: --profile takes %s\n", di_profile_choices()); return 2; }
@@ -116,6 +118,37 @@ static int vocab_of(const opts *o, di_rt *rt, int *vocab)
     return 0;
 }
 
+/* n requests through one di_engine_run; their figures into l (NULL: a warm-up) */
+static int engine_pass(const opts *o, di_model *m, int32_t **prompts, int n, lat *l)
+{
+    if (n == 0) return 0;
+    di_request *r = calloc((size_t)n, sizeof *r);
+    di_request **rp = calloc((size_t)n, sizeof *rp);
+    for (int i = 0; i < n; i++) {
+        r[i] = (di_request){.prompt = prompts[i], .n_prompt = o->prompt_len, .n_predict = o->gen, .ignore_stop = true,
+                            .sampler = {.temp = 0.0f}};
+        rp[i] = &r[i];
+    }
+    /* the server's engine options: the same step budget, in flight and prefix cache */
+    di_engine_opts eo = {.max_batch_tokens = o->max_batch_tokens, .max_seqs = o->clients, .prefix_cache = true};
+    di_err err = {0};
+    double t0 = cli_now();
+    int rc = di_engine_run(m, rp, n, &eo, NULL, &err);
+    double dt = cli_now() - t0;
+    if (rc) fprintf(stderr, "bench_serve: %s\n", err.msg);
+    for (int i = 0; i < n; i++) {
+        if (!rc && l) {
+            l->tokens += r[i].n_gen;
+            l->ttft[l->n_ttft++] = r[i].t_first - r[i].t_admit;          /* from admission: no client here */
+            if (r[i].n_gen > 1) l->gap[l->n_gap++] = (r[i].t_end - r[i].t_first) / (r[i].n_gen - 1);   /* mean per request */
+        }
+        di_request_release(&r[i]);
+    }
+    if (l) l->seconds = dt;
+    free(r); free(rp);
+    return rc ? 1 : 0;
+}
+
 static int run_engine(const opts *o, di_rt *rt, int32_t **prompts, lat *l)
 {
     int kvb = di_model_kv_block(), ctx = o->prompt_len + o->gen + 1;
@@ -124,28 +157,10 @@ static int run_engine(const opts *o, di_rt *rt, int32_t **prompts, lat *l)
     di_model *m = NULL;
     di_err err = {0};
     if (di_model_load(o->model, rt, &mo, &m, &err)) { fprintf(stderr, "bench_serve: %s\n", err.msg); return 2; }
-    di_request *r = calloc((size_t)o->requests, sizeof *r);
-    di_request **rp = calloc((size_t)o->requests, sizeof *rp);
-    for (int i = 0; i < o->requests; i++) {
-        r[i] = (di_request){.prompt = prompts[i], .n_prompt = o->prompt_len, .n_predict = o->gen, .ignore_stop = true,
-                            .sampler = {.temp = 0.0f}};
-        rp[i] = &r[i];
-    }
-    /* the server's engine options: the same step budget, in flight and prefix cache */
-    di_engine_opts eo = {.max_batch_tokens = o->max_batch_tokens, .max_seqs = o->clients, .prefix_cache = true};
-    double t0 = cli_now();
-    int rc = di_engine_run(m, rp, o->requests, &eo, NULL, &err);
-    l->seconds = cli_now() - t0;
-    if (rc) { fprintf(stderr, "bench_serve: %s\n", err.msg); return 1; }
-    for (int i = 0; i < o->requests; i++) {
-        l->tokens += r[i].n_gen;
-        l->ttft[l->n_ttft++] = r[i].t_first - r[i].t_admit;          /* from admission: no client here */
-        if (r[i].n_gen > 1) l->gap[l->n_gap++] = (r[i].t_end - r[i].t_first) / (r[i].n_gen - 1);   /* mean per request */
-        di_request_release(&r[i]);
-    }
-    free(r); free(rp);
+    int rc = engine_pass(o, m, prompts + o->requests, o->warmup, NULL);   /* warm-up, not timed */
+    if (!rc) rc = engine_pass(o, m, prompts, o->requests, l);
     di_model_free(m);
-    return 0;
+    return rc;
 }
 
 /* ---- through serve ---------------------------------------------------------------------- */
@@ -155,7 +170,7 @@ typedef struct shared {
     int port;
     int32_t **prompts;
     pthread_mutex_t mu;
-    int next, failed;
+    int next, n, failed;
     lat *l;
 } shared;
 
@@ -211,7 +226,7 @@ static void *client(void *arg)
     double *gaps = malloc(sizeof *gaps * (size_t)sh->o->gen);
     for (;;) {
         pthread_mutex_lock(&sh->mu);
-        int i = sh->next < sh->o->requests ? sh->next++ : -1;
+        int i = sh->next < sh->n ? sh->next++ : -1;
         pthread_mutex_unlock(&sh->mu);
         if (i < 0) break;
         double ttft = 0;
@@ -263,23 +278,37 @@ static pid_t start_serve(const opts *o, int *port)
     return pid;
 }
 
+/* n requests by the clients; returns how many failed */
+static int serve_pass(const opts *o, int port, int32_t **prompts, int n, lat *l)
+{
+    shared sh = {.o = o, .port = port, .prompts = prompts, .n = n, .l = l};
+    pthread_mutex_init(&sh.mu, NULL);
+    pthread_t *th = calloc((size_t)o->clients, sizeof *th);
+    for (int i = 0; i < o->clients; i++) pthread_create(&th[i], NULL, client, &sh);
+    for (int i = 0; i < o->clients; i++) pthread_join(th[i], NULL);
+    free(th);
+    pthread_mutex_destroy(&sh.mu);
+    return sh.failed;
+}
+
 static int run_serve(const opts *o, int32_t **prompts, lat *l)
 {
     int port;
     pid_t pid = start_serve(o, &port);
     if (pid < 0) { fprintf(stderr, "bench_serve: %s did not start\n", o->serve); return 2; }
-    shared sh = {.o = o, .port = port, .prompts = prompts, .l = l};
-    pthread_mutex_init(&sh.mu, NULL);
-    pthread_t *th = calloc((size_t)o->clients, sizeof *th);
+    /* warm-up (its figures go to a scratch record), then the timed pass */
+    size_t cap = (size_t)o->warmup * (size_t)o->gen + 1;
+    lat scratch = {.ttft = calloc((size_t)o->warmup + 1, sizeof(double)), .gap = calloc(cap, sizeof(double))};
+    int failed = serve_pass(o, port, prompts + o->requests, o->warmup, &scratch);
+    free(scratch.ttft);
+    free(scratch.gap);
     double t0 = cli_now();
-    for (int i = 0; i < o->clients; i++) pthread_create(&th[i], NULL, client, &sh);
-    for (int i = 0; i < o->clients; i++) pthread_join(th[i], NULL);
+    failed += serve_pass(o, port, prompts, o->requests, l);
     l->seconds = cli_now() - t0;
-    free(th);
     kill(pid, SIGTERM);
     int st;
     waitpid(pid, &st, 0);
-    if (sh.failed) { fprintf(stderr, "bench_serve: %d requests failed or came back short\n", sh.failed); return 1; }
+    if (failed) { fprintf(stderr, "bench_serve: %d requests failed or came back short\n", failed); return 1; }
     if (!WIFEXITED(st) || WEXITSTATUS(st)) fprintf(stderr, "bench_serve: serve exited with status %d\n", st);
     return 0;
 }
@@ -299,16 +328,18 @@ int main(int argc, char **argv)
     int vocab = 0;
     if ((rc = vocab_of(&o, rt, &vocab))) return rc;
     uint64_t s = o.seed;
-    int32_t **prompts = malloc(sizeof *prompts * (size_t)o.requests);
-    for (int i = 0; i < o.requests; i++) {
+    /* the timed requests, then the warm-up's (other prompts: no prefix cache hits between them) */
+    int n_prompts = o.requests + o.warmup;
+    int32_t **prompts = malloc(sizeof *prompts * (size_t)n_prompts);
+    for (int i = 0; i < n_prompts; i++) {
         prompts[i] = malloc(sizeof **prompts * (size_t)o.prompt_len);
         for (int k = 0; k < o.prompt_len; k++) prompts[i][k] = (int32_t)(next(&s) % (uint64_t)vocab);
     }
     size_t cap = (size_t)o.requests * (size_t)o.gen;
     lat eng = {.ttft = calloc((size_t)o.requests, sizeof(double)), .gap = calloc(cap, sizeof(double))};
     lat srv = {.ttft = calloc((size_t)o.requests, sizeof(double)), .gap = calloc(cap, sizeof(double))};
-    printf("bench_serve: %s; %d requests of %d prompt + %d generated tokens, %d in flight / clients\n", di_rt_describe(rt),
-           o.requests, o.prompt_len, o.gen, o.clients);
+    printf("bench_serve: %s; %d requests of %d prompt + %d generated tokens, %d in flight / clients, "
+           "after %d warm-up requests each side\n", di_rt_describe(rt), o.requests, o.prompt_len, o.gen, o.clients, o.warmup);
     if (!o.skip_engine && (rc = run_engine(&o, rt, prompts, &eng))) return rc;
     di_rt_close(rt);   /* the server opens its own: one model in memory at a time */
     if ((rc = run_serve(&o, prompts, &srv))) return rc;
@@ -320,7 +351,7 @@ int main(int argc, char **argv)
                eng.tokens / eng.seconds);
     printf("(engine TTFT: from admission to the first token; per token: a request's mean gap. serve: from the request's "
            "first byte sent, and each gap seen by the client)\n");
-    for (int i = 0; i < o.requests; i++) free(prompts[i]);
+    for (int i = 0; i < n_prompts; i++) free(prompts[i]);
     free(prompts);
     free(eng.ttft); free(eng.gap); free(srv.ttft); free(srv.gap);
     return 0;
