@@ -41,8 +41,9 @@ typedef struct job {
     char id[48];
     long created;
     int prompt_tokens;
-    pthread_cond_t cv;        /* signalled on every publish */
+    pthread_cond_t cv;        /* signalled on every publish: tokens at the next step's start (wake_streams) */
     /* shared */
+    bool unread;              /* tokens published since the stream thread was last woken */
     int n_done;
     bool cancel;              /* the HTTP side wants it out (client gone) */
     bool client_gone;

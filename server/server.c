@@ -115,7 +115,7 @@ static void on_token(void *ctx, const di_request *r, int32_t t)
         long at = find_stop(c, before);
         if (at >= 0) { c->stopped = true; c->stop_at = (size_t)at; }
     }
-    pthread_cond_broadcast(&c->job->cv);
+    c->job->unread = true;    /* woken before the next step, not here: see wake_streams */
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -228,6 +228,24 @@ static void engine_failed(engine_ctx *ec, const di_err *err)
     boundary(ec);
 }
 
+/* The stream threads of jobs with new tokens, woken once per step, just before the next one
+ * starts. Each formats its events under s->mu; woken from on_token, they took the lock in turn
+ * between the engine thread's on_token calls of the same step, and the engine thread waited for
+ * all of them: about 2 ms a step at 64 streams (bench_serve: 26 % of SmolLM2's throughput on
+ * the H200). Woken here, they format while the step runs and the engine thread needs no lock. */
+static void wake_unread(engine_ctx *ec)   /* s->mu held */
+{
+    for (job *j = ec->active; j; j = j->next)
+        if (j->unread) { j->unread = false; pthread_cond_broadcast(&j->cv); }
+}
+
+static void wake_streams(engine_ctx *ec)
+{
+    pthread_mutex_lock(&ec->s->mu);
+    wake_unread(ec);
+    pthread_mutex_unlock(&ec->s->mu);
+}
+
 static void observe_step(di_server *s, double dt)
 {
     s->m.steps++;
@@ -243,6 +261,7 @@ static void serve_loop(engine_ctx *ec)
     bool busy = false;
     for (;;) {
         pthread_mutex_lock(&s->mu);
+        if (!busy) wake_unread(ec);   /* no next step to wake them before */
         while (!s->inbox && !busy && !s->stop_engine && !(s->draining && ec->active)) wait_ms(&s->engine_cv, &s->mu, 200);
         if (s->stop_engine && !s->inbox && !ec->active) { pthread_mutex_unlock(&s->mu); return; }
         job *in = s->inbox;
@@ -251,6 +270,7 @@ static void serve_loop(engine_ctx *ec)
         pthread_mutex_unlock(&s->mu);
         submit_jobs(ec, in);
         boundary(ec);
+        wake_streams(ec);
         di_err err = {0};
         if (di_engine_step(ec->e, &busy, &err)) { engine_failed(ec, &err); busy = false; continue; }
         long steps = s->info.steps;   /* written by this thread only */
