@@ -17,7 +17,11 @@
  * usage: bench_spec -m MODEL.gguf [-m MODEL2.gguf ...] [--device cpu|cuda] [--profile exact|fast|vendor]
  *                   [--batch 1,8] [--gen 128] [--draft-max 4] [--draft-ngram 3] [--draft-ngram-min 2]
  *                   [--draft-model FILE] [--workloads code,summary,novel] [--max-batch-tokens 256] [-t N]
- *                   [--prompts FILE]   (-t: CPU threads, default every core) */
+ *                   [--prompts FILE] [--runs 3]   (-t: CPU threads, default every core)
+ *
+ * Each configuration runs once untimed (the row counts it reaches compiled or loaded), then
+ * --runs times; the line gives the median run by decode tokens/s, and every run's digests must
+ * equal plain decoding's first. */
 #include "tools/cli.h"
 #include "model/chat.h"
 #include "model/engine.h"
@@ -77,7 +81,7 @@ static const workload *const all_workloads[] = {&code, &summary, &novel};
 
 typedef struct opts {
     const char *models[MAX_MODELS], *device, *profile, *draft_model, *prompts_out, *workloads;
-    int n_models, batches[8], n_batches, gen, draft_max, ngram, ngram_min, max_batch_tokens, threads;
+    int n_models, batches[8], n_batches, gen, draft_max, ngram, ngram_min, max_batch_tokens, threads, runs;
 } opts;
 
 static int usage(const char *why, const char *arg)
@@ -87,7 +91,7 @@ static int usage(const char *why, const char *arg)
             "usage: bench_spec -m MODEL.gguf [-m MODEL2.gguf ...] [--device cpu|cuda] [--profile exact|fast|vendor]\n"
             "                  [--batch 1,8] [--gen 128] [--draft-max 4] [--draft-ngram 3] [--draft-ngram-min 2]\n"
             "                  [--draft-model FILE] [--workloads code,summary,novel] [--max-batch-tokens 256] [-t N]\n"
-            "                  [--prompts FILE]\n");
+            "                  [--prompts FILE] [--runs 3]\n");
     return 2;
 }
 
@@ -103,7 +107,7 @@ static bool parse_count(const char *s, int lo, int hi, int *out)
 static int parse(int argc, char **argv, opts *o)
 {
     *o = (opts){.device = "cpu", .profile = "exact", .batches = {1, 8}, .n_batches = 2, .gen = 128, .draft_max = 4,
-                .ngram = 3, .ngram_min = 2, .max_batch_tokens = 256, .workloads = "code,summary,novel"};
+                .ngram = 3, .ngram_min = 2, .max_batch_tokens = 256, .workloads = "code,summary,novel", .runs = 3};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return usage("%s needs a value", a);
@@ -128,6 +132,7 @@ static int parse(int argc, char **argv, opts *o)
         else if (!strcmp(a, "--draft-ngram")) { if (!parse_count(v, 1, DI_NGRAM_MAX, &o->ngram)) return usage("--draft-ngram takes 1..16, not '%s'", v); }
         else if (!strcmp(a, "--draft-ngram-min")) { if (!parse_count(v, 1, DI_NGRAM_MAX, &o->ngram_min)) return usage("--draft-ngram-min takes 1..16, not '%s'", v); }
         else if (!strcmp(a, "--max-batch-tokens")) { if (!parse_count(v, 16, 65535, &o->max_batch_tokens)) return usage("--max-batch-tokens takes 16..65535, not '%s'", v); }
+        else if (!strcmp(a, "--runs")) { if (!parse_count(v, 1, 101, &o->runs)) return usage("--runs takes 1..101, not '%s'", v); }
         else if (!strcmp(a, "-t")) { if (!parse_count(v, 1, 1024, &o->threads)) return usage("-t takes 1..1024, not '%s'", v); }
         else return usage("unknown option '%s'", a);
         i++;
@@ -238,6 +243,32 @@ static int run_batch(const opts *o, bench_model *bm, int32_t **ids, const int *l
     return 0;
 }
 
+static int by_tps(const void *a, const void *b)
+{
+    double x = ((const outcome *)a)->decode_tps, y = ((const outcome *)b)->decode_tps;
+    return (x > y) - (x < y);
+}
+
+/* run_batch once untimed, then --runs times: the median run by decode tokens/s into out; 1 if a
+ * run's digests differ from the first's (each run is the same requests: the same bits) */
+static int run_median(const opts *o, bench_model *bm, int32_t **ids, const int *lens, int n_prompts, const workload *w, int B,
+                      const di_draft_opts *d, outcome *out)
+{
+    enum { MAX_RUNS = 101 };
+    static outcome runs[MAX_RUNS];
+    int rc = run_batch(o, bm, ids, lens, n_prompts, w, B, d, &runs[0]);
+    for (int i = 0; i < o->runs && !rc; i++) rc = run_batch(o, bm, ids, lens, n_prompts, w, B, d, &runs[i + 1]);
+    if (rc) return rc;
+    for (int i = 1; i <= o->runs; i++)
+        if (memcmp(runs[i].digest, runs[0].digest, sizeof runs[0].digest[0] * (size_t)B)) {
+            fprintf(stderr, "bench_spec: batch %d: run %d gave other bits than the first\n", B, i);
+            return 1;
+        }
+    qsort(runs + 1, (size_t)o->runs, sizeof *runs, by_tps);
+    *out = runs[1 + o->runs / 2];
+    return 0;
+}
+
 static void print_line(const char *model, const workload *w, int B, const char *spec, const outcome *x, const outcome *off,
                        bool same)
 {
@@ -331,16 +362,16 @@ static int bench(const opts *o, di_rt *rt, const char *path)
         for (int b = 0; b < o->n_batches && !rc; b++) {
             int B = o->batches[b];
             outcome off, on;
-            if ((rc = run_batch(o, &bm, ids, lens, np, w, B, NULL, &off))) break;
+            if ((rc = run_median(o, &bm, ids, lens, np, w, B, NULL, &off))) break;
             print_line(name, w, B, "off", &off, &off, true);
-            if ((rc = run_batch(o, &bm, ids, lens, np, w, B, &lookup, &on))) break;
+            if ((rc = run_median(o, &bm, ids, lens, np, w, B, &lookup, &on))) break;
             char label[16];
             snprintf(label, sizeof label, "ngram%d", o->draft_max);
             bool same = same_digests(&off, &on, B, name, w, label);
             bad |= !same;
             print_line(name, w, B, label, &on, &off, same);
             if (!bm.draft) continue;
-            if ((rc = run_batch(o, &bm, ids, lens, np, w, B, &model, &on))) break;
+            if ((rc = run_median(o, &bm, ids, lens, np, w, B, &model, &on))) break;
             snprintf(label, sizeof label, "draft%d", o->draft_max);
             same = same_digests(&off, &on, B, name, w, label);
             bad |= !same;
@@ -365,8 +396,8 @@ int main(int argc, char **argv)
     di_rt *rt = NULL;
     di_err err = {0};
     if (di_rt_open(&ro, &rt, &err)) { fprintf(stderr, "bench_spec: --device %s: %s\n", o.device, err.msg); return 2; }
-    printf("bench_spec: %s; --gen %d, --draft-max %d, n-grams %d..%d, step budget %d\n", di_rt_describe(rt), o.gen, o.draft_max,
-           o.ngram_min, o.ngram, o.max_batch_tokens);
+    printf("bench_spec: %s; --gen %d, --draft-max %d, n-grams %d..%d, step budget %d; each line the median of %d runs "
+           "after an untimed one\n", di_rt_describe(rt), o.gen, o.draft_max, o.ngram_min, o.ngram, o.max_batch_tokens, o.runs);
     printf("%-32s %-8s %5s  %-9s %9s %9s %8s %8s %9s %9s\n", "model", "workload", "batch", "spec", "decode/s", "tok/step",
            "drafted", "kept", "kept%", "speed-up");
     /* a model that changed a bit does not stop the others */
