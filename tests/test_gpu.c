@@ -1,6 +1,6 @@
 /* The exact profile on the GPU against the CPU backend, bitwise: every op of kernels.def
  * on the same random inputs, at several sizes; matmul rows across every M up to 512; the
- * whole model's logits. Skipped, with the reason printed, where there is no GPU. */
+ * whole model's logits (SmolLM2, and Gemma 3 where DETINFER_GEMMA3 names it). Skipped, with the reason printed, where there is no GPU. */
 #include "model_fixture.h"
 #include "codegen/codegen.h"
 #include <ctype.h>
@@ -102,29 +102,24 @@ Test(gpu, exact_matmul_row_invariant_for_every_m, .timeout = 600)
     di_rt_close(gpu);
 }
 
-/* SmolLM2's logits for 5 prompts, every position: GPU exact == CPU, bit for bit. */
-Test(gpu, exact_model_logits_bitwise_equal_to_cpu, .timeout = 900)
+/* A model's logits for the prompts, every position: GPU exact == CPU, bit for bit. */
+static void compare_model_logits(di_rt *gpu, const char *path, const char *what, const char *const *texts, int n_texts)
 {
-    di_rt *gpu = gpu_or_skip();
-    NEED_MODEL();
-    static const char *const texts[5] = {
-        "The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a small village,",
-        "The quick brown fox jumps over the lazy dog. 1234567890",
-        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"};
-    fixture cpu = fixture_open(2, 256, 16, 1);
+    fixture cpu = fixture_open_path(path, 2, 256, 16, 1);
     di_model *mg;
     di_err e = {0};
     di_model_opts o = {.max_batch_tokens = 256, .ctx = 512, .kv_blocks = 16, .max_seqs = 1};
-    cr_assert_eq(di_model_load(model_path(), gpu, &o, &mg, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_model_load(path, gpu, &o, &mg, &e), 0, "%s", e.msg);
     int V = di_model_config(mg)->vocab;
     int32_t blocks[16];
     for (int b = 0; b < 16; b++) blocks[b] = b;
     cr_assert_eq(di_model_set_blocks(mg, 0, blocks, 16, &e), 0);
     cr_assert_eq(di_model_set_blocks(cpu.m, 0, blocks, 16, &e), 0);
-    for (int k = 0; k < 5; k++) {
+    for (int k = 0; k < n_texts; k++) {
         int32_t *ids;
         size_t n;
         cr_assert_eq(di_tokenize(cpu.tok, texts[k], strlen(texts[k]), true, &ids, &n, &e), 0);
+        cr_assert_leq(n, 64, "%s prompt %d: %zu tokens", what, k + 1, n);
         int32_t pos[64], seq[64], rows[64];
         for (size_t i = 0; i < n; i++) { pos[i] = (int)i; seq[i] = 0; rows[i] = (int)i; }
         float *lc = malloc(sizeof(float) * n * V), *lg = malloc(sizeof(float) * n * V);
@@ -134,11 +129,33 @@ Test(gpu, exact_model_logits_bitwise_equal_to_cpu, .timeout = 900)
         cr_assert_eq(di_model_forward(mg, &st, &e), 0, "%s", e.msg);
         size_t diff = 0;
         for (size_t i = 0; i < n * V; i++) diff += memcmp(&lc[i], &lg[i], 4) != 0;
-        cr_assert_eq(diff, 0, "prompt %d: %zu of %zu logits differ between CPU and GPU", k + 1, diff, n * V);
-        fprintf(stderr, "gpu: prompt %d, %zu positions x %d logits: GPU exact == CPU bitwise\n", k + 1, n, V);
+        cr_assert_eq(diff, 0, "%s prompt %d: %zu of %zu logits differ between CPU and GPU", what, k + 1, diff, n * V);
+        fprintf(stderr, "gpu: %s prompt %d, %zu positions x %d logits: GPU exact == CPU bitwise\n", what, k + 1, n, V);
         free(lc); free(lg); free(ids);
     }
     di_model_free(mg);
     fixture_close(&cpu);
+}
+
+static const char *const prompts[5] = {
+    "The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a small village,",
+    "The quick brown fox jumps over the lazy dog. 1234567890",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"};
+
+Test(gpu, exact_model_logits_bitwise_equal_to_cpu, .timeout = 900)
+{
+    di_rt *gpu = gpu_or_skip();
+    NEED_MODEL();
+    compare_model_logits(gpu, model_path(), "SmolLM2", prompts, 5);
+    di_rt_close(gpu);
+}
+
+/* Gemma 3 270M (Q4_K, Q5_0, Q6_K and Q8_0 tensors, its extra norms and gelu MLP, a 262144-token
+ * vocabulary): the same, on the first four prompts. */
+Test(gpu, exact_gemma3_logits_bitwise_equal_to_cpu, .timeout = 900)
+{
+    di_rt *gpu = gpu_or_skip();
+    if (!gemma3_path()) { di_rt_close(gpu); cr_skip_test("DETINFER_GEMMA3 is not set (scripts/test fetches Gemma 3 270M)"); }
+    compare_model_logits(gpu, gemma3_path(), "Gemma 3", prompts, 4);
     di_rt_close(gpu);
 }
