@@ -57,11 +57,16 @@ static void fill_arg(const di_spec *s, const di_specialization *p, int i, void *
     } else {
         int *v = data;
         long kvb = di_rt_kv_block(), ctx = di_spec_dim(s, p, "CTX"), vocab = di_spec_dim(s, p, "V");
+        long range = ctx > 0 && ctx < MAXB * kvb ? ctx : MAXB * kvb, r0 = (long)(seed % (uint64_t)range);
         for (long j = 0; j < n; j++) {
             uint64_t r = th_next(&seed);
             if (!strcmp(a->name, "btab")) v[j] = (int)j;                    /* sequence q owns blocks [q*MAXB, ..) */
             else if (!strcmp(a->name, "seq")) v[j] = (int)(r % SEQS);
-            else if (!strcmp(a->name, "pos")) v[j] = (int)(r % (ctx > 0 ? (ctx < MAXB * kvb ? ctx : MAXB * kvb) : MAXB * kvb));
+            else if (!strcmp(a->name, "pos")) {
+                /* distinct positions (7919 is prime to the range), so no two rows write one KV slot:
+                 * rows that did would leave whichever thread wrote last, in either tier */
+                v[j] = (int)((r0 + j * 7919L) % range);
+            }
             else if (!strcmp(a->name, "tok")) v[j] = (int)(r % (unsigned long)vocab);
             else if (!strcmp(a->name, "src")) v[j] = (int)(r % (unsigned long)rows);
             else v[j] = 0;
