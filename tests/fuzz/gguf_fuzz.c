@@ -23,7 +23,9 @@
  * gguf::fuzz_corpus_replays_cleanly replays it. Replay one by hand: /tmp/gguf_fuzz FILE.
  * The gen_* seeds and edge cases are written by tests/test_gguf.c (DI_GGUF_WRITE_CORPUS=1);
  * the fuzz_* files are inputs the fuzzer found, one per llama cross-check they reach (the
- * smallest of each kind, not the whole scratch corpus). */
+ * smallest of each kind, not the whole scratch corpus). The run1_* files are the first long run's
+ * corpus (2026-12-02: 3 723 CPU-s, 78.9 M inputs, no finding), merged down by edges
+ * (-merge=1 -use_counters=0) to the 188 inputs that add an edge: 1 171 edges replayed. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
