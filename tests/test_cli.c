@@ -3,42 +3,12 @@
  * kgen prints specs, sources and PTX. */
 #include "helpers.h"
 #include "model_fixture.h"
-#include <fcntl.h>
 #include "runtime/cc.h"
+#include "shell.h"
+#include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
-
-typedef struct { int status; char out[16384]; } ran;
-
-/* Runs a shell command line, stdout and stderr together; status is the exit code (128+sig on a signal). */
-static ran sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    ran r = {0};
-    char full[4200];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(r.out, 1, sizeof r.out - 1, p);
-    r.out[n] = 0;
-    char rest[4096];   /* drain what does not fit: a closed pipe would kill the child (SIGPIPE) */
-    while (fread(rest, 1, sizeof rest, p) > 0) {}
-    int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    return r;
-}
-
-static void expect(const ran *r, int status, const char *needle)
-{
-    cr_assert_eq(r->status, status, "exit %d (want %d); output:\n%s", r->status, status, r->out);
-    cr_assert(strstr(r->out, needle), "output lacks '%s':\n%s", needle, r->out);
-}
 
 #define GEN DI_GENERATE_PATH
 #define KGEN DI_KGEN_PATH

@@ -10,36 +10,9 @@
 #include <unistd.h>
 
 #include "gguf_blob.h"
+#include "shell.h"
 
 #define GEN DI_GENERATE_PATH
-
-typedef struct { int status; char out[32768]; } ran;
-
-static ran sh(const char *fmt, ...)
-{
-    char cmd[8192], full[8300];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    ran r = {0};
-    FILE *p = popen(full, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(r.out, 1, sizeof r.out - 1, p);
-    r.out[n] = 0;
-    char rest[4096];
-    while (fread(rest, 1, sizeof rest, p) > 0) {}
-    int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    return r;
-}
-
-static void expect(const ran *r, int status, const char *needle)
-{
-    cr_assert_eq(r->status, status, "exit %d (want %d); output:\n%s", r->status, status, r->out);
-    cr_assert(strstr(r->out, needle), "output lacks '%s':\n%s", needle, r->out);
-}
 
 static void write_file(const char *path, const void *p, size_t n)
 {
