@@ -130,15 +130,22 @@ VOCAB_TEST(mpt, "mpt")
 
 /* ---------- the real Gemma 3 270M (SentencePiece, 262144 tokens) ---------- */
 
-Test(vocab, gemma3_loads_and_round_trips, .timeout = 120)
+/* Gemma 3's file and tokenizer, or the test skips saying why */
+static void gemma3_tokenizer(di_gguf **g, di_tokenizer **t)
 {
     const char *path = getenv("DETINFER_GEMMA3");
     if (!path || !*path || access(path, R_OK)) cr_skip_test("DETINFER_GEMMA3 is not set (scripts/fetch-model --gemma3)");
+    di_err e = {0};
+    cr_assert_eq(di_gguf_open(path, g, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_tokenizer_load(*g, t, &e), 0, "%s", e.msg);
+}
+
+Test(vocab, gemma3_loads_and_round_trips, .timeout = 120)
+{
     di_gguf *g;
     di_tokenizer *t;
     di_err e = {0};
-    cr_assert_eq(di_gguf_open(path, &g, &e), 0, "%s", e.msg);
-    cr_assert_eq(di_tokenizer_load(g, &t, &e), 0, "%s", e.msg);
+    gemma3_tokenizer(&g, &t);
     cr_assert_str_eq(di_tokenizer_model(t), "llama");
     cr_assert_eq(di_tokenizer_vocab_size(t), 262144);
     cr_assert_eq(di_tokenizer_bos(t), 2);
@@ -340,13 +347,10 @@ Test(vocab, add_bos_and_end_of_generation_ids)
  * (tests/data/make_gemma3_tokens.py wrote tests/data/gemma3_tokens.tsv). */
 Test(vocab, gemma3_matches_sentencepiece, .timeout = 120)
 {
-    const char *path = getenv("DETINFER_GEMMA3");
-    if (!path || !*path || access(path, R_OK)) cr_skip_test("DETINFER_GEMMA3 is not set (scripts/fetch-model --gemma3)");
     di_gguf *g;
     di_tokenizer *t;
     di_err e = {0};
-    cr_assert_eq(di_gguf_open(path, &g, &e), 0, "%s", e.msg);
-    cr_assert_eq(di_tokenizer_load(g, &t, &e), 0, "%s", e.msg);
+    gemma3_tokenizer(&g, &t);
     FILE *f = fopen(DI_SOURCE_DIR "/tests/data/gemma3_tokens.tsv", "r");
     cr_assert_not_null(f);
     char *line = NULL;
