@@ -74,11 +74,20 @@ int di_specialization_check(const di_spec *s, const di_specialization *p, di_err
     for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
         if (p->dtypes[i] == s->args[i].dtype) continue;
         /* Only matmul operands convert on load/store; body-driven classes index f32 directly. */
-        bool ok = s->cls == DI_MATMUL && (!strcmp(s->args[i].name, "x") || !strcmp(s->args[i].name, "w") ||
-                                          !strcmp(s->args[i].name, "y")) && p->dtypes[i] != DI_I32;
+        bool w = !strcmp(s->args[i].name, "w");
+        bool ok = s->cls == DI_MATMUL && (!strcmp(s->args[i].name, "x") || w || !strcmp(s->args[i].name, "y")) &&
+                  p->dtypes[i] != DI_I32 && (w || !di_dtype_packed(p->dtypes[i]));
         if (!ok)
             return di_fail(err, DI_ESPEC, "spec %s: argument %s cannot be specialized to %s", s->name,
                            s->args[i].name, di_dtype_name(p->dtypes[i]));
+    }
+    int w = di_spec_arg(s, "w");
+    if (s->cls == DI_MATMUL && w >= 0 && di_dtype_packed(p->dtypes[w])) {
+        /* a chunk of the K order must be whole records: the packed loops step 32 k at a time */
+        long k = di_spec_dim(s, p, "K");
+        if (k % DI_PACK_BLOCK || s->sched.split % DI_PACK_BLOCK || p->ksplits)
+            return di_fail(err, DI_ESPEC, "spec %s: w as %s needs K (%ld) and the split (%d) multiples of %d and no "
+                           "K split count", s->name, di_dtype_name(p->dtypes[w]), k, s->sched.split, DI_PACK_BLOCK);
     }
     if (p->ksplits) {
         if (check_vendor_choice(s, p, p->ksplits, "a K split count", DI_MATMUL, "matmul", err)) return err->code;
@@ -271,11 +280,6 @@ int di_geometry_for(const di_spec *s, const di_specialization *p, di_backend_kin
 
 /* ---- the translation unit ------------------------------------------------------------ */
 
-const char *di_ctype(di_dtype t)
-{
-    return t == DI_BF16 ? "di_bf16" : t == DI_I32 ? "int" : "float";
-}
-
 /* The kernel parameters of a spec: tensors as `name_` pointers, scalars by value, then the
  * runtime sizes as longs. The fast lowerings append their own after these. */
 void di_emit_params(di_str *o, const di_spec *s, const di_specialization *p)
@@ -284,9 +288,9 @@ void di_emit_params(di_str *o, const di_spec *s, const di_specialization *p)
         const di_arg *a = &s->args[i];
         if (i) di_str_puts(o, ", ");
         if (a->role == DI_ROLE_SCALAR)
-            di_str_printf(o, "%s %s", di_ctype(p->dtypes[i]), a->name);
+            di_str_printf(o, "%s %s", di_dtype_ctype(p->dtypes[i]), a->name);
         else
-            di_str_printf(o, "%s%s *%s_", a->role == DI_ROLE_IN ? "const " : "", di_ctype(p->dtypes[i]), a->name);
+            di_str_printf(o, "%s%s *%s_", a->role == DI_ROLE_IN ? "const " : "", di_dtype_ctype(p->dtypes[i]), a->name);
     }
     for (int i = 0; i < DI_MAX_SIZES && s->sizes[i]; i++) di_str_printf(o, ", long %s", s->sizes[i]);
 }
@@ -301,10 +305,10 @@ void di_emit_c_entry(di_str *o, const di_spec *s, const di_specialization *p, co
     for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++, n++) {
         const di_arg *a = &s->args[i];
         if (a->role == DI_ROLE_SCALAR)
-            di_str_printf(o, ",\n            *(%s *)argv[%d]", di_ctype(p->dtypes[i]), n);
+            di_str_printf(o, ",\n            *(%s *)argv[%d]", di_dtype_ctype(p->dtypes[i]), n);
         else
             di_str_printf(o, ",\n            *(%s%s **)argv[%d]", a->role == DI_ROLE_IN ? "const " : "",
-                          di_ctype(p->dtypes[i]), n);
+                          di_dtype_ctype(p->dtypes[i]), n);
     }
     for (int i = 0; i < DI_MAX_SIZES && s->sizes[i]; i++, n++) di_str_printf(o, ",\n            *(long *)argv[%d]", n);
     di_str_puts(o, ");\n}\n");

@@ -74,8 +74,6 @@ int di_eval_expr(const di_spec *s, const di_specialization *p, const char *expr,
  * an argument that is not row-sliced. */
 int di_arg_row_elems(const di_spec *s, const di_specialization *p, int arg, long *out, di_err *err);
 
-const char *di_ctype(di_dtype t);
-
 /* Backend pieces (codegen/c.c, codegen/cuda.c, codegen/prelude.c). */
 void di_prelude_c(di_str *out);
 void di_prelude_cuda(di_str *out);

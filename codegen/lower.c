@@ -34,10 +34,10 @@ static void emit_slices(di_str *o, const di_spec *s, const di_specialization *p,
         char rowlen[256];
         const char *q = a->role == DI_ROLE_IN ? "const " : "";
         if (di_row_sliced(a, rowlen, sizeof rowlen))
-            di_str_printf(o, "%s%s%s *%s = %s_ + (long)(%s) * (%s);\n", indent, q, di_ctype(p->dtypes[i]), a->name,
+            di_str_printf(o, "%s%s%s *%s = %s_ + (long)(%s) * (%s);\n", indent, q, di_dtype_ctype(p->dtypes[i]), a->name,
                           a->name, row, rowlen);
         else
-            di_str_printf(o, "%s%s%s *%s = %s_;\n", indent, q, di_ctype(p->dtypes[i]), a->name, a->name);
+            di_str_printf(o, "%s%s%s *%s = %s_;\n", indent, q, di_dtype_ctype(p->dtypes[i]), a->name, a->name);
         di_str_printf(o, "%s(void)%s;\n", indent, a->name);
     }
 }
@@ -146,7 +146,7 @@ static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p
                    "            if (n0 + TILE_N <= N) {\n");
     for (int j = 0; j < tn; j++)
         di_str_printf(o, "                const %s *w%d = w + (n0 + %d) * K;\n                float acc%d = 0.0f;\n",
-                      di_ctype(wt), j, j, j);
+                      di_dtype_ctype(wt), j, j, j);
     di_str_puts(o, "                for (long kc = 0; kc < K; kc += SPLIT) {\n"
                    "                    const long ke = kc + SPLIT < K ? kc + SPLIT : K;\n");
     for (int j = 0; j < tn; j++) di_str_printf(o, "                    float c%d = 0.0f;\n", j);
@@ -174,7 +174,7 @@ static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p
                      "            }\n"
                      "        }\n"
                      "    }\n",
-                  di_ctype(wt), lx, lw, store, s->body);
+                  di_dtype_ctype(wt), lx, lw, store, s->body);
 }
 
 /* ---- matmul on the C backend ------------------------------------------------------------
@@ -193,6 +193,9 @@ static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p
  * bf16 weights are decoded in the inner loops; with K and SPLIT even, two at a time from one
  * 32-bit load (the low half is w[k], little-endian hosts only, as x86-64 and arm64 are). */
 enum { MM_CG = 32, MM_RB = 32, MM_DIRECT = 4, MM_TK = 64, MM_LANES = 8 };
+/* Packed weights: up to 8 rows decode each record once in registers (mm_rows_packed); more
+ * rows (prefill) decode a tile once per block of 32 rows. */
+enum { MM_DIRECT_PACKED = 9, MM_PACK_ROWS = 8 };
 
 typedef struct mm_c {
     const char *name;           /* the entry's name */
@@ -222,7 +225,7 @@ static void mm_step(di_str *o, const mm_c *m, const char *ind, const char *c, co
 
 static void mm_direct(di_str *o, const mm_c *m)
 {
-    const char *wty = m->pairs ? "di_u32" : di_ctype(m->wt);
+    const char *wty = m->pairs ? "di_u32" : di_dtype_ctype(m->wt);
     int step = m->pairs ? 2 : 1;
     di_str_printf(o, "static void %s_direct(float *at, const %s *x_, const %s *w_, long n0, long nc, long r0, long nr)\n"
                      "{\n"
@@ -231,7 +234,7 @@ static void mm_direct(di_str *o, const mm_c *m)
                      "        float *a = at + i * DI_MM_CG;\n"
                      "        long j = 0;\n"
                      "        for (; j + %d <= nc; j += %d) {\n",
-                  m->name, di_ctype(m->xt), di_ctype(m->wt), di_ctype(m->xt), MM_LANES, MM_LANES);
+                  m->name, di_dtype_ctype(m->xt), di_dtype_ctype(m->wt), di_dtype_ctype(m->xt), MM_LANES, MM_LANES);
     for (int l = 0; l < MM_LANES; l++)
         di_str_printf(o, "            const %s *w%d = (const %s *)(w_ + (n0 + j + %d) * K);\n", wty, l, wty, l);
     for (int l = 0; l < MM_LANES; l++) di_str_printf(o, "            float a%d = 0.0f;\n", l);
@@ -265,13 +268,143 @@ static void mm_direct(di_str *o, const mm_c *m)
                      "        }\n"
                      "    }\n"
                      "}\n\n",
-                  di_ctype(m->wt), m->lx, m->lw);
+                  di_dtype_ctype(m->wt), m->lx, m->lw);
+}
+
+/* Packed weights (dsl/dsl.h, DI_Q4X8 / DI_Q8X8): record (g, b) holds outputs 8g..8g+7 over
+ * k = 32b..32b+31, lane l one output. di_pk_w decodes one weight exactly as the load-time
+ * conversion rounds it (model/pack.c checks every weight), so the chains below are the ones
+ * above, term for term: only the memory they read is smaller (0.75 bytes a weight for Q4X8
+ * instead of bf16's 2, which is what bounds a decode step on a CPU). With GNU C vectors the
+ * direct path runs the 8 lanes of a record as one vector, each lane its own output's chain;
+ * libtcc runs the same operations one lane at a time. */
+static void mm_packed_helpers(di_str *o, const mm_c *m)
+{
+    bool q8 = m->wt == DI_Q8X8;
+    di_str_printf(o, "#define DI_PK_REC %zu   /* bytes per record: d[8], m[8], codes */\n"
+                     "static float di_pk_round(float v) { const float t = v * 65537.0f; return t - (t - v); }\n"
+                     "/* lane l's weight at k = 32b + kk of record r */\n"
+                     "static float di_pk_w(const unsigned char *r, int l, int kk)\n"
+                     "{\n"
+                     "    const float *f = (const float *)r;\n"
+                     "    const di_u32 *q = (const di_u32 *)(r + 64);\n",
+                  di_pack_record_bytes(m->wt));
+    if (q8) di_str_puts(o, "    const int c = (int)(signed char)(q[(kk / 4) * 8 + l] >> (8 * (kk % 4)));\n");
+    else di_str_puts(o, "    const int c = (int)((q[(kk / 8) * 8 + l] >> (4 * (kk % 8))) & 15u);\n");
+    di_str_puts(o, "    return di_pk_round(f[l] * (float)c + f[8 + l]);\n"
+                   "}\n"
+                   "#if defined(__GNUC__) && !defined(__TINYC__)\n"
+                   "#define DI_PK_VEC 1\n"
+                   "typedef float di_v8f __attribute__((vector_size(32)));\n"
+                   "typedef int di_v8i __attribute__((vector_size(32)));\n"
+                   "typedef unsigned di_v8u __attribute__((vector_size(32)));\n"
+                   "#endif\n\n");
+}
+
+/* The 8 lanes' weights at k = 32b + per_word * jj + s, as di_pk_w decodes one: w, then `use`
+ * (a format with %1$d for per_word and %2$d for s). */
+static void mm_packed_step(di_str *o, bool q8, int s, int per_word, const char *use)
+{
+    char code[96], tail[1024];
+    if (q8) snprintf(code, sizeof code, "(di_v8i)(q << %d) >> 24", 24 - 8 * s);
+    else snprintf(code, sizeof code, "(di_v8i)((q >> %d) & 15u)", 4 * s);
+    snprintf(tail, sizeof tail, use, per_word, s);
+    di_str_printf(o, "                        { const di_v8f v = d * __builtin_convertvector(%s, di_v8f) + m;\n"
+                     "                          const di_v8f t = v * 65537.0f, w = t - (t - v);\n"
+                     "                          %s }\n",
+                  code, tail);
+}
+
+/* Record r's d and m, and the loop over its code words q, for the steps inside. */
+static void mm_packed_record(di_str *o, bool q8, const char *use)
+{
+    int per_word = q8 ? 4 : 8;
+    di_str_printf(o, "                    di_v8f d, m;\n"
+                     "                    __builtin_memcpy(&d, r, 32);\n"
+                     "                    __builtin_memcpy(&m, r + 32, 32);\n"
+                     "                    for (int jj = 0; jj < %d; jj++) {\n"
+                     "                        di_v8u q;\n"
+                     "                        __builtin_memcpy(&q, r + 64 + 32 * jj, 32);\n",
+                  32 / per_word);
+    for (int st = 0; st < per_word; st++) mm_packed_step(o, q8, st, per_word, use);
+    di_str_puts(o, "                    }\n");
+}
+
+/* R rows at once (R = 8, 4, 2, 1): each record is decoded once for all of them, and each row's
+ * chunk chain for the 8 lanes is one vector c<i>; a chunk's sums join at[] in chunk order. */
+static void mm_rows_packed(di_str *o, const mm_c *m, int rows)
+{
+    di_str_printf(o, "static void %s_rows%d(float *at, const %s *x_, const unsigned char *w_, long n0, long nc, long r0)\n"
+                     "{\n"
+                     "    const long nb = K / 32;\n",
+                  m->name, rows, di_dtype_ctype(m->xt));
+    for (int i = 0; i < rows; i++) di_str_printf(o, "    const %s *x%d = x_ + (r0 + %d) * K;\n", di_dtype_ctype(m->xt), i, i);
+    di_str_puts(o, "    for (long j = 0; j < nc; j += 8) {\n"
+                   "        const unsigned char *wg = w_ + (n0 + j) / 8 * nb * DI_PK_REC;\n"
+                   "        for (long kc = 0; kc < K; kc += SPLIT) {\n"
+                   "            const long be = (kc + SPLIT < K ? kc + SPLIT : K) / 32;\n");
+    for (int i = 0; i < rows; i++) di_str_printf(o, "            di_v8f c%d = {0};\n", i);
+    di_str_puts(o, "            for (long b = kc / 32; b < be; b++) {\n"
+                   "                const unsigned char *r = wg + b * DI_PK_REC;\n"
+                   "                const long kb = b * 32;\n"
+                   "                {\n");
+    di_str use = {0};
+    for (int i = 0; i < rows; i++)
+        di_str_printf(&use, "%sc%d = c%d + %s(x%d[kb + %%1$d * jj + %%2$d]) * w;", i ? " " : "", i, i, m->lx, i);
+    mm_packed_record(o, m->wt == DI_Q8X8, use.p);
+    di_str_free(&use);
+    di_str_puts(o, "                }\n"
+                   "            }\n");
+    for (int i = 0; i < rows; i++)
+        di_str_printf(o, "            { di_v8f a; __builtin_memcpy(&a, at + %d * DI_MM_CG + j, 32); a = a + c%d; "
+                         "__builtin_memcpy(at + %d * DI_MM_CG + j, &a, 32); }\n", i, i, i);
+    di_str_puts(o, "        }\n"
+                   "    }\n"
+                   "}\n\n");
+}
+
+static void mm_direct_packed(di_str *o, const mm_c *m)
+{
+    di_str_puts(o, "#ifdef DI_PK_VEC\n");
+    for (int rows = MM_PACK_ROWS; rows >= 1; rows /= 2) mm_rows_packed(o, m, rows);
+    di_str_puts(o, "#endif\n");
+    di_str_printf(o, "static void %s_direct(float *at, const %s *x_, const unsigned char *w_, long n0, long nc, long r0, long nr)\n"
+                     "{\n"
+                     "    for (long i = 0; i < nr * DI_MM_CG; i++) at[i] = 0.0f;\n"
+                     "#ifdef DI_PK_VEC\n"
+                     "    long i = 0;\n"
+                     "    for (; i + 8 <= nr; i += 8) %s_rows8(at + i * DI_MM_CG, x_, w_, n0, nc, r0 + i);\n"
+                     "    if (i + 4 <= nr) { %s_rows4(at + i * DI_MM_CG, x_, w_, n0, nc, r0 + i); i += 4; }\n"
+                     "    if (i + 2 <= nr) { %s_rows2(at + i * DI_MM_CG, x_, w_, n0, nc, r0 + i); i += 2; }\n"
+                     "    if (i < nr) %s_rows1(at + i * DI_MM_CG, x_, w_, n0, nc, r0 + i);\n"
+                     "#else\n"
+                     "    const long nb = K / 32;\n"
+                     "    for (long i = 0; i < nr; i++) {\n"
+                     "        const %s *x = x_ + (r0 + i) * K;\n"
+                     "        float *a = at + i * DI_MM_CG;\n"
+                     "        for (long j = 0; j < nc; j += 8) {\n"
+                     "            const unsigned char *wg = w_ + (n0 + j) / 8 * nb * DI_PK_REC;\n"
+                     "            for (int l = 0; l < 8; l++) {\n"
+                     "                float al = 0.0f;\n"
+                     "                for (long kc = 0; kc < K; kc += SPLIT) {\n"
+                     "                    const long ke = kc + SPLIT < K ? kc + SPLIT : K;\n"
+                     "                    float c = 0.0f;\n"
+                     "                    for (long k = kc; k < ke; k++) c = c + %s(x[k]) * di_pk_w(wg + k / 32 * DI_PK_REC, l, (int)(k %% 32));\n"
+                     "                    al = al + c;\n"
+                     "                }\n"
+                     "                a[j + l] = al;\n"
+                     "            }\n"
+                     "        }\n"
+                     "    }\n"
+                     "#endif\n"
+                     "}\n\n",
+                  m->name, di_dtype_ctype(m->xt), m->name, m->name, m->name, m->name, di_dtype_ctype(m->xt), m->lx);
 }
 
 static void mm_tile(di_str *o, const mm_c *m)
 {
     di_str_printf(o, "static void %s_tile(float *at, const %s *x_, const %s *w_, long n0, long nc, long r0, long nr)\n"
-                     "{\n", m->name, di_ctype(m->xt), di_ctype(m->wt));
+                     "{\n", m->name, di_dtype_ctype(m->xt), di_dtype_ctype(m->wt));
     if (m->pairs)
         di_str_puts(o, "    di_u32 wt[DI_MM_TK / 2 * DI_MM_CG];   /* (w[n0 + j][k], w[n0 + j][k + 1]) at [(k - k0) / 2][j] */\n");
     else
@@ -284,7 +417,31 @@ static void mm_tile(di_str *o, const mm_c *m)
                    "        for (long k0 = kc; k0 < ke; k0 += DI_MM_TK) {\n"
                    "            const long kn = ke - k0 < DI_MM_TK ? ke - k0 : DI_MM_TK;\n");
     /* the tile; columns past N (the last block) are zeros, computed and never stored */
-    if (m->pairs)
+    if (di_dtype_packed(m->wt)) {
+        /* a record's 8 lanes are 8 adjacent columns of the tile: decoded as vectors */
+        di_str_puts(o, "#ifdef DI_PK_VEC\n"
+                       "            for (long jg = 0; jg < DI_MM_CG; jg += 8) {\n"
+                       "                if (jg >= nc) {\n"
+                       "                    for (long k = 0; k < kn; k++)\n"
+                       "                        for (long j = jg; j < jg + 8; j++) wt[k * DI_MM_CG + j] = 0.0f;\n"
+                       "                    continue;\n"
+                       "                }\n"
+                       "                const unsigned char *wg = w_ + (n0 + jg) / 8 * (K / 32) * DI_PK_REC;\n"
+                       "                for (long b = k0 / 32; b < (k0 + kn) / 32; b++) {\n"
+                       "                    const unsigned char *r = wg + b * DI_PK_REC;\n"
+                       "                    float *dst = wt + (b * 32 - k0) * DI_MM_CG + jg;\n");
+        mm_packed_record(o, m->wt == DI_Q8X8, "__builtin_memcpy(dst + (%1$d * jj + %2$d) * DI_MM_CG, &w, 32);");
+        di_str_puts(o, "                }\n"
+                       "            }\n"
+                       "#else\n"
+                       "            for (long k = 0; k < kn; k++) {\n"
+                       "                float *dst = wt + k * DI_MM_CG;\n"
+                       "                const long kk = k0 + k;\n"
+                       "                for (long j = 0; j < DI_MM_CG; j++)\n"
+                       "                    dst[j] = j < nc ? di_pk_w(w_ + ((n0 + j) / 8 * (K / 32) + kk / 32) * DI_PK_REC, (int)(j % 8), (int)(kk % 32)) : 0.0f;\n"
+                       "            }\n"
+                       "#endif\n");
+    } else if (m->pairs)
         di_str_puts(o, "            for (long kp = 0; kp < kn / 2; kp++) {\n"
                        "                const di_u32 *src = (const di_u32 *)(w_ + n0 * K + k0) + kp;\n"
                        "                di_u32 *dst = wt + kp * DI_MM_CG;\n"
@@ -299,10 +456,10 @@ static void mm_tile(di_str *o, const mm_c *m)
                          "                float *dst = wt + k * DI_MM_CG;\n"
                          "                for (long j = 0; j < DI_MM_CG; j++) dst[j] = j < nc ? %s(src[j * K]) : 0.0f;\n"
                          "            }\n",
-                      di_ctype(m->wt), m->lw);
+                      di_dtype_ctype(m->wt), m->lw);
     di_str_printf(o, "            for (long i = 0; i < nr; i++) {\n"
                      "                const %s *x = x_ + (r0 + i) * K + k0;\n"
-                     "                float *c = ct + i * DI_MM_CG;\n", di_ctype(m->xt));
+                     "                float *c = ct + i * DI_MM_CG;\n", di_dtype_ctype(m->xt));
     if (m->pairs)
         di_str_printf(o, "                for (long kp = 0; kp < kn / 2; kp++) {\n"
                          "                    const float x0 = %s(x[2 * kp]), x1 = %s(x[2 * kp + 1]);\n"
@@ -350,8 +507,13 @@ static void lower_matmul_c(di_str *o, const di_spec *s, const di_specialization 
                      "#else\n"
                      "#define DI_MM_DIRECT %d   /* fewer rows than this: weights read in place */\n"
                      "#endif\n\n",
-                  MM_CG, MM_RB, MM_TK, MM_DIRECT);
-    mm_direct(o, &m);
+                  MM_CG, MM_RB, MM_TK, di_dtype_packed(m.wt) ? MM_DIRECT_PACKED : MM_DIRECT);
+    if (di_dtype_packed(m.wt)) {
+        mm_packed_helpers(o, &m);
+        mm_direct_packed(o, &m);
+    } else {
+        mm_direct(o, &m);
+    }
     mm_tile(o, &m);
     di_str_printf(o, "static void %s_block(long bx, long by, ", name);
     di_emit_params(o, s, p);
@@ -489,6 +651,10 @@ static int class_emit(di_str *o, const di_spec *s, const di_specialization *p, c
                       di_err *err)
 {
     bool c = t->backend == DI_BACKEND_C;
+    int w = di_spec_arg(s, "w");
+    if (!c && s->cls == DI_MATMUL && w >= 0 && di_dtype_packed(p->dtypes[w]))
+        return di_fail(err, DI_ESPEC, "spec %s: w as %s is read by the C backend only (the GPU lowerings read bf16)",
+                       s->name, di_dtype_name(p->dtypes[w]));
     if (c && s->cls == DI_MATMUL) {
         lower_matmul_c(o, s, p, name);
         di_emit_c_entry(o, s, p, name);

@@ -840,10 +840,10 @@ static void emit_epilogue(di_str *o, const di_spec *s, const di_specialization *
         char rowlen[256];
         const char *q = a->role == DI_ROLE_IN ? "const " : "";
         if (di_row_sliced(a, rowlen, sizeof rowlen))
-            di_str_printf(o, "    %s%s *%s = %s_ + (long)(r) * (%s); (void)%s; \\\n", q, di_ctype(p->dtypes[i]),
+            di_str_printf(o, "    %s%s *%s = %s_ + (long)(r) * (%s); (void)%s; \\\n", q, di_dtype_ctype(p->dtypes[i]),
                           a->name, a->name, rowlen, a->name);
         else
-            di_str_printf(o, "    %s%s *%s = %s_; (void)%s; \\\n", q, di_ctype(p->dtypes[i]), a->name, a->name,
+            di_str_printf(o, "    %s%s *%s = %s_; (void)%s; \\\n", q, di_dtype_ctype(p->dtypes[i]), a->name, a->name,
                           a->name);
     }
     di_str_puts(o, "    const long n = mmf_en; const float acc = mmf_ev; \\\n    y[n] = ");

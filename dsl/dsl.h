@@ -15,7 +15,30 @@
 #define DI_MAX_SIZES 4
 #define DI_MAX_REDUCE 2
 
-typedef enum { DI_F32, DI_BF16, DI_I32 } di_dtype;
+/* Element types: (id, name, C type in generated code, bytes per element; 0 for a packed weight
+ * format, whose size is per record, di_pack_bytes).
+ *
+ * Packed matmul weights (the w of a MATMUL spec on the C backend): a GGUF matrix [N, K] kept in
+ * its quantized form, 8 outputs interleaved so that SIMD lanes are outputs. Record (g, b) for
+ * outputs 8g..8g+7 and k = 32b..32b+31, at byte (g * K/32 + b) * record bytes:
+ *   float d[8], m[8];                           lane l is output 8g + l
+ *   Q4X8: uint32 q[4][8], nibble s of q[j][l] is code(k = 32b + 8j + s), unsigned 0..15
+ *   Q8X8: uint32 q[8][8], byte s of q[j][l] is code(k = 32b + 4j + s), signed -128..127
+ * and the weight is bf16(d[l] * (float)code + m[l]) in f32, rounded to bf16 by
+ * t = v * 65537, t - (t - v) (Veltkamp's split: round to nearest even at 8 bits for every
+ * normal f32 below 2^100, checked exhaustively); model/pack.c builds the records and checks
+ * every weight against the load-time bf16 conversion. Outputs past N are zero records. */
+#define DI_DTYPES(X) \
+    X(F32, "f32", "float", 4) X(BF16, "bf16", "di_bf16", 2) X(I32, "i32", "int", 4) \
+    X(Q4X8, "q4x8", "unsigned char", 0) X(Q8X8, "q8x8", "unsigned char", 0)
+typedef enum {
+#define X(id, name, ctype, bytes) DI_##id,
+    DI_DTYPES(X)
+#undef X
+    DI_NUM_DTYPES
+} di_dtype;
+enum { DI_PACK_LANES = 8, DI_PACK_BLOCK = 32 };
+static inline bool di_dtype_packed(di_dtype t) { return t == DI_Q4X8 || t == DI_Q8X8; }
 
 /* ---- numerics profiles (dsl/profiles.def) ------------------------------------------ */
 enum { DI_ON_CPU = 1, DI_ON_CUDA = 2 };   /* the backends a profile runs on */
@@ -122,7 +145,12 @@ extern const char *const di_op_names[DI_NUM_OPS];
 const di_spec *di_spec_find(const char *name);
 const char *di_class_name(di_class c);
 const char *di_dtype_name(di_dtype t);
-size_t di_dtype_size(di_dtype t);
+const char *di_dtype_ctype(di_dtype t);             /* the type generated code declares */
+size_t di_dtype_size(di_dtype t);                   /* bytes per element; 0 when packed */
+bool di_dtype_parse(const char *name, di_dtype *out);
+/* Packed weights: bytes of one record, and of a whole [n, k] matrix (k a multiple of 32). */
+size_t di_pack_record_bytes(di_dtype t);
+size_t di_pack_bytes(di_dtype t, long n, long k);
 
 /* Validates one spec; on failure writes "spec NAME (file:line): field: problem" to msg. */
 bool di_spec_validate(const di_spec *s, char *msg, size_t msglen);

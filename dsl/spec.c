@@ -57,17 +57,30 @@ const char *di_profile_choices(void)
 
 const char *di_class_name(di_class c) { return (unsigned)c < DI_NUM_CLASSES ? class_names[c] : "?"; }
 
-const char *di_dtype_name(di_dtype t)
+static const struct { const char *name, *ctype; size_t bytes; } dtypes[DI_NUM_DTYPES] = {
+#define X(id, name, ctype, bytes) {name, ctype, bytes},
+    DI_DTYPES(X)
+#undef X
+};
+
+const char *di_dtype_name(di_dtype t) { return (unsigned)t < DI_NUM_DTYPES ? dtypes[t].name : "?"; }
+const char *di_dtype_ctype(di_dtype t) { return (unsigned)t < DI_NUM_DTYPES ? dtypes[t].ctype : "?"; }
+size_t di_dtype_size(di_dtype t) { return (unsigned)t < DI_NUM_DTYPES ? dtypes[t].bytes : 0; }
+
+bool di_dtype_parse(const char *name, di_dtype *out)
 {
-    switch (t) {
-    case DI_F32: return "f32";
-    case DI_BF16: return "bf16";
-    case DI_I32: return "i32";
-    }
-    return "?";
+    for (int i = 0; i < DI_NUM_DTYPES; i++)
+        if (!strcmp(dtypes[i].name, name)) { *out = (di_dtype)i; return true; }
+    return false;
 }
 
-size_t di_dtype_size(di_dtype t) { return t == DI_BF16 ? 2 : 4; }
+/* d[8], m[8] (64 bytes), then the codes: 32 x 8 nibbles or bytes */
+size_t di_pack_record_bytes(di_dtype t) { return t == DI_Q4X8 ? 64 + 128 : t == DI_Q8X8 ? 64 + 256 : 0; }
+
+size_t di_pack_bytes(di_dtype t, long n, long k)
+{
+    return (size_t)((n + DI_PACK_LANES - 1) / DI_PACK_LANES) * (size_t)(k / DI_PACK_BLOCK) * di_pack_record_bytes(t);
+}
 
 const di_spec *di_spec_find(const char *name)
 {

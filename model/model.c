@@ -5,6 +5,9 @@
 #define _GNU_SOURCE   /* sched_getaffinity */
 #include "model/model.h"
 #include "model/config.h"
+#include "model/pack.h"
+#include "model/quant.h"
+#include <stdatomic.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -13,8 +16,18 @@
 #include <string.h>
 #include <unistd.h>
 
+/* A weight matrix, in the format it was loaded in (bf16 or packed codes), and the matmul that
+ * reads that format. */
+typedef struct wmat {
+    di_buf *buf;
+    di_dtype fmt;
+    size_t bf16_bytes;   /* what it takes as bf16 */
+    di_kernel *k;
+} wmat;
+
 typedef struct layer {
-    di_buf *attn_norm, *wqkv, *wo, *ffn_norm, *wgu, *wdown;
+    di_buf *attn_norm, *ffn_norm;
+    wmat wqkv, wo, wgu, wdown;
     di_buf *bqkv;                     /* qkv_bias: [q | k | v] biases */
     di_buf *q_norm, *k_norm;          /* qk_norm */
     di_buf *post_attn, *post_ffn;     /* post_norms */
@@ -22,9 +35,8 @@ typedef struct layer {
 
 /* every kernel a step launches, specialized to this model (NULL where the architecture has none) */
 typedef struct kernels {
-    di_kernel *embed, *rmsnorm, *qkv, *qk_norm, *rope, *kv_write, *attention, *attention_window;
-    di_kernel *wo, *gu, *act, *down, *residual_add;
-    di_kernel *gather, *lm_head, *log_softmax, *argmax;
+    di_kernel *embed, *rmsnorm, *qk_norm, *rope, *kv_write, *attention, *attention_window;
+    di_kernel *act, *residual_add, *gather, *log_softmax, *argmax;
 } kernels;
 
 struct di_model {
@@ -34,7 +46,9 @@ struct di_model {
     bool owns_g;                     /* opened by di_model_load (else borrowed from the caller) */
     di_rt *rt;
     layer *layers;
-    di_buf *embd, *lm_head, *out_norm, *rope_cs, *rope_cs_swa;   /* RoPE tables: global, sliding-window layers */
+    bool pack;                       /* matrices packed where they can be (the C backend, exact) */
+    di_buf *embd, *out_norm, *rope_cs, *rope_cs_swa;   /* RoPE tables: global, sliding-window layers */
+    wmat lm_head;                    /* output.weight, or token_embd.weight again (tied) */
     di_buf **kc, **vc, *btab;       /* KV cache per layer, block table */
     int32_t *btab_host;
     int maxb;                        /* block-table width: ctx / KVB rounded up */
@@ -50,6 +64,25 @@ const di_gguf *di_model_gguf(const di_model *m) { return m->g; }
 int di_model_kv_block(void) { return di_rt_kv_block(); }
 int di_model_kv_blocks(const di_model *m) { return m->o.kv_blocks; }
 int di_model_max_seqs(const di_model *m) { return m->o.max_seqs; }
+
+static void count_matrix(di_model_weights *w, const wmat *x)
+{
+    w->bytes += x->buf->bytes;
+    w->matrices++;
+    w->packed += x->fmt != DI_BF16;
+}
+
+di_model_weights di_model_weights_info(const di_model *m)
+{
+    di_model_weights w = {.bytes = m->embd->bytes};
+    for (int l = 0; l < m->c.n_layers; l++) {
+        const layer *L = &m->layers[l];
+        count_matrix(&w, &L->wqkv), count_matrix(&w, &L->wo), count_matrix(&w, &L->wgu), count_matrix(&w, &L->wdown);
+    }
+    if (m->lm_head.buf != m->embd) count_matrix(&w, &m->lm_head);
+    else w.matrices++;
+    return w;
+}
 
 /* (the configuration is read and checked by model/config.c) */
 
@@ -71,39 +104,9 @@ static const di_gguf_tensor *tensor(const di_model *m, const char *name, uint64_
     return t;
 }
 
-static uint16_t to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
+/* ---- matrices: bf16, or packed codes (model/pack.h) -------------------------------------- */
 
-/* Rows [row0, row1) of one GGUF matrix to bf16, one row at a time through an f32 row. Rows are
- * independent, so any split of them over threads gives the same bytes. */
-typedef struct {
-    const di_gguf *g;
-    const di_gguf_tensor *t;
-    uint64_t in, row0, row1;
-    uint16_t *dst;   /* row 0 of the tensor in the stacked buffer */
-    di_err err;
-    int rc;
-} convert_job;
-
-static void *convert_rows(void *arg)
-{
-    convert_job *j = arg;
-    float *f = malloc(j->in * sizeof(float));
-    if (!f) { j->rc = di_fail(&j->err, DI_ENOMEM, "out of memory loading %s", j->t->name); return NULL; }
-    for (uint64_t r = j->row0; r < j->row1 && !j->rc; r++) {
-        j->rc = di_gguf_to_f32_range(j->g, j->t, r * j->in, j->in, f, &j->err);
-        for (uint64_t k = 0; k < j->in && !j->rc; k++) j->dst[r * j->in + k] = to_bf16(f[k]);
-    }
-    free(f);
-    return NULL;
-}
-
-enum { CONVERT_MAX_THREADS = 16, CONVERT_MIN_ROWS = 64 };
+enum { LOAD_MAX_THREADS = 16, LOAD_MIN_ROWS = 64 };
 
 /* The CPUs this process may run on (a container's affinity mask, not the host's count). */
 static long usable_cpus(void)
@@ -113,23 +116,34 @@ static long usable_cpus(void)
     return sysconf(_SC_NPROCESSORS_ONLN);
 }
 
-/* One tensor's rows over up to 16 threads (dequantization and rounding dominate the load of a
- * large model: an 8B model took ~30 s on one thread). */
-static int convert_tensor(const di_gguf *g, const di_gguf_tensor *t, uint64_t in, uint64_t rows, uint16_t *dst,
-                          di_err *err)
+/* rows [row0, row1) of one job; rows are independent, so any split over threads gives the same bytes */
+typedef int (*rows_fn)(void *ctx, uint64_t row0, uint64_t row1, di_err *err);
+typedef struct { rows_fn fn; void *ctx; uint64_t row0, row1; di_err err; int rc; } rows_job;
+
+static void *run_rows(void *arg)
+{
+    rows_job *j = arg;
+    j->rc = j->fn(j->ctx, j->row0, j->row1, &j->err);
+    return NULL;
+}
+
+/* fn over `rows` rows on up to 16 threads, split at multiples of `align` (dequantization and
+ * rounding dominate the load of a large model: an 8B model took ~30 s on one thread) */
+static int for_rows(uint64_t rows, uint64_t align, rows_fn fn, void *ctx, di_err *err)
 {
     long cpus = usable_cpus();
-    uint64_t n = cpus < 1 ? 1 : cpus > CONVERT_MAX_THREADS ? CONVERT_MAX_THREADS : (uint64_t)cpus;
-    if (rows / CONVERT_MIN_ROWS < n) n = rows / CONVERT_MIN_ROWS ? rows / CONVERT_MIN_ROWS : 1;
-    convert_job jobs[CONVERT_MAX_THREADS];
-    pthread_t tids[CONVERT_MAX_THREADS];
-    bool started[CONVERT_MAX_THREADS] = {false};
+    uint64_t n = cpus < 1 ? 1 : cpus > LOAD_MAX_THREADS ? LOAD_MAX_THREADS : (uint64_t)cpus;
+    if (rows / LOAD_MIN_ROWS < n) n = rows / LOAD_MIN_ROWS ? rows / LOAD_MIN_ROWS : 1;
+    rows_job jobs[LOAD_MAX_THREADS];
+    pthread_t tids[LOAD_MAX_THREADS];
+    bool started[LOAD_MAX_THREADS] = {false};
     for (uint64_t i = 0; i < n; i++) {
-        jobs[i] = (convert_job){.g = g, .t = t, .in = in, .row0 = rows * i / n, .row1 = rows * (i + 1) / n, .dst = dst};
-        started[i] = i > 0 && pthread_create(&tids[i], NULL, convert_rows, &jobs[i]) == 0;
-        if (i > 0 && !started[i]) convert_rows(&jobs[i]);   /* no thread: do it here */
+        uint64_t r0 = rows * i / n / align * align, r1 = i + 1 == n ? rows : rows * (i + 1) / n / align * align;
+        jobs[i] = (rows_job){.fn = fn, .ctx = ctx, .row0 = r0, .row1 = r1};
+        started[i] = i > 0 && pthread_create(&tids[i], NULL, run_rows, &jobs[i]) == 0;
+        if (i > 0 && !started[i]) run_rows(&jobs[i]);   /* no thread: do it here */
     }
-    convert_rows(&jobs[0]);
+    run_rows(&jobs[0]);
     int rc = DI_OK;
     for (uint64_t i = 0; i < n; i++) {
         if (started[i]) pthread_join(tids[i], NULL);
@@ -141,22 +155,69 @@ static int convert_tensor(const di_gguf *g, const di_gguf_tensor *t, uint64_t in
     return rc;
 }
 
-/* Several GGUF matrices [in, out_i] stacked row-wise into one bf16 [sum out_i, in] buffer. */
-static int load_matrix(di_model *m, const char *const *names, const uint64_t *outs, int count, uint64_t in,
-                       di_buf **dst, di_err *err)
+/* bf16: each row through an f32 row, rounded by the load-time conversion */
+typedef struct { const di_gguf *g; const di_gguf_tensor *t; uint64_t in; uint16_t *dst; } convert_ctx;
+
+static int convert_rows(void *arg, uint64_t row0, uint64_t row1, di_err *err)
 {
+    convert_ctx *c = arg;
+    float *f = malloc(c->in * sizeof(float));
+    if (!f) return di_fail(err, DI_ENOMEM, "out of memory loading %s", c->t->name);
+    int rc = DI_OK;
+    for (uint64_t r = row0; r < row1 && !rc; r++) {
+        rc = di_gguf_to_f32_range(c->g, c->t, r * c->in, c->in, f, err);
+        for (uint64_t k = 0; k < c->in && !rc; k++) c->dst[r * c->in + k] = di_bf16_of(f[k]);
+    }
+    free(f);
+    return rc;
+}
+
+/* packed: groups of 8 rows per thread; same is false when any weight would not decode alike */
+typedef struct { const di_pack_src *src; di_dtype fmt; uint8_t *dst; atomic_bool same; } pack_ctx;
+
+static int pack_rows(void *arg, uint64_t row0, uint64_t row1, di_err *err)
+{
+    pack_ctx *c = arg;
+    bool same = true;
+    int rc = di_pack_rows(c->src, c->fmt, row0, row1, c->dst, &same, err);
+    if (!same) atomic_store(&c->same, false);
+    return rc;
+}
+
+/* Several GGUF matrices [in, out_i] stacked row-wise into one [sum out_i, in] buffer: packed
+ * when the runtime's kernels read packs and every weight decodes to its bf16 value, else bf16. */
+static int load_matrix(di_model *m, const char *const *names, const uint64_t *outs, int count, uint64_t in,
+                       bool packable, wmat *dst, di_err *err)
+{
+    const di_gguf_tensor *ts[4];
     uint64_t rows = 0;
-    for (int i = 0; i < count; i++) rows += outs[i];
+    for (int i = 0; i < count; i++) {
+        if (!(ts[i] = tensor(m, names[i], in, outs[i], err))) return err->code;
+        rows += outs[i];
+    }
+    di_pack_src src = {m->g, ts, outs, count, in};
+    dst->bf16_bytes = rows * in * 2;
+    dst->fmt = m->pack && packable ? di_pack_format(&src) : DI_BF16;
+    if (dst->fmt != DI_BF16) {
+        size_t bytes = di_pack_bytes(dst->fmt, (long)rows, (long)in);
+        pack_ctx pc = {&src, dst->fmt, calloc(1, bytes), true};
+        int rc = !pc.dst ? di_fail(err, DI_ENOMEM, "out of memory loading %s", names[0])
+                         : for_rows(rows, DI_PACK_LANES, pack_rows, &pc, err);
+        if (!rc && atomic_load(&pc.same) && !(rc = di_buf_alloc(m->rt, bytes, &dst->buf, err)))
+            rc = di_buf_write(dst->buf, 0, pc.dst, bytes, err);
+        free(pc.dst);
+        if (rc || dst->buf) return rc;
+        dst->fmt = DI_BF16;   /* a weight that would decode otherwise: the matrix stays bf16 */
+    }
     uint16_t *b = malloc(rows * in * 2);
     int rc = !b ? di_fail(err, DI_ENOMEM, "out of memory loading %s", names[0]) : DI_OK;
     uint64_t row = 0;
     for (int i = 0; i < count && !rc; i++) {
-        const di_gguf_tensor *t = tensor(m, names[i], in, outs[i], err);
-        if (!t) { rc = err->code; break; }
-        rc = convert_tensor(m->g, t, in, outs[i], b + row * in, err);
+        convert_ctx cc = {m->g, ts[i], in, b + row * in};
+        rc = for_rows(outs[i], 1, convert_rows, &cc, err);
         row += outs[i];
     }
-    if (!rc && !(rc = di_buf_alloc(m->rt, rows * in * 2, dst, err))) rc = di_buf_write(*dst, 0, b, rows * in * 2, err);
+    if (!rc && !(rc = di_buf_alloc(m->rt, rows * in * 2, &dst->buf, err))) rc = di_buf_write(dst->buf, 0, b, rows * in * 2, err);
     free(b);
     return rc;
 }
@@ -213,8 +274,9 @@ static int load_layer(di_model *m, int l, di_err *err)
     uint64_t qkv_out[] = {Q, KV, KV}, wo_out[] = {D}, gu_out[] = {(uint64_t)c->ffn, (uint64_t)c->ffn}, dn_out[] = {D};
     if (load_vector(m, lname(an, l, "attn_norm.weight"), D, &L->attn_norm, err) ||
         load_vector(m, lname(fn, l, "ffn_norm.weight"), D, &L->ffn_norm, err) ||
-        load_matrix(m, qkv, qkv_out, 3, D, &L->wqkv, err) || load_matrix(m, wo, wo_out, 1, Q, &L->wo, err) ||
-        load_matrix(m, gu, gu_out, 2, D, &L->wgu, err) || load_matrix(m, dn, dn_out, 1, (uint64_t)c->ffn, &L->wdown, err))
+        load_matrix(m, qkv, qkv_out, 3, D, true, &L->wqkv, err) || load_matrix(m, wo, wo_out, 1, Q, true, &L->wo, err) ||
+        load_matrix(m, gu, gu_out, 2, D, true, &L->wgu, err) ||
+        load_matrix(m, dn, dn_out, 1, (uint64_t)c->ffn, true, &L->wdown, err))
         return err->code;
     if (a->qkv_bias) {
         const char *b[] = {lname(q, l, "attn_q.bias"), lname(k, l, "attn_k.bias"), lname(v, l, "attn_v.bias")};
@@ -275,7 +337,15 @@ static int kernel(di_model *m, di_op op, const char *const *dims, const long *va
 {
     di_dim_value dv[8];
     for (int i = 0; i < n; i++) dv[i] = (di_dim_value){dims[i], vals[i]};
-    return di_rt_op_kernel(m->rt, op, dv, n, out, err);
+    return di_rt_op_kernel(m->rt, op, dv, n, NULL, 0, out, err);
+}
+
+/* The matmul y[rows, N] = x[rows, K] . w^T that reads w's format. */
+static int matmul(di_model *m, di_op op, long K, long N, wmat *w, di_err *err)
+{
+    di_dim_value dv[] = {{"K", K}, {"N", N}};
+    di_arg_dtype wt = {"w", w->fmt};
+    return di_rt_op_kernel(m->rt, op, dv, 2, &wt, 1, &w->k, err);
 }
 
 static int prepare_kernels(di_model *m, di_err *err)
@@ -287,28 +357,30 @@ static int prepare_kernels(di_model *m, di_err *err)
     kernels *k = &m->k;
     const char *heads[] = {"NH", "NKV", "HD", "CTX"}, *win[] = {"NH", "NKV", "HD", "WIN"};
     long headv[] = {NH, NKV, HD, m->o.ctx}, winv[] = {NH, NKV, HD, c->window};
-    const char *kn[] = {"K", "N"};
     /* post_norms: each block's output is normed before it joins h, so no residual epilogue */
     di_op out = a->post_norms ? DI_OP_matmul : DI_OP_matmul_residual;
     if (kernel(m, a->embed_scale ? DI_OP_embed_scaled : DI_OP_embed, (const char *[]){"D", "V"}, (long[]){D, V}, 2,
                &k->embed, err) ||
         kernel(m, DI_OP_rmsnorm, (const char *[]){"D"}, (long[]){D}, 1, &k->rmsnorm, err) ||
-        kernel(m, a->qkv_bias ? DI_OP_matmul_bias : DI_OP_matmul, kn, (long[]){D, QKVW}, 2, &k->qkv, err) ||
         (a->qk_norm && kernel(m, DI_OP_qk_norm, heads, headv, 3, &k->qk_norm, err)) ||
         kernel(m, a->rope == DI_ROPE_ADJACENT ? DI_OP_rope_adjacent : DI_OP_rope_halfsplit, heads, headv, 4, &k->rope, err) ||
         kernel(m, DI_OP_kv_write, heads, headv, 3, &k->kv_write, err) ||
         kernel(m, DI_OP_attention, heads, headv, 3, &k->attention, err) ||
         (a->swa_period && kernel(m, DI_OP_attention_window, win, winv, 4, &k->attention_window, err)) ||
-        kernel(m, out, kn, (long[]){NH * HD, D}, 2, &k->wo, err) ||
-        kernel(m, DI_OP_matmul, kn, (long[]){D, 2 * F}, 2, &k->gu, err) ||
         kernel(m, a->act == DI_ACT_SILU ? DI_OP_swiglu : DI_OP_geglu, (const char *[]){"F"}, (long[]){F}, 1, &k->act, err) ||
-        kernel(m, out, kn, (long[]){F, D}, 2, &k->down, err) ||
         (a->post_norms && kernel(m, DI_OP_residual_add, (const char *[]){"D"}, (long[]){D}, 1, &k->residual_add, err)) ||
         kernel(m, DI_OP_gather_rows, (const char *[]){"D"}, (long[]){D}, 1, &k->gather, err) ||
-        kernel(m, DI_OP_matmul, kn, (long[]){D, V}, 2, &k->lm_head, err) ||
+        matmul(m, DI_OP_matmul, D, V, &m->lm_head, err) ||
         kernel(m, DI_OP_log_softmax, (const char *[]){"V"}, (long[]){V}, 1, &k->log_softmax, err) ||
         kernel(m, DI_OP_argmax, (const char *[]){"V"}, (long[]){V}, 1, &k->argmax, err))
         return di_wrap(err, "preparing kernels");
+    for (int l = 0; l < c->n_layers; l++) {
+        layer *L = &m->layers[l];
+        if (matmul(m, a->qkv_bias ? DI_OP_matmul_bias : DI_OP_matmul, D, QKVW, &L->wqkv, err) ||
+            matmul(m, out, NH * HD, D, &L->wo, err) || matmul(m, DI_OP_matmul, D, 2 * F, &L->wgu, err) ||
+            matmul(m, out, F, D, &L->wdown, err))
+            return di_wrap(err, "preparing kernels (layer %d)", l);
+    }
     return DI_OK;
 }
 
@@ -340,6 +412,22 @@ static int alloc_buffers(di_model *m, di_err *err)
     return DI_OK;
 }
 
+/* A tied head packed is a second copy of the table (the embedding gather reads bf16): worth it
+ * when the packed layers saved more than it costs, so the model stays below its all-bf16 size. */
+static bool pack_tied_head(const di_model *m, uint64_t V, uint64_t D)
+{
+    const di_gguf_tensor *t = di_gguf_tensor_find(m->g, "token_embd.weight");
+    di_pack_src src = {m->g, &t, &V, 1, D};
+    di_dtype fmt = m->pack ? di_pack_format(&src) : DI_BF16;
+    if (fmt == DI_BF16) return false;
+    size_t saved = 0;
+    for (int l = 0; l < m->c.n_layers; l++) {
+        const wmat *w[] = {&m->layers[l].wqkv, &m->layers[l].wo, &m->layers[l].wgu, &m->layers[l].wdown};
+        for (int i = 0; i < 4; i++) saved += w[i]->bf16_bytes - w[i]->buf->bytes;
+    }
+    return di_pack_bytes(fmt, (long)V, (long)D) <= saved;
+}
+
 /* Reads, converts and uploads everything from an open GGUF. */
 static int load(di_model *m, const di_model_opts *o, di_err *err)
 {
@@ -351,12 +439,16 @@ static int load(di_model *m, const di_model_opts *o, di_err *err)
         m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
         uint64_t D = (uint64_t)c->dim, V = (uint64_t)c->vocab;
         const char *embd[] = {"token_embd.weight"}, *outw[] = {"output.weight"};
-        rc = load_matrix(m, embd, &V, 1, D, &m->embd, err);
-        /* tied embeddings when the file has no output.weight (SmolLM2) */
-        if (!rc && di_gguf_tensor_find(m->g, "output.weight")) rc = load_matrix(m, outw, &V, 1, D, &m->lm_head, err);
-        else if (!rc) m->lm_head = NULL;
-        if (!rc) rc = load_vector(m, "output_norm.weight", D, &m->out_norm, err);
         for (int l = 0; l < c->n_layers && !rc; l++) rc = load_layer(m, l, err);
+        wmat table = {0};
+        if (!rc) rc = load_matrix(m, embd, &V, 1, D, false, &table, err);   /* the embedding gather reads bf16 */
+        m->embd = table.buf;
+        /* tied embeddings when the file has no output.weight (SmolLM2): the head is the table again,
+         * or the same tensor packed where that keeps the model smaller than all-bf16 */
+        bool tied = !di_gguf_tensor_find(m->g, "output.weight");
+        if (!rc && tied && !pack_tied_head(m, V, D)) m->lm_head = (wmat){.buf = m->embd, .fmt = DI_BF16};
+        else if (!rc) rc = load_matrix(m, tied ? embd : outw, &V, 1, D, true, &m->lm_head, err);
+        if (!rc) rc = load_vector(m, "output_norm.weight", D, &m->out_norm, err);
     }
     if (!rc) rc = load_rope(m, err);
     if (!rc) m->embed_scale = (float)sqrt((double)m->c.dim);
@@ -381,6 +473,7 @@ int di_model_load_gguf(const di_gguf *g, di_rt *rt, const di_model_opts *o, di_m
     if (!m) return di_fail(err, DI_ENOMEM, "out of memory");
     m->rt = rt;
     m->o = *o;
+    m->pack = o->weights != DI_WEIGHTS_BF16 && di_rt_backend(rt) == DI_BACKEND_C && di_rt_profile(rt) == DI_PROFILE_EXACT;
     m->g = (di_gguf *)g;   /* borrowed: never closed here */
     int rc = load(m, o, err);
     if (rc) { di_model_free(m); return rc; }
@@ -393,14 +486,15 @@ void di_model_free(di_model *m)
     if (!m) return;
     for (int l = 0; m->layers && l < m->c.n_layers; l++) {
         layer *L = &m->layers[l];
-        di_buf_free(L->attn_norm); di_buf_free(L->wqkv); di_buf_free(L->wo);
-        di_buf_free(L->ffn_norm); di_buf_free(L->wgu); di_buf_free(L->wdown);
+        di_buf_free(L->attn_norm); di_buf_free(L->wqkv.buf); di_buf_free(L->wo.buf);
+        di_buf_free(L->ffn_norm); di_buf_free(L->wgu.buf); di_buf_free(L->wdown.buf);
         di_buf_free(L->bqkv); di_buf_free(L->q_norm); di_buf_free(L->k_norm);
         di_buf_free(L->post_attn); di_buf_free(L->post_ffn);
         if (m->kc) di_buf_free(m->kc[l]);
         if (m->vc) di_buf_free(m->vc[l]);
     }
-    di_buf *bufs[] = {m->embd, m->lm_head, m->out_norm, m->rope_cs, m->rope_cs_swa, m->btab, m->tok, m->pos, m->seq,
+    if (m->lm_head.buf != m->embd) di_buf_free(m->lm_head.buf);
+    di_buf *bufs[] = {m->embd, m->out_norm, m->rope_cs, m->rope_cs_swa, m->btab, m->tok, m->pos, m->seq,
                       m->rows, m->h, m->xn, m->qkv, m->att, m->gu, m->act, m->hsel, m->logits, m->lp, m->ids, m->blk_out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) di_buf_free(bufs[i]);
     free(m->layers); free(m->kc); free(m->vc); free(m->btab_host);
@@ -453,30 +547,30 @@ int di_model_forward(di_model *m, const di_step *s, di_err *err)
         bool windowed = di_config_layer_windowed(c, l);
         /* attention block: h += Wo . attn(rope(Wqkv . norm(h))) */
         LAUNCH(k->rmsnorm, n, B(m->xn), B(m->h), B(L->attn_norm), {.f32 = c->eps});
-        if (a->qkv_bias) LAUNCH(k->qkv, n, B(m->qkv), B(m->xn), B(L->wqkv), B(L->bqkv));
-        else LAUNCH(k->qkv, n, B(m->qkv), B(m->xn), B(L->wqkv));
+        if (a->qkv_bias) LAUNCH(L->wqkv.k, n, B(m->qkv), B(m->xn), B(L->wqkv.buf), B(L->bqkv));
+        else LAUNCH(L->wqkv.k, n, B(m->qkv), B(m->xn), B(L->wqkv.buf));
         if (a->qk_norm) LAUNCH(k->qk_norm, n, B(m->qkv), B(L->q_norm), B(L->k_norm), {.f32 = c->eps});
         LAUNCH(k->rope, n, B(m->qkv), B(m->pos), B(windowed ? m->rope_cs_swa : m->rope_cs));
         LAUNCH(k->kv_write, n, B(m->kc[l]), B(m->vc[l]), B(m->qkv), B(m->pos), B(m->seq), B(m->btab));
         LAUNCH(windowed ? k->attention_window : k->attention, n, B(m->att), B(m->qkv), B(m->kc[l]), B(m->vc[l]),
                B(m->pos), B(m->seq), B(m->btab));
         if (a->post_norms) {   /* h += norm(Wo . attn) */
-            LAUNCH(k->wo, n, B(m->blk_out), B(m->att), B(L->wo));
+            LAUNCH(L->wo.k, n, B(m->blk_out), B(m->att), B(L->wo.buf));
             LAUNCH(k->rmsnorm, n, B(m->blk_out), B(m->blk_out), B(L->post_attn), {.f32 = c->eps});
             LAUNCH(k->residual_add, n, B(m->h), B(m->h), B(m->blk_out));
         } else {
-            LAUNCH(k->wo, n, B(m->h), B(m->att), B(L->wo), B(m->h));
+            LAUNCH(L->wo.k, n, B(m->h), B(m->att), B(L->wo.buf), B(m->h));
         }
         /* FFN block: h += Wdown . (act(Wgate . norm(h)) * Wup . norm(h)) */
         LAUNCH(k->rmsnorm, n, B(m->xn), B(m->h), B(L->ffn_norm), {.f32 = c->eps});
-        LAUNCH(k->gu, n, B(m->gu), B(m->xn), B(L->wgu));
+        LAUNCH(L->wgu.k, n, B(m->gu), B(m->xn), B(L->wgu.buf));
         LAUNCH(k->act, n, B(m->act), B(m->gu));
         if (a->post_norms) {   /* h += norm(Wdown . act) */
-            LAUNCH(k->down, n, B(m->blk_out), B(m->act), B(L->wdown));
+            LAUNCH(L->wdown.k, n, B(m->blk_out), B(m->act), B(L->wdown.buf));
             LAUNCH(k->rmsnorm, n, B(m->blk_out), B(m->blk_out), B(L->post_ffn), {.f32 = c->eps});
             LAUNCH(k->residual_add, n, B(m->h), B(m->h), B(m->blk_out));
         } else {
-            LAUNCH(k->down, n, B(m->h), B(m->act), B(L->wdown), B(m->h));
+            LAUNCH(L->wdown.k, n, B(m->h), B(m->act), B(L->wdown.buf), B(m->h));
         }
     }
     if (s->n_out == 0) return di_rt_sync(m->rt, err);
@@ -485,7 +579,7 @@ int di_model_forward(di_model *m, const di_step *s, di_err *err)
     if (di_buf_write(m->rows, 0, s->out_rows, r * 4, err)) return err->code;
     LAUNCH(k->gather, r, B(m->hsel), B(m->h), B(m->rows));
     LAUNCH(k->rmsnorm, r, B(m->xn), B(m->hsel), B(m->out_norm), {.f32 = c->eps});
-    LAUNCH(k->lm_head, r, B(m->logits), B(m->xn), B(m->lm_head ? m->lm_head : m->embd));
+    LAUNCH(m->lm_head.k, r, B(m->logits), B(m->xn), B(m->lm_head.buf));
     LAUNCH(k->log_softmax, r, B(m->lp), B(m->logits));
     LAUNCH(k->argmax, r, B(m->ids), B(m->logits));
     if (s->logprobs && di_buf_read(m->lp, 0, s->logprobs, (size_t)r * V * 4, err)) return err->code;

@@ -28,11 +28,18 @@ typedef struct di_model di_model;
  * (generate --info): DI_EUSAGE naming the architecture when it is not one detinfer runs. */
 int di_model_read_config(const di_gguf *g, di_config *c, di_err *err);
 
+/* How weight matrices are held. AUTO: the C backend's exact profile keeps Q4_0/Q4_1/Q5_x/Q8_0/
+ * IQ4_NL/Q4_K/Q5_K matrices as packed codes (model/pack.h), 0.75 or 1.25 bytes a weight, and
+ * every other matrix (and every matrix on the GPU) as bf16; BF16: bf16 everywhere. Both give
+ * the same bits: a packed weight decodes to its bf16 value. */
+typedef enum { DI_WEIGHTS_AUTO, DI_WEIGHTS_BF16 } di_weights;
+
 typedef struct di_model_opts {
     int max_batch_tokens;   /* rows one forward step may carry */
     int ctx;                /* positions per sequence (rope table, block table width) */
     int kv_blocks;          /* KV cache pool size, in blocks of KVB positions */
     int max_seqs;           /* block-table rows */
+    di_weights weights;     /* DI_WEIGHTS_AUTO (0): packed where the kernels read packs */
 } di_model_opts;
 
 /* Opens the GGUF, checks it is a model of an architecture in model/arch.def with every tensor present and well shaped,
@@ -46,6 +53,10 @@ const di_gguf *di_model_gguf(const di_model *m);
 int di_model_kv_block(void);   /* KVB of the kv_write/attention specs */
 int di_model_kv_blocks(const di_model *m);  /* blocks in the KV pool */
 int di_model_max_seqs(const di_model *m);
+/* How the weight matrices are held: their bytes (the embedding table included), how many
+ * matrices there are and how many are packed. */
+typedef struct di_model_weights { size_t bytes; int matrices, packed; } di_model_weights;
+di_model_weights di_model_weights_info(const di_model *m);
 
 /* One forward step over a ragged batch: token i belongs to sequence seq[i] at position pos[i].
  * Its k/v are written to that sequence's blocks (block table set with di_model_set_blocks)

@@ -243,6 +243,117 @@ static void deq_iq4_xs(const uint8_t *p, uint64_t nb, float *out)
     }
 }
 
+/* ---- the same values as codes ------------------------------------------------------------
+ *
+ * Group g (32 elements) of a block as value = d * code + m, two f32 roundings, equal to the
+ * dequantizer's value element by element: where the dequantizer computes one product (d * q)
+ * it is exact (an f16 or 17-bit scale times a code of at most 8 bits fits f32's 24 bits), so
+ * adding m = -0.0f, or -ml where the dequantizer subtracts ml, repeats its rounding. Q4_0 and
+ * Q5_0 differ in one place: d * (q - 8) is -0.0f where d * q + (-8 d) is +0.0f; a matmul chain
+ * that starts at +0.0f sums both alike (model/pack.c compares weights with that in mind).
+ * Q6_K, Q2_K and Q3_K scale 16-element halves differently and have no such form. */
+static int codes_q4_0(const uint8_t *p, int g, di_codes32 *c)
+{
+    (void)g;
+    c->d = half_to_f32(rd16(p));
+    c->m = -8.0f * c->d;
+    for (int j = 0; j < 32; j++) c->code[j] = nibble32(p + 2, j);
+    return 4;
+}
+
+static int codes_q4_1(const uint8_t *p, int g, di_codes32 *c)
+{
+    (void)g;
+    c->d = half_to_f32(rd16(p));
+    c->m = half_to_f32(rd16(p + 2));
+    for (int j = 0; j < 32; j++) c->code[j] = nibble32(p + 4, j);
+    return 4;
+}
+
+static int codes_q5_0(const uint8_t *p, int g, di_codes32 *c)
+{
+    (void)g;
+    uint32_t qh = rd32(p + 2);
+    c->d = half_to_f32(rd16(p));
+    c->m = -0.0f;
+    for (int j = 0; j < 32; j++) c->code[j] = (nibble32(p + 6, j) | (int)((qh >> j) & 1) << 4) - 16;
+    return 8;
+}
+
+static int codes_q5_1(const uint8_t *p, int g, di_codes32 *c)
+{
+    (void)g;
+    uint32_t qh = rd32(p + 4);
+    c->d = half_to_f32(rd16(p));
+    c->m = half_to_f32(rd16(p + 2));
+    for (int j = 0; j < 32; j++) c->code[j] = nibble32(p + 8, j) | (int)((qh >> j) & 1) << 4;
+    return 8;
+}
+
+static int codes_q8_0(const uint8_t *p, int g, di_codes32 *c)
+{
+    (void)g;
+    c->d = half_to_f32(rd16(p));
+    c->m = -0.0f;
+    for (int j = 0; j < 32; j++) c->code[j] = (int8_t)p[2 + j];
+    return 8;
+}
+
+static int codes_iq4_nl(const uint8_t *p, int g, di_codes32 *c)
+{
+    (void)g;
+    c->d = half_to_f32(rd16(p));
+    c->m = -0.0f;
+    for (int j = 0; j < 32; j++) c->code[j] = iq4_values[nibble32(p + 2, j)];
+    return 8;
+}
+
+/* Q4_K and Q5_K: sub-block g is (d * sc) * q - (dmin * m); the fifth bit for Q5_K */
+static int codes_qk(const uint8_t *p, int g, di_codes32 *c, bool five)
+{
+    int sc, mn;
+    k_scale_min(p + 4, g, &sc, &mn);
+    c->d = half_to_f32(rd16(p)) * (float)sc;
+    c->m = -(half_to_f32(rd16(p + 2)) * (float)mn);
+    const uint8_t *qs = p + (five ? 48 : 16), *qh = p + 16;
+    for (int l = 0; l < 32; l++)
+        c->code[l] = ((qs[32 * (g / 2) + l] >> (4 * (g % 2))) & 15) | (five ? ((qh[l] >> g) & 1) << 4 : 0);
+    return five ? 8 : 4;
+}
+
+static int codes_q4_k(const uint8_t *p, int g, di_codes32 *c) { return codes_qk(p, g, c, false); }
+static int codes_q5_k(const uint8_t *p, int g, di_codes32 *c) { return codes_qk(p, g, c, true); }
+
+int di_quant_codes32(int type, const uint8_t *block, int group, di_codes32 *out)
+{
+    switch (type) {
+    case DI_GGML_Q4_0: return codes_q4_0(block, group, out);
+    case DI_GGML_Q4_1: return codes_q4_1(block, group, out);
+    case DI_GGML_Q5_0: return codes_q5_0(block, group, out);
+    case DI_GGML_Q5_1: return codes_q5_1(block, group, out);
+    case DI_GGML_Q8_0: return codes_q8_0(block, group, out);
+    case DI_GGML_IQ4_NL: return codes_iq4_nl(block, group, out);
+    case DI_GGML_Q4_K: return codes_q4_k(block, group, out);
+    case DI_GGML_Q5_K: return codes_q5_k(block, group, out);
+    default: return 0;
+    }
+}
+
+int di_quant_code_bits(int type)
+{
+    static const uint8_t zero[292];
+    di_codes32 c;
+    return di_quant_codes32(type, zero, 0, &c);
+}
+
+uint16_t di_bf16_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);   /* NaN stays NaN, quiet */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);                  /* to nearest, ties to even */
+}
+
 /* ---- the table --------------------------------------------------------------------------- */
 
 static const di_quant_type types[] = {

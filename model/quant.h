@@ -71,4 +71,13 @@ bool di_ggml_type_supported(int id);
 /* The supported types' names, comma-separated, for messages ("F32, F16, Q4_0, ..."). */
 const char *di_ggml_supported_list(void);
 
+/* Group `group` (elements 32 group .. 32 group + 31) of one block as value = d * code + m in
+ * f32, the dequantizer's values (quant.c says where the sign of a zero differs). Returns the
+ * bits a code needs (4: 0..15; 8: -128..127), or 0 for a type with no such form. */
+typedef struct di_codes32 { float d, m; int code[32]; } di_codes32;
+int di_quant_codes32(int type, const uint8_t *block, int group, di_codes32 *out);
+int di_quant_code_bits(int type);   /* what di_quant_codes32 returns for this type */
+/* f32 to bf16 bits: round to nearest even; NaN stays a (quiet) NaN. The load-time conversion. */
+uint16_t di_bf16_of(float f);
+
 #endif

@@ -524,7 +524,8 @@ int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_ker
     return DI_OK;
 }
 
-int di_rt_op_kernel(di_rt *rt, di_op op, const di_dim_value *dims, int n, di_kernel **out, di_err *err)
+int di_rt_op_kernel(di_rt *rt, di_op op, const di_dim_value *dims, int n, const di_arg_dtype *types, int ntypes,
+                    di_kernel **out, di_err *err)
 {
     if ((unsigned)op >= DI_NUM_OPS) return di_fail(err, DI_EUSAGE, "no kernel op %d", (int)op);
     const di_spec *s = &di_specs[op];
@@ -532,6 +533,8 @@ int di_rt_op_kernel(di_rt *rt, di_op op, const di_dim_value *dims, int n, di_ker
     di_spec_defaults(s, &p);
     for (int i = 0; i < n; i++)
         if (di_spec_set_dim(s, &p, dims[i].name, dims[i].value, err)) return err->code;
+    for (int i = 0; i < ntypes; i++)
+        if (di_spec_set_dtype(s, &p, types[i].arg, types[i].dtype, err)) return err->code;
     return di_rt_kernel(rt, s, &p, out, err);
 }
 

@@ -78,7 +78,9 @@ int di_buf_read(const di_buf *b, size_t offset, void *dst, size_t bytes, di_err 
 int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_kernel **out, di_err *err);
 /* A kernels.def op at its default specialization with some dims set (the model's way in). */
 typedef struct di_dim_value { const char *name; long value; } di_dim_value;
-int di_rt_op_kernel(di_rt *rt, di_op op, const di_dim_value *dims, int n, di_kernel **out, di_err *err);
+typedef struct di_arg_dtype { const char *arg; di_dtype dtype; } di_arg_dtype;   /* e.g. {"w", DI_Q4X8} */
+int di_rt_op_kernel(di_rt *rt, di_op op, const di_dim_value *dims, int n, const di_arg_dtype *types, int ntypes,
+                    di_kernel **out, di_err *err);
 /* The KV cache block size (positions) the kv_write and attention kernels share (kernels.def). */
 int di_rt_kv_block(void);
 /* sizes: the spec's runtime sizes in SIZES order. Asynchronous on the GPU. */

@@ -1,6 +1,6 @@
 /* kgen: print what the generator makes of a spec, for review.
  *   kgen list                               one spec per line: name, class, schedule
- *   kgen emit NAME [--backend c|cuda] [--set DIM=V]... [--dtype ARG=f32|bf16]...
+ *   kgen emit NAME [--backend c|cuda] [--set DIM=V]... [--dtype ARG=f32|bf16|q4x8|q8x8]...
  *   kgen ptx NAME [--arch sm_90a] [--set DIM=V]...   (NVRTC; no GPU needed)
  * both also take [--profile P] (default exact; the names of dsl/profiles.def), [--arch A] (the
  * CUDA target, default sm_90a: it picks the fast schedule), [--schedule NAME] (a fast matmul
@@ -18,7 +18,7 @@ static int usage(const char *why)
 {
     if (why) fprintf(stderr, "kgen: %s\n", why);
     fprintf(stderr, "usage: kgen list\n"
-                    "       kgen emit NAME [--backend c|cuda] [--set DIM=VALUE]... [--dtype ARG=f32|bf16]...\n"
+                    "       kgen emit NAME [--backend c|cuda] [--set DIM=VALUE]... [--dtype ARG=f32|bf16|q4x8|q8x8]...\n"
                     "       kgen ptx NAME [--set DIM=VALUE]...\n"
                     "       (both: [--profile %s] [--arch sm_90a] [--schedule NAME] [--ksplits N],\n"
                     "        N for vendor matmuls)\n", di_profile_choices());
@@ -39,14 +39,6 @@ static void print_list(void)
         for (int d = 0; d < DI_MAX_DIMS && s->dims[d].name; d++) printf(" %s=%ld", s->dims[d].name, s->dims[d].value);
         printf("\n");
     }
-}
-
-static int parse_dtype(const char *s, di_dtype *t)
-{
-    if (!strcmp(s, "f32")) *t = DI_F32;
-    else if (!strcmp(s, "bf16")) *t = DI_BF16;
-    else return -1;
-    return 0;
 }
 
 int main(int argc, char **argv)
@@ -113,8 +105,8 @@ int main(int argc, char **argv)
                 }
             } else {
                 di_dtype t;
-                if (parse_dtype(eq + 1, &t) || di_spec_set_dtype(s, &p, key, t, &err)) {
-                    fprintf(stderr, "kgen: --dtype %s: %s\n", v, err.code ? err.msg : "dtype must be f32 or bf16");
+                if (!di_dtype_parse(eq + 1, &t) || di_spec_set_dtype(s, &p, key, t, &err)) {
+                    fprintf(stderr, "kgen: --dtype %s: %s\n", v, err.code ? err.msg : "dtype must be f32, bf16, i32, q4x8 or q8x8");
                     return 2;
                 }
             }

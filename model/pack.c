@@ -1,0 +1,99 @@
+/* Packing GGUF matrices for the C backend's matmul (model/pack.h). */
+#include "model/pack.h"
+#include "model/quant.h"
+#include <stdlib.h>
+#include <string.h>
+
+di_dtype di_pack_format(const di_pack_src *s)
+{
+    if (s->in % DI_PACK_BLOCK) return DI_BF16;
+    int bits = 0;
+    for (int i = 0; i < s->count; i++) {
+        int b = di_quant_code_bits(s->ts[i]->type);
+        if (!b) return DI_BF16;
+        if (b > bits) bits = b;
+    }
+    return bits == 4 ? DI_Q4X8 : DI_Q8X8;
+}
+
+/* Veltkamp's split at 8 bits, as the generated code rounds (dsl/dsl.h) */
+static float pk_round(float v)
+{
+    const float t = v * 65537.0f;
+    return t - (t - v);
+}
+
+float di_pack_weight(di_dtype fmt, const uint8_t *rec, int l, int j)
+{
+    float d, m;
+    uint32_t w;
+    memcpy(&d, rec + 4 * l, 4);
+    memcpy(&m, rec + 32 + 4 * l, 4);
+    int code;
+    if (fmt == DI_Q4X8) {
+        memcpy(&w, rec + 64 + 4 * ((j / 8) * 8 + l), 4);
+        code = (int)((w >> (4 * (j % 8))) & 15u);
+    } else {
+        memcpy(&w, rec + 64 + 4 * ((j / 4) * 8 + l), 4);
+        code = (int8_t)(uint8_t)(w >> (8 * (j % 4)));
+    }
+    return pk_round(d * (float)code + m);
+}
+
+static void put_code(di_dtype fmt, uint8_t *rec, int l, int j, int code)
+{
+    uint32_t w;
+    size_t at = fmt == DI_Q4X8 ? 64 + 4 * ((j / 8) * 8 + l) : 64 + 4 * ((j / 4) * 8 + l);
+    memcpy(&w, rec + at, 4);
+    if (fmt == DI_Q4X8) w |= (uint32_t)code << (4 * (j % 8));
+    else w |= (uint32_t)(uint8_t)(int8_t)code << (8 * (j % 4));
+    memcpy(rec + at, &w, 4);
+}
+
+/* The bf16 conversion's value, and the packed one, are the same weight: equal bits, or both
+ * zeros. (A zero's sign cannot reach a result: every chain starts at +0.0f, and +0.0f plus a
+ * zero of either sign is +0.0f, so x * (+0) and x * (-0) leave every partial sum alike.) */
+static bool same_weight(float packed, float ref)
+{
+    uint32_t a, b = (uint32_t)di_bf16_of(ref) << 16;
+    memcpy(&a, &packed, 4);
+    return a == b || ((a | b) & 0x7fffffffu) == 0;
+}
+
+/* One row: its codes into lane l of its group's records, each weight checked. */
+static int pack_row(const di_pack_src *s, di_dtype fmt, const di_gguf_tensor *t, uint64_t r, uint8_t *group,
+                    float *ref, bool *same, di_err *err)
+{
+    const di_quant_type *q = di_quant_type_of(t->type);
+    int l = (int)(r % DI_PACK_LANES);
+    if (di_gguf_to_f32_range(s->g, t, r * s->in, s->in, ref, err)) return err->code;
+    const uint8_t *row = (const uint8_t *)t->data + r * (s->in / q->block_elems) * q->block_bytes;
+    size_t rb = di_pack_record_bytes(fmt);
+    for (uint64_t b = 0; b < s->in / DI_PACK_BLOCK && *same; b++) {
+        uint64_t k = b * DI_PACK_BLOCK;
+        di_codes32 c;
+        di_quant_codes32(t->type, row + k / q->block_elems * q->block_bytes, (int)(k % q->block_elems / DI_PACK_BLOCK), &c);
+        uint8_t *rec = group + b * rb;
+        memcpy(rec + 4 * l, &c.d, 4);
+        memcpy(rec + 32 + 4 * l, &c.m, 4);
+        for (int j = 0; j < DI_PACK_BLOCK; j++) put_code(fmt, rec, l, j, c.code[j]);
+        for (int j = 0; j < DI_PACK_BLOCK && *same; j++) *same = same_weight(di_pack_weight(fmt, rec, l, j), ref[k + j]);
+    }
+    return DI_OK;
+}
+
+int di_pack_rows(const di_pack_src *s, di_dtype fmt, uint64_t row0, uint64_t row1, uint8_t *dst, bool *same,
+                 di_err *err)
+{
+    float *ref = malloc(s->in * sizeof(float));
+    if (!ref) return di_fail(err, DI_ENOMEM, "out of memory packing %s", s->ts[0]->name);
+    size_t group_bytes = (size_t)(s->in / DI_PACK_BLOCK) * di_pack_record_bytes(fmt);
+    int rc = DI_OK;
+    *same = true;
+    uint64_t first = 0;   /* the stacked row where tensor i starts */
+    for (int i = 0; i < s->count && !rc && *same; first += s->outs[i], i++)
+        for (uint64_t n = first > row0 ? first : row0; n < first + s->outs[i] && n < row1 && !rc && *same; n++)
+            rc = pack_row(s, fmt, s->ts[i], n - first, dst + n / DI_PACK_LANES * group_bytes, ref, same, err);
+    free(ref);
+    return rc;
+}
