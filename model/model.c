@@ -68,6 +68,7 @@ int di_model_max_seqs(const di_model *m) { return m->o.max_seqs; }
 static void count_matrix(di_model_weights *w, const wmat *x)
 {
     w->bytes += x->buf->bytes;
+    w->step_bytes += x->buf->bytes;
     w->matrices++;
     w->packed += x->fmt != DI_BF16;
 }
@@ -80,7 +81,7 @@ di_model_weights di_model_weights_info(const di_model *m)
         count_matrix(&w, &L->wqkv), count_matrix(&w, &L->wo), count_matrix(&w, &L->wgu), count_matrix(&w, &L->wdown);
     }
     if (m->lm_head.buf != m->embd) count_matrix(&w, &m->lm_head);
-    else w.matrices++;
+    else w.matrices++, w.step_bytes += m->embd->bytes;
     return w;
 }
 

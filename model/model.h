@@ -53,9 +53,9 @@ const di_gguf *di_model_gguf(const di_model *m);
 int di_model_kv_block(void);   /* KVB of the kv_write/attention specs */
 int di_model_kv_blocks(const di_model *m);  /* blocks in the KV pool */
 int di_model_max_seqs(const di_model *m);
-/* How the weight matrices are held: their bytes (the embedding table included), how many
- * matrices there are and how many are packed. */
-typedef struct di_model_weights { size_t bytes; int matrices, packed; } di_model_weights;
+/* How the weight matrices are held: their bytes (the embedding table included), the bytes a
+ * decode step reads (layer matrices and the head), how many matrices there are, how many packed. */
+typedef struct di_model_weights { size_t bytes, step_bytes; int matrices, packed; } di_model_weights;
 di_model_weights di_model_weights_info(const di_model *m);
 
 /* One forward step over a ragged batch: token i belongs to sequence seq[i] at position pos[i].

@@ -14,14 +14,14 @@
  * it, and its decode positions are rewritten by every later batch (positions past the
  * prompt are what decode writes, so a slot's prompt stays valid).
  *
- * Bytes per decode step: every bf16 matrix of the layers and the lm head (the embedding
- * table when tied), the f32 norms, and (reported apart) the f32 K and V rows attention
+ * Bytes per decode step: every matrix of the layers and the lm head as loaded (bf16, or packed
+ * codes on the CPU: "weights resident" says which), the f32 norms, and (reported apart) the f32 K and V rows attention
  * reads. weight GB/s = weight bytes per step / median step time; % of roofline against
  * --hbm-gbs (default 3350, H100 SXM).
  *
  * usage: bench_model -m MODEL.gguf [--device auto|cpu|cuda] [--profile exact|fast|vendor]
  *        [--prompt-len N] [--batch B,...] [--steps N] [--warmup N] [--prefill-runs N]
- *        [-t threads] [--cpu-compiler tcc|cc|auto] [--hbm-gbs X] [--seed S] [--no-prefill] [--info] [--json] */
+ *        [-t threads] [--cpu-compiler tcc|cc|auto] [--weights auto|bf16] [--hbm-gbs X] [--seed S] [--no-prefill] [--info] [--json] */
 #include "tools/cli.h"
 #include "model/model.h"
 #include <errno.h>
@@ -37,6 +37,7 @@ enum { MAX_BATCHES = 16 };
 typedef struct options {
     const char *model, *device, *profile;
     di_cpu_compiler cpu_compiler;
+    di_weights weights;
     int prompt_len, steps, warmup, prefill_runs, threads, nb;
     int batches[MAX_BATCHES];
     double hbm_gbs;
@@ -66,6 +67,8 @@ static void usage(FILE *f)
         "      --no-prefill      skip the prefill measurement (decode prompts are still prefilled)\n"
         "  -t, --threads N       CPU threads (default: all cores)\n"
         "      --cpu-compiler C  tcc | cc | auto: what builds the CPU kernels (default auto, as generate)\n"
+        "      --weights W       auto | bf16: auto keeps quantized matrices packed where the kernels\n"
+        "                        read packs (the CPU's exact profile); bf16 converts every matrix\n"
         "      --hbm-gbs X       memory bandwidth roofline in GB/s (default 3350: H100 SXM)\n"
         "      --seed S          token ids (default 1)\n"
         "      --info            print the model's shape, bytes and memory plan, load nothing\n"
@@ -131,6 +134,12 @@ static int parse_args(int argc, char **argv, options *o)
             errno = 0;
             o->seed = strtoull(v, &end, 10);
             if (errno || end == v || *end || *v == '-') return bad("--seed takes an unsigned integer, not '%s'", v);
+        }
+        else if (!strcmp(a, "--weights")) {
+            NEED();
+            if (!strcmp(v, "auto")) o->weights = DI_WEIGHTS_AUTO;
+            else if (!strcmp(v, "bf16")) o->weights = DI_WEIGHTS_BF16;
+            else return bad("--weights takes auto or bf16, not '%s'", v);
         }
         else if (!strcmp(a, "--json")) o->json = true;
         else if (!strcmp(a, "--info")) o->info = true;
@@ -409,7 +418,7 @@ int main(int argc, char **argv)
     const char *profile = di_profile_name(di_rt_profile(rt));
 
     di_model_opts mo = {.max_batch_tokens = p.max_batch_tokens, .ctx = p.ctx,
-                        .kv_blocks = p.blocks_per_seq * p.max_batch, .max_seqs = p.max_batch};
+                        .kv_blocks = p.blocks_per_seq * p.max_batch, .max_seqs = p.max_batch, .weights = o.weights};
     di_model *m = NULL;
     double t_load = cli_now();
     if (di_model_load(o.model, rt, &mo, &m, &err)) {
@@ -421,6 +430,12 @@ int main(int argc, char **argv)
     di_rt_stats rs = di_rt_get_stats(rt);
     printf("device: %s; profile %s; loaded in %.2f s (%ld kernels compiled, %ld from cache)\n", di_rt_describe(rt),
            profile, t_load, rs.kernels_compiled, rs.kernels_from_cache);
+    /* what is resident and read per step, as loaded (packed matrices are smaller than bf16) */
+    di_model_weights wi = di_model_weights_info(m);
+    printf("weights resident: %.4g GB, %d of %d matrices packed; %.4g GB read per decode step\n", wi.bytes / 1e9,
+           wi.packed, wi.matrices, (wi.step_bytes + 4.0 * (2 * p.c.n_layers + 1) * p.c.dim) / 1e9);
+    p.matrix_bytes = (double)wi.bytes;
+    p.step_weight_bytes = (double)wi.step_bytes + 4.0 * (2 * p.c.n_layers + 1) * p.c.dim;
     fflush(stdout);
 
     bench b = {.m = m, .rt = rt, .p = &p, .o = &o};
@@ -477,7 +492,7 @@ int main(int argc, char **argv)
         printf("%-8s %6d %7d %11.3f %12.1f %11.1f %9s %9.1f\n", "decode", r->batch, r->tokens, r->median_s * 1e3,
                r->batch / r->median_s, gbs, roof, kv);
     }
-    printf("weight bytes: %.4g GB of bf16 matrices, %.4g GB read per step; weight_GB/s = bytes per step / median time;\n"
+    printf("weight bytes: %.4g GB resident, %.4g GB read per step; weight_GB/s = bytes per step / median time;\n"
            "%%roofline = weight_GB/s / %.0f (--hbm-gbs); kv_GB/s = f32 K and V read by attention per step / median time\n",
            p.matrix_bytes / 1e9, p.step_weight_bytes / 1e9, o.hbm_gbs);
     if (o.json) {

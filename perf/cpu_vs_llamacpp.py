@@ -2,11 +2,12 @@
 """detinfer on the CPU against llama.cpp, in one run on one machine.
 
     perf/cpu_vs_llamacpp.py --llama-bench DIR/build-cpu/bin/llama-bench -m MODEL.gguf
-        [--rounds 3] [--threads 2] [--prompt 128] [--gen 32] [--compilers cc,tcc]
+        [--rounds 3] [--threads 2] [--prompt 128] [--gen 32] [--configs cc,cc:bf16,tcc]
 
 llama-bench is built by ../shared/peer/llamacpp build-cpu DIR (never committed). Each round
-runs llama-bench (pp PROMPT and tg GEN, -r 3) and then build/bench_model for each CPU compiler
-(prefill PROMPT, decode batch 1 and 8 with the prompts cached), back to back, so that a busy
+runs llama-bench (pp PROMPT and tg GEN, -r 3) and then build/bench_model for each config, a CPU
+compiler and optionally ":bf16" for every matrix converted to bf16 instead of packed (prefill
+PROMPT, decode batch 1 and 8 with the prompts cached), back to back, so that a busy
 machine slows both sides alike; the table gives the median over the rounds and every round's
 figure, because on a shared machine the spread is the honest part of the answer.
 Goals (issue 16): decode batch 1 >= llama.cpp tg; prefill >= 0.5x llama.cpp pp; batch 8 decode
@@ -43,9 +44,11 @@ def llama_round(a):
     return pp, tg
 
 
-def detinfer_round(a, compiler):
+def detinfer_round(a, config):
+    compiler, _, weights = config.partition(":")
     out = run([os.path.join(a.build, "bench_model"), "-m", a.model, "--device", "cpu", "-t", str(a.threads),
-               "--cpu-compiler", compiler, "--prompt-len", str(a.prompt), "--batch", "1,8", "--steps", "16",
+               "--cpu-compiler", compiler, "--weights", weights or "auto", "--prompt-len", str(a.prompt),
+               "--batch", "1,8", "--steps", "16",
                "--warmup", "2", "--prefill-runs", "3", "--json"])
     j = json.loads(out.strip().splitlines()[-1])
     dec = {d["batch"]: d["tokens_per_s"] for d in j["decode"]}
@@ -61,11 +64,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=32)
-    ap.add_argument("--compilers", default="cc,tcc")
+    ap.add_argument("--configs", default="cc,cc:bf16,tcc")
     a = ap.parse_args()
     if not a.model:
         sys.exit("cpu_vs_llamacpp: -m MODEL (or DETINFER_MODEL) is required")
-    compilers = a.compilers.split(",")
+    compilers = a.configs.split(",")
     rows = {"llama.cpp": {"pp": [], "tg": []}}
     for c in compilers:
         rows[c] = {"pp": [], "tg": [], "b8": []}

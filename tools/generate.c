@@ -864,9 +864,11 @@ static int run(const args *ap, run_state *s)
     t_load = cli_now() - t_load;
     di_rt_stats rs = di_rt_get_stats(s->rt);
     if (progress.tty && progress.n) fprintf(stderr, "\n");
-    fprintf(stderr, "generate: %s; model %s%s%s loaded in %.2f s; kernels: %ld compiled in %.2f s, %ld from the cache\n",
+    di_model_weights wi = di_model_weights_info(s->m);
+    fprintf(stderr, "generate: %s; model %s%s%s loaded in %.2f s (weights %.0f MB, %d of %d matrices packed); kernels: "
+            "%ld compiled in %.2f s, %ld from the cache\n",
             di_rt_describe(s->rt), s->model_path, a.draft_model ? " and draft model " : "", a.draft_model ? a.draft_model : "",
-            t_load, rs.kernels_compiled, rs.compile_seconds, rs.kernels_from_cache);
+            t_load, wi.bytes / 1e6, wi.packed, wi.matrices, rs.kernels_compiled, rs.compile_seconds, rs.kernels_from_cache);
     int trained = di_model_config(s->m)->ctx_train;
     if (a.ctx > trained)
         fprintf(stderr, "generate: warning: --ctx %d is beyond the model's trained context (llama.context_length = %d); "
