@@ -553,7 +553,32 @@ static void geometry_matmul_c(const di_spec *s, const di_specialization *p, cons
  * scores (an in-order dot over HD), split max, weights exp(s - max) and their in-order
  * sum, acc[d] as an in-order chain over the split's positions; then the split is folded
  * into the running (M, L, ACC) with the rescale factors exp(M - M') and exp(m - M'). */
-static void lower_attention(di_str *o, const di_spec *s, const di_specialization *p)
+/* The C backend's scores of one split: 8 positions' dot products side by side (8 independent
+ * chains over e, each in order, for the CPU's pipelines), the rest one at a time. */
+static void attention_scores_c(di_str *o, const char *mask)
+{
+    di_str_puts(o, "        {\n"
+                   "            long j = 0;\n"
+                   "            for (; j + 8 <= nj; j += 8) {\n"
+                   "                const float *k0 = kb + j * KVW;\n"
+                   "                float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f, d4 = 0.0f, d5 = 0.0f, d6 = 0.0f, d7 = 0.0f;\n"
+                   "                for (long e = 0; e < HD; e++) {\n"
+                   "                    const float qe = q[e];\n");
+    for (int i = 0; i < 8; i++) di_str_printf(o, "                    d%d = d%d + qe * k0[%d * KVW + e];\n", i, i, i);
+    di_str_puts(o, "                }\n");
+    for (int i = 0; i < 8; i++)
+        di_str_printf(o, "                { const long jj = j + %d; const float d = d%d; di_w[jj] = %s; }\n", i, i, mask);
+    di_str_printf(o, "            }\n"
+                     "            for (; j < nj; j++) {\n"
+                     "                const float *kr = kb + j * KVW;\n"
+                     "                float d = 0.0f;\n"
+                     "                for (long e = 0; e < HD; e++) d = d + q[e] * kr[e];\n"
+                     "                { const long jj = j; di_w[jj] = %s; }\n"
+                     "            }\n"
+                     "        }\n", mask);
+}
+
+static void lower_attention(di_str *o, const di_spec *s, const di_specialization *p, bool c)
 {
     /* A spec with a WIN dim (sliding-window layers) sees keys P - WIN < j <= P only. Its KV splits
      * stay the fixed, block-aligned ones: splits wholly before the window are not folded (the
@@ -581,7 +606,37 @@ static void lower_attention(di_str *o, const di_spec *s, const di_specialization
         "        const long nj = P + 1 - j0 < SPLIT ? P + 1 - j0 : SPLIT;\n"
         "        const long blk = btab[S * maxb + sp];\n"
         "        const float *kb = kc + blk * KVB * KVW + kvh * HD;\n"
-        "        const float *vb = vc + blk * KVB * KVW + kvh * HD;\n"
+        "        const float *vb = vc + blk * KVB * KVW + kvh * HD;\n");
+    if (c) {
+        /* the same chains as the GPU text below, per position and per d; only which run side
+         * by side differs: 8 positions' scores, and the PV sums with d as the inner (SIMD) loop */
+        attention_scores_c(o, win ? "j0 + jj < jlo ? -DI_INF : d * scale" : "d * scale");
+        di_str_printf(o,
+            "        float m = di_w[0];\n"
+            "        for (long j = 1; j < nj; j++) m = di_w[j] > m ? di_w[j] : m;\n"
+            "        for (long j = 0; j < nj; j++) di_w[j] = di_expf(di_w[j] - m);\n"
+            "        float l = 0.0f;\n"
+            "        for (long j = 0; j < nj; j++) l = l + di_w[j];\n"
+            "        const float M = di_ml[0], L = di_ml[1];\n"
+            "        const float Mn = sp == %s ? m : (M > m ? M : m);\n"
+            "        const float c1 = sp == %s ? 0.0f : di_expf(M - Mn);\n"
+            "        const float c2 = sp == %s ? 1.0f : di_expf(m - Mn);\n"
+            "        float pv[HD];\n"
+            "        for (long d = 0; d < HD; d++) pv[d] = 0.0f;\n"
+            "        for (long j = 0; j < nj; j++) {\n"
+            "            const float wj = di_w[j];\n"
+            "            const float *vr = vb + j * KVW;\n"
+            "            for (long d = 0; d < HD; d++) pv[d] = pv[d] + wj * vr[d];\n"
+            "        }\n"
+            "        for (long d = 0; d < HD; d++) di_acc[d] = sp == %s ? pv[d] : di_acc[d] * c1 + pv[d] * c2;\n"
+            "        di_ml[0] = Mn;\n"
+            "        di_ml[1] = sp == %s ? l : L * c1 + l * c2;\n"
+            "    }\n"
+            "    for (long d = 0; d < HD; d++) out[h * HD + d] = di_acc[d] / di_ml[1];\n",
+            first, first, first, first, first);
+        return;
+    }
+    di_str_puts(o,
         "        DI_FOR_THREADS(j, nj) {\n"
         "            const float *kr = kb + j * KVW;\n"
         "            float d = 0.0f;\n"
@@ -624,7 +679,7 @@ static void lower_attention(di_str *o, const di_spec *s, const di_specialization
         first, first, first, first, first);
 }
 
-int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, di_err *err)
+int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, bool c, di_err *err)
 {
     switch (s->cls) {
     case DI_MAP:
@@ -632,7 +687,7 @@ int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, di_er
     case DI_ROW_REDUCE: lower_row_reduce(o, s, p); return DI_OK;
     case DI_SAMPLE: lower_sample(o, s, p); return DI_OK;
     case DI_MATMUL: lower_matmul(o, s, p); return DI_OK;
-    case DI_ATTENTION: lower_attention(o, s, p); return DI_OK;
+    case DI_ATTENTION: lower_attention(o, s, p, c); return DI_OK;
     default: return di_fail(err, DI_ESPEC, "spec %s: class %d has no lowering", s->name, (int)s->cls);
     }
 }
@@ -670,7 +725,7 @@ static int class_emit(di_str *o, const di_spec *s, const di_specialization *p, c
         di_str_puts(o, ")\n{\n    const long bx = blockIdx.x, by = blockIdx.y;\n");
     }
     di_str_puts(o, "    (void)bx; (void)by;\n");
-    int rc = di_lower_body(o, s, p, err);
+    int rc = di_lower_body(o, s, p, c, err);
     if (rc) return rc;
     di_str_puts(o, "}\n");
     if (c) di_emit_c_entry(o, s, p, name);

@@ -1,9 +1,10 @@
-/* Class lowerings: the body of a kernel, as text valid in both backends' preludes. */
+/* Class lowerings: the body of a kernel, as text valid in both backends' preludes (with C-only
+ * loop orders where the CPU needs them: c_backend). */
 #ifndef DI_LOWER_H
 #define DI_LOWER_H
 #include "codegen/codegen.h"
 
-int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, di_err *err);
+int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, bool c_backend, di_err *err);
 /* sm_80+ tensor-core helpers for the fast lowerings (cuda.c): di_pack_bf16x2(lo, hi) rounds two
  * floats to bf16 (nearest even, lo in the low half) and di_mma_16816(c, a, b0, b1) is
  * c += a . b on one m16n8k16 fragment, bf16 in, f32 accumulate. */

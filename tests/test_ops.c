@@ -248,6 +248,68 @@ static float ulp_of(double v)
     return nextafterf(f, INFINITY) - f;
 }
 
+/* The prelude's exp as it was written first, with early returns: its branch-free form must give
+ * these bits (checked for all 2^32 inputs once, perf/RESULTS.md 0002; here on a dense sample). */
+static float frozen_scale2(float x, int k)
+{
+    int k1 = k / 2, k2 = k - k1;
+    uint32_t a = (uint32_t)(k1 + 127) << 23, b = (uint32_t)(k2 + 127) << 23;
+    float fa, fb;
+    memcpy(&fa, &a, 4);
+    memcpy(&fb, &b, 4);
+    return x * fa * fb;
+}
+
+static float frozen_expf(float x)
+{
+    if (x != x) return x;
+    if (x > 0x1.62e42ep+6f) return INFINITY;
+    if (x < -0x1.9fe368p+6f) return 0.0f;
+    float t = x * 0x1.715476p+0f;
+    int k = (int)(t + (t >= 0.0f ? 0.5f : -0.5f));
+    float fk = (float)k;
+    float r = x - fk * 0x1.62e4p-1f;
+    r = r - fk * 0x1.7f7d1cp-20f;
+    float p = 0x1.a01a02p-13f;
+    p = p * r + 0x1.6c16c2p-10f;
+    p = p * r + 0x1.111112p-7f;
+    p = p * r + 0x1.555556p-5f;
+    p = p * r + 0x1.555556p-3f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    return frozen_scale2(p, k);
+}
+
+Test(ops, prelude_exp_gives_the_bits_of_its_first_form, .timeout = 120)
+{
+    enum { n = 4096, rows = 1024 };   /* every 1024th bit pattern, then the edges */
+    float *x = malloc((size_t)n * rows * 4), *y = malloc((size_t)n * rows * 4);
+    for (uint64_t i = 0; i < (uint64_t)n * rows; i++) {
+        uint32_t u = (uint32_t)(i * 1024u + (uint32_t)(i % 1021));
+        memcpy(&x[i], &u, 4);
+    }
+    const float edge[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -NAN, 0x1.62e42ep+6f, 0x1.62e430p+6f, 0x1.62e42cp+6f,
+                          -0x1.9fe368p+6f, -0x1.9fe36ap+6f, -0x1.9fe366p+6f, 0x1p-149f, -0x1p-149f, 0.5f, -0.5f};
+    memcpy(x, edge, sizeof edge);
+    di_buf *bx = th_buf(rt, x, (size_t)n * rows * 4), *by = th_buf(rt, NULL, (size_t)n * rows * 4);
+    di_specialization p;
+    di_spec_defaults(&math_specs[0], &p);
+    di_kernel *k;
+    di_err e = {0};
+    cr_assert_eq(di_rt_kernel(rt, &math_specs[0], &p, &k, &e), 0, "%s", e.msg);
+    th_launch(rt, k, (di_val[]){{.buf = by}, {.buf = bx}}, (long[]){rows});
+    th_read(by, y, (size_t)n * rows * 4);
+    for (long i = 0; i < (long)n * rows; i++) {
+        float want = frozen_expf(x[i]);
+        cr_assert(!memcmp(&y[i], &want, 4), "exp(%a) = %a, the first form gives %a", (double)x[i], (double)y[i], (double)want);
+    }
+    di_buf_free(bx);
+    di_buf_free(by);
+    free(x);
+    free(y);
+}
+
 Test(ops, prelude_exp_log_within_2_ulp)
 {
     enum { n = 4096 };
