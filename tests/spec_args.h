@@ -45,11 +45,13 @@ static inline void fill_arg(const di_spec *s, const di_specialization *p, const 
         return;
     }
     int *v = buf;
-    long kvb = s->sched.kv_block ? s->sched.kv_block : 32;
+    long kvb = s->sched.kv_block ? s->sched.kv_block : 32, range = MAXB * kvb, r0 = (long)(seed % (uint64_t)range);
     for (long i = 0; i < count; i++) {
         uint64_t r = th_next(&seed);
         if (!strcmp(a->name, "tok")) v[i] = (int)(r % (uint64_t)di_spec_dim(s, p, "V"));
-        else if (!strcmp(a->name, "pos")) v[i] = (int)(r % (uint64_t)(MAXB * kvb));
+        /* distinct positions (7919 is prime to the range), so no two rows write one KV slot: rows
+         * that did would leave whichever wrote last, which differs between backends and threads */
+        else if (!strcmp(a->name, "pos")) v[i] = (int)((r0 + i * 7919L) % range);
         else if (!strcmp(a->name, "seq")) v[i] = (int)(r % NSEQ);
         else if (!strcmp(a->name, "btab")) v[i] = (int)((i * 7 + 3) % NBLK);  /* distinct per sequence row */
         else if (!strcmp(a->name, "src")) v[i] = (int)(r % (uint64_t)rows);
