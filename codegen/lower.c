@@ -51,20 +51,37 @@ static void lower_map(di_str *o, const di_spec *s, const di_specialization *p)
 
 /* Lane l folds i = l, l + LANES, ... in order; then lanes combine by a halving tree
  * (lane l takes lane l + s for s = LANES/2 ... 1). Same for every row count. */
-static void emit_reduce(di_str *o, const di_spec *s, const di_reduce *r)
+static void emit_reduce(di_str *o, const di_spec *s, const di_reduce *r, bool c)
 {
     bool sum = r->op == DI_RSUM;
     di_str_printf(o, "    /* %s %s: strided lanes, then a halving tree */\n", sum ? "sum" : "max", r->name);
-    di_str_printf(o, "    DI_FOR_THREADS(l, LANES) {\n"
-                     "        float a = %s;\n"
-                     "        for (long i = l; i < (long)(%s); i += LANES) {\n"
-                     "            float e = %s;\n"
-                     "            a = %s;\n"
-                     "        }\n"
-                     "        di_lane[l] = a;\n"
-                     "    }\n"
-                     "    DI_SYNC();\n",
-                  sum ? "0.0f" : "-DI_INF", s->cols, r->expr, sum ? "a + e" : "e > a ? e : a");
+    if (c)   /* each lane's chain as below; the lanes run side by side (SIMD), not one after another */
+        di_str_printf(o, "    {\n"
+                         "        float di_a[LANES];\n"
+                         "        for (long l = 0; l < LANES; l++) di_a[l] = %s;\n"
+                         "        for (long i0 = 0; i0 < (long)(%s); i0 += LANES) {\n"
+                         "            const long nl = (long)(%s) - i0 < LANES ? (long)(%s) - i0 : LANES;\n"
+                         "            for (long l = 0; l < nl; l++) {\n"
+                         "                const long i = i0 + l;\n"
+                         "                float e = %s;\n"
+                         "                const float a = di_a[l];\n"
+                         "                di_a[l] = %s;\n"
+                         "            }\n"
+                         "        }\n"
+                         "        for (long l = 0; l < LANES; l++) di_lane[l] = di_a[l];\n"
+                         "    }\n",
+                      sum ? "0.0f" : "-DI_INF", s->cols, s->cols, s->cols, r->expr, sum ? "a + e" : "e > a ? e : a");
+    else
+        di_str_printf(o, "    DI_FOR_THREADS(l, LANES) {\n"
+                         "        float a = %s;\n"
+                         "        for (long i = l; i < (long)(%s); i += LANES) {\n"
+                         "            float e = %s;\n"
+                         "            a = %s;\n"
+                         "        }\n"
+                         "        di_lane[l] = a;\n"
+                         "    }\n"
+                         "    DI_SYNC();\n",
+                      sum ? "0.0f" : "-DI_INF", s->cols, r->expr, sum ? "a + e" : "e > a ? e : a");
     di_str_printf(o, "    for (int s = LANES / 2; s > 0; s >>= 1) {\n"
                      "        DI_FOR_THREADS(l, s) {\n"
                      "            di_lane[l] = %s;\n"
@@ -77,13 +94,13 @@ static void emit_reduce(di_str *o, const di_spec *s, const di_reduce *r)
                   r->name);
 }
 
-static void lower_row_reduce(di_str *o, const di_spec *s, const di_specialization *p)
+static void lower_row_reduce(di_str *o, const di_spec *s, const di_specialization *p, bool c)
 {
     di_str_puts(o, "    const long r = by;\n");
     if (s->groups) di_str_puts(o, "    const long g = bx;   /* the group of the row this block reduces */\n");
     emit_slices(o, s, p, "r", "    ");
     di_str_puts(o, "    DI_SHARED float di_lane[LANES];\n");
-    for (int i = 0; i < DI_MAX_REDUCE && s->reduce[i].name; i++) emit_reduce(o, s, &s->reduce[i]);
+    for (int i = 0; i < DI_MAX_REDUCE && s->reduce[i].name; i++) emit_reduce(o, s, &s->reduce[i], c);
     di_str_printf(o, "    DI_FOR_THREADS(i, %s) {\n        %s\n    }\n", s->cols, s->post);
 }
 
@@ -684,7 +701,7 @@ int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, bool 
     switch (s->cls) {
     case DI_MAP:
     case DI_GATHER: lower_map(o, s, p); return DI_OK;
-    case DI_ROW_REDUCE: lower_row_reduce(o, s, p); return DI_OK;
+    case DI_ROW_REDUCE: lower_row_reduce(o, s, p, c); return DI_OK;
     case DI_SAMPLE: lower_sample(o, s, p); return DI_OK;
     case DI_MATMUL: lower_matmul(o, s, p); return DI_OK;
     case DI_ATTENTION: lower_attention(o, s, p, c); return DI_OK;
