@@ -212,7 +212,14 @@ static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p
 enum { MM_CG = 32, MM_RB = 32, MM_DIRECT = 4, MM_TK = 64, MM_LANES = 8 };
 /* Packed weights: up to 8 rows decode each record once in registers (mm_rows_packed); more
  * rows (prefill) decode a tile once per block of 32 rows. */
-enum { MM_DIRECT_PACKED = 9, MM_PACK_ROWS = 8 };
+enum { MM_DIRECT_PACKED = 9, MM_PACK_ROWS = 8, MM_RB_PACKED = 32 };
+
+/* Rows per block: packed tiles are decoded once per block, so packed blocks are taller. */
+static int mm_rb(const di_spec *s, const di_specialization *p)
+{
+    int w = di_spec_arg(s, "w");
+    return w >= 0 && di_dtype_packed(p->dtypes[w]) ? MM_RB_PACKED : MM_RB;
+}
 
 typedef struct mm_c {
     const char *name;           /* the entry's name */
@@ -487,6 +494,18 @@ static void mm_tile(di_str *o, const mm_c *m)
                          "                        c[j] = c[j] + x1 * DI_AS_F32(u & 0xffff0000u);\n"
                          "                    }\n"
                          "                }\n", m->lx, m->lx);
+    else if (di_dtype_packed(m->wt))   /* kn is a multiple of 32: 4 k per pass, c[j] in a register */
+        di_str_printf(o, "                for (long k = 0; k < kn; k += 4) {\n"
+                         "                    const float x0 = %s(x[k]), x1 = %s(x[k + 1]), x2 = %s(x[k + 2]), x3 = %s(x[k + 3]);\n"
+                         "                    const float *w0 = wt + k * DI_MM_CG, *w1 = w0 + DI_MM_CG, *w2 = w1 + DI_MM_CG, *w3 = w2 + DI_MM_CG;\n"
+                         "                    for (long j = 0; j < DI_MM_CG; j++) {\n"
+                         "                        float a = c[j];\n"
+                         "                        a = a + x0 * w0[j];\n"
+                         "                        a = a + x1 * w1[j];\n"
+                         "                        a = a + x2 * w2[j];\n"
+                         "                        c[j] = a + x3 * w3[j];\n"
+                         "                    }\n"
+                         "                }\n", m->lx, m->lx, m->lx, m->lx);
     else
         di_str_printf(o, "                for (long k = 0; k < kn; k++) {\n"
                          "                    const float x0 = %s(x[k]);\n"
@@ -524,7 +543,7 @@ static void lower_matmul_c(di_str *o, const di_spec *s, const di_specialization 
                      "#else\n"
                      "#define DI_MM_DIRECT %d   /* fewer rows than this: weights read in place */\n"
                      "#endif\n\n",
-                  MM_CG, MM_RB, MM_TK, di_dtype_packed(m.wt) ? MM_DIRECT_PACKED : MM_DIRECT);
+                  MM_CG, mm_rb(s, p), MM_TK, di_dtype_packed(m.wt) ? MM_DIRECT_PACKED : MM_DIRECT);
     if (di_dtype_packed(m.wt)) {
         mm_packed_helpers(o, &m);
         mm_direct_packed(o, &m);
@@ -561,7 +580,7 @@ static void geometry_matmul_c(const di_spec *s, const di_specialization *p, cons
     long n = di_spec_dim(s, p, "N");
     memset(g, 0, sizeof *g);
     g->grid[0] = (unsigned)((n + MM_CG - 1) / MM_CG);
-    g->grid[1] = (unsigned)((sizes[0] + MM_RB - 1) / MM_RB);
+    g->grid[1] = (unsigned)((sizes[0] + mm_rb(s, p) - 1) / mm_rb(s, p));
     g->grid[2] = 1;
     g->block[0] = g->block[1] = g->block[2] = 1;
 }
