@@ -212,14 +212,7 @@ static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p
 enum { MM_CG = 32, MM_RB = 32, MM_DIRECT = 4, MM_TK = 64, MM_LANES = 8 };
 /* Packed weights: up to 8 rows decode each record once in registers (mm_rows_packed); more
  * rows (prefill) decode a tile once per block of 32 rows. */
-enum { MM_DIRECT_PACKED = 9, MM_PACK_ROWS = 8, MM_RB_PACKED = 32 };
-
-/* Rows per block: packed tiles are decoded once per block, so packed blocks are taller. */
-static int mm_rb(const di_spec *s, const di_specialization *p)
-{
-    int w = di_spec_arg(s, "w");
-    return w >= 0 && di_dtype_packed(p->dtypes[w]) ? MM_RB_PACKED : MM_RB;
-}
+enum { MM_DIRECT_PACKED = 9, MM_PACK_ROWS = 8 };
 
 typedef struct mm_c {
     const char *name;           /* the entry's name */
@@ -543,7 +536,7 @@ static void lower_matmul_c(di_str *o, const di_spec *s, const di_specialization 
                      "#else\n"
                      "#define DI_MM_DIRECT %d   /* fewer rows than this: weights read in place */\n"
                      "#endif\n\n",
-                  MM_CG, mm_rb(s, p), MM_TK, di_dtype_packed(m.wt) ? MM_DIRECT_PACKED : MM_DIRECT);
+                  MM_CG, MM_RB, MM_TK, di_dtype_packed(m.wt) ? MM_DIRECT_PACKED : MM_DIRECT);
     if (di_dtype_packed(m.wt)) {
         mm_packed_helpers(o, &m);
         mm_direct_packed(o, &m);
@@ -580,7 +573,7 @@ static void geometry_matmul_c(const di_spec *s, const di_specialization *p, cons
     long n = di_spec_dim(s, p, "N");
     memset(g, 0, sizeof *g);
     g->grid[0] = (unsigned)((n + MM_CG - 1) / MM_CG);
-    g->grid[1] = (unsigned)((sizes[0] + mm_rb(s, p) - 1) / mm_rb(s, p));
+    g->grid[1] = (unsigned)((sizes[0] + MM_RB - 1) / MM_RB);
     g->grid[2] = 1;
     g->block[0] = g->block[1] = g->block[2] = 1;
 }
