@@ -165,34 +165,14 @@ typedef struct plan {
     int kvb, ctx, blocks_per_seq, max_batch, max_batch_tokens;
 } plan;
 
-static int read_u(const di_gguf *g, const char *key, int *out, di_err *err)
-{
-    uint64_t v;
-    if (di_gguf_get_u64(g, key, &v, err)) return err->code;
-    if (v == 0 || v > (1u << 30)) return di_fail(err, DI_EFORMAT, "%s: %s = %llu is out of range", g->path, key, (unsigned long long)v);
-    *out = (int)v;
-    return DI_OK;
-}
-
-/* The shape as model.c reads it (for --info, before anything is loaded). */
+/* The shape as model.c reads it, for every architecture of model/arch.def (for --info, before
+ * anything is loaded). */
 static int read_shape(const char *path, di_config *c, bool *tied, di_err *err)
 {
     di_gguf *g = NULL;
     if (di_gguf_open(path, &g, err)) return err->code;
-    const di_gguf_tensor *e = di_gguf_tensor_find(g, "token_embd.weight");
-    int rc = read_u(g, "llama.block_count", &c->n_layers, err) || read_u(g, "llama.embedding_length", &c->dim, err) ||
-             read_u(g, "llama.feed_forward_length", &c->ffn, err) || read_u(g, "llama.attention.head_count", &c->n_heads, err) ||
-             read_u(g, "llama.attention.head_count_kv", &c->n_kv_heads, err) ||
-             read_u(g, "llama.context_length", &c->ctx_train, err) ||
-             di_gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &c->eps, err) ? err->code : DI_OK;
-    c->rope_base = 10000.0f;
-    if (!rc && di_gguf_find(g, "llama.rope.freq_base")) rc = di_gguf_get_f32(g, "llama.rope.freq_base", &c->rope_base, err);
-    if (!rc && !e) rc = di_fail(err, DI_EFORMAT, "%s: missing tensor token_embd.weight", path);
-    if (!rc) {
-        c->vocab = (int)e->dims[1];
-        c->head_dim = c->dim / c->n_heads;
-        *tied = !di_gguf_tensor_find(g, "output.weight");
-    }
+    int rc = di_model_read_config(g, c, err);
+    if (!rc) *tied = !di_gguf_tensor_find(g, "output.weight");
     di_gguf_close(g);
     return rc;
 }
