@@ -218,3 +218,18 @@ Test(cli_model, gemma3_info_and_tokenize)
     r = sh(GEN " -m %s --tokenize -p Hi --chat-template gemma", g);
     expect(&r, 0, "[2, 105, 2364, 107, ");
 }
+
+/* bench_model reads the shape through the model's config reader: a Gemma 3 file (not llama.*
+ * keys) plans, and its packed load reports what it holds. */
+Test(cli_model, bench_model_reads_every_architecture, .timeout = 300)
+{
+    const char *g = getenv("DETINFER_GEMMA3");
+    if (!g || !*g) cr_skip_test("DETINFER_GEMMA3 is not set (scripts/test fetches Gemma 3 270M)");
+    ran r = sh(DI_BUILD_DIR "/bench_model -m %s --info", g);
+    expect(&r, 0, "18 layers, dim 640, 4 heads (1 KV, head dim 256), ffn 2048, vocab 262144");
+    r = sh(DI_BUILD_DIR "/bench_model -m %s --device cpu -t 2 --cpu-compiler cc --prompt-len 4 --batch 1 --steps 1 "
+           "--warmup 0 --no-prefill", g);
+    expect(&r, 0, "63 of 73 matrices packed");
+    r = sh(DI_BUILD_DIR "/bench_model -m %s --weights int4", g);
+    expect(&r, 2, "--weights takes auto or bf16, not 'int4'");
+}
