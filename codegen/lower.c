@@ -155,6 +155,8 @@ static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p
     }
     const char *lx = load_expr(xt), *lw = load_expr(wt);
     const char *store = yt == DI_BF16 ? "di_f32_to_bf16" : "";
+    /* a packed w: w<j> names output j and its weights are di_pk_at(w, n, k), in the same chains */
+    bool pk = di_dtype_packed(wt);
 
     di_str_puts(o, "    for (long r = by * DI_MM_RT; r < (by + 1) * DI_MM_RT && r < rows; r++) {\n");
     emit_slices(o, s, p, "r", "        ");
@@ -162,20 +164,41 @@ static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p
                    "            const long n0 = (long)bx * DI_MM_CG + t * TILE_N;\n"
                    "            if (n0 + TILE_N <= N) {\n");
     for (int j = 0; j < tn; j++)
-        di_str_printf(o, "                const %s *w%d = w + (n0 + %d) * K;\n                float acc%d = 0.0f;\n",
-                      di_dtype_ctype(wt), j, j, j);
+        if (pk) di_str_printf(o, "                const long w%d = n0 + %d;\n                float acc%d = 0.0f;\n", j, j, j);
+        else di_str_printf(o, "                const %s *w%d = w + (n0 + %d) * K;\n                float acc%d = 0.0f;\n",
+                           di_dtype_ctype(wt), j, j, j);
     di_str_puts(o, "                for (long kc = 0; kc < K; kc += SPLIT) {\n"
                    "                    const long ke = kc + SPLIT < K ? kc + SPLIT : K;\n");
     for (int j = 0; j < tn; j++) di_str_printf(o, "                    float c%d = 0.0f;\n", j);
     di_str_printf(o, "                    for (long k = kc; k < ke; k++) {\n"
                      "                        const float xk = %s(x[k]);\n", lx);
-    for (int j = 0; j < tn; j++) di_str_printf(o, "                        c%d = c%d + xk * %s(w%d[k]);\n", j, j, lw, j);
+    for (int j = 0; j < tn; j++)
+        if (pk) di_str_printf(o, "                        c%d = c%d + xk * di_pk_at(w, w%d, k);\n", j, j, j);
+        else di_str_printf(o, "                        c%d = c%d + xk * %s(w%d[k]);\n", j, j, lw, j);
     di_str_puts(o, "                    }\n");
     for (int j = 0; j < tn; j++) di_str_printf(o, "                    acc%d = acc%d + c%d;\n", j, j, j);
     di_str_puts(o, "                }\n");
     for (int j = 0; j < tn; j++)
         di_str_printf(o, "                { const long n = n0 + %d; const float acc = acc%d; y[n] = %s(%s); }\n", j, j,
                       store, s->body);
+    if (pk) {
+        di_str_printf(o, "            } else {\n"
+                         "                for (long n = n0; n < N; n++) {\n"
+                         "                    float acc = 0.0f;\n"
+                         "                    for (long kc = 0; kc < K; kc += SPLIT) {\n"
+                         "                        const long ke = kc + SPLIT < K ? kc + SPLIT : K;\n"
+                         "                        float c = 0.0f;\n"
+                         "                        for (long k = kc; k < ke; k++) c = c + %s(x[k]) * di_pk_at(w, n, k);\n"
+                         "                        acc = acc + c;\n"
+                         "                    }\n"
+                         "                    y[n] = %s(%s);\n"
+                         "                }\n"
+                         "            }\n"
+                         "        }\n"
+                         "    }\n",
+                      lx, store, s->body);
+        return;
+    }
     di_str_printf(o, "            } else {\n"
                      "                for (long n = n0; n < N; n++) {\n"
                      "                    const %s *wn = w + n * K;\n"
@@ -295,22 +318,32 @@ static void mm_direct(di_str *o, const mm_c *m)
  * instead of bf16's 2, which is what bounds a decode step on a CPU). With GNU C vectors the
  * direct path runs the 8 lanes of a record as one vector, each lane its own output's chain;
  * libtcc runs the same operations one lane at a time. */
-static void mm_packed_helpers(di_str *o, const mm_c *m)
+/* One weight of a packed w, for both backends: di_pk_w(record, lane, kk), di_pk_at(w, n, k). */
+static void emit_pk_scalar(di_str *o, di_dtype wt)
 {
-    bool q8 = m->wt == DI_Q8X8;
     di_str_printf(o, "#define DI_PK_REC %zu   /* bytes per record: d[8], m[8], codes */\n"
-                     "static float di_pk_round(float v) { const float t = v * 65537.0f; return t - (t - v); }\n"
+                     "DI_FN float di_pk_round(float v) { const float t = v * 65537.0f; return t - (t - v); }\n"
                      "/* lane l's weight at k = 32b + kk of record r */\n"
-                     "static float di_pk_w(const unsigned char *r, int l, int kk)\n"
+                     "DI_FN float di_pk_w(const unsigned char *r, int l, int kk)\n"
                      "{\n"
                      "    const float *f = (const float *)r;\n"
                      "    const di_u32 *q = (const di_u32 *)(r + 64);\n",
-                  di_pack_record_bytes(m->wt));
-    if (q8) di_str_puts(o, "    const int c = (int)(signed char)(q[(kk / 4) * 8 + l] >> (8 * (kk % 4)));\n");
+                  di_pack_record_bytes(wt));
+    if (wt == DI_Q8X8) di_str_puts(o, "    const int c = (int)(signed char)(q[(kk / 4) * 8 + l] >> (8 * (kk % 4)));\n");
     else di_str_puts(o, "    const int c = (int)((q[(kk / 8) * 8 + l] >> (4 * (kk % 8))) & 15u);\n");
     di_str_puts(o, "    return di_pk_round(f[l] * (float)c + f[8 + l]);\n"
                    "}\n"
-                   "#if defined(__GNUC__) && !defined(__TINYC__)\n"
+                   "/* w[n][k] of the whole packed matrix */\n"
+                   "DI_FN float di_pk_at(const unsigned char *w, long n, long k)\n"
+                   "{\n"
+                   "    return di_pk_w(w + (n / 8 * (K / 32) + k / 32) * DI_PK_REC, (int)(n % 8), (int)(k % 32));\n"
+                   "}\n");
+}
+
+static void mm_packed_helpers(di_str *o, const mm_c *m)
+{
+    emit_pk_scalar(o, m->wt);
+    di_str_puts(o, "#if defined(__GNUC__) && !defined(__TINYC__)\n"
                    "#define DI_PK_VEC 1\n"
                    "typedef float di_v8f __attribute__((vector_size(32)));\n"
                    "typedef int di_v8i __attribute__((vector_size(32)));\n"
@@ -736,9 +769,7 @@ static int class_emit(di_str *o, const di_spec *s, const di_specialization *p, c
 {
     bool c = t->backend == DI_BACKEND_C;
     int w = di_spec_arg(s, "w");
-    if (!c && s->cls == DI_MATMUL && w >= 0 && di_dtype_packed(p->dtypes[w]))
-        return di_fail(err, DI_ESPEC, "spec %s: w as %s is read by the C backend only (the GPU lowerings read bf16)",
-                       s->name, di_dtype_name(p->dtypes[w]));
+    if (!c && s->cls == DI_MATMUL && w >= 0 && di_dtype_packed(p->dtypes[w])) emit_pk_scalar(o, p->dtypes[w]);
     if (c && s->cls == DI_MATMUL) {
         lower_matmul_c(o, s, p, name);
         di_emit_c_entry(o, s, p, name);

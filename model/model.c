@@ -476,8 +476,11 @@ int di_model_load_gguf(const di_gguf *g, di_rt *rt, const di_model_opts *o, di_m
     m->o = *o;
     /* packed where decoding in the inner loop pays: SIMD lanes under cc; libtcc's scalar code is
      * bound by the decode, not by memory, and runs bf16 about 5x faster (perf/RESULTS.md 0002) */
-    m->pack = o->weights != DI_WEIGHTS_BF16 && di_rt_backend(rt) == DI_BACKEND_C && di_rt_profile(rt) == DI_PROFILE_EXACT &&
-              di_rt_cpu_compiler(rt) == DI_CPU_COMPILER_CC;
+    /* and on the GPU in exact, where the class lowering reads the same records (fast and vendor
+     * multiply bf16 on tensor cores and cuBLASLt) */
+    bool cpu = di_rt_backend(rt) == DI_BACKEND_C;
+    m->pack = o->weights != DI_WEIGHTS_BF16 && di_rt_profile(rt) == DI_PROFILE_EXACT &&
+              (!cpu || di_rt_cpu_compiler(rt) == DI_CPU_COMPILER_CC);
     m->g = (di_gguf *)g;   /* borrowed: never closed here */
     int rc = load(m, o, err);
     if (rc) { di_model_free(m); return rc; }

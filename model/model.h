@@ -28,9 +28,10 @@ typedef struct di_model di_model;
  * (generate --info): DI_EUSAGE naming the architecture when it is not one detinfer runs. */
 int di_model_read_config(const di_gguf *g, di_config *c, di_err *err);
 
-/* How weight matrices are held. AUTO: the C backend's exact profile, with kernels built by cc,
- * keeps Q4_0/Q4_1/Q5_x/Q8_0/IQ4_NL/Q4_K/Q5_K matrices as packed codes (model/pack.h), 0.75 or
- * 1.25 bytes a weight, and every other matrix (every one under libtcc and on the GPU) as bf16; BF16: bf16 everywhere. Both give
+/* How weight matrices are held. AUTO: the exact profile (on the CPU with kernels built by cc, and
+ * on the GPU) keeps Q4_0/Q4_1/Q5_x/Q8_0/IQ4_NL/Q4_K/Q5_K matrices as packed codes (model/pack.h),
+ * 0.75 or 1.25 bytes a weight, so both read the same records; every other matrix (every one
+ * under libtcc, and in the GPU's fast and vendor profiles) as bf16; BF16: bf16 everywhere. Both give
  * the same bits: a packed weight decodes to its bf16 value. */
 typedef enum { DI_WEIGHTS_AUTO, DI_WEIGHTS_BF16 } di_weights;
 

@@ -241,6 +241,52 @@ Test(pack, packed_matmul_equals_bf16_matmul_bitwise_cc, .timeout = 600)
     check_tier(DI_CPU_COMPILER_CC);
 }
 
+/* The GPU's exact matmul reads the same records (the class lowering through di_pk_at): its
+ * outputs equal the CPU's, bitwise, at rows 1..40. In the gpu suite, so scripts/gpu-check runs it. */
+Test(gpu, exact_packed_matmul_equals_cpu_bitwise, .timeout = 300)
+{
+    di_rt *gpu = th_gpu_rt_or_skip(DI_PROFILE_EXACT), *cpu = cpu_rt(DI_CPU_COMPILER_DEFAULT);
+    static const long ROWS[] = {1, 3, 8, 9, 33, 40};
+    static const struct { int type; di_dtype fmt; long k, n; } CASES[] = {
+        {DI_GGML_Q4_1, DI_Q4X8, 576, 44}, {DI_GGML_Q8_0, DI_Q8X8, 96, 40}, {DI_GGML_Q4_K, DI_Q4X8, 512, 37}};
+    for (size_t c = 0; c < sizeof CASES / sizeof CASES[0]; c++) {
+        long K = CASES[c].k, N = CASES[c].n;
+        packed_case pc;
+        open_case(&pc, CASES[c].type, K, N, 900 + c, NULL, 0);
+        bool same;
+        uint8_t *p = pack_all(&pc, CASES[c].fmt, K, N, &same);
+        cr_assert(same);
+        size_t wb = di_pack_bytes(CASES[c].fmt, N, K);
+        di_buf *wc = th_buf(cpu, p, wb), *wg = th_buf(gpu, p, wb);
+        di_kernel *kc = mm_kernel(cpu, "matmul_residual", K, N, CASES[c].fmt);
+        di_kernel *kg = mm_kernel(gpu, "matmul_residual", K, N, CASES[c].fmt);
+        for (size_t r = 0; r < sizeof ROWS / sizeof ROWS[0]; r++) {
+            long rows = ROWS[r], sizes[DI_MAX_SIZES] = {rows};
+            size_t xb = (size_t)(rows * K) * 4, yb = (size_t)(rows * N) * 4;
+            float *x = malloc(xb), *res = malloc(yb), *yc = malloc(yb), *yg = malloc(yb);
+            th_fill(x, (size_t)(rows * K), (uint64_t)rows + 7);
+            th_fill(res, (size_t)(rows * N), (uint64_t)rows + 70);
+            di_buf *xc = th_buf(cpu, x, xb), *xg = th_buf(gpu, x, xb), *rc = th_buf(cpu, res, yb), *rg = th_buf(gpu, res, yb);
+            di_buf *oc = th_buf(cpu, res, yb), *og = th_buf(gpu, res, yb);
+            th_launch(cpu, kc, (di_val[]){{.buf = oc}, {.buf = xc}, {.buf = wc}, {.buf = rc}}, sizes);
+            th_launch(gpu, kg, (di_val[]){{.buf = og}, {.buf = xg}, {.buf = wg}, {.buf = rg}}, sizes);
+            th_read(oc, yc, yb);
+            th_read(og, yg, yb);
+            for (long i = 0; i < rows * N; i++)
+                cr_assert(!memcmp(&yc[i], &yg[i], 4), "%s K %ld N %ld, %ld rows: y[%ld][%ld] = %a on the CPU, %a on the GPU",
+                          di_ggml_type_name(CASES[c].type), K, N, rows, i / N, i % N, (double)yc[i], (double)yg[i]);
+            di_buf_free(xc); di_buf_free(xg); di_buf_free(rc); di_buf_free(rg); di_buf_free(oc); di_buf_free(og);
+            free(x); free(res); free(yc); free(yg);
+        }
+        di_buf_free(wc);
+        di_buf_free(wg);
+        free(p);
+        close_case(&pc);
+    }
+    di_rt_close(cpu);
+    di_rt_close(gpu);
+}
+
 /* ---- whole models ------------------------------------------------------------------------- */
 
 /* A prompt's logits from a model loaded with `weights`, and how its matrices are held. */
