@@ -181,32 +181,21 @@ static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p
     for (int j = 0; j < tn; j++)
         di_str_printf(o, "                { const long n = n0 + %d; const float acc = acc%d; y[n] = %s(%s); }\n", j, j,
                       store, s->body);
-    if (pk) {
-        di_str_printf(o, "            } else {\n"
-                         "                for (long n = n0; n < N; n++) {\n"
-                         "                    float acc = 0.0f;\n"
-                         "                    for (long kc = 0; kc < K; kc += SPLIT) {\n"
-                         "                        const long ke = kc + SPLIT < K ? kc + SPLIT : K;\n"
-                         "                        float c = 0.0f;\n"
-                         "                        for (long k = kc; k < ke; k++) c = c + %s(x[k]) * di_pk_at(w, n, k);\n"
-                         "                        acc = acc + c;\n"
-                         "                    }\n"
-                         "                    y[n] = %s(%s);\n"
-                         "                }\n"
-                         "            }\n"
-                         "        }\n"
-                         "    }\n",
-                      lx, store, s->body);
-        return;
+    /* the tail outputs, one at a time: the same chain */
+    char decl[96] = "", load[64];
+    if (pk) snprintf(load, sizeof load, "di_pk_at(w, n, k)");
+    else {
+        snprintf(decl, sizeof decl, "                    const %s *wn = w + n * K;\n", di_dtype_ctype(wt));
+        snprintf(load, sizeof load, "%s(wn[k])", lw);
     }
     di_str_printf(o, "            } else {\n"
                      "                for (long n = n0; n < N; n++) {\n"
-                     "                    const %s *wn = w + n * K;\n"
+                     "%s"
                      "                    float acc = 0.0f;\n"
                      "                    for (long kc = 0; kc < K; kc += SPLIT) {\n"
                      "                        const long ke = kc + SPLIT < K ? kc + SPLIT : K;\n"
                      "                        float c = 0.0f;\n"
-                     "                        for (long k = kc; k < ke; k++) c = c + %s(x[k]) * %s(wn[k]);\n"
+                     "                        for (long k = kc; k < ke; k++) c = c + %s(x[k]) * %s;\n"
                      "                        acc = acc + c;\n"
                      "                    }\n"
                      "                    y[n] = %s(%s);\n"
@@ -214,7 +203,7 @@ static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p
                      "            }\n"
                      "        }\n"
                      "    }\n",
-                  di_dtype_ctype(wt), lx, lw, store, s->body);
+                  decl, lx, load, store, s->body);
 }
 
 /* ---- matmul on the C backend ------------------------------------------------------------

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-typedef struct { int status; char out[32768]; } ran;
+typedef struct { int status; char out[65536]; } ran;
 
 static ran sh(const char *fmt, ...) __attribute__((format(printf, 1, 2), unused));
 static ran sh(const char *fmt, ...)
@@ -20,7 +20,7 @@ static ran sh(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(cmd, sizeof cmd, fmt, ap);
     va_end(ap);
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    snprintf(full, sizeof full, "(%s) 2>&1", cmd);   /* every part's stderr, for a command list too */
     ran r = {0};
     FILE *p = popen(full, "r");
     cr_assert_not_null(p);

@@ -5,37 +5,19 @@
 #include "helpers.h"
 #include "model_fixture.h"
 #include <stdio.h>
-#include <sys/wait.h>
-
-static int run(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run(char *out, size_t cap, const char *fmt, ...)
-{
-    char cmd[4096], full[4200];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    snprintf(full, sizeof full, "(%s) 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    char rest[4096];
-    while (fread(rest, 1, sizeof rest, p) > 0) {}
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
+#include "shell.h"
 
 #define RUN_OK(...)                                                                   \
     do {                                                                              \
-        int rc_ = run(out, sizeof out, __VA_ARGS__);                                  \
-        cr_assert_eq(rc_, 0, "exit %d:\n%s", rc_, out);                               \
+        r = sh(__VA_ARGS__);                                                          \
+        cr_assert_eq(r.status, 0, "exit %d:\n%s", r.status, r.out);                   \
     } while (0)
 
 Test(install, prefix_holds_a_library_that_builds_and_runs, .timeout = 900)
 {
     if (!DI_HAVE_SHARED) cr_skip_test("libdetinfer.so was not built (DI_TCC_PIC unset: scripts/libtcc-pic failed?)");
-    static char out[65536];
+    static ran r;
+    const char *out = r.out;
     char prefix[] = "/tmp/detinfer-prefix-XXXXXX";
     cr_assert_not_null(mkdtemp(prefix));
     RUN_OK("cmake --install " DI_BUILD_DIR " --prefix %s", prefix);
@@ -60,8 +42,8 @@ Test(install, prefix_holds_a_library_that_builds_and_runs, .timeout = 900)
     RUN_OK("cmake -S " DI_SOURCE_DIR "/examples -B %s/build-cmake -DCMAKE_PREFIX_PATH=%s >/dev/null && cmake --build %s/build-cmake >/dev/null",
            prefix, prefix, prefix);
     RUN_OK("ldd %s/ex_shared | grep -c libdetinfer.so", prefix);
-    int rc = run(out, sizeof out, "ldd %s/ex_static | grep libdetinfer", prefix);
-    cr_assert_neq(rc, 0, "the static build links libdetinfer.so:\n%s", out);
+    r = sh("ldd %s/ex_static | grep libdetinfer", prefix);
+    cr_assert_neq(r.status, 0, "the static build links libdetinfer.so:\n%s", out);
 
     if (!model_path()) cr_skip_test("DETINFER_MODEL is not set: the built examples were not run");
     const char *bins[] = {"ex_shared", "ex_static", "build-cmake/generate_digest"};

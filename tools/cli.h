@@ -40,6 +40,21 @@ static inline bool cli_parse_int(const char *s, int lo, int hi, int *out)
     return true;
 }
 
+/* Prompt lookup's n-gram flags, as generate and serve take them: --draft-ngram-min defaults to
+ * min(2, --draft-ngram) and may not exceed it; both need --draft-max. -1 to go on, else 2. */
+static inline int cli_draft_ngram(const char *tool, bool given, int draft_max, int ngram_max, int *ngram_min)
+{
+    if (given && draft_max == 0)
+        return cli_usage_error(tool, "%s", "--draft-ngram and --draft-ngram-min need --draft-max K");
+    if (*ngram_min < 0) *ngram_min = ngram_max < 2 ? ngram_max : 2;
+    if (*ngram_min > ngram_max) {
+        fprintf(stderr, "%s: --draft-ngram-min %d is longer than --draft-ngram %d\n(%s --help lists the options)\n", tool,
+                *ngram_min, ngram_max, tool);
+        return 2;
+    }
+    return -1;
+}
+
 /* seconds on the monotonic clock */
 static inline double cli_now(void)
 {

@@ -128,14 +128,7 @@ static int check_draft_args(args *a)
     if (a->draft_max < 0) a->draft_max = a->draft_model ? 4 : 0;
     if (a->draft_model && a->draft_max == 0) return bad_usage("%s", "--draft-model needs --draft-max of 1..16, not 0");
     if (a->draft_model && a->ngram_given) return bad_usage("%s", "--draft-ngram and --draft-ngram-min are prompt lookup's; --draft-model drafts instead");
-    if (a->ngram_given && a->draft_max == 0) return bad_usage("%s", "--draft-ngram and --draft-ngram-min need --draft-max K");
-    if (a->draft_ngram_min < 0) a->draft_ngram_min = a->draft_ngram < 2 ? a->draft_ngram : 2;
-    if (a->draft_ngram_min > a->draft_ngram) {
-        fprintf(stderr, "generate: --draft-ngram-min %d is longer than --draft-ngram %d\n(generate --help lists the options)\n",
-                a->draft_ngram_min, a->draft_ngram);
-        return 2;
-    }
-    return -1;
+    return cli_draft_ngram("generate", a->ngram_given, a->draft_max, a->draft_ngram, &a->draft_ngram_min);
 }
 
 /* returns -1 to go on, else the exit status */

@@ -60,13 +60,8 @@ typedef struct args {
 static int check_draft_args(args *a)
 {
     di_draft_opts *d = &a->o.draft;
-    if (a->ngram_given && d->draft_max == 0) return bad_usage("%s", "--draft-ngram and --draft-ngram-min need --draft-max K");
-    if (d->ngram_min < 0) d->ngram_min = d->ngram_max < 2 ? d->ngram_max : 2;
-    if (d->ngram_min > d->ngram_max) {
-        fprintf(stderr, "serve: --draft-ngram-min %d is longer than --draft-ngram %d\n(serve --help lists the options)\n",
-                d->ngram_min, d->ngram_max);
-        return 2;
-    }
+    int rc = cli_draft_ngram("serve", a->ngram_given, d->draft_max, d->ngram_max, &d->ngram_min);
+    if (rc >= 0) return rc;
     d->model = a->o.draft_model && d->draft_max > 0;
     return -1;
 }
