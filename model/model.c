@@ -39,6 +39,14 @@ typedef struct kernels {
     di_kernel *act, *residual_add, *gather, *log_softmax, *argmax;
 } kernels;
 
+/* A step recorded as a graph (see "graphs" below), keyed by its padded row counts. */
+typedef struct step_graph {
+    int rows, outs;           /* rows == 0: a free slot */
+    di_rt_graph *g;           /* NULL until recorded */
+    unsigned long used;       /* the step it last served */
+} step_graph;
+enum { MAX_GRAPHS = 32 };
+
 struct di_model {
     di_config c;
     di_model_opts o;
@@ -57,6 +65,11 @@ struct di_model {
     di_buf *blk_out;                  /* post_norms: a block's output before its norm joins h */
     kernels k;
     float embed_scale;                /* embed_scale: sqrt(dim), rounded to f32 once */
+    /* how steps are launched: DI_LAUNCH_EAGER, _PADDED or _GRAPHS (AUTO resolved at load) */
+    di_launch_mode launch;
+    int32_t *stage;                   /* a step's tokens, positions, slots, out rows, padded */
+    step_graph *graphs;               /* DI_LAUNCH_GRAPHS: recorded steps by row bucket */
+    unsigned long steps;
 };
 
 const di_config *di_model_config(const di_model *m) { return &m->c; }
@@ -396,17 +409,23 @@ static int alloc_buffers(di_model *m, di_err *err)
         {&m->tok, R * 4}, {&m->pos, R * 4}, {&m->seq, R * 4}, {&m->rows, R * 4}, {&m->h, R * D * 4},
         {&m->xn, R * D * 4}, {&m->qkv, R * QKVW * 4}, {&m->att, R * (size_t)c->n_heads * c->head_dim * 4},
         {&m->gu, R * 2 * F * 4}, {&m->act, R * F * 4}, {&m->hsel, R * D * 4}, {&m->logits, R * V * 4},
-        {&m->lp, R * V * 4}, {&m->ids, R * 4}, {&m->btab, (size_t)m->o.max_seqs * m->maxb * 4},
+        {&m->lp, R * V * 4}, {&m->ids, R * 4}, {&m->btab, (size_t)(m->o.max_seqs + 1) * m->maxb * 4},
         {&m->blk_out, c->arch->post_norms ? R * D * 4 : 4},
     };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (di_buf_alloc(m->rt, all[i].bytes, all[i].b, err)) return di_wrap(err, "activation buffers");
     m->kc = calloc((size_t)c->n_layers, sizeof *m->kc);
     m->vc = calloc((size_t)c->n_layers, sizeof *m->vc);
-    m->btab_host = calloc((size_t)m->o.max_seqs * m->maxb, sizeof *m->btab_host);
-    if (!m->kc || !m->vc || !m->btab_host) return di_fail(err, DI_ENOMEM, "out of memory (KV cache)");
+    m->btab_host = calloc((size_t)(m->o.max_seqs + 1) * m->maxb, sizeof *m->btab_host);
+    m->stage = calloc(4 * R, sizeof *m->stage);
+    if (!m->kc || !m->vc || !m->btab_host || !m->stage) return di_fail(err, DI_ENOMEM, "out of memory (KV cache)");
+    /* one KV block past the pool and one block-table row past the slots: the scratch sequence
+     * that padded rows write and read (every entry its block), never the engine's */
+    int32_t *scratch = m->btab_host + (size_t)m->o.max_seqs * m->maxb;
+    for (int i = 0; i < m->maxb; i++) scratch[i] = m->o.kv_blocks;
+    if (di_buf_write(m->btab, (size_t)m->o.max_seqs * m->maxb * 4, scratch, (size_t)m->maxb * 4, err)) return err->code;
     for (int l = 0; l < c->n_layers; l++) {
-        size_t bytes = (size_t)m->o.kv_blocks * kvb * kvw * 4;
+        size_t bytes = (size_t)(m->o.kv_blocks + 1) * kvb * kvw * 4;
         if (di_buf_alloc(m->rt, bytes, &m->kc[l], err) || di_buf_alloc(m->rt, bytes, &m->vc[l], err))
             return di_wrap(err, "KV cache (%d blocks)", m->o.kv_blocks);
     }
@@ -468,6 +487,39 @@ int di_model_load(const char *path, di_rt *rt, const di_model_opts *o, di_model 
     return DI_OK;
 }
 
+/* Graphs where padding and replay change no bit: the invariant profiles on a GPU with graphs. */
+static int choose_launch(di_model *m, di_err *err)
+{
+    di_profile p = di_rt_profile(m->rt);
+    bool can = di_rt_has_graphs(m->rt) && (p == DI_PROFILE_EXACT || p == DI_PROFILE_FAST);
+    m->launch = m->o.launch;
+    if (m->launch == DI_LAUNCH_AUTO) m->launch = can ? DI_LAUNCH_GRAPHS : DI_LAUNCH_EAGER;
+    if (m->launch == DI_LAUNCH_GRAPHS && !can)
+        return di_fail(err, DI_EUSAGE, "graphs need the GPU, a driver with graphs and the exact or fast profile (%s, %s)",
+                       di_rt_describe(m->rt), di_profile_name(p));
+    if (m->launch == DI_LAUNCH_GRAPHS && !(m->graphs = calloc(MAX_GRAPHS, sizeof *m->graphs)))
+        return di_fail(err, DI_ENOMEM, "out of memory");
+    return DI_OK;
+}
+
+di_launch_mode di_model_launch(const di_model *m) { return m->launch; }
+
+static const char *const launch_names[] = {
+#define DI_LAUNCH_NAME(id, name) name,
+    DI_LAUNCH_MODES(DI_LAUNCH_NAME)
+#undef DI_LAUNCH_NAME
+};
+const char *di_launch_name(di_launch_mode l)
+{
+    return (unsigned)l < sizeof launch_names / sizeof launch_names[0] ? launch_names[l] : "?";
+}
+bool di_launch_parse(const char *name, di_launch_mode *out)
+{
+    for (size_t i = 0; i < sizeof launch_names / sizeof launch_names[0]; i++)
+        if (!strcmp(name, launch_names[i])) return *out = (di_launch_mode)i, true;
+    return false;
+}
+
 int di_model_load_gguf(const di_gguf *g, di_rt *rt, const di_model_opts *o, di_model **out, di_err *err)
 {
     di_model *m = calloc(1, sizeof *m);
@@ -482,7 +534,8 @@ int di_model_load_gguf(const di_gguf *g, di_rt *rt, const di_model_opts *o, di_m
     m->pack = o->weights != DI_WEIGHTS_BF16 && di_rt_profile(rt) == DI_PROFILE_EXACT &&
               (!cpu || di_rt_cpu_compiler(rt) == DI_CPU_COMPILER_CC);
     m->g = (di_gguf *)g;   /* borrowed: never closed here */
-    int rc = load(m, o, err);
+    int rc = choose_launch(m, err);
+    if (!rc) rc = load(m, o, err);
     if (rc) { di_model_free(m); return rc; }
     *out = m;
     return DI_OK;
@@ -504,7 +557,8 @@ void di_model_free(di_model *m)
     di_buf *bufs[] = {m->embd, m->out_norm, m->rope_cs, m->rope_cs_swa, m->btab, m->tok, m->pos, m->seq,
                       m->rows, m->h, m->xn, m->qkv, m->att, m->gu, m->act, m->hsel, m->logits, m->lp, m->ids, m->blk_out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) di_buf_free(bufs[i]);
-    free(m->layers); free(m->kc); free(m->vc); free(m->btab_host);
+    for (int i = 0; m->graphs && i < MAX_GRAPHS; i++) di_rt_graph_free(m->graphs[i].g);
+    free(m->layers); free(m->kc); free(m->vc); free(m->btab_host); free(m->stage); free(m->graphs);
     if (m->owns_g) di_gguf_close(m->g);
     free(m);
 }
@@ -527,24 +581,11 @@ int di_model_set_blocks(di_model *m, int slot, const int32_t *blocks, int n, di_
     do { if (di_rt_launch(m->rt, (k), (di_val[]){__VA_ARGS__}, (long[]){(rows), m->maxb}, err)) return err->code; } while (0)
 #define B(x) {.buf = (x)}
 
-int di_model_forward(di_model *m, const di_step *s, di_err *err)
+/* Every launch of a step of `n` rows with `r` output rows; the inputs are in m->tok, pos, seq,
+ * rows already. Nothing here reads or writes host memory, so the sequence can be recorded. */
+static int launch_step(di_model *m, long n, long r, di_err *err)
 {
     const di_config *c = &m->c;
-    long n = s->n, V = c->vocab;
-    if (n <= 0 || n > m->o.max_batch_tokens)
-        return di_fail(err, DI_EUSAGE, "a step carries %ld tokens (1..%d)", n, m->o.max_batch_tokens);
-    if (s->n_out < 0 || s->n_out > n) return di_fail(err, DI_EUSAGE, "%d output rows for %ld tokens", s->n_out, n);
-    for (long i = 0; i < n; i++) {
-        if (s->tokens[i] < 0 || s->tokens[i] >= V) return di_fail(err, DI_EUSAGE, "token id %d out of range", s->tokens[i]);
-        if (s->pos[i] < 0 || s->pos[i] >= m->o.ctx) return di_fail(err, DI_EUSAGE, "position %d past the context (%d)", s->pos[i], m->o.ctx);
-        if (s->seq[i] < 0 || s->seq[i] >= m->o.max_seqs) return di_fail(err, DI_EUSAGE, "sequence slot %d out of range", s->seq[i]);
-    }
-    for (int i = 0; i < s->n_out; i++)
-        if (s->out_rows[i] < 0 || s->out_rows[i] >= n) return di_fail(err, DI_EUSAGE, "output row %d out of range", s->out_rows[i]);
-    if (di_buf_write(m->tok, 0, s->tokens, n * 4, err) || di_buf_write(m->pos, 0, s->pos, n * 4, err) ||
-        di_buf_write(m->seq, 0, s->seq, n * 4, err))
-        return err->code;
-
     const kernels *k = &m->k;
     const di_arch *a = c->arch;
     if (a->embed_scale) LAUNCH(k->embed, n, B(m->h), B(m->embd), B(m->tok), {.f32 = m->embed_scale});
@@ -580,17 +621,112 @@ int di_model_forward(di_model *m, const di_step *s, di_err *err)
             LAUNCH(L->wdown.k, n, B(m->h), B(m->act), B(L->wdown.buf), B(m->h));
         }
     }
-    if (s->n_out == 0) return di_rt_sync(m->rt, err);
+    if (r == 0) return DI_OK;
     /* logits only for the rows that need them */
-    long r = s->n_out;
-    if (di_buf_write(m->rows, 0, s->out_rows, r * 4, err)) return err->code;
     LAUNCH(k->gather, r, B(m->hsel), B(m->h), B(m->rows));
     LAUNCH(k->rmsnorm, r, B(m->xn), B(m->hsel), B(m->out_norm), {.f32 = c->eps});
     LAUNCH(m->lm_head.k, r, B(m->logits), B(m->xn), B(m->lm_head.buf));
     LAUNCH(k->log_softmax, r, B(m->lp), B(m->logits));
     LAUNCH(k->argmax, r, B(m->ids), B(m->logits));
-    if (s->logprobs && di_buf_read(m->lp, 0, s->logprobs, (size_t)r * V * 4, err)) return err->code;
-    if (s->logits && di_buf_read(m->logits, 0, s->logits, (size_t)r * V * 4, err)) return err->code;
-    if (s->greedy && di_buf_read(m->ids, 0, s->greedy, (size_t)r * 4, err)) return err->code;
+    return DI_OK;
+}
+
+/* ---- graphs: a step recorded once per row bucket --------------------------------------------
+ *
+ * Rows are padded to a bucket so that few graphs serve every step; a bucket's graph is
+ * recorded the second time it is seen (the first, launched one by one, grows every kernel's
+ * workspace to what the bucket needs: nothing may be allocated while recording) and replayed
+ * after. A graph whose workspaces have moved since (a larger bucket grew one) is recorded again.
+ * Steps of more than the largest bucket are launched unpadded, one by one: their launches cost
+ * little beside their math. */
+static const int row_buckets[] = {1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256};
+enum { N_BUCKETS = sizeof row_buckets / sizeof row_buckets[0] };
+
+static int bucket(const di_model *m, int n)
+{
+    if (m->launch == DI_LAUNCH_EAGER) return n;
+    for (int i = 0; i < N_BUCKETS; i++)
+        if (row_buckets[i] >= n) return row_buckets[i] < m->o.max_batch_tokens ? row_buckets[i] : m->o.max_batch_tokens;
+    return n;
+}
+
+int di_model_step_rows(const di_model *m, int n) { return bucket(m, n); }
+
+/* The slot of (rows, outs), or the least recently used one given to it. */
+static step_graph *graph_slot(di_model *m, int rows, int outs)
+{
+    step_graph *pick = &m->graphs[0];
+    for (int i = 0; i < MAX_GRAPHS; i++) {
+        step_graph *g = &m->graphs[i];
+        if (g->rows == rows && g->outs == outs) {
+            g->used = m->steps;
+            return g;
+        }
+        if (g->used < pick->used) pick = g;
+    }
+    di_rt_graph_free(pick->g);
+    *pick = (step_graph){.rows = rows, .outs = outs, .used = m->steps};
+    return NULL;   /* first sight: launch one by one */
+}
+
+static int record(di_model *m, step_graph *sg, di_err *err)
+{
+    if (di_rt_capture_begin(m->rt, err)) return err->code;
+    if (launch_step(m, sg->rows, sg->outs, err)) {
+        di_err ignored = {0};
+        di_rt_capture_end(m->rt, NULL, &ignored);
+        return di_wrap(err, "recording a step of %d rows", sg->rows);
+    }
+    return di_rt_capture_end(m->rt, &sg->g, err);
+}
+
+/* The step's inputs, padded to `rows` and `outs`: pad rows run token 0 at position 0 of the
+ * scratch slot, pad outputs repeat row 0. */
+static int upload_step(di_model *m, const di_step *s, int rows, int outs, di_err *err)
+{
+    size_t R = (size_t)m->o.max_batch_tokens;
+    int32_t *tok = m->stage, *pos = tok + R, *seq = pos + R, *out = seq + R;
+    for (int i = 0; i < rows; i++) {
+        bool real = i < s->n;
+        tok[i] = real ? s->tokens[i] : 0;
+        pos[i] = real ? s->pos[i] : 0;
+        seq[i] = real ? s->seq[i] : m->o.max_seqs;
+    }
+    for (int i = 0; i < outs; i++) out[i] = i < s->n_out ? s->out_rows[i] : 0;
+    if (di_buf_write(m->tok, 0, tok, rows * 4, err) || di_buf_write(m->pos, 0, pos, rows * 4, err) ||
+        di_buf_write(m->seq, 0, seq, rows * 4, err) || (outs && di_buf_write(m->rows, 0, out, outs * 4, err)))
+        return err->code;
+    return DI_OK;
+}
+
+int di_model_forward(di_model *m, const di_step *s, di_err *err)
+{
+    const di_config *c = &m->c;
+    long n = s->n, V = c->vocab;
+    if (n <= 0 || n > m->o.max_batch_tokens)
+        return di_fail(err, DI_EUSAGE, "a step carries %ld tokens (1..%d)", n, m->o.max_batch_tokens);
+    if (s->n_out < 0 || s->n_out > n) return di_fail(err, DI_EUSAGE, "%d output rows for %ld tokens", s->n_out, n);
+    for (long i = 0; i < n; i++) {
+        if (s->tokens[i] < 0 || s->tokens[i] >= V) return di_fail(err, DI_EUSAGE, "token id %d out of range", s->tokens[i]);
+        if (s->pos[i] < 0 || s->pos[i] >= m->o.ctx) return di_fail(err, DI_EUSAGE, "position %d past the context (%d)", s->pos[i], m->o.ctx);
+        if (s->seq[i] < 0 || s->seq[i] >= m->o.max_seqs) return di_fail(err, DI_EUSAGE, "sequence slot %d out of range", s->seq[i]);
+    }
+    for (int i = 0; i < s->n_out; i++)
+        if (s->out_rows[i] < 0 || s->out_rows[i] >= n) return di_fail(err, DI_EUSAGE, "output row %d out of range", s->out_rows[i]);
+
+    int rows = bucket(m, (int)n), outs = s->n_out ? bucket(m, s->n_out) : 0;
+    if (upload_step(m, s, rows, outs, err)) return err->code;
+    m->steps++;
+    step_graph *sg = m->launch == DI_LAUNCH_GRAPHS && n <= row_buckets[N_BUCKETS - 1] ? graph_slot(m, rows, outs) : NULL;
+    if (sg && sg->g && !di_rt_graph_fresh(m->rt, sg->g)) {
+        di_rt_graph_free(sg->g);
+        sg->g = NULL;
+    }
+    if (sg && !sg->g && record(m, sg, err)) return err->code;
+    if (sg ? di_rt_graph_run(m->rt, sg->g, err) : launch_step(m, rows, outs, err)) return err->code;
+    long r = s->n_out;
+    if (r && s->logprobs && di_buf_read(m->lp, 0, s->logprobs, (size_t)r * V * 4, err)) return err->code;
+    if (r && s->logits && di_buf_read(m->logits, 0, s->logits, (size_t)r * V * 4, err)) return err->code;
+    if (r && s->greedy && di_buf_read(m->ids, 0, s->greedy, (size_t)r * 4, err)) return err->code;
     return di_rt_sync(m->rt, err);
 }

@@ -35,12 +35,30 @@ int di_model_read_config(const di_gguf *g, di_config *c, di_err *err);
  * the same bits: a packed weight decodes to its bf16 value. */
 typedef enum { DI_WEIGHTS_AUTO, DI_WEIGHTS_BF16 } di_weights;
 
+/* How a step's launches are issued. AUTO: on the GPU in exact and fast, rows padded to a bucket
+ * and each (bucket, output-row bucket) recorded once as a CUDA graph and replayed; one launch at
+ * a time, unpadded, otherwise (the CPU, the vendor profile: its split counts follow the rows, so
+ * padding would change the other rows' bits there). EAGER: always that. PADDED: padded as a graph
+ * would be but launched one at a time (the tests compare the three bitwise). GRAPHS: as AUTO,
+ * refused where there are no graphs. Padded rows run token 0 at position 0 of a scratch sequence
+ * with its own KV block; invariant kernels give every other row the same bits with or without
+ * them. */
+#define DI_LAUNCH_MODES(X) X(AUTO, "auto") X(EAGER, "eager") X(PADDED, "padded") X(GRAPHS, "graphs")
+typedef enum {
+#define DI_LAUNCH_ENUM(id, name) DI_LAUNCH_##id,
+    DI_LAUNCH_MODES(DI_LAUNCH_ENUM)
+#undef DI_LAUNCH_ENUM
+} di_launch_mode;
+const char *di_launch_name(di_launch_mode l);
+bool di_launch_parse(const char *name, di_launch_mode *out);
+
 typedef struct di_model_opts {
     int max_batch_tokens;   /* rows one forward step may carry */
     int ctx;                /* positions per sequence (rope table, block table width) */
     int kv_blocks;          /* KV cache pool size, in blocks of KVB positions */
     int max_seqs;           /* block-table rows */
     di_weights weights;     /* DI_WEIGHTS_AUTO (0): packed where the kernels read packs */
+    di_launch_mode launch;  /* DI_LAUNCH_AUTO (0): graphs where they change no bit */
 } di_model_opts;
 
 /* Opens the GGUF, checks it is a model of an architecture in model/arch.def with every tensor present and well shaped,
@@ -73,6 +91,10 @@ typedef struct di_step {
     int32_t *greedy;        /* n_out, or NULL */
 } di_step;
 int di_model_forward(di_model *m, const di_step *s, di_err *err);
+/* Whether steps are padded and replayed as graphs (the load's choice for DI_LAUNCH_AUTO). */
+di_launch_mode di_model_launch(const di_model *m);
+/* Rows a step of n rows is padded to (n itself when steps are not padded). */
+int di_model_step_rows(const di_model *m, int n);
 
 /* Block table row of a sequence slot: blocks[i] holds positions [i*KVB, (i+1)*KVB). */
 int di_model_set_blocks(di_model *m, int slot, const int32_t *blocks, int n_blocks, di_err *err);

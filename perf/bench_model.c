@@ -21,7 +21,7 @@
  *
  * usage: bench_model -m MODEL.gguf [--device auto|cpu|cuda] [--profile exact|fast|vendor]
  *        [--prompt-len N] [--batch B,...] [--steps N] [--warmup N] [--prefill-runs N]
- *        [-t threads] [--cpu-compiler tcc|cc|auto] [--weights auto|bf16] [--hbm-gbs X] [--seed S] [--no-prefill] [--info] [--json] */
+ *        [-t threads] [--cpu-compiler tcc|cc|auto] [--weights auto|bf16] [--launch L] [--hbm-gbs X] [--seed S] [--no-prefill] [--info] [--json] */
 #include "tools/cli.h"
 #include "model/model.h"
 #include <errno.h>
@@ -38,6 +38,7 @@ typedef struct options {
     const char *model, *device, *profile;
     di_cpu_compiler cpu_compiler;
     di_weights weights;
+    di_launch_mode launch;
     int prompt_len, steps, warmup, prefill_runs, threads, nb;
     int batches[MAX_BATCHES];
     double hbm_gbs;
@@ -69,6 +70,8 @@ static void usage(FILE *f)
         "      --cpu-compiler C  tcc | cc | auto: what builds the CPU kernels (default auto, as generate)\n"
         "      --weights W       auto | bf16: auto keeps quantized matrices packed where the kernels\n"
         "                        read packs (the CPU's exact profile); bf16 converts every matrix\n"
+        "      --launch L        auto | eager | padded | graphs: how a step's kernels are issued\n"
+        "                        (default auto: CUDA graphs per row bucket in exact and fast on the GPU)\n"
         "      --hbm-gbs X       memory bandwidth roofline in GB/s (default 3350: H100 SXM)\n"
         "      --seed S          token ids (default 1)\n"
         "      --info            print the model's shape, bytes and memory plan, load nothing\n"
@@ -140,6 +143,10 @@ static int parse_args(int argc, char **argv, options *o)
             if (!strcmp(v, "auto")) o->weights = DI_WEIGHTS_AUTO;
             else if (!strcmp(v, "bf16")) o->weights = DI_WEIGHTS_BF16;
             else return bad("--weights takes auto or bf16, not '%s'", v);
+        }
+        else if (!strcmp(a, "--launch")) {
+            NEED();
+            if (!di_launch_parse(v, &o->launch)) return bad("--launch takes auto, eager, padded or graphs, not '%s'", v);
         }
         else if (!strcmp(a, "--json")) o->json = true;
         else if (!strcmp(a, "--info")) o->info = true;
@@ -398,7 +405,8 @@ int main(int argc, char **argv)
     const char *profile = di_profile_name(di_rt_profile(rt));
 
     di_model_opts mo = {.max_batch_tokens = p.max_batch_tokens, .ctx = p.ctx,
-                        .kv_blocks = p.blocks_per_seq * p.max_batch, .max_seqs = p.max_batch, .weights = o.weights};
+                        .kv_blocks = p.blocks_per_seq * p.max_batch, .max_seqs = p.max_batch, .weights = o.weights,
+                        .launch = o.launch};
     di_model *m = NULL;
     double t_load = cli_now();
     if (di_model_load(o.model, rt, &mo, &m, &err)) {
@@ -408,8 +416,9 @@ int main(int argc, char **argv)
     }
     t_load = cli_now() - t_load;
     di_rt_stats rs = di_rt_get_stats(rt);
-    printf("device: %s; profile %s; loaded in %.2f s (%ld kernels compiled, %ld from cache)\n", di_rt_describe(rt),
-           profile, t_load, rs.kernels_compiled, rs.kernels_from_cache);
+    printf("device: %s; profile %s; launch %s; loaded in %.2f s (%ld kernels compiled, %ld from cache)\n",
+           di_rt_describe(rt), profile, di_launch_name(di_model_launch(m)), t_load, rs.kernels_compiled,
+           rs.kernels_from_cache);
     /* what is resident and read per step, as loaded (packed matrices are smaller than bf16) */
     di_model_weights wi = di_model_weights_info(m);
     printf("weights resident: %.4g GB, %d of %d matrices packed; %.4g GB read per decode step\n", wi.bytes / 1e9,
@@ -475,11 +484,15 @@ int main(int argc, char **argv)
     printf("weight bytes: %.4g GB resident, %.4g GB read per step; weight_GB/s = bytes per step / median time;\n"
            "%%roofline = weight_GB/s / %.0f (--hbm-gbs); kv_GB/s = f32 K and V read by attention per step / median time\n",
            p.matrix_bytes / 1e9, p.step_weight_bytes / 1e9, o.hbm_gbs);
+    di_rt_stats st = di_rt_get_stats(rt);
+    printf("launches: %ld kernels issued or recorded; %ld graphs recorded (%ld nodes), %ld graph replays\n",
+           st.launches, st.graphs_recorded, st.graph_nodes, st.graph_runs);
     if (o.json) {
         printf("{\"model\":");
         json_str(o.model);
         printf(",\"device\":");
         json_str(di_rt_describe(rt));
+        printf(",\"launch\":\"%s\"", di_launch_name(di_model_launch(m)));
         printf(",\"profile\":\"%s\",\"layers\":%d,\"dim\":%d,\"vocab\":%d,\"prompt_len\":%d,\"steps\":%d,\"warmup\":%d,"
                "\"matrix_bytes\":%.0f,\"step_weight_bytes\":%.0f,\"hbm_gbs\":%g,\"load_s\":%.3f", profile, p.c.n_layers,
                p.c.dim, p.c.vocab, o.prompt_len, o.steps, o.warmup, p.matrix_bytes, p.step_weight_bytes, o.hbm_gbs, t_load);

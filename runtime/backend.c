@@ -54,6 +54,13 @@ struct di_rt {
     char desc[512];
     char nvrtc_version[32];
     di_rt_stats stats;
+    bool capturing;           /* launches are being recorded into a graph */
+    unsigned long ws_epoch;   /* counts workspace moves: graphs recorded before one are stale */
+};
+
+struct di_rt_graph {
+    di_cuda_graph *g;
+    unsigned long ws_epoch;
 };
 
 /* ---- opening ------------------------------------------------------------------------- */
@@ -224,6 +231,7 @@ int di_buf_write(di_buf *b, size_t offset, const void *src, size_t bytes, di_err
 {
     if (offset > b->bytes || bytes > b->bytes - offset)
         return di_fail(err, DI_EUSAGE, "buffer write of %zu bytes at %zu past its %zu bytes", bytes, offset, b->bytes);
+    if (b->rt->capturing) return di_fail(err, DI_EUSAGE, "a buffer write while launches are recorded");
     if (b->rt->cuda) return di_cuda_upload(b->rt->cuda, b->dev + offset, src, bytes, err);
     memcpy((char *)b->host + offset, src, bytes);
     return DI_OK;
@@ -233,6 +241,7 @@ int di_buf_read(const di_buf *b, size_t offset, void *dst, size_t bytes, di_err 
 {
     if (offset > b->bytes || bytes > b->bytes - offset)
         return di_fail(err, DI_EUSAGE, "buffer read of %zu bytes at %zu past its %zu bytes", bytes, offset, b->bytes);
+    if (b->rt->capturing) return di_fail(err, DI_EUSAGE, "a buffer read while launches are recorded");
     if (b->rt->cuda) return di_cuda_download(b->rt->cuda, dst, b->dev + offset, bytes, err);
     memcpy(dst, (const char *)b->host + offset, bytes);
     return DI_OK;
@@ -568,6 +577,9 @@ static int check_arg(const di_kernel *k, int i, const di_val *v, long rows, di_e
 static int grow_workspace(di_rt *rt, di_kernel *k, size_t bytes, di_err *err)
 {
     if (!bytes || (k->ws && k->ws->bytes >= bytes)) return DI_OK;
+    if (rt->capturing)   /* the graph would keep the old address, and a memset cannot be recorded */
+        return di_fail(err, DI_EUSAGE, "kernel %s: its workspace would grow while launches are recorded", k->name);
+    rt->ws_epoch++;
     di_buf_free(k->ws);
     k->ws = NULL;
     return di_buf_alloc(rt, bytes, &k->ws, err);
@@ -690,6 +702,9 @@ static int run_cublaslt(di_rt *rt, di_kernel *k, const di_launch *l, const di_va
     const di_pa *a = l->args;
     long m = a[4].kind == DI_A_SIZE ? sizes[a[4].index] : a[4].value, kd = a[5].value, nd = a[6].value;
     if (m == 0) return DI_OK;
+    if (!rt->lt_ws && rt->capturing)
+        return di_fail(err, DI_EUSAGE, "kernel %s: cuBLASLt's workspace would be made while launches are recorded",
+                       k->name);
     if (!rt->lt_ws && di_buf_alloc(rt, LT_WORKSPACE, &rt->lt_ws, err)) return err->code;
     lt_plan_list *pl = k->lt_plans;
     while (pl && di_cublaslt_plan_m(pl->plan) != m) pl = pl->next;
@@ -736,4 +751,57 @@ int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes,
 int di_rt_sync(di_rt *rt, di_err *err)
 {
     return rt->cuda ? di_cuda_sync(rt->cuda, err) : DI_OK;
+}
+
+/* ---- graphs --------------------------------------------------------------------------- */
+
+bool di_rt_has_graphs(const di_rt *rt) { return rt->cuda && di_cuda_has_graphs(rt->cuda); }
+
+int di_rt_capture_begin(di_rt *rt, di_err *err)
+{
+    if (!di_rt_has_graphs(rt))
+        return di_fail(err, DI_EUSAGE, "graphs need the CUDA backend and a driver with graphs (%s)", rt->desc);
+    if (rt->capturing) return di_fail(err, DI_EUSAGE, "launches are already being recorded");
+    if (di_cuda_capture_begin(rt->cuda, err)) return err->code;
+    rt->capturing = true;
+    return DI_OK;
+}
+
+int di_rt_capture_end(di_rt *rt, di_rt_graph **out, di_err *err)
+{
+    if (out) *out = NULL;
+    if (!rt->capturing) return di_fail(err, DI_EUSAGE, "no launches are being recorded");
+    rt->capturing = false;
+    di_rt_graph *g = out ? calloc(1, sizeof *g) : NULL;
+    if (out && !g) {
+        di_cuda_capture_end(rt->cuda, NULL, err);
+        return di_fail(err, DI_ENOMEM, "out of memory");
+    }
+    if (di_cuda_capture_end(rt->cuda, g ? &g->g : NULL, err)) {
+        free(g);
+        return err->code;
+    }
+    if (!g) return DI_OK;
+    g->ws_epoch = rt->ws_epoch;
+    rt->stats.graphs_recorded++;
+    rt->stats.graph_nodes += (long)di_cuda_graph_nodes(g->g);
+    *out = g;
+    return DI_OK;
+}
+
+bool di_rt_graph_fresh(const di_rt *rt, const di_rt_graph *g) { return g && g->ws_epoch == rt->ws_epoch; }
+
+int di_rt_graph_run(di_rt *rt, di_rt_graph *g, di_err *err)
+{
+    if (!di_rt_graph_fresh(rt, g))
+        return di_fail(err, DI_EUSAGE, "a graph recorded before a kernel's workspace moved cannot run");
+    rt->stats.graph_runs++;
+    return di_cuda_graph_launch(rt->cuda, g->g, err);
+}
+
+void di_rt_graph_free(di_rt_graph *g)
+{
+    if (!g) return;
+    di_cuda_graph_free(g->g);
+    free(g);
 }

@@ -53,7 +53,8 @@ typedef union di_val { di_buf *buf; float f32; int i32; } di_val;
 typedef struct di_kernel di_kernel;
 
 typedef struct di_rt_stats {
-    long kernels_compiled, kernels_from_cache, launches;
+    long kernels_compiled, kernels_from_cache, launches;   /* launches: issued or recorded */
+    long graphs_recorded, graph_nodes, graph_runs;
     double compile_seconds;   /* spent in compilers (cache misses only) */
 } di_rt_stats;
 
@@ -86,6 +87,21 @@ int di_rt_kv_block(void);
 /* sizes: the spec's runtime sizes in SIZES order. Asynchronous on the GPU. */
 int di_rt_launch(di_rt *rt, di_kernel *k, const di_val *args, const long *sizes, di_err *err);
 int di_rt_sync(di_rt *rt, di_err *err);
+/* Graphs. On the GPU a run of launches can be recorded once and replayed (CUDA graphs, stream
+ * capture): a replay runs each kernel with the arguments, sizes and buffers it was recorded
+ * with, so a caller changes what a replay computes only through buffer contents. Nothing is
+ * allocated while recording: a launch whose kernel's workspace would grow fails (run it once
+ * unrecorded first). A graph recorded before a workspace moved is stale and refuses to run.
+ * The C backend has no graphs (a launch there is a function call). capture_end with out ==
+ * NULL discards the recording (after a failed launch, say). */
+typedef struct di_rt_graph di_rt_graph;
+bool di_rt_has_graphs(const di_rt *rt);
+int di_rt_capture_begin(di_rt *rt, di_err *err);
+int di_rt_capture_end(di_rt *rt, di_rt_graph **out, di_err *err);
+bool di_rt_graph_fresh(const di_rt *rt, const di_rt_graph *g);
+int di_rt_graph_run(di_rt *rt, di_rt_graph *g, di_err *err);
+void di_rt_graph_free(di_rt_graph *g);
+
 /* The lowering a kernel runs by, and its plan for these sizes (for tests and benchmarks). */
 const char *di_kernel_lowering(const di_kernel *k);
 int di_rt_plan(di_rt *rt, const di_kernel *k, const long *sizes, di_plan *out, di_err *err);

@@ -28,6 +28,8 @@ typedef struct cu_module_s *cu_module;
 typedef struct cu_function_s *cu_function;
 typedef struct cu_stream_s *cu_stream;
 typedef struct cu_event_s *cu_event;
+typedef struct cu_graph_s *cu_graph;
+typedef struct cu_graph_exec_s *cu_graph_exec;
 
 /* enum values from the Driver API (stable since they were introduced) */
 enum {
@@ -40,6 +42,7 @@ enum {
     CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6,
     CU_STREAM_DEFAULT_FLAGS = 0,
     CU_EVENT_DEFAULT_FLAGS = 0,
+    CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1,
 };
 /* Dynamic shared memory above this needs the per-function opt-in attribute. */
 #define DEFAULT_SMEM_LIMIT (48u * 1024u)
@@ -81,6 +84,14 @@ static struct {
     cu_result (*tensor_map_encode_tiled)(void *map, int dtype, unsigned rank, void *base, const uint64_t *dims,
                                          const uint64_t *strides, const unsigned *box, const unsigned *elem_strides,
                                          int interleave, int swizzle, int l2_promotion, int oob_fill);
+    /* optional (CUDA 11.4+): graphs */
+    cu_result (*capture_begin)(cu_stream s, int mode);
+    cu_result (*capture_end)(cu_stream s, cu_graph *g);
+    cu_result (*graph_instantiate)(cu_graph_exec *e, cu_graph g, unsigned long long flags);
+    cu_result (*graph_launch)(cu_graph_exec e, cu_stream s);
+    cu_result (*graph_exec_destroy)(cu_graph_exec e);
+    cu_result (*graph_destroy)(cu_graph g);
+    cu_result (*graph_nodes)(cu_graph g, void **nodes, size_t *n);
 } cu;
 
 /* One entry point: where it goes, and the exported names to try, newest first. */
@@ -150,8 +161,20 @@ static void load_driver(void)
         }
         memcpy(s->slot, &f, sizeof f); /* object pointer to function pointer, as POSIX dlsym intends */
     }
-    void *f = dlsym(h, "cuTensorMapEncodeTiled");
-    if (f) memcpy(&cu.tensor_map_encode_tiled, &f, sizeof f);
+    const cu_symbol optional[] = {
+        {&cu.tensor_map_encode_tiled, {"cuTensorMapEncodeTiled"}},
+        {&cu.capture_begin, {"cuStreamBeginCapture_v2"}},
+        {&cu.capture_end, {"cuStreamEndCapture"}},
+        {&cu.graph_instantiate, {"cuGraphInstantiateWithFlags"}},
+        {&cu.graph_launch, {"cuGraphLaunch"}},
+        {&cu.graph_exec_destroy, {"cuGraphExecDestroy"}},
+        {&cu.graph_destroy, {"cuGraphDestroy"}},
+        {&cu.graph_nodes, {"cuGraphGetNodes"}},
+    };
+    for (size_t i = 0; i < sizeof optional / sizeof optional[0]; i++) {
+        void *f = dlsym(h, optional[i].names[0]);
+        if (f) memcpy(optional[i].slot, &f, sizeof f);
+    }
     /* The handle stays open for the life of the process: the function pointers live in it. */
 }
 
@@ -200,6 +223,12 @@ struct di_cuda_module {
 struct di_cuda_event {
     di_cuda *c;
     cu_event ev;
+};
+
+struct di_cuda_graph {
+    di_cuda *c;
+    cu_graph_exec exec;
+    size_t nodes;
 };
 
 /* Makes c's context current on this thread (a no-op when it already is). */
@@ -521,4 +550,64 @@ void di_cuda_event_destroy(di_cuda_event *ev)
     if (!ev) return;
     if (!bind(ev->c, NULL)) cu.event_destroy(ev->ev);
     free(ev);
+}
+
+/* ---- graphs ---------------------------------------------------------------------------- */
+
+static bool have_graphs(void)
+{
+    return cu.capture_begin && cu.capture_end && cu.graph_instantiate && cu.graph_launch && cu.graph_exec_destroy &&
+           cu.graph_destroy && cu.graph_nodes;
+}
+
+bool di_cuda_has_graphs(const di_cuda *c) { return c && have_graphs(); }
+
+/* Thread-local mode: a call on this thread that would not be recorded (a synchronous upload,
+ * an allocation's memset) fails the capture instead of running outside the graph unseen. */
+int di_cuda_capture_begin(di_cuda *c, di_err *err)
+{
+    if (!have_graphs()) return di_fail(err, DI_EDEVICE, "CUDA: this driver lacks the graph entry points (11.4 or newer)");
+    int rc = bind(c, err);
+    if (rc) return rc;
+    CU_CHECK(cu.capture_begin(c->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "cuStreamBeginCapture_v2", err);
+    return DI_OK;
+}
+
+int di_cuda_capture_end(di_cuda *c, di_cuda_graph **out, di_err *err)
+{
+    if (out) *out = NULL;
+    int rc = bind(c, err);
+    if (rc) return rc;
+    cu_graph g = NULL;
+    CU_CHECK(cu.capture_end(c->stream, &g), "cuStreamEndCapture", err);
+    if (!out) { cu.graph_destroy(g); return DI_OK; }
+    di_cuda_graph *dg = calloc(1, sizeof *dg);
+    cu_result r = dg ? cu.graph_nodes(g, NULL, &dg->nodes) : 0;
+    if (dg && !r) r = cu.graph_instantiate(&dg->exec, g, 0);
+    cu.graph_destroy(g);   /* the executable graph keeps what it needs */
+    if (!dg) return di_fail(err, DI_ENOMEM, "CUDA: out of memory");
+    if (r) {
+        free(dg);
+        return cu_fail(r, "cuGraphInstantiateWithFlags", NULL, err);
+    }
+    dg->c = c;
+    *out = dg;
+    return DI_OK;
+}
+
+size_t di_cuda_graph_nodes(const di_cuda_graph *g) { return g->nodes; }
+
+int di_cuda_graph_launch(di_cuda *c, di_cuda_graph *g, di_err *err)
+{
+    int rc = bind(c, err);
+    if (rc) return rc;
+    CU_CHECK(cu.graph_launch(g->exec, c->stream), "cuGraphLaunch", err);
+    return DI_OK;
+}
+
+void di_cuda_graph_free(di_cuda_graph *g)
+{
+    if (!g) return;
+    if (!bind(g->c, NULL)) cu.graph_exec_destroy(g->exec);
+    free(g);
 }

@@ -2,6 +2,7 @@
  * di_cuda_open returns DI_ENODEV with a message when there is no driver or no device. */
 #ifndef DI_CUDA_H
 #define DI_CUDA_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "base/err.h"
@@ -10,6 +11,7 @@ typedef uint64_t di_dptr; /* device address (CUdeviceptr) */
 typedef struct di_cuda di_cuda;
 typedef struct di_cuda_module di_cuda_module;
 typedef struct di_cuda_event di_cuda_event;
+typedef struct di_cuda_graph di_cuda_graph;
 
 typedef struct di_cuda_info {
     char name[256];
@@ -57,5 +59,15 @@ int di_cuda_event_create(di_cuda *c, di_cuda_event **ev, di_err *err);
 int di_cuda_event_record(di_cuda *c, di_cuda_event *ev, di_err *err);
 int di_cuda_event_elapsed_ms(di_cuda_event *a, di_cuda_event *b, float *ms, di_err *err);
 void di_cuda_event_destroy(di_cuda_event *ev);
+
+/* Graphs (stream capture): launches made between capture_begin and capture_end are recorded,
+ * not run; a graph launch runs them again on the stream, each kernel with the parameters it
+ * was recorded with. capture_end with out == NULL discards the recording. */
+bool di_cuda_has_graphs(const di_cuda *c);
+int di_cuda_capture_begin(di_cuda *c, di_err *err);
+int di_cuda_capture_end(di_cuda *c, di_cuda_graph **out, di_err *err);
+size_t di_cuda_graph_nodes(const di_cuda_graph *g);
+int di_cuda_graph_launch(di_cuda *c, di_cuda_graph *g, di_err *err);
+void di_cuda_graph_free(di_cuda_graph *g);
 
 #endif

@@ -25,6 +25,7 @@ typedef struct args {
     const char *model, *prompt, *prompt_file, *batch_file, *device, *dump_src, *dump_ptx, *background;
     di_profile profile;
     di_cpu_compiler cpu_compiler;
+    di_launch_mode launch;
     bool chat, digest, json, no_prefix_cache, arrivals, ignore_eos, score;
     int logprobs;             /* --logprobs N: top-N per token; -1 none */
     /* chat and model inspection (--tokenize, --info): no runtime is opened for those */
@@ -84,6 +85,8 @@ static void usage(FILE *f)
         "      --profile P         %s (default exact; vendor: not invariant, for comparison)\n"
         "      --cpu-compiler C    tcc | cc | auto: what builds the CPU kernels (default auto: the system cc\n"
         "                          where it works, else libtcc; the same bits either way)\n"
+        "      --launch L          auto | eager | padded | graphs: how a step's kernels are issued (default auto:\n"
+        "                          CUDA graphs per row bucket in exact and fast on the GPU; the same bits either way)\n"
         "  output:\n"
         "      --digest            print each request's SHA-256 of generated ids and log-prob bits\n"
         "      --json              one JSON object per request on stdout (with log-prob bits and the receipt)\n"
@@ -196,6 +199,10 @@ static int parse_args(int argc, char **argv, args *a)
         else if (!strcmp(o, "--cpu-compiler")) {
             NEED();
             if (!di_cpu_compiler_parse(v, &a->cpu_compiler)) return bad_usage("--cpu-compiler takes tcc, cc or auto, not '%s'", v);
+        }
+        else if (!strcmp(o, "--launch")) {
+            NEED();
+            if (!di_launch_parse(v, &a->launch)) return bad_usage("--launch takes auto, eager, padded or graphs, not '%s'", v);
         }
         else if (!strcmp(o, "--dump-cuda")) { NEED(); a->dump_src = v; }
         else if (!strcmp(o, "--dump-ptx")) { NEED(); a->dump_ptx = v; }
@@ -839,7 +846,7 @@ static int run(const args *ap, run_state *s)
     for (int i = 0; i < n_req; i++) s->rp[i] = &s->reqs[i];
     int in_flight = a.max_seqs && a.max_seqs < n_req ? a.max_seqs : n_req;
     di_model_opts mo = {.max_batch_tokens = a.max_batch_tokens, .ctx = a.ctx, .kv_blocks = a.kv_blocks ? a.kv_blocks : blocks,
-                        .max_seqs = in_flight};
+                        .max_seqs = in_flight, .launch = a.launch};
     if (di_model_load_gguf(s->g, s->rt, &mo, &s->m, &err)) {
         fprintf(stderr, "generate: %s\n", err.msg);
         return err.code == DI_ENOMEM || err.code == DI_EDEVICE ? 1 : 2;
@@ -858,10 +865,10 @@ static int run(const args *ap, run_state *s)
     di_rt_stats rs = di_rt_get_stats(s->rt);
     if (progress.tty && progress.n) fprintf(stderr, "\n");
     di_model_weights wi = di_model_weights_info(s->m);
-    fprintf(stderr, "generate: %s; model %s%s%s loaded in %.2f s (weights %.0f MB, %d of %d matrices packed); kernels: "
-            "%ld compiled in %.2f s, %ld from the cache\n",
+    fprintf(stderr, "generate: %s; model %s%s%s loaded in %.2f s (weights %.0f MB, %d of %d matrices packed; "
+            "launch %s); kernels: %ld compiled in %.2f s, %ld from the cache\n",
             di_rt_describe(s->rt), s->model_path, a.draft_model ? " and draft model " : "", a.draft_model ? a.draft_model : "",
-            t_load, wi.bytes / 1e6, wi.packed, wi.matrices, rs.kernels_compiled, rs.compile_seconds, rs.kernels_from_cache);
+            t_load, wi.bytes / 1e6, wi.packed, wi.matrices, di_launch_name(di_model_launch(s->m)), rs.kernels_compiled, rs.compile_seconds, rs.kernels_from_cache);
     int trained = di_model_config(s->m)->ctx_train;
     if (a.ctx > trained)
         fprintf(stderr, "generate: warning: --ctx %d is beyond the model's trained context (llama.context_length = %d); "
