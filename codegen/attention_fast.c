@@ -38,9 +38,10 @@
  * *size*; an engine's split *count* chosen from the batch is what the vendor profile does).
  * The tests compare the two modes, and every query alone against inside mixed batches, bitwise.
  *
- * Not done yet (perf/RESULTS.md has the figures): K/V are f32 in the cache and converted per
- * load (bf16 KV would halve the bytes); no cp.async pipeline across splits (latency is hidden
- * by other blocks only). */
+ * The cache holds K and V as f32 (converted per load) or, in the fast profile's models, as bf16
+ * written by kv_write_bf16 with the same rounding: the same operands, the same bits, half the
+ * bytes. Not done yet (perf/RESULTS.md has the figures): no cp.async pipeline across splits
+ * (latency is hidden by other blocks only). */
 #include "codegen/attention_fast.h"
 #include "codegen/lower.h"
 #include "codegen/lowering.h"
@@ -51,6 +52,14 @@
 /* The spec's KV split size, or the vendor profile's per-launch choice. */
 static long kv_split(const di_spec *s, const di_specialization *p) { return p->kv_split ? p->kv_split : s->sched.split; }
 
+/* The cache's element type: F32 or BF16 when K and V agree, else DI_I32 (no such kernel). */
+static di_dtype kv_dtype(const di_spec *s, const di_specialization *p)
+{
+    int k = di_spec_arg(s, "kc"), v = di_spec_arg(s, "vc");
+    if (k < 0 || v < 0 || p->dtypes[k] != p->dtypes[v]) return DI_I32;
+    return p->dtypes[k] == DI_F32 || p->dtypes[k] == DI_BF16 ? p->dtypes[k] : DI_I32;
+}
+
 static bool af_applies(const di_spec *s, const di_specialization *p, const di_target *t)
 {
     if (s->cls != DI_ATTENTION || t->backend != DI_BACKEND_CUDA || p->profile == DI_PROFILE_EXACT) return false;
@@ -59,12 +68,13 @@ static bool af_applies(const di_spec *s, const di_specialization *p, const di_ta
     long split = kv_split(s, p), kvb = s->sched.kv_block;
     if (nh <= 0 || nkv <= 0 || nh % nkv || nh / nkv > 16) return false;
     if (hd <= 0 || hd % 16 || hd > 128) return false;
-    /* the kernel text reads f32 q, K, V and writes f32 out; int positions and tables */
-    static const char *const f32_args[] = {"out", "qkv", "kc", "vc"};
+    /* the kernel text reads f32 q and writes f32 out; K and V are f32 or bf16 (both alike) */
+    static const char *const f32_args[] = {"out", "qkv"};
     for (size_t j = 0; j < sizeof f32_args / sizeof *f32_args; j++) {
         int i = di_spec_arg(s, f32_args[j]);
         if (i >= 0 && p->dtypes[i] != DI_F32) return false;
     }
+    if (kv_dtype(s, p) == DI_I32) return false;
     return split > 0 && split % 16 == 0 && split <= 64 && kvb > 0;
 }
 
@@ -173,7 +183,11 @@ static const char device_helpers[] =
     "{\n"
     "    return __fadd_rn(__fmul_rn(acc, c1), __fmul_rn(a, c2));\n"
     "}\n"
-    "\n"
+    "\n";
+
+/* One split's K and V into shared memory, from an f32 cache (rounded here) or a bf16 one
+ * (rounded alike by kv_write_bf16): the same bf16 operands either way. */
+static const char load_split_f32[] =
     "/* The block's threads load keys [j0, j0 + SPLIT) of KV head kvh of sequence S as bf16: K to\n"
     " * ks[key][d], V to vt[d][key]; positions past pmax are zeros (they may never have been written). */\n"
     "DI_FN void af_load_split(unsigned short *ks, unsigned short *vt, const float *kc, const float *vc,\n"
@@ -198,6 +212,33 @@ static const char device_helpers[] =
     "        vt[(d4 + 1) * AF_VS + key] = (unsigned short)(v01 >> 16);\n"
     "        vt[(d4 + 2) * AF_VS + key] = (unsigned short)(v23 & 0xffffu);\n"
     "        vt[(d4 + 3) * AF_VS + key] = (unsigned short)(v23 >> 16);\n"
+    "    }\n"
+    "}\n";
+static const char load_split_bf16[] =
+    "/* The block's threads load keys [j0, j0 + SPLIT) of KV head kvh of sequence S from the bf16\n"
+    " * cache: K to ks[key][d], V to vt[d][key]; positions past pmax are zeros (they may never have\n"
+    " * been written). */\n"
+    "DI_FN void af_load_split(unsigned short *ks, unsigned short *vt, const di_bf16 *kc, const di_bf16 *vc,\n"
+    "                         const int *btab, long maxb, long S, long kvh, long j0, long pmax)\n"
+    "{\n"
+    "#pragma unroll 4\n"
+    "    for (int i = threadIdx.x; i < SPLIT * HD / 4; i += blockDim.x) {\n"
+    "        const int key = i / (HD / 4), d4 = (i % (HD / 4)) * 4;\n"
+    "        const long p = j0 + key;\n"
+    "        uint2 kv = make_uint2(0u, 0u), vv = kv;\n"
+    "        if (p <= pmax) {\n"
+    "            const long blk = btab[S * maxb + p / KVB];\n"
+    "            const long off = ((blk * KVB + p % KVB) * NKV + kvh) * HD + d4;\n"
+    "            kv = __ldg((const uint2 *)(kc + off));\n"
+    "            vv = __ldg((const uint2 *)(vc + off));\n"
+    "        }\n"
+    "        unsigned *kd = (unsigned *)(ks + key * AF_KS + d4);\n"
+    "        kd[0] = kv.x;\n"
+    "        kd[1] = kv.y;\n"
+    "        vt[(d4 + 0) * AF_VS + key] = (unsigned short)(vv.x & 0xffffu);\n"
+    "        vt[(d4 + 1) * AF_VS + key] = (unsigned short)(vv.x >> 16);\n"
+    "        vt[(d4 + 2) * AF_VS + key] = (unsigned short)(vv.y & 0xffffu);\n"
+    "        vt[(d4 + 3) * AF_VS + key] = (unsigned short)(vv.y >> 16);\n"
     "    }\n"
     "}\n";
 
@@ -404,6 +445,7 @@ static int af_emit(di_str *o, const di_spec *s, const di_specialization *p, cons
                   (double)(float)scale);
     di_str_puts(o, di_cuda_mma_helpers);
     di_str_puts(o, device_helpers);
+    di_str_puts(o, kv_dtype(s, p) == DI_BF16 ? load_split_bf16 : load_split_f32);
     di_str_printf(o, "\n/* phase 1: per-split results (split mode) or the whole fold (fold mode) */\n"
                      "extern \"C\" __global__ void __launch_bounds__(%d) %s(",
                   c.warps * 32, name);

@@ -738,7 +738,13 @@ int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, bool 
     case DI_ROW_REDUCE: lower_row_reduce(o, s, p, c); return DI_OK;
     case DI_SAMPLE: lower_sample(o, s, p); return DI_OK;
     case DI_MATMUL: lower_matmul(o, s, p); return DI_OK;
-    case DI_ATTENTION: lower_attention(o, s, p, c); return DI_OK;
+    case DI_ATTENTION:
+        for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)
+            if ((!strcmp(s->args[i].name, "kc") || !strcmp(s->args[i].name, "vc")) && p->dtypes[i] != DI_F32)
+                return di_fail(err, DI_ESPEC, "spec %s: the class lowering reads f32 K and V; a %s cache is read only by "
+                               "the fast profile's tensor-core attention (CUDA)", s->name, di_dtype_name(p->dtypes[i]));
+        lower_attention(o, s, p, c);
+        return DI_OK;
     default: return di_fail(err, DI_ESPEC, "spec %s: class %d has no lowering", s->name, (int)s->cls);
     }
 }

@@ -35,7 +35,7 @@ typedef struct layer {
 
 /* every kernel a step launches, specialized to this model (NULL where the architecture has none) */
 typedef struct kernels {
-    di_kernel *embed, *rmsnorm, *qk_norm, *rope, *kv_write, *attention, *attention_window;
+    di_kernel *embed, *rmsnorm, *qk_norm, *rope, *kv_write, *kv_write_window, *attention, *attention_window;
     di_kernel *act, *residual_add, *gather, *log_softmax, *argmax;
 } kernels;
 
@@ -55,6 +55,7 @@ struct di_model {
     di_rt *rt;
     layer *layers;
     bool pack;                       /* matrices packed where they can be (the C backend, exact) */
+    bool kv16;                       /* fast on the GPU: bf16 K and V where the tensor-core attention reads them */
     di_buf *embd, *out_norm, *rope_cs, *rope_cs_swa;   /* RoPE tables: global, sliding-window layers */
     wmat lm_head;                    /* output.weight, or token_embd.weight again (tied) */
     di_buf **kc, **vc, *btab;       /* KV cache per layer, block table */
@@ -362,6 +363,14 @@ static int matmul(di_model *m, di_op op, long K, long N, wmat *w, di_err *err)
     return di_rt_op_kernel(m->rt, op, dv, 2, &wt, 1, &w->k, err);
 }
 
+/* Attention over the cache's element type (bf16 K and V in the fast profile's layers). */
+static int attention(di_model *m, const long *headv, di_kernel **out, di_err *err)
+{
+    di_dim_value dv[] = {{"NH", headv[0]}, {"NKV", headv[1]}, {"HD", headv[2]}};
+    di_arg_dtype kv[] = {{"kc", DI_BF16}, {"vc", DI_BF16}};
+    return di_rt_op_kernel(m->rt, DI_OP_attention, dv, 3, kv, m->kv16 ? 2 : 0, out, err);
+}
+
 static int prepare_kernels(di_model *m, di_err *err)
 {
     const di_config *c = &m->c;
@@ -378,8 +387,9 @@ static int prepare_kernels(di_model *m, di_err *err)
         kernel(m, DI_OP_rmsnorm, (const char *[]){"D"}, (long[]){D}, 1, &k->rmsnorm, err) ||
         (a->qk_norm && kernel(m, DI_OP_qk_norm, heads, headv, 3, &k->qk_norm, err)) ||
         kernel(m, a->rope == DI_ROPE_ADJACENT ? DI_OP_rope_adjacent : DI_OP_rope_halfsplit, heads, headv, 4, &k->rope, err) ||
-        kernel(m, DI_OP_kv_write, heads, headv, 3, &k->kv_write, err) ||
-        kernel(m, DI_OP_attention, heads, headv, 3, &k->attention, err) ||
+        kernel(m, m->kv16 ? DI_OP_kv_write_bf16 : DI_OP_kv_write, heads, headv, 3, &k->kv_write, err) ||
+        attention(m, headv, &k->attention, err) ||
+        (a->swa_period && kernel(m, DI_OP_kv_write, heads, headv, 3, &k->kv_write_window, err)) ||
         (a->swa_period && kernel(m, DI_OP_attention_window, win, winv, 4, &k->attention_window, err)) ||
         kernel(m, a->act == DI_ACT_SILU ? DI_OP_swiglu : DI_OP_geglu, (const char *[]){"F"}, (long[]){F}, 1, &k->act, err) ||
         (a->post_norms && kernel(m, DI_OP_residual_add, (const char *[]){"D"}, (long[]){D}, 1, &k->residual_add, err)) ||
@@ -396,6 +406,20 @@ static int prepare_kernels(di_model *m, di_err *err)
             return di_wrap(err, "preparing kernels (layer %d)", l);
     }
     return DI_OK;
+}
+
+/* bf16 in the fast profile's layers that the tensor-core attention serves (not yet the
+ * sliding-window ones, which the class lowering runs on f32), f32 everywhere else. */
+static size_t kv_elem_bytes(const di_model *m, int l)
+{
+    return m->kv16 && !di_config_layer_windowed(&m->c, l) ? 2 : 4;
+}
+
+size_t di_model_kv_bytes_per_pos(const di_model *m)
+{
+    size_t n = 0, kvw = (size_t)m->c.n_kv_heads * m->c.head_dim;
+    for (int l = 0; l < m->c.n_layers; l++) n += 2 * kvw * kv_elem_bytes(m, l);
+    return n;
 }
 
 static int alloc_buffers(di_model *m, di_err *err)
@@ -425,7 +449,7 @@ static int alloc_buffers(di_model *m, di_err *err)
     for (int i = 0; i < m->maxb; i++) scratch[i] = m->o.kv_blocks;
     if (di_buf_write(m->btab, (size_t)m->o.max_seqs * m->maxb * 4, scratch, (size_t)m->maxb * 4, err)) return err->code;
     for (int l = 0; l < c->n_layers; l++) {
-        size_t bytes = (size_t)(m->o.kv_blocks + 1) * kvb * kvw * 4;
+        size_t bytes = (size_t)(m->o.kv_blocks + 1) * kvb * kvw * kv_elem_bytes(m, l);
         if (di_buf_alloc(m->rt, bytes, &m->kc[l], err) || di_buf_alloc(m->rt, bytes, &m->vc[l], err))
             return di_wrap(err, "KV cache (%d blocks)", m->o.kv_blocks);
     }
@@ -534,6 +558,7 @@ int di_model_load_gguf(const di_gguf *g, di_rt *rt, const di_model_opts *o, di_m
     m->pack = o->weights != DI_WEIGHTS_BF16 && di_rt_profile(rt) == DI_PROFILE_EXACT &&
               (!cpu || di_rt_cpu_compiler(rt) == DI_CPU_COMPILER_CC);
     m->g = (di_gguf *)g;   /* borrowed: never closed here */
+    m->kv16 = di_rt_profile(rt) == DI_PROFILE_FAST && di_rt_backend(rt) == DI_BACKEND_CUDA;
     int rc = choose_launch(m, err);
     if (!rc) rc = load(m, o, err);
     if (rc) { di_model_free(m); return rc; }
@@ -599,7 +624,8 @@ static int launch_step(di_model *m, long n, long r, di_err *err)
         else LAUNCH(L->wqkv.k, n, B(m->qkv), B(m->xn), B(L->wqkv.buf));
         if (a->qk_norm) LAUNCH(k->qk_norm, n, B(m->qkv), B(L->q_norm), B(L->k_norm), {.f32 = c->eps});
         LAUNCH(k->rope, n, B(m->qkv), B(m->pos), B(windowed ? m->rope_cs_swa : m->rope_cs));
-        LAUNCH(k->kv_write, n, B(m->kc[l]), B(m->vc[l]), B(m->qkv), B(m->pos), B(m->seq), B(m->btab));
+        LAUNCH(windowed ? k->kv_write_window : k->kv_write, n, B(m->kc[l]), B(m->vc[l]), B(m->qkv), B(m->pos), B(m->seq),
+               B(m->btab));
         LAUNCH(windowed ? k->attention_window : k->attention, n, B(m->att), B(m->qkv), B(m->kc[l]), B(m->vc[l]),
                B(m->pos), B(m->seq), B(m->btab));
         if (a->post_norms) {   /* h += norm(Wo . attn) */

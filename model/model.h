@@ -76,6 +76,9 @@ int di_model_max_seqs(const di_model *m);
  * decode step reads (layer matrices and the head), how many matrices there are, how many packed. */
 typedef struct di_model_weights { size_t bytes, step_bytes; int matrices, packed; } di_model_weights;
 di_model_weights di_model_weights_info(const di_model *m);
+/* Bytes of K and V one cached position takes over all layers (bf16 in the fast profile's
+ * tensor-core layers, f32 elsewhere). */
+size_t di_model_kv_bytes_per_pos(const di_model *m);
 
 /* One forward step over a ragged batch: token i belongs to sequence seq[i] at position pos[i].
  * Its k/v are written to that sequence's blocks (block table set with di_model_set_blocks)

@@ -15,9 +15,10 @@
  * prompt are what decode writes, so a slot's prompt stays valid).
  *
  * Bytes per decode step: every matrix of the layers and the lm head as loaded (bf16, or packed
- * codes on the CPU: "weights resident" says which), the f32 norms, and (reported apart) the f32 K and V rows attention
- * reads. weight GB/s = weight bytes per step / median step time; % of roofline against
- * --hbm-gbs (default 3350, H100 SXM).
+ * codes on the CPU: "weights resident" says which), the f32 norms, and (reported apart) the K and V rows attention
+ * reads. weight GB/s = weight bytes per step / median step time; % of roofline against the
+ * memory bandwidth measured here first (a device-to-device copy of 1 GiB, read + write bytes,
+ * the median of 10 after 2 untimed; a memcpy on the CPU), or --hbm-gbs X.
  *
  * usage: bench_model -m MODEL.gguf [--device auto|cpu|cuda] [--profile exact|fast|vendor]
  *        [--prompt-len N] [--batch B,...] [--steps N] [--warmup N] [--prefill-runs N]
@@ -72,7 +73,7 @@ static void usage(FILE *f)
         "                        read packs (the CPU's exact profile); bf16 converts every matrix\n"
         "      --launch L        auto | eager | padded | graphs: how a step's kernels are issued\n"
         "                        (default auto: CUDA graphs per row bucket in exact and fast on the GPU)\n"
-        "      --hbm-gbs X       memory bandwidth roofline in GB/s (default 3350: H100 SXM)\n"
+        "      --hbm-gbs X       memory bandwidth roofline in GB/s (default: measured, a 1 GiB copy)\n"
         "      --seed S          token ids (default 1)\n"
         "      --info            print the model's shape, bytes and memory plan, load nothing\n"
         "      --json            one JSON object on stdout after the table\n"
@@ -101,7 +102,7 @@ static int parse_batches(const char *s, int *out, int max)
 static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){.device = "auto", .profile = "exact", .prompt_len = 512, .steps = 32, .warmup = 3,
-                   .prefill_runs = 5, .threads = 0, .nb = 3, .batches = {1, 8, 32}, .hbm_gbs = 3350, .seed = 1};
+                   .prefill_runs = 5, .threads = 0, .nb = 3, .batches = {1, 8, 32}, .hbm_gbs = 0, .seed = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define IS(s, l) (!strcmp(a, s) || !strcmp(a, l))
@@ -168,7 +169,7 @@ typedef struct plan {
     bool tied;
     double matrix_bytes;       /* every bf16 matrix, embedding included */
     double step_weight_bytes;  /* read once per decode step: layer matrices, lm head, norms */
-    double kv_bytes_per_pos;   /* K and V, all layers, one position (f32) */
+    double kv_bytes_per_pos;   /* K and V, all layers, one position (f32 in the plan; as loaded after) */
     int kvb, ctx, blocks_per_seq, max_batch, max_batch_tokens;
 } plan;
 
@@ -367,6 +368,26 @@ static void json_str(const char *s)
     putchar('"');
 }
 
+/* The roofline: read + write bytes per second of a 1 GiB buffer-to-buffer copy, the median of
+ * 10 after 2 untimed (the device's copy engine path on the GPU, memcpy on the CPU). */
+static int copy_gbs(di_rt *rt, double *gbs, di_err *err)
+{
+    enum { REPS = 12, WARM = 2 };
+    const size_t bytes = (size_t)1 << 30;
+    di_buf *a = NULL, *b = NULL;
+    double t[REPS];
+    int rc = di_buf_alloc(rt, bytes, &a, err) || di_buf_alloc(rt, bytes, &b, err) ? err->code : DI_OK;
+    for (int i = 0; i < REPS && !rc; i++) {
+        double t0 = cli_now();
+        rc = di_buf_copy(b, a, bytes, err) || di_rt_sync(rt, err) ? err->code : DI_OK;
+        t[i] = cli_now() - t0;
+    }
+    if (!rc) *gbs = 2.0 * bytes / median(t + WARM, REPS - WARM) / 1e9;
+    di_buf_free(a);
+    di_buf_free(b);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     options o;
@@ -425,6 +446,18 @@ int main(int argc, char **argv)
            wi.packed, wi.matrices, (wi.step_bytes + 4.0 * (2 * p.c.n_layers + 1) * p.c.dim) / 1e9);
     p.matrix_bytes = (double)wi.bytes;
     p.step_weight_bytes = (double)wi.step_bytes + 4.0 * (2 * p.c.n_layers + 1) * p.c.dim;
+    p.kv_bytes_per_pos = (double)di_model_kv_bytes_per_pos(m);
+    bool measured = o.hbm_gbs == 0;
+    if (measured && copy_gbs(rt, &o.hbm_gbs, &err)) {
+        fprintf(stderr, "bench_model: measuring the copy bandwidth: %s\n", err.msg);
+        di_model_free(m);
+        di_rt_close(rt);
+        return 1;
+    }
+    printf("roofline: %.0f GB/s (%s)\n", o.hbm_gbs,
+           measured ? "measured: a 1 GiB copy, read + write bytes, median of 10" : "--hbm-gbs");
+    printf("KV cache: %.0f bytes per position (%s)\n", p.kv_bytes_per_pos,
+           p.kv_bytes_per_pos < 2.0 * p.c.n_layers * p.c.n_kv_heads * p.c.head_dim * 4 ? "bf16 where the tensor-core attention reads it" : "f32");
     fflush(stdout);
 
     bench b = {.m = m, .rt = rt, .p = &p, .o = &o};
@@ -482,7 +515,7 @@ int main(int argc, char **argv)
                r->batch / r->median_s, gbs, roof, kv);
     }
     printf("weight bytes: %.4g GB resident, %.4g GB read per step; weight_GB/s = bytes per step / median time;\n"
-           "%%roofline = weight_GB/s / %.0f (--hbm-gbs); kv_GB/s = f32 K and V read by attention per step / median time\n",
+           "%%roofline = weight_GB/s / %.0f (the roofline above); kv_GB/s = K and V read by attention per step / median time\n",
            p.matrix_bytes / 1e9, p.step_weight_bytes / 1e9, o.hbm_gbs);
     di_rt_stats st = di_rt_get_stats(rt);
     printf("launches: %ld kernels issued or recorded; %ld graphs recorded (%ld nodes), %ld graph replays\n",

@@ -237,6 +237,16 @@ int di_buf_write(di_buf *b, size_t offset, const void *src, size_t bytes, di_err
     return DI_OK;
 }
 
+int di_buf_copy(di_buf *dst, const di_buf *src, size_t bytes, di_err *err)
+{
+    if (bytes > dst->bytes || bytes > src->bytes || dst->rt != src->rt)
+        return di_fail(err, DI_EUSAGE, "buffer copy of %zu bytes between buffers of %zu and %zu", bytes, src->bytes,
+                       dst->bytes);
+    if (dst->rt->cuda) return di_cuda_copy(dst->rt->cuda, dst->dev, src->dev, bytes, err);
+    memcpy(dst->host, src->host, bytes);
+    return DI_OK;
+}
+
 int di_buf_read(const di_buf *b, size_t offset, void *dst, size_t bytes, di_err *err)
 {
     if (offset > b->bytes || bytes > b->bytes - offset)

@@ -73,6 +73,8 @@ int di_buf_alloc(di_rt *rt, size_t bytes, di_buf **out, di_err *err);  /* zero-f
 void di_buf_free(di_buf *b);
 int di_buf_write(di_buf *b, size_t offset, const void *src, size_t bytes, di_err *err);
 int di_buf_read(const di_buf *b, size_t offset, void *dst, size_t bytes, di_err *err);
+/* The first `bytes` of src into dst (same runtime); asynchronous on the GPU, like a launch. */
+int di_buf_copy(di_buf *dst, const di_buf *src, size_t bytes, di_err *err);
 
 /* Generated, compiled (or taken from the cache) once per (spec, specialization); the
  * runtime's profile replaces p->profile. Dependencies of the kernel's lowering are built too. */

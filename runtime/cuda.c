@@ -68,6 +68,7 @@ static struct {
     cu_result (*mem_free)(cu_dptr p);
     cu_result (*htod)(cu_dptr dst, const void *src, size_t bytes);
     cu_result (*dtoh)(void *dst, cu_dptr src, size_t bytes);
+    cu_result (*dtod_async)(cu_dptr dst, cu_dptr src, size_t bytes, cu_stream s);
     cu_result (*memset8)(cu_dptr dst, unsigned char v, size_t n);
     cu_result (*module_load)(cu_module *m, const void *image, unsigned nopts, int *opts, void **vals);
     cu_result (*module_unload)(cu_module m);
@@ -121,6 +122,7 @@ static const cu_symbol cu_symbols[] = {
     {&cu.mem_free, {"cuMemFree_v2"}},
     {&cu.htod, {"cuMemcpyHtoD_v2"}},
     {&cu.dtoh, {"cuMemcpyDtoH_v2"}},
+    {&cu.dtod_async, {"cuMemcpyDtoDAsync_v2"}},
     {&cu.memset8, {"cuMemsetD8_v2"}},
     {&cu.module_load, {"cuModuleLoadDataEx"}},
     {&cu.module_unload, {"cuModuleUnload"}},
@@ -380,6 +382,15 @@ int di_cuda_download(di_cuda *c, void *dst, di_dptr src, size_t bytes, di_err *e
     int rc = bind(c, err);
     if (rc) return rc;
     CU_CHECK(cu.dtoh(dst, (cu_dptr)src, bytes), "cuMemcpyDtoH_v2", err);
+    return DI_OK;
+}
+
+int di_cuda_copy(di_cuda *c, di_dptr dst, di_dptr src, size_t bytes, di_err *err)
+{
+    if (bytes == 0) return DI_OK;
+    int rc = bind(c, err);
+    if (rc) return rc;
+    CU_CHECK(cu.dtod_async((cu_dptr)dst, (cu_dptr)src, bytes, c->stream), "cuMemcpyDtoDAsync_v2", err);
     return DI_OK;
 }
 

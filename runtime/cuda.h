@@ -31,6 +31,8 @@ int di_cuda_alloc(di_cuda *c, size_t bytes, di_dptr *out, di_err *err);
 void di_cuda_free(di_cuda *c, di_dptr p);
 int di_cuda_upload(di_cuda *c, di_dptr dst, const void *src, size_t bytes, di_err *err);
 int di_cuda_download(di_cuda *c, void *dst, di_dptr src, size_t bytes, di_err *err);
+/* device to device, on the stream (ordered with the launches) */
+int di_cuda_copy(di_cuda *c, di_dptr dst, di_dptr src, size_t bytes, di_err *err);
 int di_cuda_memset8(di_cuda *c, di_dptr dst, uint8_t v, size_t bytes, di_err *err);
 
 int di_cuda_module_load(di_cuda *c, const void *image, di_cuda_module **out, di_err *err); /* cubin or PTX */

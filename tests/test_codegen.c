@@ -195,3 +195,27 @@ Test(codegen, dump_dir_gets_source_and_log_on_hits_too)
     snprintf(cmd, sizeof cmd, "rm -rf %s %s", cache, dump);
     cr_assert_eq(system(cmd), 0);
 }
+
+/* A bf16 KV cache is for the fast profile's tensor-core attention: its source reads bf16 K and
+ * V; the class lowering, which multiplies f32 K and V, refuses it (on both backends) instead of
+ * reading bf16 bits as floats; no other attention argument takes bf16. */
+Test(codegen, bf16_kv_cache_only_where_the_tensor_core_attention_reads_it)
+{
+    const di_spec *s = di_spec_find("attention");
+    di_specialization p = th_spec("attention", NULL);
+    di_err e = {0};
+    cr_assert_eq(di_spec_set_dtype(s, &p, "kc", DI_BF16, &e), 0, "%s", e.msg);
+    cr_assert_eq(di_spec_set_dtype(s, &p, "vc", DI_BF16, &e), 0, "%s", e.msg);
+    char *src = NULL;
+    cr_assert_eq(di_rt_source(s, &p, DI_BACKEND_C, &src, &e), DI_ESPEC);
+    cr_assert(strstr(e.msg, "class lowering reads f32 K and V"), "%s", e.msg);
+    cr_assert_eq(di_rt_source(s, &p, DI_BACKEND_CUDA, &src, &e), DI_ESPEC, "exact on CUDA runs the class lowering");
+    p.profile = DI_PROFILE_FAST;
+    cr_assert_eq(di_rt_source(s, &p, DI_BACKEND_CUDA, &src, &e), 0, "%s", e.msg);
+    cr_assert(strstr(src, "const di_bf16 *kc") && strstr(src, "__ldg((const uint2 *)(kc + off))"),
+              "the fast source does not read a bf16 cache");
+    free(src);
+    di_specialization q = th_spec("attention", NULL);
+    cr_assert_eq(di_spec_set_dtype(s, &q, "qkv", DI_BF16, &e), DI_ESPEC, "qkv took bf16");
+    cr_assert(strstr(e.msg, "cannot be specialized"), "%s", e.msg);
+}
