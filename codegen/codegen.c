@@ -77,6 +77,9 @@ int di_specialization_check(const di_spec *s, const di_specialization *p, di_err
         bool w = !strcmp(s->args[i].name, "w");
         bool ok = s->cls == DI_MATMUL && (!strcmp(s->args[i].name, "x") || w || !strcmp(s->args[i].name, "y")) &&
                   p->dtypes[i] != DI_I32 && (w || !di_dtype_packed(p->dtypes[i]));
+        /* a body's f32 y stored as bf16 (rounded to nearest even on the store; CUDA only, lower.c) */
+        ok = ok || ((s->cls == DI_MAP || s->cls == DI_GATHER || s->cls == DI_ROW_REDUCE) && !strcmp(s->args[i].name, "y") &&
+                    s->args[i].role == DI_ROLE_OUT && s->args[i].dtype == DI_F32 && p->dtypes[i] == DI_BF16);
         /* a bf16 KV cache, for the fast profile's tensor-core attention (the class lowering reads f32) */
         ok = ok || (s->cls == DI_ATTENTION && (!strcmp(s->args[i].name, "kc") || !strcmp(s->args[i].name, "vc")) &&
                     p->dtypes[i] == DI_BF16);

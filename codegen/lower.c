@@ -25,19 +25,38 @@ bool di_row_sliced(const di_arg *a, char *rowlen, size_t len)
     return sliced;
 }
 
+/* An output a body writes as f32 (`y[i] = ...`) that the specialization stores as bf16: its
+ * view is an array of di_bf16_store, whose assignment from a float rounds to nearest even with
+ * di_f32_to_bf16, as cast_bf16 rounds the f32 it would have read (so the same bits). */
+static bool stored_bf16(const di_spec *s, const di_specialization *p, int i)
+{
+    return s->cls != DI_MATMUL && s->args[i].role == DI_ROLE_OUT && s->args[i].dtype == DI_F32 && p->dtypes[i] == DI_BF16;
+}
+
+static const char bf16_store_type[] =
+    "/* a float stored to a bf16 output: rounded to nearest even (di_f32_to_bf16) */\n"
+    "struct di_bf16_store {\n"
+    "    di_bf16 v;\n"
+    "    __device__ di_bf16_store &operator=(float f) { v = di_f32_to_bf16(f); return *this; }\n"
+    "};\n";
+
 /* Per-row views of the tensor arguments: body text indexes within its row. */
 static void emit_slices(di_str *o, const di_spec *s, const di_specialization *p, const char *row, const char *indent)
 {
     for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
         const di_arg *a = &s->args[i];
         if (a->role == DI_ROLE_SCALAR) continue;
-        char rowlen[256];
-        const char *q = a->role == DI_ROLE_IN ? "const " : "";
+        char rowlen[256], base[160];
+        const char *q = a->role == DI_ROLE_IN ? "const " : "", *type = di_dtype_ctype(p->dtypes[i]);
+        snprintf(base, sizeof base, "%s_", a->name);
+        if (stored_bf16(s, p, i)) {
+            type = "di_bf16_store";
+            snprintf(base, sizeof base, "(di_bf16_store *)%s_", a->name);
+        }
         if (di_row_sliced(a, rowlen, sizeof rowlen))
-            di_str_printf(o, "%s%s%s *%s = %s_ + (long)(%s) * (%s);\n", indent, q, di_dtype_ctype(p->dtypes[i]), a->name,
-                          a->name, row, rowlen);
+            di_str_printf(o, "%s%s%s *%s = %s + (long)(%s) * (%s);\n", indent, q, type, a->name, base, row, rowlen);
         else
-            di_str_printf(o, "%s%s%s *%s = %s_;\n", indent, q, di_dtype_ctype(p->dtypes[i]), a->name, a->name);
+            di_str_printf(o, "%s%s%s *%s = %s;\n", indent, q, type, a->name, base);
         di_str_printf(o, "%s(void)%s;\n", indent, a->name);
     }
 }
@@ -763,6 +782,12 @@ static int class_emit(di_str *o, const di_spec *s, const di_specialization *p, c
                       di_err *err)
 {
     bool c = t->backend == DI_BACKEND_C;
+    bool store16 = false;
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) store16 = store16 || stored_bf16(s, p, i);
+    if (store16 && c)
+        return di_fail(err, DI_ESPEC, "spec %s: a bf16 output of a body is emitted for CUDA only (the fast profile's "
+                       "fused casts)", s->name);
+    if (store16) di_str_puts(o, bf16_store_type);
     int w = di_spec_arg(s, "w");
     if (!c && s->cls == DI_MATMUL && w >= 0 && di_dtype_packed(p->dtypes[w])) emit_pk_scalar(o, p->dtypes[w]);
     if (c && s->cls == DI_MATMUL) {

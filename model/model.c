@@ -35,17 +35,16 @@ typedef struct layer {
 
 /* every kernel a step launches, specialized to this model (NULL where the architecture has none) */
 typedef struct kernels {
-    di_kernel *embed, *rmsnorm, *qk_norm, *rope, *kv_write, *kv_write_window, *attention, *attention_window;
+    di_kernel *embed, *rmsnorm, *rmsnorm_x, *qk_norm, *rope, *kv_write, *kv_write_window, *attention, *attention_window;
     di_kernel *act, *residual_add, *gather, *log_softmax, *argmax;
 } kernels;
 
-/* A step recorded as a graph (see "graphs" below), keyed by its padded row counts. */
+/* A part of a step recorded as a graph (see "graphs" below). */
 typedef struct step_graph {
-    int rows, outs;           /* rows == 0: a free slot */
+    bool seen;                /* launched once unrecorded (its workspaces grown) */
     di_rt_graph *g;           /* NULL until recorded */
-    unsigned long used;       /* the step it last served */
 } step_graph;
-enum { MAX_GRAPHS = 32 };
+enum { N_BUCKETS = 14 };      /* the row buckets below */
 
 struct di_model {
     di_config c;
@@ -56,6 +55,7 @@ struct di_model {
     layer *layers;
     bool pack;                       /* matrices packed where they can be (the C backend, exact) */
     bool kv16;                       /* fast on the GPU: bf16 K and V where the tensor-core attention reads them */
+    bool x16;                        /* fast on the GPU: the norms and the activation before a matmul store bf16 */
     di_buf *embd, *out_norm, *rope_cs, *rope_cs_swa;   /* RoPE tables: global, sliding-window layers */
     wmat lm_head;                    /* output.weight, or token_embd.weight again (tied) */
     di_buf **kc, **vc, *btab;       /* KV cache per layer, block table */
@@ -69,8 +69,8 @@ struct di_model {
     /* how steps are launched: DI_LAUNCH_EAGER, _PADDED or _GRAPHS (AUTO resolved at load) */
     di_launch_mode launch;
     int32_t *stage;                   /* a step's tokens, positions, slots, out rows, padded */
-    step_graph *graphs;               /* DI_LAUNCH_GRAPHS: recorded steps by row bucket */
-    unsigned long steps;
+    /* DI_LAUNCH_GRAPHS: the layers per row bucket, the head per output-row bucket */
+    step_graph body[N_BUCKETS], head[N_BUCKETS];
 };
 
 const di_config *di_model_config(const di_model *m) { return &m->c; }
@@ -348,19 +348,28 @@ static int load_rope(di_model *m, di_err *err)
 
 /* ---- kernels ------------------------------------------------------------------------------ */
 
-static int kernel(di_model *m, di_op op, const char *const *dims, const long *vals, int n, di_kernel **out, di_err *err)
+/* y16: y stored as bf16, for a matmul's x (x16) */
+static int kernel_y(di_model *m, di_op op, const char *const *dims, const long *vals, int n, bool y16, di_kernel **out,
+                    di_err *err)
 {
     di_dim_value dv[8];
     for (int i = 0; i < n; i++) dv[i] = (di_dim_value){dims[i], vals[i]};
-    return di_rt_op_kernel(m->rt, op, dv, n, NULL, 0, out, err);
+    di_arg_dtype y = {"y", DI_BF16};
+    return di_rt_op_kernel(m->rt, op, dv, n, &y, y16, out, err);
 }
 
-/* The matmul y[rows, N] = x[rows, K] . w^T that reads w's format. */
-static int matmul(di_model *m, di_op op, long K, long N, wmat *w, di_err *err)
+static int kernel(di_model *m, di_op op, const char *const *dims, const long *vals, int n, di_kernel **out, di_err *err)
+{
+    return kernel_y(m, op, dims, vals, n, false, out, err);
+}
+
+/* The matmul y[rows, N] = x[rows, K] . w^T that reads w's format, and x as bf16 where the
+ * kernel before it stores bf16 (x16: the x the fast matmul would have cast, so the same bits). */
+static int matmul(di_model *m, di_op op, long K, long N, bool x16, wmat *w, di_err *err)
 {
     di_dim_value dv[] = {{"K", K}, {"N", N}};
-    di_arg_dtype wt = {"w", w->fmt};
-    return di_rt_op_kernel(m->rt, op, dv, 2, &wt, 1, &w->k, err);
+    di_arg_dtype t[] = {{"w", w->fmt}, {"x", DI_BF16}};
+    return di_rt_op_kernel(m->rt, op, dv, 2, t, x16 ? 2 : 1, &w->k, err);
 }
 
 /* Attention over the cache's element type (bf16 K and V in the fast profile's layers). */
@@ -385,30 +394,32 @@ static int prepare_kernels(di_model *m, di_err *err)
     if (kernel(m, a->embed_scale ? DI_OP_embed_scaled : DI_OP_embed, (const char *[]){"D", "V"}, (long[]){D, V}, 2,
                &k->embed, err) ||
         kernel(m, DI_OP_rmsnorm, (const char *[]){"D"}, (long[]){D}, 1, &k->rmsnorm, err) ||
+        kernel_y(m, DI_OP_rmsnorm, (const char *[]){"D"}, (long[]){D}, 1, m->x16, &k->rmsnorm_x, err) ||
         (a->qk_norm && kernel(m, DI_OP_qk_norm, heads, headv, 3, &k->qk_norm, err)) ||
         kernel(m, a->rope == DI_ROPE_ADJACENT ? DI_OP_rope_adjacent : DI_OP_rope_halfsplit, heads, headv, 4, &k->rope, err) ||
         kernel(m, m->kv16 ? DI_OP_kv_write_bf16 : DI_OP_kv_write, heads, headv, 3, &k->kv_write, err) ||
         attention(m, headv, &k->attention, err) ||
         (a->swa_period && kernel(m, DI_OP_kv_write, heads, headv, 3, &k->kv_write_window, err)) ||
         (a->swa_period && kernel(m, DI_OP_attention_window, win, winv, 4, &k->attention_window, err)) ||
-        kernel(m, a->act == DI_ACT_SILU ? DI_OP_swiglu : DI_OP_geglu, (const char *[]){"F"}, (long[]){F}, 1, &k->act, err) ||
+        kernel_y(m, a->act == DI_ACT_SILU ? DI_OP_swiglu : DI_OP_geglu, (const char *[]){"F"}, (long[]){F}, 1, m->x16,
+                 &k->act, err) ||
         (a->post_norms && kernel(m, DI_OP_residual_add, (const char *[]){"D"}, (long[]){D}, 1, &k->residual_add, err)) ||
         kernel(m, DI_OP_gather_rows, (const char *[]){"D"}, (long[]){D}, 1, &k->gather, err) ||
-        matmul(m, DI_OP_matmul, D, V, &m->lm_head, err) ||
+        matmul(m, DI_OP_matmul, D, V, m->x16, &m->lm_head, err) ||
         kernel(m, DI_OP_log_softmax, (const char *[]){"V"}, (long[]){V}, 1, &k->log_softmax, err) ||
         kernel(m, DI_OP_argmax, (const char *[]){"V"}, (long[]){V}, 1, &k->argmax, err))
         return di_wrap(err, "preparing kernels");
     for (int l = 0; l < c->n_layers; l++) {
         layer *L = &m->layers[l];
-        if (matmul(m, a->qkv_bias ? DI_OP_matmul_bias : DI_OP_matmul, D, QKVW, &L->wqkv, err) ||
-            matmul(m, out, NH * HD, D, &L->wo, err) || matmul(m, DI_OP_matmul, D, 2 * F, &L->wgu, err) ||
-            matmul(m, out, F, D, &L->wdown, err))
+        if (matmul(m, a->qkv_bias ? DI_OP_matmul_bias : DI_OP_matmul, D, QKVW, m->x16, &L->wqkv, err) ||
+            matmul(m, out, NH * HD, D, false, &L->wo, err) || matmul(m, DI_OP_matmul, D, 2 * F, m->x16, &L->wgu, err) ||
+            matmul(m, out, F, D, m->x16, &L->wdown, err))
             return di_wrap(err, "preparing kernels (layer %d)", l);
     }
     return DI_OK;
 }
 
-/* bf16 in the fast profile's layers that the tensor-core attention serves (not yet the
+/* bf16 in the fast profile's layers that the tensor-core attention serves (kv16; not yet the
  * sliding-window ones, which the class lowering runs on f32), f32 everywhere else. */
 static size_t kv_elem_bytes(const di_model *m, int l)
 {
@@ -422,9 +433,20 @@ size_t di_model_kv_bytes_per_pos(const di_model *m)
     return n;
 }
 
+/* bf16 K and V in the fast profile where its tensor-core attention reads them (head shapes
+ * it takes: the class lowering, which runs the others, multiplies f32). */
+static bool kv16_for(const di_model *m)
+{
+    const di_config *c = &m->c;
+    di_dim_value dv[] = {{"NH", c->n_heads}, {"NKV", c->n_kv_heads}, {"HD", c->head_dim}};
+    di_arg_dtype kv[] = {{"kc", DI_BF16}, {"vc", DI_BF16}};
+    return di_rt_profile(m->rt) == DI_PROFILE_FAST && di_rt_op_available(m->rt, DI_OP_attention, dv, 3, kv, 2);
+}
+
 static int alloc_buffers(di_model *m, di_err *err)
 {
     const di_config *c = &m->c;
+    m->kv16 = kv16_for(m);
     size_t R = (size_t)m->o.max_batch_tokens, D = (size_t)c->dim, V = (size_t)c->vocab;
     size_t QKVW = (size_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim, F = (size_t)c->ffn;
     size_t kvb = (size_t)di_model_kv_block(), kvw = (size_t)c->n_kv_heads * c->head_dim;
@@ -521,8 +543,6 @@ static int choose_launch(di_model *m, di_err *err)
     if (m->launch == DI_LAUNCH_GRAPHS && !can)
         return di_fail(err, DI_EUSAGE, "graphs need the GPU, a driver with graphs and the exact or fast profile (%s, %s)",
                        di_rt_describe(m->rt), di_profile_name(p));
-    if (m->launch == DI_LAUNCH_GRAPHS && !(m->graphs = calloc(MAX_GRAPHS, sizeof *m->graphs)))
-        return di_fail(err, DI_ENOMEM, "out of memory");
     return DI_OK;
 }
 
@@ -558,7 +578,9 @@ int di_model_load_gguf(const di_gguf *g, di_rt *rt, const di_model_opts *o, di_m
     m->pack = o->weights != DI_WEIGHTS_BF16 && di_rt_profile(rt) == DI_PROFILE_EXACT &&
               (!cpu || di_rt_cpu_compiler(rt) == DI_CPU_COMPILER_CC);
     m->g = (di_gguf *)g;   /* borrowed: never closed here */
-    m->kv16 = di_rt_profile(rt) == DI_PROFILE_FAST && di_rt_backend(rt) == DI_BACKEND_CUDA;
+    /* the fast matmul would cast its f32 x to bf16 (round to nearest even) first: where the
+     * kernel before it stores that bf16 itself, the cast kernel goes and the bits stay */
+    m->x16 = di_rt_profile(rt) == DI_PROFILE_FAST && di_rt_backend(rt) == DI_BACKEND_CUDA;
     int rc = choose_launch(m, err);
     if (!rc) rc = load(m, o, err);
     if (rc) { di_model_free(m); return rc; }
@@ -582,8 +604,8 @@ void di_model_free(di_model *m)
     di_buf *bufs[] = {m->embd, m->out_norm, m->rope_cs, m->rope_cs_swa, m->btab, m->tok, m->pos, m->seq,
                       m->rows, m->h, m->xn, m->qkv, m->att, m->gu, m->act, m->hsel, m->logits, m->lp, m->ids, m->blk_out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) di_buf_free(bufs[i]);
-    for (int i = 0; m->graphs && i < MAX_GRAPHS; i++) di_rt_graph_free(m->graphs[i].g);
-    free(m->layers); free(m->kc); free(m->vc); free(m->btab_host); free(m->stage); free(m->graphs);
+    for (int i = 0; i < N_BUCKETS; i++) di_rt_graph_free(m->body[i].g), di_rt_graph_free(m->head[i].g);
+    free(m->layers); free(m->kc); free(m->vc); free(m->btab_host); free(m->stage);
     if (m->owns_g) di_gguf_close(m->g);
     free(m);
 }
@@ -606,9 +628,10 @@ int di_model_set_blocks(di_model *m, int slot, const int32_t *blocks, int n, di_
     do { if (di_rt_launch(m->rt, (k), (di_val[]){__VA_ARGS__}, (long[]){(rows), m->maxb}, err)) return err->code; } while (0)
 #define B(x) {.buf = (x)}
 
-/* Every launch of a step of `n` rows with `r` output rows; the inputs are in m->tok, pos, seq,
- * rows already. Nothing here reads or writes host memory, so the sequence can be recorded. */
-static int launch_step(di_model *m, long n, long r, di_err *err)
+/* The layers of a step of `n` rows, inputs in m->tok, pos, seq already; then (launch_head)
+ * the logits of the `r` rows listed in m->rows. Neither reads or writes host memory, so each
+ * can be recorded. */
+static int launch_body(di_model *m, long n, di_err *err)
 {
     const di_config *c = &m->c;
     const kernels *k = &m->k;
@@ -619,7 +642,7 @@ static int launch_step(di_model *m, long n, long r, di_err *err)
         const layer *L = &m->layers[l];
         bool windowed = di_config_layer_windowed(c, l);
         /* attention block: h += Wo . attn(rope(Wqkv . norm(h))) */
-        LAUNCH(k->rmsnorm, n, B(m->xn), B(m->h), B(L->attn_norm), {.f32 = c->eps});
+        LAUNCH(k->rmsnorm_x, n, B(m->xn), B(m->h), B(L->attn_norm), {.f32 = c->eps});
         if (a->qkv_bias) LAUNCH(L->wqkv.k, n, B(m->qkv), B(m->xn), B(L->wqkv.buf), B(L->bqkv));
         else LAUNCH(L->wqkv.k, n, B(m->qkv), B(m->xn), B(L->wqkv.buf));
         if (a->qk_norm) LAUNCH(k->qk_norm, n, B(m->qkv), B(L->q_norm), B(L->k_norm), {.f32 = c->eps});
@@ -636,7 +659,7 @@ static int launch_step(di_model *m, long n, long r, di_err *err)
             LAUNCH(L->wo.k, n, B(m->h), B(m->att), B(L->wo.buf), B(m->h));
         }
         /* FFN block: h += Wdown . (act(Wgate . norm(h)) * Wup . norm(h)) */
-        LAUNCH(k->rmsnorm, n, B(m->xn), B(m->h), B(L->ffn_norm), {.f32 = c->eps});
+        LAUNCH(k->rmsnorm_x, n, B(m->xn), B(m->h), B(L->ffn_norm), {.f32 = c->eps});
         LAUNCH(L->wgu.k, n, B(m->gu), B(m->xn), B(L->wgu.buf));
         LAUNCH(k->act, n, B(m->act), B(m->gu));
         if (a->post_norms) {   /* h += norm(Wdown . act) */
@@ -647,10 +670,16 @@ static int launch_step(di_model *m, long n, long r, di_err *err)
             LAUNCH(L->wdown.k, n, B(m->h), B(m->act), B(L->wdown.buf), B(m->h));
         }
     }
-    if (r == 0) return DI_OK;
+    return DI_OK;
+}
+
+static int launch_head(di_model *m, long r, di_err *err)
+{
+    const di_config *c = &m->c;
+    const kernels *k = &m->k;
     /* logits only for the rows that need them */
     LAUNCH(k->gather, r, B(m->hsel), B(m->h), B(m->rows));
-    LAUNCH(k->rmsnorm, r, B(m->xn), B(m->hsel), B(m->out_norm), {.f32 = c->eps});
+    LAUNCH(k->rmsnorm_x, r, B(m->xn), B(m->hsel), B(m->out_norm), {.f32 = c->eps});
     LAUNCH(m->lm_head.k, r, B(m->logits), B(m->xn), B(m->lm_head.buf));
     LAUNCH(k->log_softmax, r, B(m->lp), B(m->logits));
     LAUNCH(k->argmax, r, B(m->ids), B(m->logits));
@@ -659,51 +688,56 @@ static int launch_step(di_model *m, long n, long r, di_err *err)
 
 /* ---- graphs: a step recorded once per row bucket --------------------------------------------
  *
- * Rows are padded to a bucket so that few graphs serve every step; a bucket's graph is
- * recorded the second time it is seen (the first, launched one by one, grows every kernel's
- * workspace to what the bucket needs: nothing may be allocated while recording) and replayed
- * after. A graph whose workspaces have moved since (a larger bucket grew one) is recorded again.
- * Steps of more than the largest bucket are launched unpadded, one by one: their launches cost
- * little beside their math. */
-static const int row_buckets[] = {1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256};
-enum { N_BUCKETS = sizeof row_buckets / sizeof row_buckets[0] };
+ * Rows are padded to a bucket so that few graphs serve every step: the layers are recorded per
+ * row bucket, the head per bucket of output rows (a mixed step's two counts vary apart), at
+ * most 2 x 14 graphs, kept for the model's life. A part is recorded the second time its bucket
+ * is seen (the first, launched one by one, grows every kernel's workspace to what the bucket
+ * needs: nothing may be allocated while recording) and replayed after; one whose workspaces
+ * have moved since (a larger bucket grew one) is recorded again. Steps of more than the largest
+ * bucket are launched unpadded, one by one: their launches cost little beside their math. */
+static const int row_buckets[N_BUCKETS] = {1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256};
+
+/* The bucket index of n rows, or -1 past the largest. */
+static int bucket_index(int n)
+{
+    for (int i = 0; i < N_BUCKETS; i++)
+        if (row_buckets[i] >= n) return i;
+    return -1;
+}
 
 static int bucket(const di_model *m, int n)
 {
-    if (m->launch == DI_LAUNCH_EAGER) return n;
-    for (int i = 0; i < N_BUCKETS; i++)
-        if (row_buckets[i] >= n) return row_buckets[i] < m->o.max_batch_tokens ? row_buckets[i] : m->o.max_batch_tokens;
-    return n;
+    int i = bucket_index(n);
+    if (m->launch == DI_LAUNCH_EAGER || i < 0) return n;
+    return row_buckets[i] < m->o.max_batch_tokens ? row_buckets[i] : m->o.max_batch_tokens;
 }
 
 int di_model_step_rows(const di_model *m, int n) { return bucket(m, n); }
 
-/* The slot of (rows, outs), or the least recently used one given to it. */
-static step_graph *graph_slot(di_model *m, int rows, int outs)
+/* Runs one part of a step (the layers for n rows, or the head for n output rows): replayed,
+ * recorded and replayed, or launched one by one (first sight, no graphs, past the buckets). */
+static int run_part(di_model *m, step_graph *table, int n, int (*part)(di_model *, long, di_err *), di_err *err)
 {
-    step_graph *pick = &m->graphs[0];
-    for (int i = 0; i < MAX_GRAPHS; i++) {
-        step_graph *g = &m->graphs[i];
-        if (g->rows == rows && g->outs == outs) {
-            g->used = m->steps;
-            return g;
+    int b = bucket_index(n);
+    step_graph *sg = m->launch == DI_LAUNCH_GRAPHS && b >= 0 ? &table[b] : NULL;
+    if (!sg || !sg->seen) {
+        if (sg) sg->seen = true;
+        return part(m, n, err);
+    }
+    if (sg->g && !di_rt_graph_fresh(m->rt, sg->g)) {
+        di_rt_graph_free(sg->g);
+        sg->g = NULL;
+    }
+    if (!sg->g) {
+        if (di_rt_capture_begin(m->rt, err)) return err->code;
+        if (part(m, n, err)) {
+            di_err ignored = {0};
+            di_rt_capture_end(m->rt, NULL, &ignored);
+            return di_wrap(err, "recording a step part of %d rows", n);
         }
-        if (g->used < pick->used) pick = g;
+        if (di_rt_capture_end(m->rt, &sg->g, err)) return err->code;
     }
-    di_rt_graph_free(pick->g);
-    *pick = (step_graph){.rows = rows, .outs = outs, .used = m->steps};
-    return NULL;   /* first sight: launch one by one */
-}
-
-static int record(di_model *m, step_graph *sg, di_err *err)
-{
-    if (di_rt_capture_begin(m->rt, err)) return err->code;
-    if (launch_step(m, sg->rows, sg->outs, err)) {
-        di_err ignored = {0};
-        di_rt_capture_end(m->rt, NULL, &ignored);
-        return di_wrap(err, "recording a step of %d rows", sg->rows);
-    }
-    return di_rt_capture_end(m->rt, &sg->g, err);
+    return di_rt_graph_run(m->rt, sg->g, err);
 }
 
 /* The step's inputs, padded to `rows` and `outs`: pad rows run token 0 at position 0 of the
@@ -742,14 +776,8 @@ int di_model_forward(di_model *m, const di_step *s, di_err *err)
 
     int rows = bucket(m, (int)n), outs = s->n_out ? bucket(m, s->n_out) : 0;
     if (upload_step(m, s, rows, outs, err)) return err->code;
-    m->steps++;
-    step_graph *sg = m->launch == DI_LAUNCH_GRAPHS && n <= row_buckets[N_BUCKETS - 1] ? graph_slot(m, rows, outs) : NULL;
-    if (sg && sg->g && !di_rt_graph_fresh(m->rt, sg->g)) {
-        di_rt_graph_free(sg->g);
-        sg->g = NULL;
-    }
-    if (sg && !sg->g && record(m, sg, err)) return err->code;
-    if (sg ? di_rt_graph_run(m->rt, sg->g, err) : launch_step(m, rows, outs, err)) return err->code;
+    if (run_part(m, m->body, rows, launch_body, err)) return err->code;
+    if (outs && run_part(m, m->head, outs, launch_head, err)) return err->code;
     long r = s->n_out;
     if (r && s->logprobs && di_buf_read(m->lp, 0, s->logprobs, (size_t)r * V * 4, err)) return err->code;
     if (r && s->logits && di_buf_read(m->logits, 0, s->logits, (size_t)r * V * 4, err)) return err->code;

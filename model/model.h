@@ -35,14 +35,14 @@ int di_model_read_config(const di_gguf *g, di_config *c, di_err *err);
  * the same bits: a packed weight decodes to its bf16 value. */
 typedef enum { DI_WEIGHTS_AUTO, DI_WEIGHTS_BF16 } di_weights;
 
-/* How a step's launches are issued. AUTO: on the GPU in exact and fast, rows padded to a bucket
- * and each (bucket, output-row bucket) recorded once as a CUDA graph and replayed; one launch at
- * a time, unpadded, otherwise (the CPU, the vendor profile: its split counts follow the rows, so
- * padding would change the other rows' bits there). EAGER: always that. PADDED: padded as a graph
- * would be but launched one at a time (the tests compare the three bitwise). GRAPHS: as AUTO,
- * refused where there are no graphs. Padded rows run token 0 at position 0 of a scratch sequence
- * with its own KV block; invariant kernels give every other row the same bits with or without
- * them. */
+/* How a step's launches are issued. AUTO: on the GPU in exact and fast, rows padded to a bucket,
+ * the layers recorded once per row bucket and the head once per output-row bucket as CUDA
+ * graphs, then replayed; elsewhere one launch at a time, unpadded (the CPU; the vendor profile,
+ * whose split counts follow the rows, so that padding would change the other rows' bits).
+ * EAGER: always one at a time, unpadded. PADDED: padded as a graph would be but launched one at
+ * a time (the tests compare the three bitwise). GRAPHS: as AUTO, refused where there are no
+ * graphs. Padded rows run token 0 at position 0 of a scratch sequence with its own KV block;
+ * invariant kernels give every other row the same bits with or without them. */
 #define DI_LAUNCH_MODES(X) X(AUTO, "auto") X(EAGER, "eager") X(PADDED, "padded") X(GRAPHS, "graphs")
 typedef enum {
 #define DI_LAUNCH_ENUM(id, name) DI_LAUNCH_##id,

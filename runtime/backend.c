@@ -543,18 +543,38 @@ int di_rt_kernel(di_rt *rt, const di_spec *s, const di_specialization *p, di_ker
     return DI_OK;
 }
 
-int di_rt_op_kernel(di_rt *rt, di_op op, const di_dim_value *dims, int n, const di_arg_dtype *types, int ntypes,
-                    di_kernel **out, di_err *err)
+static int op_specialization(di_op op, const di_dim_value *dims, int n, const di_arg_dtype *types, int ntypes,
+                             di_specialization *p, di_err *err)
 {
     if ((unsigned)op >= DI_NUM_OPS) return di_fail(err, DI_EUSAGE, "no kernel op %d", (int)op);
     const di_spec *s = &di_specs[op];
-    di_specialization p;
-    di_spec_defaults(s, &p);
+    di_spec_defaults(s, p);
     for (int i = 0; i < n; i++)
-        if (di_spec_set_dim(s, &p, dims[i].name, dims[i].value, err)) return err->code;
+        if (di_spec_set_dim(s, p, dims[i].name, dims[i].value, err)) return err->code;
     for (int i = 0; i < ntypes; i++)
-        if (di_spec_set_dtype(s, &p, types[i].arg, types[i].dtype, err)) return err->code;
-    return di_rt_kernel(rt, s, &p, out, err);
+        if (di_spec_set_dtype(s, p, types[i].arg, types[i].dtype, err)) return err->code;
+    return DI_OK;
+}
+
+int di_rt_op_kernel(di_rt *rt, di_op op, const di_dim_value *dims, int n, const di_arg_dtype *types, int ntypes,
+                    di_kernel **out, di_err *err)
+{
+    di_specialization p;
+    if (op_specialization(op, dims, n, types, ntypes, &p, err)) return err->code;
+    return di_rt_kernel(rt, &di_specs[op], &p, out, err);
+}
+
+bool di_rt_op_available(const di_rt *rt, di_op op, const di_dim_value *dims, int n, const di_arg_dtype *types,
+                        int ntypes)
+{
+    di_specialization p;
+    di_err e = {0};
+    char *src = NULL;
+    if (op_specialization(op, dims, n, types, ntypes, &p, &e)) return false;
+    p.profile = rt->o.profile;
+    bool ok = !di_rt_source_for(&di_specs[op], &p, &rt->target, &src, &e);
+    free(src);
+    return ok;
 }
 
 int di_rt_kv_block(void) { return di_specs[DI_OP_kv_write].sched.kv_block; }

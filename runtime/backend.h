@@ -84,6 +84,10 @@ typedef struct di_dim_value { const char *name; long value; } di_dim_value;
 typedef struct di_arg_dtype { const char *arg; di_dtype dtype; } di_arg_dtype;   /* e.g. {"w", DI_Q4X8} */
 int di_rt_op_kernel(di_rt *rt, di_op op, const di_dim_value *dims, int n, const di_arg_dtype *types, int ntypes,
                     di_kernel **out, di_err *err);
+/* Whether that kernel can be generated here: its lowering on this runtime's target and profile
+ * takes those dims and dtypes (nothing is compiled). */
+bool di_rt_op_available(const di_rt *rt, di_op op, const di_dim_value *dims, int n, const di_arg_dtype *types,
+                        int ntypes);
 /* The KV cache block size (positions) the kv_write and attention kernels share (kernels.def). */
 int di_rt_kv_block(void);
 /* sizes: the spec's runtime sizes in SIZES order. Asynchronous on the GPU. */

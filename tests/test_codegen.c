@@ -218,4 +218,30 @@ Test(codegen, bf16_kv_cache_only_where_the_tensor_core_attention_reads_it)
     di_specialization q = th_spec("attention", NULL);
     cr_assert_eq(di_spec_set_dtype(s, &q, "qkv", DI_BF16, &e), DI_ESPEC, "qkv took bf16");
     cr_assert(strstr(e.msg, "cannot be specialized"), "%s", e.msg);
+    /* what the model asks before it holds a bf16 cache */
+    di_rt *rt = th_rt(DI_BACKEND_C, 1);
+    di_dim_value dv[] = {{"NH", 9}, {"NKV", 3}, {"HD", 64}};
+    di_arg_dtype kv[] = {{"kc", DI_BF16}, {"vc", DI_BF16}};
+    cr_assert(!di_rt_op_available(rt, DI_OP_attention, dv, 3, kv, 2), "the CPU's attention took a bf16 cache");
+    cr_assert(di_rt_op_available(rt, DI_OP_attention, dv, 3, kv, 0));
+    di_rt_close(rt);
+}
+
+/* A body's f32 y stored as bf16 (the fast profile's fused casts, model.c x16): CUDA source with
+ * the rounding store type; the C backend refuses by name; only y, and only bf16. */
+Test(codegen, bf16_store_of_a_body_output_is_cuda_only)
+{
+    const di_spec *s = di_spec_find("rmsnorm");
+    di_specialization p = th_spec("rmsnorm", NULL);
+    di_err e = {0};
+    cr_assert_eq(di_spec_set_dtype(s, &p, "y", DI_BF16, &e), 0, "%s", e.msg);
+    char *src = NULL;
+    cr_assert_eq(di_rt_source(s, &p, DI_BACKEND_CUDA, &src, &e), 0, "%s", e.msg);
+    cr_assert(strstr(src, "struct di_bf16_store") && strstr(src, "di_bf16_store *y = (di_bf16_store *)y_"), "%s", src);
+    free(src);
+    cr_assert_eq(di_rt_source(s, &p, DI_BACKEND_C, &src, &e), DI_ESPEC);
+    cr_assert(strstr(e.msg, "CUDA only"), "%s", e.msg);
+    di_specialization q = th_spec("rmsnorm", NULL);
+    cr_assert_eq(di_spec_set_dtype(s, &q, "x", DI_BF16, &e), DI_ESPEC, "rmsnorm's x took bf16");
+    cr_assert_eq(di_spec_set_dtype(s, &q, "y", DI_Q4X8, &e), DI_ESPEC, "rmsnorm's y took q4x8");
 }

@@ -521,3 +521,49 @@ Test(gpu_fast, mma_sync_schedule_accurate_and_invariant, .timeout = 600)
     mm_case c = {"matmul_residual", 1000, 300, DI_F32, DI_BF16, true};
     check_invariance(&c, 6, di_mm_schedule_named("mma_sync"));
 }
+
+/* ---- the casts fused into the kernels before the matmuls -------------------------------------- */
+
+/* In the fast profile the norms and the activation that feed a matmul store bf16 themselves
+ * (model.c, x16): y[i] = expr rounds on the store with di_f32_to_bf16, the function cast_bf16
+ * applies to the f32 it would have read. Each such kernel against the unfused chain (the f32
+ * kernel, then cast_bf16), bitwise (the args past a spec's own are not read). */
+static void check_fused_cast(const char *op, const char *dim, long cols, long in_cols)
+{
+    di_rt *rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
+    const long rows = 37;
+    float *x = malloc(sizeof(float) * rows * in_cols), *w = malloc(sizeof(float) * cols);
+    th_fill(x, (size_t)(rows * in_cols), 21);
+    th_fill(w, (size_t)cols, 22);
+    di_buf *bx = th_buf(rt, x, sizeof(float) * rows * in_cols), *bw = th_buf(rt, w, sizeof(float) * cols);
+    di_buf *y32 = th_buf(rt, NULL, sizeof(float) * rows * cols), *y16 = th_buf(rt, NULL, 2 * rows * cols),
+           *cast = th_buf(rt, NULL, 2 * rows * cols);
+    di_specialization p = th_spec(op, dim, cols, NULL), q = p;
+    di_err e = {0};
+    cr_assert_eq(di_spec_set_dtype(di_spec_find(op), &q, "y", DI_BF16, &e), 0, "%s", e.msg);
+    di_val a32[] = {{.buf = y32}, {.buf = bx}, {.buf = bw}, {.f32 = 1e-5f}};
+    di_val a16[] = {{.buf = y16}, {.buf = bx}, {.buf = bw}, {.f32 = 1e-5f}};
+    th_launch(rt, th_kernel(rt, op, &p), a32, (long[]){rows});
+    th_launch(rt, th_kernel(rt, op, &q), a16, (long[]){rows});
+    di_specialization cp = th_spec("cast_bf16", "D", cols, NULL);
+    th_launch(rt, th_kernel(rt, "cast_bf16", &cp), (di_val[]){{.buf = cast}, {.buf = y32}}, (long[]){rows});
+    uint16_t *g = malloc(2 * rows * cols), *c = malloc(2 * rows * cols);
+    th_read(y16, g, 2 * rows * cols);
+    th_read(cast, c, 2 * rows * cols);
+    long diff = 0;
+    for (long i = 0; i < rows * cols; i++) diff += g[i] != c[i];
+    cr_assert_eq(diff, 0, "%s: %ld of %ld bf16 outputs differ from cast_bf16 of the f32 kernel", op, diff, rows * cols);
+    cr_log_info("%s (%s = %ld): the fused bf16 store == f32 kernel + cast_bf16, %ld outputs bitwise", op, dim, cols,
+                rows * cols);
+    free(x); free(w); free(g); free(c);
+    di_buf_free(bx); di_buf_free(bw); di_buf_free(y32); di_buf_free(y16); di_buf_free(cast);
+    di_rt_close(rt);
+}
+
+Test(gpu_fast, fused_cast_rmsnorm_equals_rmsnorm_then_cast, .timeout = 120)
+{
+    check_fused_cast("rmsnorm", "D", 576, 576);
+    check_fused_cast("rmsnorm", "D", 4096, 4096);
+}
+Test(gpu_fast, fused_cast_swiglu_equals_swiglu_then_cast, .timeout = 120) { check_fused_cast("swiglu", "F", 1536, 3072); }
+Test(gpu_fast, fused_cast_geglu_equals_geglu_then_cast, .timeout = 120) { check_fused_cast("geglu", "F", 2048, 4096); }
