@@ -68,12 +68,11 @@ static bool af_applies(const di_spec *s, const di_specialization *p, const di_ta
     long split = kv_split(s, p), kvb = s->sched.kv_block;
     if (nh <= 0 || nkv <= 0 || nh % nkv || nh / nkv > 16) return false;
     if (hd <= 0 || hd % 16 || hd > 128) return false;
-    /* the kernel text reads f32 q and writes f32 out; K and V are f32 or bf16 (both alike) */
-    static const char *const f32_args[] = {"out", "qkv"};
-    for (size_t j = 0; j < sizeof f32_args / sizeof *f32_args; j++) {
-        int i = di_spec_arg(s, f32_args[j]);
-        if (i >= 0 && p->dtypes[i] != DI_F32) return false;
-    }
+    /* the kernel text reads f32 q; K and V are f32 or bf16 (both alike); out f32, or bf16 for
+     * the fast matmul after it (the rounding its cast would do) */
+    int qi = di_spec_arg(s, "qkv"), oi = di_spec_arg(s, "out");
+    if (qi >= 0 && p->dtypes[qi] != DI_F32) return false;
+    if (oi >= 0 && p->dtypes[oi] != DI_F32 && p->dtypes[oi] != DI_BF16) return false;
     if (kv_dtype(s, p) == DI_I32) return false;
     return split > 0 && split % 16 == 0 && split <= 64 && kvb > 0;
 }
@@ -393,7 +392,7 @@ static const char phase1_body[] =
     "            for (int e = 0; e < 4; e++) {\n"
     "                const int h = e >> 1;\n"
     "                if (vp[h] < 0) continue;\n"
-    "                out_[(vr[h] * NH + vh[h]) * HD + dt * 8 + 2 * q + (e & 1)] = __fdiv_rn(acc[dt][e], L[h]);\n"
+    "                out_[(vr[h] * NH + vh[h]) * HD + dt * 8 + 2 * q + (e & 1)] = AF_OUT(__fdiv_rn(acc[dt][e], L[h]));\n"
     "            }\n"
     "    }\n";
 
@@ -415,7 +414,7 @@ static const char phase2_body[] =
     "            L = af_fold(L, c1, ws_[HD + 1], c2);\n"
     "            M = Mn;\n"
     "        }\n"
-    "        out_[(r * NH + h) * HD + d] = __fdiv_rn(acc, L);\n"
+    "        out_[(r * NH + h) * HD + d] = AF_OUT(__fdiv_rn(acc, L));\n"
     "    }\n";
 
 static void emit_params(di_str *o, const di_spec *s, const di_specialization *p)
@@ -440,9 +439,11 @@ static int af_emit(di_str *o, const di_spec *s, const di_specialization *p, cons
     di_att_schedule c = di_att_schedule_of(p, t);
     /* log2(e) / sqrt(HD), as a hex literal so that the constant is the same bits everywhere */
     double scale = 1.4426950408889634 / sqrt((double)di_spec_dim(s, p, "HD"));
+    int oi = di_spec_arg(s, "out");
     di_str_printf(o, "/* fast attention: tensor cores over the fixed KV splits (codegen/attention_fast.c) */\n"
-                     "#define AF_SCALE %af  /* log2(e) / sqrt(HD) */\n",
-                  (double)(float)scale);
+                     "#define AF_SCALE %af  /* log2(e) / sqrt(HD) */\n"
+                     "#define AF_OUT(v) %s\n",
+                  (double)(float)scale, p->dtypes[oi] == DI_BF16 ? "di_f32_to_bf16(v)  /* bf16 out: nearest even */" : "(v)");
     di_str_puts(o, di_cuda_mma_helpers);
     di_str_puts(o, device_helpers);
     di_str_puts(o, kv_dtype(s, p) == DI_BF16 ? load_split_bf16 : load_split_f32);

@@ -80,9 +80,10 @@ int di_specialization_check(const di_spec *s, const di_specialization *p, di_err
         /* a body's f32 y stored as bf16 (rounded to nearest even on the store; CUDA only, lower.c) */
         ok = ok || ((s->cls == DI_MAP || s->cls == DI_GATHER || s->cls == DI_ROW_REDUCE) && !strcmp(s->args[i].name, "y") &&
                     s->args[i].role == DI_ROLE_OUT && s->args[i].dtype == DI_F32 && p->dtypes[i] == DI_BF16);
-        /* a bf16 KV cache, for the fast profile's tensor-core attention (the class lowering reads f32) */
-        ok = ok || (s->cls == DI_ATTENTION && (!strcmp(s->args[i].name, "kc") || !strcmp(s->args[i].name, "vc")) &&
-                    p->dtypes[i] == DI_BF16);
+        /* a bf16 KV cache and bf16 out, for the fast profile's tensor-core attention (the class
+         * lowering reads and writes f32) */
+        ok = ok || (s->cls == DI_ATTENTION && (!strcmp(s->args[i].name, "kc") || !strcmp(s->args[i].name, "vc") ||
+                                               !strcmp(s->args[i].name, "out")) && p->dtypes[i] == DI_BF16);
         if (!ok)
             return di_fail(err, DI_ESPEC, "spec %s: argument %s cannot be specialized to %s", s->name,
                            s->args[i].name, di_dtype_name(p->dtypes[i]));

@@ -759,9 +759,10 @@ int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, bool 
     case DI_MATMUL: lower_matmul(o, s, p); return DI_OK;
     case DI_ATTENTION:
         for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)
-            if ((!strcmp(s->args[i].name, "kc") || !strcmp(s->args[i].name, "vc")) && p->dtypes[i] != DI_F32)
-                return di_fail(err, DI_ESPEC, "spec %s: the class lowering reads f32 K and V; a %s cache is read only by "
-                               "the fast profile's tensor-core attention (CUDA)", s->name, di_dtype_name(p->dtypes[i]));
+            if (s->args[i].role != DI_ROLE_SCALAR && s->args[i].dtype == DI_F32 && p->dtypes[i] != DI_F32)
+                return di_fail(err, DI_ESPEC, "spec %s: the class lowering reads f32 K and V and writes f32; a %s %s is "
+                               "only the fast profile's tensor-core attention's (CUDA)", s->name,
+                               di_dtype_name(p->dtypes[i]), s->args[i].name);
         lower_attention(o, s, p, c);
         return DI_OK;
     default: return di_fail(err, DI_ESPEC, "spec %s: class %d has no lowering", s->name, (int)s->cls);

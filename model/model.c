@@ -372,12 +372,13 @@ static int matmul(di_model *m, di_op op, long K, long N, bool x16, wmat *w, di_e
     return di_rt_op_kernel(m->rt, op, dv, 2, t, x16 ? 2 : 1, &w->k, err);
 }
 
-/* Attention over the cache's element type (bf16 K and V in the fast profile's layers). */
+/* Attention over the cache's element type: in the fast profile's tensor-core layers (kv16) bf16
+ * K and V, and out stored as bf16 for Wo's fast matmul (the rounding its cast would do). */
 static int attention(di_model *m, const long *headv, di_kernel **out, di_err *err)
 {
     di_dim_value dv[] = {{"NH", headv[0]}, {"NKV", headv[1]}, {"HD", headv[2]}};
-    di_arg_dtype kv[] = {{"kc", DI_BF16}, {"vc", DI_BF16}};
-    return di_rt_op_kernel(m->rt, DI_OP_attention, dv, 3, kv, m->kv16 ? 2 : 0, out, err);
+    di_arg_dtype kv[] = {{"kc", DI_BF16}, {"vc", DI_BF16}, {"out", DI_BF16}};
+    return di_rt_op_kernel(m->rt, DI_OP_attention, dv, 3, kv, m->kv16 ? 3 : 0, out, err);
 }
 
 static int prepare_kernels(di_model *m, di_err *err)
@@ -412,7 +413,7 @@ static int prepare_kernels(di_model *m, di_err *err)
     for (int l = 0; l < c->n_layers; l++) {
         layer *L = &m->layers[l];
         if (matmul(m, a->qkv_bias ? DI_OP_matmul_bias : DI_OP_matmul, D, QKVW, m->x16, &L->wqkv, err) ||
-            matmul(m, out, NH * HD, D, false, &L->wo, err) || matmul(m, DI_OP_matmul, D, 2 * F, m->x16, &L->wgu, err) ||
+            matmul(m, out, NH * HD, D, m->kv16 && !di_config_layer_windowed(c, l), &L->wo, err) || matmul(m, DI_OP_matmul, D, 2 * F, m->x16, &L->wgu, err) ||
             matmul(m, out, F, D, m->x16, &L->wdown, err))
             return di_wrap(err, "preparing kernels (layer %d)", l);
     }

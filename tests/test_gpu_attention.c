@@ -153,6 +153,7 @@ typedef struct {
     long qkvw;
     di_buf *kc, *vc, *btab;
     bool kv16;   /* a bf16 cache (kv_write_bf16), as the fast profile's models hold */
+    bool out16;  /* out stored as bf16 (for Wo's fast matmul), read back widened to f32 */
 } kv_cache;
 
 /* NSEQ sequences; sequence s owns blocks s, s + NSEQ, s + 2 NSEQ, ... in a permuted order. */
@@ -163,7 +164,7 @@ static kv_cache cache_new(di_rt *rt, heads h, bool kv16)
         for (int b = 0; b < MAXB; b++) btab[s * MAXB + b] = ((b * 7) % MAXB) * NSEQ + s;
     size_t bytes = (size_t)NSEQ * MAXB * KVB * h.nkv * h.hd * (kv16 ? 2 : 4);
     kv_cache c = {rt, h, (h.nh + 2 * h.nkv) * h.hd, th_buf(rt, NULL, bytes), th_buf(rt, NULL, bytes),
-                  th_buf(rt, btab, sizeof btab), kv16};
+                  th_buf(rt, btab, sizeof btab), kv16, false};
     return c;
 }
 
@@ -175,7 +176,7 @@ static void step(kv_cache *c, const float *qkv, const int *pos, const int *seq, 
     di_rt *rt = c->rt;
     long ow = c->h.nh * c->h.hd;
     di_buf *bq = th_buf(rt, qkv, rows * c->qkvw * 4), *bp = th_buf(rt, pos, rows * 4), *bs = th_buf(rt, seq, rows * 4),
-           *bo = th_buf(rt, NULL, rows * ow * 4);
+           *bo = th_buf(rt, NULL, rows * ow * (c->out16 ? 2 : 4));
     long sizes[] = {rows, MAXB};
     const char *kv_write = c->kv16 ? "kv_write_bf16" : "kv_write";
     di_specialization kw = th_spec(kv_write, "NH", c->h.nh, "NKV", c->h.nkv, "HD", c->h.hd, NULL);
@@ -186,6 +187,10 @@ static void step(kv_cache *c, const float *qkv, const int *pos, const int *seq, 
         cr_assert_eq(di_spec_set_dtype(as, &at, "kc", DI_BF16, &e) || di_spec_set_dtype(as, &at, "vc", DI_BF16, &e), 0,
                      "%s", e.msg);
     }
+    if (c->out16) {
+        di_err e = {0};
+        cr_assert_eq(di_spec_set_dtype(di_spec_find("attention"), &at, "out", DI_BF16, &e), 0, "%s", e.msg);
+    }
     if (mode) {   /* a forced mode is a fast schedule (the vendor negative control keeps its own) */
         at.profile = DI_PROFILE_FAST;
         at.att = att_mode(mode);
@@ -194,16 +199,25 @@ static void step(kv_cache *c, const float *qkv, const int *pos, const int *seq, 
     th_launch(rt, th_kernel(rt, kv_write, &kw), w, sizes);
     di_val a[] = {{.buf = bo}, {.buf = bq}, {.buf = c->kc}, {.buf = c->vc}, {.buf = bp}, {.buf = bs}, {.buf = c->btab}};
     th_launch(rt, th_kernel(rt, "attention", &at), a, sizes);
-    th_read(bo, out, rows * ow * 4);
+    if (c->out16) {
+        uint16_t *h = malloc(rows * ow * 2);
+        th_read(bo, h, rows * ow * 2);
+        for (long i = 0; i < rows * ow; i++) out[i] = th_from_bf16(h[i]);
+        free(h);
+    } else {
+        th_read(bo, out, rows * ow * 4);
+    }
     di_buf_free(bq); di_buf_free(bp); di_buf_free(bs); di_buf_free(bo);
 }
 
 /* Sequence 0's T tokens in chunks of `chunk`; with `mix`, every step also carries one token of
  * each of sequences 1..mix (their own positions, advancing), before and after sequence 0's. */
-static void run_seq(di_rt *rt, heads h, const float *x, const float *other, long chunk, long mix, int mode, bool kv16,
+/* kv16: 0 f32 cache; 1 bf16 cache; 2 bf16 cache and bf16 out */
+static void run_seq(di_rt *rt, heads h, const float *x, const float *other, long chunk, long mix, int mode, int kv16,
                     float *out)
 {
-    kv_cache c = cache_new(rt, h, kv16);
+    kv_cache c = cache_new(rt, h, kv16 > 0);
+    c.out16 = kv16 == 2;
     long ow = h.nh * h.hd, step_no = 0;
     for (long t0 = 0; t0 < T; t0 += chunk, step_no++) {
         long n = T - t0 < chunk ? T - t0 : chunk, rows = n + mix;
@@ -267,7 +281,7 @@ static void check_shape(heads h)
     th_fill(x, (size_t)T * qkvw, 11);
     th_fill(other, (size_t)2 * T * qkvw, 12);
     float *ref = malloc((size_t)T * ow * 4), *got = malloc((size_t)T * ow * 4);
-    run_seq(rt, h, x, other, T, 0, 1, false, ref);   /* the whole prompt in one step, fold mode */
+    run_seq(rt, h, x, other, T, 0, 1, 0, ref);   /* the whole prompt in one step, fold mode */
 
     /* Weights are rounded to bf16 and the sum of exp is taken over the rounded weights: the
      * error is a few bf16 ulps of the output's scale (values in [-1, 1)). Stated bound: 1e-2. */
@@ -285,25 +299,33 @@ static void check_shape(heads h)
                 for (size_t m = 0; m < 3; m++) {
                     if (rep > 0 && m == 1) continue;   /* keep the run short: the others repeat */
                     if (chunks[c] == 1 && mixes[m] == 63 && rep > 0) continue;
-                    run_seq(rt, h, x, other, chunks[c], mixes[m], mode, false, got);
+                    run_seq(rt, h, x, other, chunks[c], mixes[m], mode, 0, got);
                     cr_assert(th_bits_equal(got, ref, (size_t)T * ow),
                               "HD %ld: chunk %ld with %ld other sequences per step, %s mode (repetition %d) "
                               "differs from the whole prompt in fold mode",
                               h.hd, chunks[c], mixes[m], mode == 1 ? "fold" : "split", rep + 1);
                 }
     /* the product's own choice of mode, per step */
-    run_seq(rt, h, x, other, 1, 63, 0, false, got);
+    run_seq(rt, h, x, other, 1, 63, 0, 0, got);
     cr_assert(th_bits_equal(got, ref, (size_t)T * ow), "HD %ld: decode in batches of 64, automatic mode", h.hd);
-    run_seq(rt, h, x, other, 100, 5, 0, false, got);
+    run_seq(rt, h, x, other, 100, 5, 0, 0, got);
     cr_assert(th_bits_equal(got, ref, (size_t)T * ow), "HD %ld: chunks of 100 + 5 decodes, automatic mode", h.hd);
-    /* a bf16 cache: the same operands reach the tensor cores, so the same bits, in each mode */
+    /* a bf16 cache: the same operands reach the tensor cores, so the same bits, in each mode;
+     * with bf16 out too: each output the f32 one rounded to nearest even (the test's own rounding) */
     const long feed[][3] = {{T, 0, 1}, {7, 2, 2}, {1, 63, 0}, {100, 5, 0}};
+    float *ref16 = malloc((size_t)T * ow * 4);
+    for (size_t i = 0; i < (size_t)T * ow; i++) ref16[i] = th_from_bf16(th_bf16(ref[i]));
     for (size_t f = 0; f < sizeof feed / sizeof feed[0]; f++) {
-        run_seq(rt, h, x, other, feed[f][0], feed[f][1], (int)feed[f][2], true, got);
+        run_seq(rt, h, x, other, feed[f][0], feed[f][1], (int)feed[f][2], 1, got);
         cr_assert(th_bits_equal(got, ref, (size_t)T * ow), "HD %ld: a bf16 KV cache (chunk %ld, %ld others, mode %ld) "
                   "differs from the f32 one", h.hd, feed[f][0], feed[f][1], feed[f][2]);
+        run_seq(rt, h, x, other, feed[f][0], feed[f][1], (int)feed[f][2], 2, got);
+        cr_assert(th_bits_equal(got, ref16, (size_t)T * ow), "HD %ld: bf16 out (chunk %ld, %ld others, mode %ld) is "
+                  "not the f32 out rounded to nearest even", h.hd, feed[f][0], feed[f][1], feed[f][2]);
     }
-    cr_log_info("fast attention HD %ld: bf16 KV cache == f32 KV cache bitwise (4 feedings)", h.hd);
+    free(ref16);
+    cr_log_info("fast attention HD %ld: bf16 KV cache == f32 KV cache, bf16 out == f32 out rounded, bitwise (4 feedings)",
+                h.hd);
     free(x); free(other); free(ref); free(got);
     di_rt_close(rt);
 }
@@ -324,8 +346,8 @@ Test(gpu_attention, vendor_split_size_from_the_batch_changes_bits, .timeout = 30
     th_fill(x, (size_t)T * qkvw, 11);
     th_fill(other, (size_t)2 * T * qkvw, 12);
     float *whole = malloc((size_t)T * ow * 4), *decode = malloc((size_t)T * ow * 4);
-    run_seq(rt, h, x, other, T, 0, 0, false, whole);
-    run_seq(rt, h, x, other, 1, 0, 0, false, decode);
+    run_seq(rt, h, x, other, T, 0, 0, 0, whole);
+    run_seq(rt, h, x, other, 1, 0, 0, 0, decode);
     size_t differ = 0;
     for (size_t i = 0; i < (size_t)T * ow; i++) differ += memcmp(&whole[i], &decode[i], 4) != 0;
     cr_log_info("vendor attention: %zu of %zu outputs differ between prefill and decode", differ, (size_t)T * ow);
