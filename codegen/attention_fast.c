@@ -185,61 +185,55 @@ static const char device_helpers[] =
     "\n";
 
 /* One split's K and V into shared memory, from an f32 cache (rounded here) or a bf16 one
- * (rounded alike by kv_write_bf16): the same bf16 operands either way. */
-static const char load_split_f32[] =
-    "/* The block's threads load keys [j0, j0 + SPLIT) of KV head kvh of sequence S as bf16: K to\n"
-    " * ks[key][d], V to vt[d][key]; positions past pmax are zeros (they may never have been written). */\n"
-    "DI_FN void af_load_split(unsigned short *ks, unsigned short *vt, const float *kc, const float *vc,\n"
-    "                         const int *btab, long maxb, long S, long kvh, long j0, long pmax)\n"
-    "{\n"
-    "#pragma unroll 4\n"
-    "    for (int i = threadIdx.x; i < SPLIT * HD / 4; i += blockDim.x) {\n"
-    "        const int key = i / (HD / 4), d4 = (i % (HD / 4)) * 4;\n"
-    "        const long p = j0 + key;\n"
-    "        float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;\n"
-    "        if (p <= pmax) {\n"
-    "            const long blk = btab[S * maxb + p / KVB];\n"
-    "            const long off = ((blk * KVB + p % KVB) * NKV + kvh) * HD + d4;\n"
-    "            kv = __ldg((const float4 *)(kc + off));\n"
-    "            vv = __ldg((const float4 *)(vc + off));\n"
-    "        }\n"
-    "        unsigned *kd = (unsigned *)(ks + key * AF_KS + d4);\n"
-    "        kd[0] = di_pack_bf16x2(kv.x, kv.y);\n"
-    "        kd[1] = di_pack_bf16x2(kv.z, kv.w);\n"
-    "        const unsigned v01 = di_pack_bf16x2(vv.x, vv.y), v23 = di_pack_bf16x2(vv.z, vv.w);\n"
-    "        vt[(d4 + 0) * AF_VS + key] = (unsigned short)(v01 & 0xffffu);\n"
-    "        vt[(d4 + 1) * AF_VS + key] = (unsigned short)(v01 >> 16);\n"
-    "        vt[(d4 + 2) * AF_VS + key] = (unsigned short)(v23 & 0xffffu);\n"
-    "        vt[(d4 + 3) * AF_VS + key] = (unsigned short)(v23 >> 16);\n"
-    "    }\n"
-    "}\n";
-static const char load_split_bf16[] =
-    "/* The block's threads load keys [j0, j0 + SPLIT) of KV head kvh of sequence S from the bf16\n"
-    " * cache: K to ks[key][d], V to vt[d][key]; positions past pmax are zeros (they may never have\n"
-    " * been written). */\n"
-    "DI_FN void af_load_split(unsigned short *ks, unsigned short *vt, const di_bf16 *kc, const di_bf16 *vc,\n"
-    "                         const int *btab, long maxb, long S, long kvh, long j0, long pmax)\n"
-    "{\n"
-    "#pragma unroll 4\n"
-    "    for (int i = threadIdx.x; i < SPLIT * HD / 4; i += blockDim.x) {\n"
-    "        const int key = i / (HD / 4), d4 = (i % (HD / 4)) * 4;\n"
-    "        const long p = j0 + key;\n"
-    "        uint2 kv = make_uint2(0u, 0u), vv = kv;\n"
-    "        if (p <= pmax) {\n"
-    "            const long blk = btab[S * maxb + p / KVB];\n"
-    "            const long off = ((blk * KVB + p % KVB) * NKV + kvh) * HD + d4;\n"
-    "            kv = __ldg((const uint2 *)(kc + off));\n"
-    "            vv = __ldg((const uint2 *)(vc + off));\n"
-    "        }\n"
-    "        unsigned *kd = (unsigned *)(ks + key * AF_KS + d4);\n"
-    "        kd[0] = kv.x;\n"
-    "        kd[1] = kv.y;\n"
-    "        vt[(d4 + 0) * AF_VS + key] = (unsigned short)(vv.x & 0xffffu);\n"
-    "        vt[(d4 + 1) * AF_VS + key] = (unsigned short)(vv.x >> 16);\n"
-    "        vt[(d4 + 2) * AF_VS + key] = (unsigned short)(vv.y & 0xffffu);\n"
-    "        vt[(d4 + 3) * AF_VS + key] = (unsigned short)(vv.y >> 16);\n"
-    "    }\n"
-    "}\n";
+ * (rounded alike by kv_write_bf16): the same bf16 operands either way. One loader; what differs
+ * is the element type, the 4-element vector read and how it becomes two bf16 pairs. */
+typedef struct kv_loader {
+    const char *comment, *elem, *vec, *zero;
+    const char *k01, *k23;    /* K's pairs (d, d+1) and (d+2, d+3) as packed bf16x2 */
+    const char *vprep;        /* a line making V's pairs, or "" */
+    const char *v01, *v23;    /* V's pairs */
+} kv_loader;
+
+static const kv_loader load_f32 = {
+    " as bf16: K to\n * ks[key][d], V to vt[d][key]; positions past pmax are zeros (they may never have been written). */\n",
+    "float", "float4", "make_float4(0.0f, 0.0f, 0.0f, 0.0f)", "di_pack_bf16x2(kv.x, kv.y)", "di_pack_bf16x2(kv.z, kv.w)",
+    "        const unsigned v01 = di_pack_bf16x2(vv.x, vv.y), v23 = di_pack_bf16x2(vv.z, vv.w);\n", "v01", "v23"};
+static const kv_loader load_bf16 = {
+    " from the bf16\n * cache: K to ks[key][d], V to vt[d][key]; positions past pmax are zeros (they may never have\n"
+    " * been written). */\n",
+    "di_bf16", "uint2", "make_uint2(0u, 0u)", "kv.x", "kv.y", "", "vv.x", "vv.y"};
+
+static void emit_load_split(di_str *o, const kv_loader *l)
+{
+    di_str_printf(o,
+        "/* The block's threads load keys [j0, j0 + SPLIT) of KV head kvh of sequence S%s"
+        "DI_FN void af_load_split(unsigned short *ks, unsigned short *vt, const %s *kc, const %s *vc,\n"
+        "                         const int *btab, long maxb, long S, long kvh, long j0, long pmax)\n"
+        "{\n"
+        "#pragma unroll 4\n"
+        "    for (int i = threadIdx.x; i < SPLIT * HD / 4; i += blockDim.x) {\n"
+        "        const int key = i / (HD / 4), d4 = (i %% (HD / 4)) * 4;\n"
+        "        const long p = j0 + key;\n"
+        "        %s kv = %s, vv = kv;\n"
+        "        if (p <= pmax) {\n"
+        "            const long blk = btab[S * maxb + p / KVB];\n"
+        "            const long off = ((blk * KVB + p %% KVB) * NKV + kvh) * HD + d4;\n"
+        "            kv = __ldg((const %s *)(kc + off));\n"
+        "            vv = __ldg((const %s *)(vc + off));\n"
+        "        }\n"
+        "        unsigned *kd = (unsigned *)(ks + key * AF_KS + d4);\n"
+        "        kd[0] = %s;\n"
+        "        kd[1] = %s;\n"
+        "%s"
+        "        vt[(d4 + 0) * AF_VS + key] = (unsigned short)(%s & 0xffffu);\n"
+        "        vt[(d4 + 1) * AF_VS + key] = (unsigned short)(%s >> 16);\n"
+        "        vt[(d4 + 2) * AF_VS + key] = (unsigned short)(%s & 0xffffu);\n"
+        "        vt[(d4 + 3) * AF_VS + key] = (unsigned short)(%s >> 16);\n"
+        "    }\n"
+        "}\n",
+        l->comment, l->elem, l->elem, l->vec, l->zero, l->vec, l->vec, l->k01, l->k23, l->vprep, l->v01, l->v01, l->v23,
+        l->v23);
+}
 
 /* Phase 1. A block takes nwarps * rows_per_warp consecutive batch rows and one KV head, and
  * walks them in runs of one sequence: for each split of a run its threads load K and V once,
@@ -446,7 +440,7 @@ static int af_emit(di_str *o, const di_spec *s, const di_specialization *p, cons
                   (double)(float)scale, p->dtypes[oi] == DI_BF16 ? "di_f32_to_bf16(v)  /* bf16 out: nearest even */" : "(v)");
     di_str_puts(o, di_cuda_mma_helpers);
     di_str_puts(o, device_helpers);
-    di_str_puts(o, kv_dtype(s, p) == DI_BF16 ? load_split_bf16 : load_split_f32);
+    emit_load_split(o, kv_dtype(s, p) == DI_BF16 ? &load_bf16 : &load_f32);
     di_str_printf(o, "\n/* phase 1: per-split results (split mode) or the whole fold (fold mode) */\n"
                      "extern \"C\" __global__ void __launch_bounds__(%d) %s(",
                   c.warps * 32, name);

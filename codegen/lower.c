@@ -30,7 +30,8 @@ bool di_row_sliced(const di_arg *a, char *rowlen, size_t len)
  * di_f32_to_bf16, as cast_bf16 rounds the f32 it would have read (so the same bits). */
 static bool stored_bf16(const di_spec *s, const di_specialization *p, int i)
 {
-    return s->cls != DI_MATMUL && s->args[i].role == DI_ROLE_OUT && s->args[i].dtype == DI_F32 && p->dtypes[i] == DI_BF16;
+    bool body = s->cls == DI_MAP || s->cls == DI_GATHER || s->cls == DI_ROW_REDUCE;   /* as di_specialization_check */
+    return body && s->args[i].role == DI_ROLE_OUT && s->args[i].dtype == DI_F32 && p->dtypes[i] == DI_BF16;
 }
 
 static const char bf16_store_type[] =

@@ -372,13 +372,23 @@ static int matmul(di_model *m, di_op op, long K, long N, bool x16, wmat *w, di_e
     return di_rt_op_kernel(m->rt, op, dv, 2, t, x16 ? 2 : 1, &w->k, err);
 }
 
-/* Attention over the cache's element type: in the fast profile's tensor-core layers (kv16) bf16
- * K and V, and out stored as bf16 for Wo's fast matmul (the rounding its cast would do). */
-static int attention(di_model *m, const long *headv, di_kernel **out, di_err *err)
+/* The attention of the fast profile's tensor-core layers (kv16): bf16 K and V, and out stored
+ * as bf16 for Wo's fast matmul (the rounding its cast would do). */
+static const di_arg_dtype attention16[] = {{"kc", DI_BF16}, {"vc", DI_BF16}, {"out", DI_BF16}};
+
+static int attention_dims(const di_config *c, di_dim_value dv[3])
 {
-    di_dim_value dv[] = {{"NH", headv[0]}, {"NKV", headv[1]}, {"HD", headv[2]}};
-    di_arg_dtype kv[] = {{"kc", DI_BF16}, {"vc", DI_BF16}, {"out", DI_BF16}};
-    return di_rt_op_kernel(m->rt, DI_OP_attention, dv, 3, kv, m->kv16 ? 3 : 0, out, err);
+    dv[0] = (di_dim_value){"NH", c->n_heads};
+    dv[1] = (di_dim_value){"NKV", c->n_kv_heads};
+    dv[2] = (di_dim_value){"HD", c->head_dim};
+    return 3;
+}
+
+/* Attention over the cache's element type (attention16 in the kv16 layers). */
+static int attention(di_model *m, di_kernel **out, di_err *err)
+{
+    di_dim_value dv[3];
+    return di_rt_op_kernel(m->rt, DI_OP_attention, dv, attention_dims(&m->c, dv), attention16, m->kv16 ? 3 : 0, out, err);
 }
 
 static int prepare_kernels(di_model *m, di_err *err)
@@ -399,7 +409,7 @@ static int prepare_kernels(di_model *m, di_err *err)
         (a->qk_norm && kernel(m, DI_OP_qk_norm, heads, headv, 3, &k->qk_norm, err)) ||
         kernel(m, a->rope == DI_ROPE_ADJACENT ? DI_OP_rope_adjacent : DI_OP_rope_halfsplit, heads, headv, 4, &k->rope, err) ||
         kernel(m, m->kv16 ? DI_OP_kv_write_bf16 : DI_OP_kv_write, heads, headv, 3, &k->kv_write, err) ||
-        attention(m, headv, &k->attention, err) ||
+        attention(m, &k->attention, err) ||
         (a->swa_period && kernel(m, DI_OP_kv_write, heads, headv, 3, &k->kv_write_window, err)) ||
         (a->swa_period && kernel(m, DI_OP_attention_window, win, winv, 4, &k->attention_window, err)) ||
         kernel_y(m, a->act == DI_ACT_SILU ? DI_OP_swiglu : DI_OP_geglu, (const char *[]){"F"}, (long[]){F}, 1, m->x16,
@@ -434,14 +444,13 @@ size_t di_model_kv_bytes_per_pos(const di_model *m)
     return n;
 }
 
-/* bf16 K and V in the fast profile where its tensor-core attention reads them (head shapes
- * it takes: the class lowering, which runs the others, multiplies f32). */
+/* kv16 where the tensor-core attention takes the head shape (the class lowering, which runs
+ * the others, multiplies f32) */
 static bool kv16_for(const di_model *m)
 {
-    const di_config *c = &m->c;
-    di_dim_value dv[] = {{"NH", c->n_heads}, {"NKV", c->n_kv_heads}, {"HD", c->head_dim}};
-    di_arg_dtype kv[] = {{"kc", DI_BF16}, {"vc", DI_BF16}};
-    return di_rt_profile(m->rt) == DI_PROFILE_FAST && di_rt_op_available(m->rt, DI_OP_attention, dv, 3, kv, 2);
+    di_dim_value dv[3];
+    return di_rt_profile(m->rt) == DI_PROFILE_FAST &&
+           di_rt_op_available(m->rt, DI_OP_attention, dv, attention_dims(&m->c, dv), attention16, 3);
 }
 
 static int alloc_buffers(di_model *m, di_err *err)

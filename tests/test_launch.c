@@ -101,19 +101,10 @@ static void compare(di_rt *rt_a, di_launch_mode a, di_rt *rt_b, di_launch_mode b
     di_model_free(lb.m);
 }
 
-static di_rt *cpu_rt(void)
-{
-    di_rt_opts o = {.backend = DI_BACKEND_C, .threads = 2, .profile = DI_PROFILE_EXACT};
-    di_rt *rt;
-    di_err e = {0};
-    cr_assert_eq(di_rt_open(&o, &rt, &e), 0, "%s", e.msg);
-    return rt;
-}
-
 Test(launch, buckets)
 {
     NEED_MODEL();
-    di_rt *rt = cpu_rt();
+    di_rt *rt = th_rt(DI_BACKEND_C, 2);
     lmodel e = open_lmodel(rt, DI_LAUNCH_EAGER), p = open_lmodel(rt, DI_LAUNCH_PADDED), a = open_lmodel(rt, DI_LAUNCH_AUTO);
     cr_assert_eq(di_model_launch(e.m), DI_LAUNCH_EAGER);
     cr_assert_eq(di_model_launch(a.m), DI_LAUNCH_EAGER, "the CPU pads nothing");
@@ -132,7 +123,7 @@ Test(launch, buckets)
 Test(launch, padded_equals_eager_cpu, .timeout = 600)
 {
     NEED_MODEL();
-    di_rt *rt = cpu_rt();
+    di_rt *rt = th_rt(DI_BACKEND_C, 2);
     compare(rt, DI_LAUNCH_EAGER, rt, DI_LAUNCH_PADDED, "cpu exact");
     di_rt_close(rt);
 }
@@ -140,7 +131,7 @@ Test(launch, padded_equals_eager_cpu, .timeout = 600)
 Test(launch, graphs_refused_without_a_gpu)
 {
     NEED_MODEL();
-    di_rt *rt = cpu_rt();
+    di_rt *rt = th_rt(DI_BACKEND_C, 2);
     di_model *m = NULL;
     di_err e = {0};
     di_model_opts o = {.max_batch_tokens = 8, .ctx = 64, .kv_blocks = 2, .max_seqs = 1, .launch = DI_LAUNCH_GRAPHS};
