@@ -30,12 +30,15 @@ struct di_cc_code { void *handle; int fd; };
  *   -fno-strict-aliasing: the matmul lowering reads two bf16 weights as one 32-bit word.
  *   -fno-tree-loop-distribute-patterns: no memset/memcpy calls for zeroing loops (the unit is
  *       linked -nostdlib, as it is for libtcc).
- *   -mavx2 (x86-64 with AVX2 only): 8 lanes; no -mfma, so no FMA instruction can appear at all. */
+ *   -mavx2 (x86-64 with AVX2 only): 8 lanes; no -mfma, so no FMA instruction can appear at all.
+ *   -mavx512f/vl/bw/dq (where the host has all four): 16 lanes for the packed matmul's vectors
+ *       (GCC's -mavx512f does not imply -mfma either). Either way each lane is one output's chain:
+ *       the width changes how many run at once, never a bit. */
 static const char *const base_flags[] = {
     "-std=gnu11", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno",
     "-fno-strict-aliasing", "-fno-tree-loop-distribute-patterns", "-fPIC", "-shared", "-nostdlib", "-s", "-w",
 };
-enum { NBASE = sizeof base_flags / sizeof base_flags[0], MAX_FLAGS = NBASE + 2 };
+enum { NBASE = sizeof base_flags / sizeof base_flags[0], MAX_FLAGS = NBASE + 6 };
 
 static struct {
     pthread_once_t once;
@@ -105,6 +108,10 @@ static void do_probe(void)
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2")) probe.flags[probe.nflags++] = "-mavx2";
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq"))
+        for (const char *const *f = (const char *const[]){"-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", NULL}; *f; f++)
+            probe.flags[probe.nflags++] = *f;
 #endif
     char dir[512], out[600];
     scratch_dir(dir, sizeof dir);
