@@ -274,8 +274,8 @@ int di_geometry_for(const di_spec *s, const di_specialization *p, di_backend_kin
         g->grid[1] = ceil_div(rows, rt);
         break;
     }
-    case DI_ATTENTION:
-        g->grid[0] = (unsigned)di_spec_dim(s, p, "NH");
+    case DI_ATTENTION:   /* a block per (q head, row); on the C backend per (group of q heads, row) */
+        g->grid[0] = (unsigned)(di_spec_dim(s, p, "NH") / (b == DI_BACKEND_C ? di_attention_c_heads(s, p) : 1));
         g->grid[1] = (unsigned)rows;
         break;
     default:

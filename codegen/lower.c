@@ -73,6 +73,10 @@ static void lower_map(di_str *o, const di_spec *s, const di_specialization *p)
  * (lane l takes lane l + s for s = LANES/2 ... 1). Same for every row count. */
 static void emit_reduce(di_str *o, const di_spec *s, const di_reduce *r, bool c)
 {
+    if (r->op == DI_RONCE) {
+        di_str_printf(o, "    const float %s = %s;   /* once per row */\n", r->name, r->expr);
+        return;
+    }
     bool sum = r->op == DI_RSUM;
     di_str_printf(o, "    /* %s %s: strided lanes, then a halving tree */\n", sum ? "sum" : "max", r->name);
     if (c)   /* each lane's chain as below; the lanes run side by side (SIMD), not one after another */
@@ -126,23 +130,44 @@ static void lower_row_reduce(di_str *o, const di_spec *s, const di_specializatio
 
 /* argmax: lane l keeps its first largest value (strictly greater replaces), lanes combine
  * by a halving tree preferring the larger value, then the lower id. NaN never wins. */
-static void lower_sample(di_str *o, const di_spec *s, const di_specialization *p)
+static void lower_sample(di_str *o, const di_spec *s, const di_specialization *p, bool c)
 {
     di_str_puts(o, "    const long r = by;\n");
     emit_slices(o, s, p, "r", "    ");
-    di_str_printf(o,
-        "    DI_SHARED float di_bv[LANES];\n"
-        "    DI_SHARED int di_bi[LANES];\n"
-        "    DI_FOR_THREADS(l, LANES) {\n"
-        "        float bv = -DI_INF;\n"
-        "        int bi = -1;\n"
-        "        for (long i = l; i < (long)(%s); i += LANES) {\n"
-        "            float v = x[i];\n"
-        "            if (v > bv || (bi < 0 && v == v)) { bv = v; bi = (int)i; }\n"
-        "        }\n"
-        "        di_bv[l] = bv;\n"
-        "        di_bi[l] = bi;\n"
-        "    }\n"
+    di_str_puts(o, "    DI_SHARED float di_bv[LANES];\n"
+                   "    DI_SHARED int di_bi[LANES];\n");
+    if (c)   /* each lane's scan as below; the lanes run side by side (SIMD), not one after another */
+        di_str_printf(o,
+            "    {\n"
+            "        float bv[LANES];\n"
+            "        int bi[LANES];\n"
+            "        for (long l = 0; l < LANES; l++) bv[l] = -DI_INF, bi[l] = -1;\n"
+            "        for (long i0 = 0; i0 < (long)(%1$s); i0 += LANES) {\n"
+            "            const long nl = (long)(%1$s) - i0 < LANES ? (long)(%1$s) - i0 : LANES;\n"
+            "            for (long l = 0; l < nl; l++) {\n"
+            "                const float v = x[i0 + l];\n"
+            "                const int take = v > bv[l] || (bi[l] < 0 && v == v);\n"
+            "                bv[l] = take ? v : bv[l];\n"
+            "                bi[l] = take ? (int)(i0 + l) : bi[l];\n"
+            "            }\n"
+            "        }\n"
+            "        for (long l = 0; l < LANES; l++) di_bv[l] = bv[l], di_bi[l] = bi[l];\n"
+            "    }\n",
+            s->cols);
+    else
+        di_str_printf(o,
+            "    DI_FOR_THREADS(l, LANES) {\n"
+            "        float bv = -DI_INF;\n"
+            "        int bi = -1;\n"
+            "        for (long i = l; i < (long)(%s); i += LANES) {\n"
+            "            float v = x[i];\n"
+            "            if (v > bv || (bi < 0 && v == v)) { bv = v; bi = (int)i; }\n"
+            "        }\n"
+            "        di_bv[l] = bv;\n"
+            "        di_bi[l] = bi;\n"
+            "    }\n",
+            s->cols);
+    di_str_puts(o,
         "    DI_SYNC();\n"
         "    for (int s = LANES / 2; s > 0; s >>= 1) {\n"
         "        DI_FOR_THREADS(l, s) {\n"
@@ -155,8 +180,7 @@ static void lower_sample(di_str *o, const di_spec *s, const di_specialization *p
         "        }\n"
         "        DI_SYNC();\n"
         "    }\n"
-        "    DI_ONE_THREAD { id[0] = di_bi[0] < 0 ? 0 : di_bi[0]; }\n",
-        s->cols);
+        "    DI_ONE_THREAD { id[0] = di_bi[0] < 0 ? 0 : di_bi[0]; }\n");
 }
 
 static const char *load_expr(di_dtype t) { return t == DI_BF16 ? "di_bf16_to_f32" : ""; }
@@ -349,48 +373,102 @@ static void emit_pk_scalar(di_str *o, di_dtype wt)
                    "}\n");
 }
 
+/* The vector forms (GNU C only; libtcc runs di_pk_w lane by lane). Where the target has 512-bit
+ * vectors, two records side by side (outputs 8g..8g+15) make one 16-lane vector: the same
+ * operations per lane, half the instructions. DI_PK_PF: how far ahead of the record in use the
+ * weights are prefetched, in bytes; a decode step streams every matrix once, and without it a
+ * core waits on memory (measured on the 2-core VM: 16 KB ahead, 1.5x the stream rate). */
 static void mm_packed_helpers(di_str *o, const mm_c *m)
 {
     emit_pk_scalar(o, m->wt);
     di_str_puts(o, "#if defined(__GNUC__) && !defined(__TINYC__)\n"
                    "#define DI_PK_VEC 1\n"
+                   "#define DI_PK_PF 16384\n"
                    "typedef float di_v8f __attribute__((vector_size(32)));\n"
                    "typedef int di_v8i __attribute__((vector_size(32)));\n"
                    "typedef unsigned di_v8u __attribute__((vector_size(32)));\n"
+                   "#if defined(__AVX512F__)\n"
+                   "#define DI_PK_V16 1\n"
+                   "typedef float di_v16f __attribute__((vector_size(64)));\n"
+                   "typedef int di_v16i __attribute__((vector_size(64)));\n"
+                   "typedef unsigned di_v16u __attribute__((vector_size(64)));\n"
+                   "#define DI_PK_CAT(a, b) __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)\n"
+                   "DI_FN di_v16f di_pk_f16(const unsigned char *a, const unsigned char *b)\n"
+                   "{ di_v8f u, v; __builtin_memcpy(&u, a, 32); __builtin_memcpy(&v, b, 32); return DI_PK_CAT(u, v); }\n"
+                   "DI_FN di_v16u di_pk_u16(const unsigned char *a, const unsigned char *b)\n"
+                   "{ di_v8u u, v; __builtin_memcpy(&u, a, 32); __builtin_memcpy(&v, b, 32); return DI_PK_CAT(u, v); }\n"
+                   "#endif\n"
                    "#endif\n\n");
 }
 
-/* The 8 lanes' weights at k = 32b + per_word * jj + s, as di_pk_w decodes one: w, then `use`
- * (a format with %1$d for per_word and %2$d for s). */
-static void mm_packed_step(di_str *o, bool q8, int s, int per_word, const char *use)
+/* The lanes' weights at k = 32b + per_word * jj + s, as di_pk_w decodes one: w, then `use`
+ * (a format with %1$d for per_word and %2$d for s); lanes is 8 or 16. */
+static void mm_packed_step(di_str *o, bool q8, int s, int per_word, int lanes, const char *use)
 {
     char code[96], tail[1024];
-    if (q8) snprintf(code, sizeof code, "(di_v8i)(q << %d) >> 24", 24 - 8 * s);
-    else snprintf(code, sizeof code, "(di_v8i)((q >> %d) & 15u)", 4 * s);
+    if (q8) snprintf(code, sizeof code, "(di_v%di)(q << %d) >> 24", lanes, 24 - 8 * s);
+    else snprintf(code, sizeof code, "(di_v%di)((q >> %d) & 15u)", lanes, 4 * s);
     snprintf(tail, sizeof tail, use, per_word, s);
-    di_str_printf(o, "                        { const di_v8f v = d * __builtin_convertvector(%s, di_v8f) + m;\n"
-                     "                          const di_v8f t = v * 65537.0f, w = t - (t - v);\n"
-                     "                          %s }\n",
-                  code, tail);
+    di_str_printf(o, "                        { const di_v%1$df v = d * __builtin_convertvector(%2$s, di_v%1$df) + m;\n"
+                     "                          const di_v%1$df t = v * 65537.0f, w = t - (t - v);\n"
+                     "                          %3$s }\n",
+                  lanes, code, tail);
 }
 
-/* Record r's d and m, and the loop over its code words q, for the steps inside. */
-static void mm_packed_record(di_str *o, bool q8, const char *use)
+/* Record r's d and m (and with 16 lanes record r2's beside them), the prefetch of the stream
+ * ahead, and the loop over its code words q, for the steps inside. */
+static void mm_packed_record(di_str *o, bool q8, int lanes, const char *use)
 {
     int per_word = q8 ? 4 : 8;
-    di_str_printf(o, "                    di_v8f d, m;\n"
-                     "                    __builtin_memcpy(&d, r, 32);\n"
-                     "                    __builtin_memcpy(&m, r + 32, 32);\n"
-                     "                    for (int jj = 0; jj < %d; jj++) {\n"
-                     "                        di_v8u q;\n"
-                     "                        __builtin_memcpy(&q, r + 64 + 32 * jj, 32);\n",
-                  32 / per_word);
-    for (int st = 0; st < per_word; st++) mm_packed_step(o, q8, st, per_word, use);
+    di_str_puts(o, "                    for (int l = 0; l < DI_PK_REC; l += 64) {\n"
+                   "                        __builtin_prefetch(r + DI_PK_PF + l);\n");
+    if (lanes == 16) di_str_puts(o, "                        __builtin_prefetch(r2 + DI_PK_PF + l);\n");
+    di_str_puts(o, "                    }\n");
+    if (lanes == 16)
+        di_str_printf(o, "                    const di_v16f d = di_pk_f16(r, r2), m = di_pk_f16(r + 32, r2 + 32);\n"
+                         "                    for (int jj = 0; jj < %d; jj++) {\n"
+                         "                        const di_v16u q = di_pk_u16(r + 64 + 32 * jj, r2 + 64 + 32 * jj);\n",
+                      32 / per_word);
+    else
+        di_str_printf(o, "                    di_v8f d, m;\n"
+                         "                    __builtin_memcpy(&d, r, 32);\n"
+                         "                    __builtin_memcpy(&m, r + 32, 32);\n"
+                         "                    for (int jj = 0; jj < %d; jj++) {\n"
+                         "                        di_v8u q;\n"
+                         "                        __builtin_memcpy(&q, r + 64 + 32 * jj, 32);\n",
+                      32 / per_word);
+    for (int st = 0; st < per_word; st++) mm_packed_step(o, q8, st, per_word, lanes, use);
     di_str_puts(o, "                    }\n");
 }
 
-/* R rows at once (R = 8, 4, 2, 1): each record is decoded once for all of them, and each row's
- * chunk chain for the 8 lanes is one vector c<i>; a chunk's sums join at[] in chunk order. */
+/* Columns j.. of R rows (one group of 8, or two of 16 lanes): each record is decoded once for
+ * all the rows, and each row's chunk chain for the lanes is one vector c<i>; a chunk's sums
+ * join at[] in chunk order. */
+static void mm_rows_packed_group(di_str *o, const mm_c *m, int rows, int lanes)
+{
+    di_str_printf(o, "            const unsigned char *wg = w_ + (n0 + j) / 8 * nb * DI_PK_REC%s;\n"
+                     "            for (long kc = 0; kc < K; kc += SPLIT) {\n"
+                     "                const long be = (kc + SPLIT < K ? kc + SPLIT : K) / 32;\n",
+                  lanes == 16 ? ", *wg2 = wg + nb * DI_PK_REC" : "");
+    for (int i = 0; i < rows; i++) di_str_printf(o, "                di_v%df c%d = {0};\n", lanes, i);
+    di_str_printf(o, "                for (long b = kc / 32; b < be; b++) {\n"
+                     "                    const unsigned char *r = wg + b * DI_PK_REC%s;\n"
+                     "                    const long kb = b * 32;\n",
+                  lanes == 16 ? ", *r2 = wg2 + b * DI_PK_REC" : "");
+    di_str use = {0};
+    for (int i = 0; i < rows; i++)
+        di_str_printf(&use, "%sc%d = c%d + %s(x%d[kb + %%1$d * jj + %%2$d]) * w;", i ? " " : "", i, i, m->lx, i);
+    mm_packed_record(o, m->wt == DI_Q8X8, lanes, use.p);
+    di_str_free(&use);
+    di_str_puts(o, "                }\n");
+    for (int i = 0; i < rows; i++)
+        di_str_printf(o, "                { di_v%1$df a; __builtin_memcpy(&a, at + %2$d * DI_MM_CG + j, %3$d); a = a + c%2$d; "
+                         "__builtin_memcpy(at + %2$d * DI_MM_CG + j, &a, %3$d); }\n", lanes, i, lanes * 4);
+    di_str_puts(o, "            }\n");
+}
+
+/* R rows at once (R = 8, 4, 2, 1); 16 lanes where the target has them and a second group
+ * holds a column of the block (its records exist: outputs past N are zero records). */
 static void mm_rows_packed(di_str *o, const mm_c *m, int rows)
 {
     di_str_printf(o, "static void %s_rows%d(float *at, const %s *x_, const unsigned char *w_, long n0, long nc, long r0)\n"
@@ -398,27 +476,15 @@ static void mm_rows_packed(di_str *o, const mm_c *m, int rows)
                      "    const long nb = K / 32;\n",
                   m->name, rows, di_dtype_ctype(m->xt));
     for (int i = 0; i < rows; i++) di_str_printf(o, "    const %s *x%d = x_ + (r0 + %d) * K;\n", di_dtype_ctype(m->xt), i, i);
-    di_str_puts(o, "    for (long j = 0; j < nc; j += 8) {\n"
-                   "        const unsigned char *wg = w_ + (n0 + j) / 8 * nb * DI_PK_REC;\n"
-                   "        for (long kc = 0; kc < K; kc += SPLIT) {\n"
-                   "            const long be = (kc + SPLIT < K ? kc + SPLIT : K) / 32;\n");
-    for (int i = 0; i < rows; i++) di_str_printf(o, "            di_v8f c%d = {0};\n", i);
-    di_str_puts(o, "            for (long b = kc / 32; b < be; b++) {\n"
-                   "                const unsigned char *r = wg + b * DI_PK_REC;\n"
-                   "                const long kb = b * 32;\n"
-                   "                {\n");
-    di_str use = {0};
-    for (int i = 0; i < rows; i++)
-        di_str_printf(&use, "%sc%d = c%d + %s(x%d[kb + %%1$d * jj + %%2$d]) * w;", i ? " " : "", i, i, m->lx, i);
-    mm_packed_record(o, m->wt == DI_Q8X8, use.p);
-    di_str_free(&use);
-    di_str_puts(o, "                }\n"
-                   "            }\n");
-    for (int i = 0; i < rows; i++)
-        di_str_printf(o, "            { di_v8f a; __builtin_memcpy(&a, at + %d * DI_MM_CG + j, 32); a = a + c%d; "
-                         "__builtin_memcpy(at + %d * DI_MM_CG + j, &a, 32); }\n", i, i, i);
-    di_str_puts(o, "        }\n"
-                   "    }\n"
+    di_str_puts(o, "    long j = 0;\n"
+                   "#ifdef DI_PK_V16\n"
+                   "    for (; j + 8 < nc; j += 16) {\n");
+    mm_rows_packed_group(o, m, rows, 16);
+    di_str_puts(o, "    }\n"
+                   "#endif\n"
+                   "    for (; j < nc; j += 8) {\n");
+    mm_rows_packed_group(o, m, rows, 8);
+    di_str_puts(o, "    }\n"
                    "}\n\n");
 }
 
@@ -489,7 +555,7 @@ static void mm_tile(di_str *o, const mm_c *m)
                        "                for (long b = k0 / 32; b < (k0 + kn) / 32; b++) {\n"
                        "                    const unsigned char *r = wg + b * DI_PK_REC;\n"
                        "                    float *dst = wt + (b * 32 - k0) * DI_MM_CG + jg;\n");
-        mm_packed_record(o, m->wt == DI_Q8X8, "__builtin_memcpy(dst + (%1$d * jj + %2$d) * DI_MM_CG, &w, 32);");
+        mm_packed_record(o, m->wt == DI_Q8X8, 8, "__builtin_memcpy(dst + (%1$d * jj + %2$d) * DI_MM_CG, &w, 32);");
         di_str_puts(o, "                }\n"
                        "            }\n"
                        "#else\n"
@@ -624,29 +690,158 @@ static void geometry_matmul_c(const di_spec *s, const di_specialization *p, cons
  * scores (an in-order dot over HD), split max, weights exp(s - max) and their in-order
  * sum, acc[d] as an in-order chain over the split's positions; then the split is folded
  * into the running (M, L, ACC) with the rescale factors exp(M - M') and exp(m - M'). */
-/* The C backend's scores of one split: 8 positions' dot products side by side (8 independent
- * chains over e, each in order, for the CPU's pipelines), the rest one at a time. */
+/* The C backend's scores of one split for the block's G q heads, into di_w[i][j]: 8 positions'
+ * dot products side by side (8 independent chains over e, each in order), the rest one at a
+ * time. Under GNU C the 8 chains are the lanes of one vector: 8 positions' keys are loaded 8 e
+ * at a time and transposed in registers once for all G heads (the cache holds a position's e
+ * contiguously; a lane needs one e of 8 positions), then each lane takes its terms in e order,
+ * as the scalar chains do. mask: the score from its dot d and position jj. */
 static void attention_scores_c(di_str *o, const char *mask)
 {
-    di_str_puts(o, "        {\n"
-                   "            long j = 0;\n"
-                   "            for (; j + 8 <= nj; j += 8) {\n"
-                   "                const float *k0 = kb + j * KVW;\n"
-                   "                float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f, d4 = 0.0f, d5 = 0.0f, d6 = 0.0f, d7 = 0.0f;\n"
-                   "                for (long e = 0; e < HD; e++) {\n"
-                   "                    const float qe = q[e];\n");
+    di_str_puts(o, "        long jv = 0;   /* positions before jv: scored by the vector loop */\n"
+                   "#if defined(__GNUC__) && !defined(__TINYC__)\n"
+                   "        typedef float di_a8f __attribute__((vector_size(32)));\n"
+                   "#define DI_SV(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)\n"
+                   "        for (; HD % 8 == 0 && jv + 8 <= nj; jv += 8) {\n"
+                   "            const float *k0 = kb + jv * KVW;\n"
+                   "            di_a8f dv[G];\n"
+                   "            for (long i = 0; i < G; i++) dv[i] = (di_a8f){0};\n"
+                   "            for (long e = 0; e < HD; e += 8) {\n"
+                   "                di_a8f r0, r1, r2, r3, r4, r5, r6, r7;\n");
+    for (int i = 0; i < 8; i++)
+        di_str_printf(o, "                __builtin_memcpy(&r%d, k0 + %d * KVW + e, 32);\n", i, i);
+    di_str_puts(o, "                /* pairs of positions, then quads, then eights: t<s> lane l = key jv + l at e + s */\n"
+                   "                const di_a8f a0 = DI_SV(r0, r1, 0, 8, 1, 9, 4, 12, 5, 13), a1 = DI_SV(r0, r1, 2, 10, 3, 11, 6, 14, 7, 15);\n"
+                   "                const di_a8f a2 = DI_SV(r2, r3, 0, 8, 1, 9, 4, 12, 5, 13), a3 = DI_SV(r2, r3, 2, 10, 3, 11, 6, 14, 7, 15);\n"
+                   "                const di_a8f a4 = DI_SV(r4, r5, 0, 8, 1, 9, 4, 12, 5, 13), a5 = DI_SV(r4, r5, 2, 10, 3, 11, 6, 14, 7, 15);\n"
+                   "                const di_a8f a6 = DI_SV(r6, r7, 0, 8, 1, 9, 4, 12, 5, 13), a7 = DI_SV(r6, r7, 2, 10, 3, 11, 6, 14, 7, 15);\n"
+                   "                const di_a8f b0 = DI_SV(a0, a2, 0, 1, 8, 9, 4, 5, 12, 13), b1 = DI_SV(a0, a2, 2, 3, 10, 11, 6, 7, 14, 15);\n"
+                   "                const di_a8f b2 = DI_SV(a1, a3, 0, 1, 8, 9, 4, 5, 12, 13), b3 = DI_SV(a1, a3, 2, 3, 10, 11, 6, 7, 14, 15);\n"
+                   "                const di_a8f b4 = DI_SV(a4, a6, 0, 1, 8, 9, 4, 5, 12, 13), b5 = DI_SV(a4, a6, 2, 3, 10, 11, 6, 7, 14, 15);\n"
+                   "                const di_a8f b6 = DI_SV(a5, a7, 0, 1, 8, 9, 4, 5, 12, 13), b7 = DI_SV(a5, a7, 2, 3, 10, 11, 6, 7, 14, 15);\n"
+                   "                const di_a8f t0 = DI_SV(b0, b4, 0, 1, 2, 3, 8, 9, 10, 11), t4 = DI_SV(b0, b4, 4, 5, 6, 7, 12, 13, 14, 15);\n"
+                   "                const di_a8f t1 = DI_SV(b1, b5, 0, 1, 2, 3, 8, 9, 10, 11), t5 = DI_SV(b1, b5, 4, 5, 6, 7, 12, 13, 14, 15);\n"
+                   "                const di_a8f t2 = DI_SV(b2, b6, 0, 1, 2, 3, 8, 9, 10, 11), t6 = DI_SV(b2, b6, 4, 5, 6, 7, 12, 13, 14, 15);\n"
+                   "                const di_a8f t3 = DI_SV(b3, b7, 0, 1, 2, 3, 8, 9, 10, 11), t7 = DI_SV(b3, b7, 4, 5, 6, 7, 12, 13, 14, 15);\n"
+                   "                for (long i = 0; i < G; i++) {\n"
+                   "                    const float *qi = q0 + i * HD + e;\n"
+                   "                    di_a8f d = dv[i];\n");
+    for (int i = 0; i < 8; i++) di_str_printf(o, "                    d = d + qi[%d] * t%d;\n", i, i);
+    di_str_puts(o, "                    dv[i] = d;\n"
+                   "                }\n"
+                   "            }\n");
+    di_str_printf(o, "            for (long i = 0; i < G; i++)\n"
+                     "                for (long l = 0; l < 8; l++) { const long jj = jv + l; const float d = dv[i][l]; di_w[i][jj] = %s; }\n"
+                     "        }\n"
+                     "#undef DI_SV\n"
+                     "#endif\n"
+                     "        for (long i = 0; i < G; i++) {\n"
+                     "            const float *q = q0 + i * HD;\n"
+                     "            long j = jv;\n"
+                     "            for (; j + 8 <= nj; j += 8) {\n"
+                     "                const float *k0 = kb + j * KVW;\n"
+                     "                float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f, d4 = 0.0f, d5 = 0.0f, d6 = 0.0f, d7 = 0.0f;\n"
+                     "                for (long e = 0; e < HD; e++) {\n"
+                     "                    const float qe = q[e];\n", mask);
     for (int i = 0; i < 8; i++) di_str_printf(o, "                    d%d = d%d + qe * k0[%d * KVW + e];\n", i, i, i);
     di_str_puts(o, "                }\n");
     for (int i = 0; i < 8; i++)
-        di_str_printf(o, "                { const long jj = j + %d; const float d = d%d; di_w[jj] = %s; }\n", i, i, mask);
+        di_str_printf(o, "                { const long jj = j + %d; const float d = d%d; di_w[i][jj] = %s; }\n", i, i, mask);
     di_str_printf(o, "            }\n"
                      "            for (; j < nj; j++) {\n"
                      "                const float *kr = kb + j * KVW;\n"
                      "                float d = 0.0f;\n"
                      "                for (long e = 0; e < HD; e++) d = d + q[e] * kr[e];\n"
-                     "                { const long jj = j; di_w[jj] = %s; }\n"
+                     "                { const long jj = j; di_w[i][jj] = %s; }\n"
                      "            }\n"
                      "        }\n", mask);
+}
+
+/* The C backend's attention: the chains of the GPU text in lower_attention, per position and
+ * per d; only which run side by side differs. A block is one row's G q heads of one kv head
+ * (di_attention_c_heads; the grid follows it, codegen.c), so each key's transpose and each value
+ * row is loaded once for all of them; PV sums with d as the inner (SIMD) loop. */
+long di_attention_c_heads(const di_spec *s, const di_specialization *p)
+{
+    long nh = di_spec_dim(s, p, "NH"), g = nh / di_spec_dim(s, p, "NKV");
+    while (nh / g < 2 && g % 2 == 0) g /= 2;
+    return g;
+}
+
+static void lower_attention_c(di_str *o, const di_spec *s, const di_specialization *p, bool win)
+{
+    const char *first = win ? "sfirst" : "0";   /* the first split folded */
+    di_str_printf(o,
+        "    const long KVW = NKV * HD;            /* floats per cached position */\n"
+        "    enum { G = %ld };                      /* q heads in this block, of one kv head's group */\n"
+        "    const long h0 = bx * G;               /* q head h0 + i is head i here */\n"
+        "    const long g = h0 / (NH / NKV);       /* their kv head */\n"
+        "    const float *q0 = qkv + h0 * HD;\n",
+        di_attention_c_heads(s, p));
+    di_str_puts(o,
+        "    const long P = pos[0], S = seq[0];\n"
+        "    const float scale = 1.0f / di_sqrtf((float)HD);\n"
+        "    float di_w[G][SPLIT];                 /* one split's scores, then weights */\n"
+        "    float di_acc[G][HD], di_m[G], di_l[G], di_c1[G], di_c2[G];\n"
+        "    const long nsplit = P / SPLIT + 1;\n");
+    if (win) di_str_puts(o, "    const long jlo = P - WIN + 1 > 0 ? P - WIN + 1 : 0;   /* the window's first key */\n"
+                            "    const long sfirst = jlo / SPLIT;\n");
+    di_str_printf(o,
+        "    for (long sp = %s; sp < nsplit; sp++) {\n"
+        "        const long j0 = sp * SPLIT;\n"
+        "        const long nj = P + 1 - j0 < SPLIT ? P + 1 - j0 : SPLIT;\n"
+        "        const long blk = btab[S * maxb + sp];\n"
+        "        const float *kb = kc + blk * KVB * KVW + g * HD;\n"
+        "        const float *vb = vc + blk * KVB * KVW + g * HD;\n"
+        "#if defined(__GNUC__) && !defined(__TINYC__)\n"
+        "        if (sp + 1 < nsplit) {   /* the next split's keys and values, from memory while this one computes */\n"
+        "            const long nb = btab[S * maxb + sp + 1];\n"
+        "            const char *kn = (const char *)(kc + nb * KVB * KVW + g * HD), *vn = (const char *)(vc + nb * KVB * KVW + g * HD);\n"
+        "            for (long j = 0; j < KVB; j++)\n"
+        "                for (long l = 0; l < HD * 4; l += 64) {\n"
+        "                    __builtin_prefetch(kn + j * KVW * 4 + l);\n"
+        "                    __builtin_prefetch(vn + j * KVW * 4 + l);\n"
+        "                }\n"
+        "        }\n"
+        "#endif\n", first);
+    attention_scores_c(o, win ? "j0 + jj < jlo ? -DI_INF : d * scale" : "d * scale");
+    di_str_printf(o,
+        /* each head's max and sum are in-order chains over j; the G heads' chains interleave */
+        "        float mx[G], ls[G];\n"
+        "        for (long i = 0; i < G; i++) mx[i] = di_w[i][0], ls[i] = 0.0f;\n"
+        "        for (long j = 1; j < nj; j++)\n"
+        "            for (long i = 0; i < G; i++) mx[i] = di_w[i][j] > mx[i] ? di_w[i][j] : mx[i];\n"
+        "        for (long i = 0; i < G; i++)\n"
+        "            for (long j = 0; j < nj; j++) di_w[i][j] = di_expf(di_w[i][j] - mx[i]);\n"
+        "        for (long j = 0; j < nj; j++)\n"
+        "            for (long i = 0; i < G; i++) ls[i] = ls[i] + di_w[i][j];\n"
+        "        for (long i = 0; i < G; i++) {\n"
+        "            const float m = mx[i], l = ls[i], M = di_m[i], L = di_l[i];\n"
+        "            const float Mn = sp == %1$s ? m : (M > m ? M : m);\n"
+        "            const float c1 = sp == %1$s ? 0.0f : di_expf(M - Mn);\n"
+        "            const float c2 = sp == %1$s ? 1.0f : di_expf(m - Mn);\n"
+        "            di_c1[i] = c1;\n"
+        "            di_c2[i] = c2;\n"
+        "            di_m[i] = Mn;\n"
+        "            di_l[i] = sp == %1$s ? l : L * c1 + l * c2;\n"
+        "        }\n"
+        "        float pv[G][HD];\n"
+        "        for (long i = 0; i < G; i++)\n"
+        "            for (long d = 0; d < HD; d++) pv[i][d] = 0.0f;\n"
+        "        for (long j = 0; j < nj; j++) {\n"
+        "            const float *vr = vb + j * KVW;\n"
+        "            for (long i = 0; i < G; i++) {\n"
+        "                const float wj = di_w[i][j];\n"
+        "                for (long d = 0; d < HD; d++) pv[i][d] = pv[i][d] + wj * vr[d];\n"
+        "            }\n"
+        "        }\n"
+        "        for (long i = 0; i < G; i++)\n"
+        "            for (long d = 0; d < HD; d++)\n"
+        "                di_acc[i][d] = sp == %1$s ? pv[i][d] : di_acc[i][d] * di_c1[i] + pv[i][d] * di_c2[i];\n"
+        "    }\n"
+        "    for (long i = 0; i < G; i++)\n"
+        "        for (long d = 0; d < HD; d++) out[(h0 + i) * HD + d] = di_acc[i][d] / di_l[i];\n",
+        first);
 }
 
 static void lower_attention(di_str *o, const di_spec *s, const di_specialization *p, bool c)
@@ -657,8 +852,12 @@ static void lower_attention(di_str *o, const di_spec *s, const di_specialization
      * keys before the window inside that split are masked (weight 0). */
     bool win = di_spec_dim(s, p, "WIN") > 0;
     const char *first = win ? "sfirst" : "0";   /* the first split folded */
-    di_str_puts(o, "    const long r = by, h = bx;\n");
+    di_str_puts(o, c ? "    const long r = by;\n" : "    const long r = by, h = bx;\n");
     emit_slices(o, s, p, "r", "    ");
+    if (c) {
+        lower_attention_c(o, s, p, win);
+        return;
+    }
     di_str_puts(o,
         "    const long KVW = NKV * HD;            /* floats per cached position */\n"
         "    const float *q = qkv + h * HD;\n"
@@ -678,35 +877,6 @@ static void lower_attention(di_str *o, const di_spec *s, const di_specialization
         "        const long blk = btab[S * maxb + sp];\n"
         "        const float *kb = kc + blk * KVB * KVW + kvh * HD;\n"
         "        const float *vb = vc + blk * KVB * KVW + kvh * HD;\n");
-    if (c) {
-        /* the same chains as the GPU text below, per position and per d; only which run side
-         * by side differs: 8 positions' scores, and the PV sums with d as the inner (SIMD) loop */
-        attention_scores_c(o, win ? "j0 + jj < jlo ? -DI_INF : d * scale" : "d * scale");
-        di_str_printf(o,
-            "        float m = di_w[0];\n"
-            "        for (long j = 1; j < nj; j++) m = di_w[j] > m ? di_w[j] : m;\n"
-            "        for (long j = 0; j < nj; j++) di_w[j] = di_expf(di_w[j] - m);\n"
-            "        float l = 0.0f;\n"
-            "        for (long j = 0; j < nj; j++) l = l + di_w[j];\n"
-            "        const float M = di_ml[0], L = di_ml[1];\n"
-            "        const float Mn = sp == %s ? m : (M > m ? M : m);\n"
-            "        const float c1 = sp == %s ? 0.0f : di_expf(M - Mn);\n"
-            "        const float c2 = sp == %s ? 1.0f : di_expf(m - Mn);\n"
-            "        float pv[HD];\n"
-            "        for (long d = 0; d < HD; d++) pv[d] = 0.0f;\n"
-            "        for (long j = 0; j < nj; j++) {\n"
-            "            const float wj = di_w[j];\n"
-            "            const float *vr = vb + j * KVW;\n"
-            "            for (long d = 0; d < HD; d++) pv[d] = pv[d] + wj * vr[d];\n"
-            "        }\n"
-            "        for (long d = 0; d < HD; d++) di_acc[d] = sp == %s ? pv[d] : di_acc[d] * c1 + pv[d] * c2;\n"
-            "        di_ml[0] = Mn;\n"
-            "        di_ml[1] = sp == %s ? l : L * c1 + l * c2;\n"
-            "    }\n"
-            "    for (long d = 0; d < HD; d++) out[h * HD + d] = di_acc[d] / di_ml[1];\n",
-            first, first, first, first, first);
-        return;
-    }
     di_str_puts(o,
         "        DI_FOR_THREADS(j, nj) {\n"
         "            const float *kr = kb + j * KVW;\n"
@@ -756,7 +926,7 @@ int di_lower_body(di_str *o, const di_spec *s, const di_specialization *p, bool 
     case DI_MAP:
     case DI_GATHER: lower_map(o, s, p); return DI_OK;
     case DI_ROW_REDUCE: lower_row_reduce(o, s, p, c); return DI_OK;
-    case DI_SAMPLE: lower_sample(o, s, p); return DI_OK;
+    case DI_SAMPLE: lower_sample(o, s, p, c); return DI_OK;
     case DI_MATMUL: lower_matmul(o, s, p); return DI_OK;
     case DI_ATTENTION:
         for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++)

@@ -13,7 +13,7 @@
 #define DI_MAX_ARGS 12
 #define DI_MAX_DIMS 8
 #define DI_MAX_SIZES 4
-#define DI_MAX_REDUCE 2
+#define DI_MAX_REDUCE 3
 
 /* Element types: (id, name, C type in generated code, bytes per element; 0 for a packed weight
  * format, whose size is per record, di_pack_bytes).
@@ -67,7 +67,7 @@ typedef enum {
 } di_class;
 
 typedef enum { DI_ROLE_IN, DI_ROLE_OUT, DI_ROLE_INOUT, DI_ROLE_SCALAR } di_role;
-typedef enum { DI_RSUM, DI_RMAX } di_rop;
+typedef enum { DI_RSUM, DI_RMAX, DI_RONCE } di_rop;
 
 typedef struct di_arg {
     const char *name;
@@ -129,6 +129,9 @@ typedef struct di_spec {
 #define REDUCE(...)      .reduce = { __VA_ARGS__ }
 #define SUM(n, ...)         { DI_RSUM, #n, #__VA_ARGS__ }
 #define MAX(n, ...)         { DI_RMAX, #n, #__VA_ARGS__ }
+/* a row's value computed once from the reductions before it, for POST (a call with branches,
+ * such as di_logf, is not hoisted out of POST's loop by a C compiler) */
+#define ONCE(n, ...)        { DI_RONCE, #n, #__VA_ARGS__ }
 #define POST(...)        .post = #__VA_ARGS__
 #define SCHEDULE(...)    .sched = { __VA_ARGS__ }
 

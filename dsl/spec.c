@@ -204,7 +204,8 @@ static bool check_class(vctx *v)
         if (!s->cols) return bad(v, "cols", "missing");
         return true;
     case DI_ROW_REDUCE:
-        if (!s->reduce[0].name) return bad(v, "reduce", "a row_reduce needs at least one reduction");
+        if (!s->reduce[0].name || s->reduce[0].op == DI_RONCE)
+            return bad(v, "reduce", "a row_reduce needs at least one reduction (a SUM or MAX) first");
         if (!s->post) return bad(v, "post", "missing");
         if (s->groups && !*s->groups) return bad(v, "groups", "empty");
         __attribute__((fallthrough)); /* the lane rules are the same as sample's */
