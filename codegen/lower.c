@@ -961,7 +961,13 @@ static int class_emit(di_str *o, const di_spec *s, const di_specialization *p, c
                        "fused casts)", s->name);
     if (store16) di_str_puts(o, bf16_store_type);
     int w = di_spec_arg(s, "w");
-    if (!c && s->cls == DI_MATMUL && w >= 0 && di_dtype_packed(p->dtypes[w])) emit_pk_scalar(o, p->dtypes[w]);
+    bool packed = s->cls == DI_MATMUL && w >= 0 && di_dtype_packed(p->dtypes[w]);
+    /* the fast profile's packed w is the tensor-core matmul's (the same bits as its bf16 w);
+     * this lowering's chains would be exact's order, not fast's */
+    if (packed && !c && p->profile == DI_PROFILE_FAST)
+        return di_fail(err, DI_ESPEC, "spec %s: packed %s weights in the fast profile are read by the tensor-core "
+                       "matmul only (K = %ld)", s->name, di_dtype_name(p->dtypes[w]), di_spec_dim(s, p, "K"));
+    if (!c && packed) emit_pk_scalar(o, p->dtypes[w]);
     if (c && s->cls == DI_MATMUL) {
         lower_matmul_c(o, s, p, name);
         di_emit_c_entry(o, s, p, name);

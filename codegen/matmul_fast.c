@@ -106,8 +106,14 @@ static bool fast_applies(const di_spec *s, const di_specialization *p, const di_
     if (y < 0 || x < 0 || w < 0 || !s->sizes[0] || strcmp(s->sizes[0], "rows")) return false;
     if (s->args[y].role != DI_ROLE_OUT || s->args[x].role != DI_ROLE_IN || s->args[w].role != DI_ROLE_IN) return false;
     if (di_spec_dim(s, p, "K") <= 0 || di_spec_dim(s, p, "N") <= 0) return false;
-    return p->dtypes[w] == DI_BF16 && p->dtypes[x] != DI_I32 && p->dtypes[y] != DI_I32;
+    if (p->dtypes[x] == DI_I32 || p->dtypes[y] == DI_I32) return false;
+    if (p->dtypes[w] == DI_BF16) return true;
+    /* packed records (dsl/dsl.h): decoded by the producer warps into the bf16 tile (mmf_load_wq) */
+    return di_dtype_packed(p->dtypes[w]) && di_spec_dim(s, p, "K") % DI_PACK_BLOCK == 0 && !p->ksplits &&
+           di_mm_schedule_of(p, t).producers > 0;
 }
+
+static bool w_packed(const di_spec *s, const di_specialization *p) { return di_dtype_packed(p->dtypes[di_spec_arg(s, "w")]); }
 
 /* KS from K and N (never from rows): the fewest splits that still give a batch of one row
  * about ks_units work units (column tiles x splits), enough to stream w from every SM, as
@@ -226,7 +232,7 @@ static int fast_plan(const di_spec *s, const di_specialization *p, const di_targ
         di_pa w = {.kind = DI_A_TMAP, .index = di_spec_arg(s, "w"), .rows = (unsigned long)n, .cols = (unsigned long)k,
                    .box_rows = (unsigned)c->tn, .box_cols = (unsigned)c->bk};
         l->args[l->nargs++] = x;
-        l->args[l->nargs++] = w;
+        if (!w_packed(s, p)) l->args[l->nargs++] = w;   /* packed w: the producers decode it */
     }
     if (m.fused) return DI_OK;   /* phase 1 stored y */
     /* phase 2 (split mode): the split partials added in split order */
@@ -449,6 +455,121 @@ static const char device_helpers[] =
     "    if (mt_act >= MTA) mmf_tile<MTA>(c, sa, sb, lane, wm, wn);\n"
     "    else if constexpr (MTA > 1) mmf_compute<MTA - 1>(c, sa, sb, lane, wm, wn, mt_act);\n"
     "}\n";
+
+/* Packed w (dsl/dsl.h's Q4X8 / Q8X8 records, as the CPU and the exact profile read them): the
+ * [TN][BK] tile of bf16 the bf16 kernel would stage, made by the loading threads in registers.
+ * Chunk (row, cc) is the 8 weights k0 + 8 cc .. + 7 of output n0 + row: one 32-bit code word
+ * (two for 8-bit codes) of record (n / 8, k / 32) and that lane's d and m; each weight is
+ * bf16(d * code + m), d * code exact in f32 (at most 11 + 6 + 8 bits), the sum rounded once
+ * (__fadd_rn: never contracted), then to bf16 by di_f32_to_bf16 (nearest even), which is the
+ * load-time conversion for every weight model/pack.c packs (it checks each). So the stage holds
+ * the bytes the bf16 kernel's copy would: the same products in the same order. */
+static const char wq_helpers[] =
+    "DI_FN unsigned mmf_pk_w(float d, float m, int code)\n"
+    "{\n"
+    "    return (unsigned)di_f32_to_bf16(__fadd_rn(__fmul_rn(d, (float)code), m));\n"
+    "}\n"
+    "DI_FN void mmf_load_wq(unsigned sb, const unsigned char *w, long n0, long k0, int tid)\n"
+    "{\n"
+    "#pragma unroll 1\n"
+    "    for (int i = 0; i < MMF_BCH; i++) {\n"
+    "        const int id = tid + i * MMF_LOADERS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
+    "        const long gn = n0 + row, gk = k0 + cc * 8;\n"
+    "        unsigned v[4] = {0u, 0u, 0u, 0u};\n"
+    "        if (gn < N && gk < K) {\n"
+    "            const unsigned char *r = w + ((gn / 8) * (K / 32) + gk / 32) * MMF_PK_REC;\n"
+    "            const int l = (int)(gn % 8);\n"
+    "            const float d = __ldg((const float *)r + l), m = __ldg((const float *)r + 8 + l);\n"
+    "            const unsigned *q = (const unsigned *)(r + 64);\n"
+    "#if MMF_WQ == 1\n"
+    "            const unsigned c = __ldg(q + ((gk % 32) / 8) * 8 + l);   /* nibble s: k = gk + s */\n"
+    "#pragma unroll\n"
+    "            for (int e = 0; e < 4; e++)\n"
+    "                v[e] = mmf_pk_w(d, m, (int)((c >> (8 * e)) & 15u)) | mmf_pk_w(d, m, (int)((c >> (8 * e + 4)) & 15u)) << 16;\n"
+    "#else\n"
+    "            const int j = (int)((gk % 32) / 4);                     /* byte s of word j: k = 32b + 4j + s */\n"
+    "            const unsigned c0 = __ldg(q + j * 8 + l), c1 = __ldg(q + (j + 1) * 8 + l);\n"
+    "#pragma unroll\n"
+    "            for (int e = 0; e < 4; e++) {\n"
+    "                const unsigned c = e < 2 ? c0 : c1;\n"
+    "                const int s0 = 16 * (e % 2);\n"
+    "                v[e] = mmf_pk_w(d, m, (int)(signed char)(c >> s0)) | mmf_pk_w(d, m, (int)(signed char)(c >> (s0 + 8))) << 16;\n"
+    "            }\n"
+    "#endif\n"
+    "        }\n"
+    "        mmf_st16(sb + mmf_off(row, cc), v[0], v[1], v[2], v[3]);\n"
+    "    }\n"
+    "}\n"
+    "#if MMF_TMA\n"
+    "/* The TMA kernel's loaders fetch a stage's records into registers one stage ahead (the\n"
+    " * loads of the next k tile are in flight while this one is decoded), 16 bytes a load: a set\n"
+    " * is 4 adjacent outputs (half a record's lanes) x 8 k, cc = id % CPR its 16-byte chunk of\n"
+    " * the row, so a warp reads whole 128-byte code blocks. The weights are those of mmf_pk_w:\n"
+    " * the code as an exact float (2^23 + code, less 2^23), d * code + m in one rounding (an fma:\n"
+    " * d * code is exact), then two weights to bf16x2 by cvt.rn (nearest even, as di_f32_to_bf16). */\n"
+    "#define MMF_WQ_SETS (MMF_TN * MMF_BK / 32 / MMF_LOADERS)\n"
+    "#define MMF_WQ_WORDS MMF_WQ                                  /* 16-byte code loads per set */\n"
+    "static_assert(MMF_TN * MMF_BK / 32 % MMF_LOADERS == 0, \"sets\");\n"
+    "struct mmf_wq_raw { uint4 q[MMF_WQ_SETS][MMF_WQ_WORDS]; float4 d[MMF_WQ_SETS], m[MMF_WQ_SETS]; };\n"
+    "DI_FN void mmf_fetch_wq(mmf_wq_raw &raw, const unsigned char *w, long n0, long k0, int tid)\n"
+    "{\n"
+    "    const long np = (N + 7) / 8 * 8;   /* outputs with records (past N: zero records) */\n"
+    "#pragma unroll\n"
+    "    for (int i = 0; i < MMF_WQ_SETS; i++) {\n"
+    "        const int id = tid + i * MMF_LOADERS, cc = id % MMF_CPR, r4 = id / MMF_CPR;\n"
+    "        const long gn = n0 + 4 * r4, gk = k0 + 8 * cc;\n"
+    "        if (gn < np && gk < K) {\n"
+    "            const unsigned char *r = w + ((gn / 8) * (K / 32) + gk / 32) * MMF_PK_REC;\n"
+    "            const int half = (int)(gn % 8) / 4, j = (int)(gk % 32) / 8;\n"
+    "            raw.d[i] = __ldg((const float4 *)(r + 16 * half));\n"
+    "            raw.m[i] = __ldg((const float4 *)(r + 32 + 16 * half));\n"
+    "#pragma unroll\n"
+    "            for (int h = 0; h < MMF_WQ_WORDS; h++)\n"
+    "                raw.q[i][h] = __ldg((const uint4 *)(r + 64 + 32 * (MMF_WQ_WORDS * j + h) + 16 * half));\n"
+    "        } else {\n"
+    "            raw.d[i] = raw.m[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);\n"
+    "#pragma unroll\n"
+    "            for (int h = 0; h < MMF_WQ_WORDS; h++) raw.q[i][h] = make_uint4(0u, 0u, 0u, 0u);\n"
+    "        }\n"
+    "    }\n"
+    "}\n"
+    "DI_FN unsigned mmf_bf16x2(float lo, float hi)\n"
+    "{\n"
+    "    unsigned r;\n"
+    "    asm(\"cvt.rn.bf16x2.f32 %0, %1, %2;\" : \"=r\"(r) : \"f\"(hi), \"f\"(lo));\n"
+    "    return r;\n"
+    "}\n"
+    "/* code s (0..7 nibbles, or bytes of two words) of a lane's words, as an exact float */\n"
+    "DI_FN float mmf_code(const unsigned *wd, int s)\n"
+    "{\n"
+    "#if MMF_WQ == 1\n"
+    "    return __uint_as_float(((wd[0] >> (4 * s)) & 15u) | 0x4b000000u) - 8388608.0f;\n"
+    "#else\n"
+    "    return __uint_as_float(((wd[s / 4] >> (8 * (s % 4))) & 255u) ^ 0x4b000080u) - 8388736.0f;   /* signed byte */\n"
+    "#endif\n"
+    "}\n"
+    "DI_FN void mmf_store_wq(unsigned sb, const mmf_wq_raw &raw, int tid)\n"
+    "{\n"
+    "#pragma unroll\n"
+    "    for (int i = 0; i < MMF_WQ_SETS; i++) {\n"
+    "        const int id = tid + i * MMF_LOADERS, cc = id % MMF_CPR, r4 = id / MMF_CPR;\n"
+    "        const float d[4] = {raw.d[i].x, raw.d[i].y, raw.d[i].z, raw.d[i].w};\n"
+    "        const float m[4] = {raw.m[i].x, raw.m[i].y, raw.m[i].z, raw.m[i].w};\n"
+    "#pragma unroll\n"
+    "        for (int e = 0; e < 4; e++) {\n"
+    "            unsigned wd[MMF_WQ_WORDS];\n"
+    "#pragma unroll\n"
+    "            for (int h = 0; h < MMF_WQ_WORDS; h++)\n"
+    "                wd[h] = e == 0 ? raw.q[i][h].x : e == 1 ? raw.q[i][h].y : e == 2 ? raw.q[i][h].z : raw.q[i][h].w;\n"
+    "            unsigned v[4];\n"
+    "#pragma unroll\n"
+    "            for (int p = 0; p < 4; p++)\n"
+    "                v[p] = mmf_bf16x2(__fmaf_rn(d[e], mmf_code(wd, 2 * p), m[e]), __fmaf_rn(d[e], mmf_code(wd, 2 * p + 1), m[e]));\n"
+    "            mmf_st16(sb + mmf_off(4 * r4 + e, cc), v[0], v[1], v[2], v[3]);\n"
+    "        }\n"
+    "    }\n"
+    "}\n"
+    "#endif\n";
 
 /* Fused mode, a split is complete: once its wgmma are done, it joins the running sum
  * (0.0f + p0 + p1 ..., as phase 2 adds them), and the next split's chain starts from 0.
@@ -674,7 +795,9 @@ static const char phase1_ws_body[] =
     "    const unsigned full = s0 + MMF_STAGES * MMF_STAGE_BYTES, empty = full + 8 * MMF_STAGES;\n"
     "    if (tid == 0) {\n"
     "        for (int st = 0; st < MMF_STAGES; st++) {\n"
-    "            mmf_bar_init(full + 8 * st, MMF_TMA ? 1 : 2 * MMF_LOADERS);   /* cp.async: two arrivals a loader */\n"
+    "            /* TMA: the expecting arrival (and with packed w each loader's, once its stores are fenced);\n"
+    "             * cp.async: two arrivals a loader */\n"
+    "            mmf_bar_init(full + 8 * st, MMF_TMA ? 1 + (MMF_WQ ? MMF_LOADERS : 0) : 2 * MMF_LOADERS);\n"
     "            mmf_bar_init(empty + 8 * st, MMF_CONSUMERS / 32);\n"
     "        }\n"
     "#if MMF_TMA\n"
@@ -689,10 +812,42 @@ static const char phase1_ws_body[] =
     "         * each stage once its last readers are done (so they run ahead across units) */\n"
     "        const int lt = tid - MMF_CONSUMERS;\n"
     "#if MMF_TMA\n"
-    "        if (lt != 0) return;   /* one thread: two tensor copies per stage */\n"
+    "        if (!MMF_WQ && lt != 0) return;   /* one thread: the tensor copies (packed w: all decode it) */\n"
     "        /* x boxes are MMF_X_BOX_ROWS(rows) tall (the runtime encodes the same): below one tile\n"
     "         * of rows, only the 16-row fragments that hold rows are fetched */\n"
-    "        const unsigned stage_bytes = (unsigned)(MMF_X_BOX_ROWS(rows) + MMF_TN) * MMF_BK * 2;\n"
+    "        const unsigned stage_bytes = (unsigned)(MMF_X_BOX_ROWS(rows) + (MMF_WQ ? 0 : MMF_TN)) * MMF_BK * 2;\n"
+    "#endif\n"
+    "#if MMF_TMA && MMF_WQ\n"
+    "        {\n"
+    "            /* packed w: every loader decodes its sets of each stage, the next (unit, k tile)'s\n"
+    "             * records fetched before this one is decoded; thread 0 also brings x by TMA */\n"
+    "            int st = 0;\n"
+    "            unsigned ph = 0;\n"
+    "            long u = blockIdx.x, m0 = 0, n0 = 0, kt = 0, kt0 = 0, kt1 = 0, z;\n"
+    "            mmf_wq_raw cur, nxt;\n"
+    "            if (u < units) {\n"
+    "                mmf_unit(u, fused, gn, gm, tiles, m0, n0, kt0, kt1, z);\n"
+    "                kt = kt0;\n"
+    "                mmf_fetch_wq(cur, w_, n0, kt * MMF_BK, lt);\n"
+    "            }\n"
+    "            while (u < units) {\n"
+    "                long u2 = u, m2 = m0, n2 = n0, k2 = kt + 1, k2end = kt1;\n"
+    "                if (k2 >= kt1 && (u2 += gridDim.x) < units) mmf_unit(u2, fused, gn, gm, tiles, m2, n2, k2, k2end, z);\n"
+    "                if (u2 < units) mmf_fetch_wq(nxt, w_, n2, k2 * MMF_BK, lt);\n"
+    "                mmf_bar_wait(empty + 8 * st, ph ^ 1);\n"
+    "                const unsigned sa = s0 + st * MMF_STAGE_BYTES;\n"
+    "                if (lt == 0) {\n"
+    "                    mmf_bar_expect(full + 8 * st, stage_bytes);\n"
+    "                    mmf_tma_load(sa, &mmf_tx, (int)(kt * MMF_BK), (int)m0, full + 8 * st);\n"
+    "                }\n"
+    "                mmf_store_wq(sa + MMF_A_BYTES, cur, lt);\n"
+    "                MMF_FENCE_STORES();   /* this thread's st.shared -> wgmma's reads (async proxy) */\n"
+    "                mmf_bar_arrive(full + 8 * st);\n"
+    "                if (++st == MMF_STAGES) st = 0, ph ^= 1;\n"
+    "                u = u2, m0 = m2, n0 = n2, kt = k2, kt1 = k2end, cur = nxt;\n"
+    "            }\n"
+    "            return;\n"
+    "        }\n"
     "#endif\n"
     "#if MMF_XSTAGE\n"
     "        float4 xr[MMF_ACH][2];\n"
@@ -713,7 +868,9 @@ static const char phase1_ws_body[] =
     "                 * barrier waits for the stage's bytes */\n"
     "                mmf_bar_expect(full + 8 * st, stage_bytes);\n"
     "                mmf_tma_load(sa, &mmf_tx, (int)(kt * MMF_BK), (int)m0, full + 8 * st);\n"
+    "#if !MMF_WQ\n"
     "                mmf_tma_load(sa + MMF_A_BYTES, &mmf_tw, (int)(kt * MMF_BK), (int)n0, full + 8 * st);\n"
+    "#endif\n"
     "#else\n"
     "#if MMF_XSTAGE\n"
     "                /* f32 x through registers (converted to bf16 on the way), fenced for wgmma\n"
@@ -721,10 +878,20 @@ static const char phase1_ws_body[] =
     "                 * the thread still has in flight, so it must not follow them */\n"
     "                mmf_fetch_x(xr, x_, m0, rvalid, kt * MMF_BK, lt);\n"
     "                mmf_store_x(sa, xr, rpad, lt);\n"
+    "#if MMF_WQ\n"
+    "                mmf_load_wq(sa + MMF_A_BYTES, w_, n0, kt * MMF_BK, lt);\n"
+    "                MMF_FENCE_STORES();\n"
+    "#else\n"
     "                MMF_FENCE_STORES();\n"
     "                mmf_load_w(sa + MMF_A_BYTES, w_, n0, kt * MMF_BK, lt);\n"
+    "#endif\n"
+    "#else\n"
+    "#if MMF_WQ\n"
+    "                mmf_load_wq(sa + MMF_A_BYTES, w_, n0, kt * MMF_BK, lt);\n"
+    "                MMF_FENCE_STORES();   /* before the x copies: the fence would wait for them */\n"
     "#else\n"
     "                mmf_load_w(sa + MMF_A_BYTES, w_, n0, kt * MMF_BK, lt);\n"
+    "#endif\n"
     "                mmf_load_x(sa, x_, m0, rvalid, rpad, kt * MMF_BK, lt);\n"
     "#if !MMF_VEC\n"
     "                MMF_FENCE_STORES();   /* element-wise loads: plain stores, no copies in flight */\n"
@@ -914,6 +1081,8 @@ static int fast_emit(di_str *o, const di_spec *s, const di_specialization *p, co
     const di_mm_schedule *c = &ks.c;
     bool x_f32 = p->dtypes[di_spec_arg(s, "x")] == DI_F32, y_bf16 = p->dtypes[di_spec_arg(s, "y")] == DI_BF16;
     long n = di_spec_dim(s, p, "N");
+    di_dtype wt = p->dtypes[di_spec_arg(s, "w")];
+    int wq = wt == DI_Q4X8 ? 1 : wt == DI_Q8X8 ? 2 : 0;
 
     di_str_printf(o, "/* fast matmul: tensor cores, one tile for every M, K split size fixed by K and N (codegen/matmul_fast.c) */\n"
                      "#define MMF_TM %d\n#define MMF_TN %d\n#define MMF_BK %d\n#define MMF_STAGES %d\n"
@@ -928,12 +1097,15 @@ static int fast_emit(di_str *o, const di_spec *s, const di_specialization *p, co
                      "#define MMF_WGMMA 0\n#endif\n"
                      "/* phase 1 takes TMA descriptors of x and w; sm_90a loads through them */\n"
                      "#define MMF_TMAP %d\n#define MMF_TMA (MMF_TMAP && MMF_WGMMA)\n"
+                     "/* w: 0 bf16 [N][K]; 1 or 2 packed records of 4- or 8-bit codes (mmf_load_wq) */\n"
+                     "#define MMF_WQ %d\n#define MMF_WTMA (MMF_TMA && !MMF_WQ)\n"
                      "struct __align__(64) di_tmap { unsigned long long v[16]; };\n\n",
                   c->tm, c->tn, c->bk, c->stages, c->warps_m, c->warps_n, block_threads(c), c->producers,
                   consumer_threads(c), loader_threads(c), ks.ks, ks.nsplit, (long)c->fuse_min_tiles,
-                  (long)c->fuse_min_rows, c->group_m, x_f32 ? 1 : 0, reduce_vec(n), c->wgmma ? 1 : 0, ks.tmaps ? 1 : 0);
+                  (long)c->fuse_min_rows, c->group_m, x_f32 ? 1 : 0, reduce_vec(n), c->wgmma ? 1 : 0, ks.tmaps ? 1 : 0, wq);
     di_str_puts(o, di_cuda_mma_helpers);
     di_str_puts(o, device_helpers);
+    if (wq) di_str_printf(o, "#define MMF_PK_REC %zu   /* bytes per packed record */\n%s", di_pack_record_bytes(wt), wq_helpers);
     if (c->wgmma) emit_wgmma_helpers(o, c->tn);
     di_str_puts(o, split_helper);
     if (c->producers) di_str_puts(o, ws_helpers);
@@ -943,7 +1115,8 @@ static int fast_emit(di_str *o, const di_spec *s, const di_specialization *p, co
     di_str_printf(o, "/* phase 1: per-split partials (split mode) or the whole sum (fused mode) */\n"
                      "extern \"C\" __global__ void __launch_bounds__(MMF_THREADS, 1) %s(", name);
     emit_params(o, s, p);
-    if (ks.tmaps) di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx, const __grid_constant__ di_tmap mmf_tw");
+    if (ks.tmaps) di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx");
+    if (ks.tmaps && !wq) di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tw");
     di_str_puts(o, ")\n{\n");
     di_str_puts(o, c->producers ? phase1_ws_body : phase1_body);
     di_str_puts(o, phase1_store);
@@ -973,7 +1146,7 @@ static int fast_entries(const di_spec *s, const di_specialization *p, const di_t
     }
     if (ks.tmaps) {
         out[0].params[out[0].nparams++] = DI_P_TMAP;
-        out[0].params[out[0].nparams++] = DI_P_TMAP;
+        if (!w_packed(s, p)) out[0].params[out[0].nparams++] = DI_P_TMAP;
     }
     return 2;
 }

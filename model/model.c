@@ -199,6 +199,17 @@ static int pack_rows(void *arg, uint64_t row0, uint64_t row1, di_err *err)
     return rc;
 }
 
+/* Whether the matmul for a [rows, in] matrix reads packed records with the bf16 matrix's bits:
+ * the C backend and the GPU's exact profile always (the class lowering's decode); the fast
+ * profile where its tensor-core matmul takes the shape (its producer warps decode the records
+ * into the bf16 tile the bf16 kernel would stage; no other fast matmul reads them). */
+static bool reads_packed(const di_model *m, di_dtype fmt, uint64_t rows, uint64_t in)
+{
+    if (di_rt_profile(m->rt) != DI_PROFILE_FAST) return true;
+    di_dim_value dv[] = {{"K", (long)in}, {"N", (long)rows}};
+    return di_rt_op_available(m->rt, DI_OP_matmul, dv, 2, (const di_arg_dtype[]){{"w", fmt}, {"x", DI_BF16}}, 2);
+}
+
 /* Several GGUF matrices [in, out_i] stacked row-wise into one [sum out_i, in] buffer: packed
  * when the runtime's kernels read packs and every weight decodes to its bf16 value, else bf16. */
 static int load_matrix(di_model *m, const char *const *names, const uint64_t *outs, int count, uint64_t in,
@@ -213,6 +224,7 @@ static int load_matrix(di_model *m, const char *const *names, const uint64_t *ou
     di_pack_src src = {m->g, ts, outs, count, in};
     dst->bf16_bytes = rows * in * 2;
     dst->fmt = m->pack && packable ? di_pack_format(&src) : DI_BF16;
+    if (dst->fmt != DI_BF16 && !reads_packed(m, dst->fmt, rows, in)) dst->fmt = DI_BF16;
     if (dst->fmt != DI_BF16) {
         size_t bytes = di_pack_bytes(dst->fmt, (long)rows, (long)in);
         pack_ctx pc = {&src, dst->fmt, calloc(1, bytes), true};
@@ -558,21 +570,37 @@ static int choose_launch(di_model *m, di_err *err)
 
 di_launch_mode di_model_launch(const di_model *m) { return m->launch; }
 
-static const char *const launch_names[] = {
-#define DI_LAUNCH_NAME(id, name) name,
-    DI_LAUNCH_MODES(DI_LAUNCH_NAME)
-#undef DI_LAUNCH_NAME
-};
-const char *di_launch_name(di_launch_mode l)
+/* The option tables (model.h's X-macros): a name per value, and the value of a name. */
+#define DI_OPTION_NAME(id, name) name,
+static const char *const launch_names[] = {DI_LAUNCH_MODES(DI_OPTION_NAME)};
+static const char *const weights_names[] = {DI_WEIGHTS_MODES(DI_OPTION_NAME)};
+#undef DI_OPTION_NAME
+#define NAMES(t) t, sizeof t / sizeof t[0]
+
+static const char *name_of(const char *const *names, size_t n, unsigned v) { return v < n ? names[v] : "?"; }
+
+static int index_of(const char *const *names, size_t n, const char *name)
 {
-    return (unsigned)l < sizeof launch_names / sizeof launch_names[0] ? launch_names[l] : "?";
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(name, names[i])) return (int)i;
+    return -1;
 }
+
+const char *di_launch_name(di_launch_mode l) { return name_of(NAMES(launch_names), (unsigned)l); }
+const char *di_weights_name(di_weights w) { return name_of(NAMES(weights_names), (unsigned)w); }
+
 bool di_launch_parse(const char *name, di_launch_mode *out)
 {
-    for (size_t i = 0; i < sizeof launch_names / sizeof launch_names[0]; i++)
-        if (!strcmp(name, launch_names[i])) return *out = (di_launch_mode)i, true;
-    return false;
+    int i = index_of(NAMES(launch_names), name);
+    return i >= 0 && (*out = (di_launch_mode)i, true);
 }
+
+bool di_weights_parse(const char *name, di_weights *out)
+{
+    int i = index_of(NAMES(weights_names), name);
+    return i >= 0 && (*out = (di_weights)i, true);
+}
+#undef NAMES
 
 int di_model_load_gguf(const di_gguf *g, di_rt *rt, const di_model_opts *o, di_model **out, di_err *err)
 {
@@ -582,11 +610,14 @@ int di_model_load_gguf(const di_gguf *g, di_rt *rt, const di_model_opts *o, di_m
     m->o = *o;
     /* packed where decoding in the inner loop pays: SIMD lanes under cc; libtcc's scalar code is
      * bound by the decode, not by memory, and runs bf16 about 5x faster (perf/RESULTS.md 0002) */
-    /* and on the GPU in exact, where the class lowering reads the same records (fast and vendor
-     * multiply bf16 on tensor cores and cuBLASLt) */
+    /* and on the GPU in exact, where the class lowering reads the same records; in fast only when
+     * asked (DI_WEIGHTS_PACKED): the tensor-core matmul decodes them into its bf16 tile, a third
+     * of the memory but slower than bf16 today (vendor multiplies bf16 by cuBLASLt) */
     bool cpu = di_rt_backend(rt) == DI_BACKEND_C;
-    m->pack = o->weights != DI_WEIGHTS_BF16 && di_rt_profile(rt) == DI_PROFILE_EXACT &&
-              (!cpu || di_rt_cpu_compiler(rt) == DI_CPU_COMPILER_CC);
+    di_profile prof = di_rt_profile(rt);
+    m->pack = o->weights != DI_WEIGHTS_BF16 &&
+              ((prof == DI_PROFILE_EXACT && (!cpu || di_rt_cpu_compiler(rt) == DI_CPU_COMPILER_CC)) ||
+               (prof == DI_PROFILE_FAST && !cpu && o->weights == DI_WEIGHTS_PACKED));
     m->g = (di_gguf *)g;   /* borrowed: never closed here */
     /* the fast matmul would cast its f32 x to bf16 (round to nearest even) first: where the
      * kernel before it stores that bf16 itself, the cast kernel goes and the bits stay */

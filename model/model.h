@@ -31,9 +31,18 @@ int di_model_read_config(const di_gguf *g, di_config *c, di_err *err);
 /* How weight matrices are held. AUTO: the exact profile (on the CPU with kernels built by cc, and
  * on the GPU) keeps Q4_0/Q4_1/Q5_x/Q8_0/IQ4_NL/Q4_K/Q5_K matrices as packed codes (model/pack.h),
  * 0.75 or 1.25 bytes a weight, so both read the same records; every other matrix (every one
- * under libtcc, and in the GPU's fast and vendor profiles) as bf16; BF16: bf16 everywhere. Both give
- * the same bits: a packed weight decodes to its bf16 value. */
-typedef enum { DI_WEIGHTS_AUTO, DI_WEIGHTS_BF16 } di_weights;
+ * under libtcc, and in the GPU's fast and vendor profiles) as bf16. PACKED: as AUTO, and in the
+ * GPU's fast profile too, where the tensor-core matmul decodes the records into its bf16 tile
+ * (a third of the memory; slower today, perf/RESULTS.md "packed fast"). BF16: bf16 everywhere.
+ * All give the same bits: a packed weight decodes to its bf16 value. */
+#define DI_WEIGHTS_MODES(X) X(AUTO, "auto") X(PACKED, "packed") X(BF16, "bf16")
+typedef enum {
+#define DI_WEIGHTS_ENUM(id, name) DI_WEIGHTS_##id,
+    DI_WEIGHTS_MODES(DI_WEIGHTS_ENUM)
+#undef DI_WEIGHTS_ENUM
+} di_weights;
+const char *di_weights_name(di_weights w);
+bool di_weights_parse(const char *name, di_weights *out);
 
 /* How a step's launches are issued. AUTO: on the GPU in exact and fast, rows padded to a bucket,
  * the layers recorded once per row bucket and the head once per output-row bucket as CUDA

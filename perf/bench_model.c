@@ -22,7 +22,7 @@
  *
  * usage: bench_model -m MODEL.gguf [--device auto|cpu|cuda] [--profile exact|fast|vendor]
  *        [--prompt-len N] [--batch B,...] [--steps N] [--warmup N] [--prefill-runs N]
- *        [-t threads] [--cpu-compiler tcc|cc|auto] [--weights auto|bf16] [--launch L] [--hbm-gbs X] [--seed S] [--no-prefill] [--info] [--json] */
+ *        [-t threads] [--cpu-compiler tcc|cc|auto] [--weights auto|packed|bf16] [--launch L] [--hbm-gbs X] [--seed S] [--no-prefill] [--info] [--json] */
 #include "tools/cli.h"
 #include "model/model.h"
 #include <errno.h>
@@ -69,8 +69,8 @@ static void usage(FILE *f)
         "      --no-prefill      skip the prefill measurement (decode prompts are still prefilled)\n"
         "  -t, --threads N       CPU threads (default: all cores)\n"
         "      --cpu-compiler C  tcc | cc | auto: what builds the CPU kernels (default auto, as generate)\n"
-        "      --weights W       auto | bf16: auto keeps quantized matrices packed where the kernels\n"
-        "                        read packs (the CPU's exact profile); bf16 converts every matrix\n"
+        "      --weights W       auto | packed | bf16: auto keeps quantized matrices packed where the\n"
+        "                        exact profile reads packs; packed also in fast on the GPU; bf16 converts every matrix\n"
         "      --launch L        auto | eager | padded | graphs: how a step's kernels are issued\n"
         "                        (default auto: CUDA graphs per row bucket in exact and fast on the GPU)\n"
         "      --hbm-gbs X       memory bandwidth roofline in GB/s (default: measured, a 1 GiB copy)\n"
@@ -141,9 +141,7 @@ static int parse_args(int argc, char **argv, options *o)
         }
         else if (!strcmp(a, "--weights")) {
             NEED();
-            if (!strcmp(v, "auto")) o->weights = DI_WEIGHTS_AUTO;
-            else if (!strcmp(v, "bf16")) o->weights = DI_WEIGHTS_BF16;
-            else return bad("--weights takes auto or bf16, not '%s'", v);
+            if (!di_weights_parse(v, &o->weights)) return bad("--weights takes auto, packed or bf16, not '%s'", v);
         }
         else if (!strcmp(a, "--launch")) {
             NEED();

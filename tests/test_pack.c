@@ -150,6 +150,21 @@ Test(pack, a_weight_that_would_decode_otherwise_keeps_bf16)
 
 /* ---- the generated matmul on packed weights ------------------------------------------------ */
 
+/* the case's matrix packed (every weight decoding to its conversion) and as its bf16 conversion */
+static uint8_t *pack_and_bf16(packed_case *pc, di_dtype fmt, long K, long N, uint16_t **bf16)
+{
+    bool same;
+    uint8_t *p = pack_all(pc, fmt, K, N, &same);
+    cr_assert(same);
+    float *f = malloc((size_t)(K * N) * sizeof(float));
+    *bf16 = malloc((size_t)(K * N) * 2);
+    di_err e = {0};
+    cr_assert_eq(di_gguf_to_f32(pc->g, pc->t, f, &e), 0, "%s", e.msg);
+    for (long i = 0; i < K * N; i++) (*bf16)[i] = di_bf16_of(f[i]);
+    free(f);
+    return p;
+}
+
 static di_rt *cpu_rt(di_cpu_compiler c)
 {
     di_rt_opts o = {.backend = DI_BACKEND_C, .profile = DI_PROFILE_EXACT, .threads = 2, .cpu_compiler = c};
@@ -177,14 +192,8 @@ static void check_matmul(di_rt *rt, const char *tier, int type, di_dtype fmt, lo
     static const long ROWS[] = {1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 33, 40};
     packed_case pc;
     open_case(&pc, type, K, N, (uint64_t)(K * 31 + N + type), NULL, 0);
-    bool same;
-    uint8_t *p = pack_all(&pc, fmt, K, N, &same);
-    cr_assert(same);
-    float *f = malloc((size_t)(K * N) * sizeof(float));
-    uint16_t *h = malloc((size_t)(K * N) * 2);
-    di_err e = {0};
-    cr_assert_eq(di_gguf_to_f32(pc.g, pc.t, f, &e), 0, "%s", e.msg);
-    for (long i = 0; i < K * N; i++) h[i] = di_bf16_of(f[i]);
+    uint16_t *h;
+    uint8_t *p = pack_and_bf16(&pc, fmt, K, N, &h);
     di_buf *wp = th_buf(rt, p, di_pack_bytes(fmt, N, K)), *wb = th_buf(rt, h, (size_t)(K * N) * 2);
     const char *specs[] = {"matmul", "matmul_residual"};
     for (int sp = 0; sp < 2; sp++) {
@@ -210,7 +219,7 @@ static void check_matmul(di_rt *rt, const char *tier, int type, di_dtype fmt, lo
     }
     di_buf_free(wp);
     di_buf_free(wb);
-    free(p); free(f); free(h);
+    free(p); free(h);
     close_case(&pc);
 }
 
@@ -284,6 +293,71 @@ Test(gpu, exact_packed_matmul_equals_cpu_bitwise, .timeout = 300)
         close_case(&pc);
     }
     di_rt_close(cpu);
+    di_rt_close(gpu);
+}
+
+/* The fast profile's tensor-core matmul reads the records too (its producer warps decode them
+ * into the bf16 tile): its outputs equal those of the same kernel on the bf16 matrix, bitwise,
+ * at every row count, with f32 x (cast first) and bf16 x, in split and fused modes, the wide
+ * single-split tile (K 96, whose second k tile runs past K), a padded record (N 37, 44). */
+static void check_fast_packed(di_rt *gpu, const char *spec, int type, di_dtype fmt, long K, long N, bool x16)
+{
+    static const long ROWS[] = {1, 3, 16, 17, 64, 65, 130, 257};
+    packed_case pc;
+    open_case(&pc, type, K, N, (uint64_t)(K * 7 + N + type), NULL, 0);
+    uint16_t *h;
+    uint8_t *p = pack_and_bf16(&pc, fmt, K, N, &h);
+    di_err e = {0};
+    di_buf *wp = th_buf(gpu, p, di_pack_bytes(fmt, N, K)), *wb = th_buf(gpu, h, (size_t)(K * N) * 2);
+    di_op op = (di_op)(di_spec_find(spec) - di_specs);
+    di_dim_value dv[] = {{"K", K}, {"N", N}};
+    di_kernel *kp, *kb;
+    cr_assert_eq(di_rt_op_kernel(gpu, op, dv, 2, (di_arg_dtype[]){{"w", fmt}, {"x", DI_BF16}}, x16 ? 2 : 1, &kp, &e), 0,
+                 "%s", e.msg);
+    cr_assert_eq(di_rt_op_kernel(gpu, op, dv, 2, (di_arg_dtype[]){{"w", DI_BF16}, {"x", DI_BF16}}, x16 ? 2 : 1, &kb, &e), 0,
+                 "%s", e.msg);
+    cr_assert_str_eq(di_kernel_lowering(kp), di_kernel_lowering(kb));
+    size_t xe = x16 ? 2 : 4;
+    for (size_t r = 0; r < sizeof ROWS / sizeof ROWS[0]; r++) {
+        long rows = ROWS[r], sizes[DI_MAX_SIZES] = {rows};
+        size_t yb = (size_t)(rows * N) * 4;
+        float *x = malloc((size_t)(rows * K) * 4), *res = malloc(yb), *yp = malloc(yb), *ybf = malloc(yb);
+        th_fill(x, (size_t)(rows * K), (uint64_t)rows + 5);
+        th_fill(res, (size_t)(rows * N), (uint64_t)rows + 50);
+        if (x16) {
+            uint16_t *xh = (uint16_t *)x;   /* in place: element i's bf16 lands before i + 1 is read */
+            for (long i = 0; i < rows * K; i++) xh[i] = di_bf16_of(x[i]);
+        }
+        di_buf *bx = th_buf(gpu, x, (size_t)(rows * K) * xe), *br = th_buf(gpu, res, yb);
+        di_buf *op_ = th_buf(gpu, res, yb), *ob = th_buf(gpu, res, yb);
+        di_val vp[] = {{.buf = op_}, {.buf = bx}, {.buf = wp}, {.buf = br}}, vb[] = {{.buf = ob}, {.buf = bx}, {.buf = wb}, {.buf = br}};
+        th_launch(gpu, kp, vp, sizes);
+        th_launch(gpu, kb, vb, sizes);
+        th_read(op_, yp, yb);
+        th_read(ob, ybf, yb);
+        for (long i = 0; i < rows * N; i++)
+            cr_assert(!memcmp(&yp[i], &ybf[i], 4), "%s %s K %ld N %ld x %s, %ld rows: y[%ld][%ld] = %a packed, %a bf16",
+                      spec, di_ggml_type_name(type), K, N, x16 ? "bf16" : "f32", rows, i / N, i % N, (double)yp[i],
+                      (double)ybf[i]);
+        di_buf_free(bx); di_buf_free(br); di_buf_free(op_); di_buf_free(ob);
+        free(x); free(res); free(yp); free(ybf);
+    }
+    di_buf_free(wp);
+    di_buf_free(wb);
+    free(p); free(h);
+    close_case(&pc);
+}
+
+Test(gpu_fast, packed_w_matmul_equals_bf16_w_bitwise, .timeout = 600)
+{
+    di_rt *gpu = th_gpu_rt_or_skip(DI_PROFILE_FAST);
+    static const struct { int type; di_dtype fmt; long k, n; } CASES[] = {
+        {DI_GGML_Q4_1, DI_Q4X8, 576, 44}, {DI_GGML_Q8_0, DI_Q8X8, 96, 40}, {DI_GGML_Q4_K, DI_Q4X8, 512, 37},
+        {DI_GGML_Q5_0, DI_Q8X8, 576, 130}, {DI_GGML_Q4_1, DI_Q4X8, 4096, 300}};
+    for (size_t c = 0; c < sizeof CASES / sizeof CASES[0]; c++)
+        for (int x16 = 0; x16 < 2; x16++)
+            check_fast_packed(gpu, c % 2 ? "matmul" : "matmul_residual", CASES[c].type, CASES[c].fmt, CASES[c].k,
+                              CASES[c].n, x16);
     di_rt_close(gpu);
 }
 

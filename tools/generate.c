@@ -26,6 +26,7 @@ typedef struct args {
     di_profile profile;
     di_cpu_compiler cpu_compiler;
     di_launch_mode launch;
+    di_weights weights;
     bool chat, digest, json, no_prefix_cache, arrivals, ignore_eos, score;
     int logprobs;             /* --logprobs N: top-N per token; -1 none */
     /* chat and model inspection (--tokenize, --info): no runtime is opened for those */
@@ -87,6 +88,9 @@ static void usage(FILE *f)
         "                          where it works, else libtcc; the same bits either way)\n"
         "      --launch L          auto | eager | padded | graphs: how a step's kernels are issued (default auto:\n"
         "                          CUDA graphs per row bucket in exact and fast on the GPU; the same bits either way)\n"
+        "      --weights W         auto | packed | bf16: auto keeps quantized matrices as their codes where the\n"
+        "                          exact profile reads them; packed also in fast on the GPU (a third of bf16's\n"
+        "                          memory, slower today); bf16 converts every matrix (the same bits each way)\n"
         "  output:\n"
         "      --digest            print each request's SHA-256 of generated ids and log-prob bits\n"
         "      --json              one JSON object per request on stdout (with log-prob bits and the receipt)\n"
@@ -203,6 +207,10 @@ static int parse_args(int argc, char **argv, args *a)
         else if (!strcmp(o, "--launch")) {
             NEED();
             if (!di_launch_parse(v, &a->launch)) return bad_usage("--launch takes auto, eager, padded or graphs, not '%s'", v);
+        }
+        else if (!strcmp(o, "--weights")) {
+            NEED();
+            if (!di_weights_parse(v, &a->weights)) return bad_usage("--weights takes auto, packed or bf16, not '%s'", v);
         }
         else if (!strcmp(o, "--dump-cuda")) { NEED(); a->dump_src = v; }
         else if (!strcmp(o, "--dump-ptx")) { NEED(); a->dump_ptx = v; }
@@ -846,7 +854,7 @@ static int run(const args *ap, run_state *s)
     for (int i = 0; i < n_req; i++) s->rp[i] = &s->reqs[i];
     int in_flight = a.max_seqs && a.max_seqs < n_req ? a.max_seqs : n_req;
     di_model_opts mo = {.max_batch_tokens = a.max_batch_tokens, .ctx = a.ctx, .kv_blocks = a.kv_blocks ? a.kv_blocks : blocks,
-                        .max_seqs = in_flight, .launch = a.launch};
+                        .max_seqs = in_flight, .launch = a.launch, .weights = a.weights};
     if (di_model_load_gguf(s->g, s->rt, &mo, &s->m, &err)) {
         fprintf(stderr, "generate: %s\n", err.msg);
         return err.code == DI_ENOMEM || err.code == DI_EDEVICE ? 1 : 2;
