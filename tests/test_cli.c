@@ -393,6 +393,29 @@ Test(cli, generate_digests_match_the_record_under_cc, .timeout = 600)
     check_digests("cc");
 }
 
+/* --weights: a bad name is a usage error; bf16 and packed give auto's bits on the CPU (there
+ * packed is auto: fast packs only on the GPU), and the load line says how many matrices pack */
+Test(cli, generate_weights_flag)
+{
+    NEED_MODEL();
+    ran r = sh(GEN " -m %s --device cpu --weights int4 -p hi", model_path());
+    cr_assert_eq(r.status, 2, "a bad --weights is a usage error:\n%s", r.out);
+    cr_assert(strstr(r.out, "--weights takes auto, packed or bf16, not 'int4'"), "%s", r.out);
+    char digest[3][80] = {{0}};
+    const char *modes[] = {"auto", "packed", "bf16"};
+    for (int i = 0; i < 3; i++) {
+        r = sh(GEN " -m %s --device cpu -t 2 --weights %s -p 'The capital of France is' -n 8 --temp 0 --digest", model_path(),
+               modes[i]);
+        cr_assert_eq(r.status, 0, "%s", r.out);
+        const char *d = strstr(r.out, "digest 0 ");
+        cr_assert_not_null(d, "--weights %s: no digest:\n%s", modes[i], r.out);
+        snprintf(digest[i], sizeof digest[i], "%.73s", d);
+        if (i == 2) cr_assert(strstr(r.out, " 0 of "), "--weights bf16 packs nothing:\n%s", r.out);
+    }
+    cr_assert_str_eq(digest[0], digest[1]);
+    cr_assert_str_eq(digest[0], digest[2]);
+}
+
 Test(cli, generate_cpu_compiler_flag_and_load_line)
 {
     NEED_MODEL();

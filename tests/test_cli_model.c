@@ -231,5 +231,5 @@ Test(cli_model, bench_model_reads_every_architecture, .timeout = 300)
            "--warmup 0 --no-prefill", g);
     expect(&r, 0, "63 of 73 matrices packed");
     r = sh(DI_BUILD_DIR "/bench_model -m %s --weights int4", g);
-    expect(&r, 2, "--weights takes auto or bf16, not 'int4'");
+    expect(&r, 2, "--weights takes auto, packed or bf16, not 'int4'");
 }
