@@ -757,10 +757,6 @@ static void attention_scores_c(di_str *o, const char *mask)
                      "        }\n", mask);
 }
 
-/* The C backend's attention: the chains of the GPU text in lower_attention, per position and
- * per d; only which run side by side differs. A block is one row's G q heads of one kv head
- * (di_attention_c_heads; the grid follows it, codegen.c), so each key's transpose and each value
- * row is loaded once for all of them; PV sums with d as the inner (SIMD) loop. */
 long di_attention_c_heads(const di_spec *s, const di_specialization *p)
 {
     long nh = di_spec_dim(s, p, "NH"), g = nh / di_spec_dim(s, p, "NKV");
@@ -768,6 +764,10 @@ long di_attention_c_heads(const di_spec *s, const di_specialization *p)
     return g;
 }
 
+/* The C backend's attention: the chains of the GPU text in lower_attention, per position and
+ * per d; only which run side by side differs. A block is one row's G q heads of one kv head
+ * (di_attention_c_heads; the grid follows it, codegen.c), so each key's transpose and each value
+ * row is loaded once for all of them; PV sums with d as the inner (SIMD) loop. */
 static void lower_attention_c(di_str *o, const di_spec *s, const di_specialization *p, bool win)
 {
     const char *first = win ? "sfirst" : "0";   /* the first split folded */

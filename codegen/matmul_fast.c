@@ -108,9 +108,11 @@ static bool fast_applies(const di_spec *s, const di_specialization *p, const di_
     if (di_spec_dim(s, p, "K") <= 0 || di_spec_dim(s, p, "N") <= 0) return false;
     if (p->dtypes[x] == DI_I32 || p->dtypes[y] == DI_I32) return false;
     if (p->dtypes[w] == DI_BF16) return true;
-    /* packed records (dsl/dsl.h): decoded by the producer warps into the bf16 tile (mmf_load_wq) */
+    /* packed records (dsl/dsl.h): decoded by the producer warps of the TMA kernel into the bf16
+     * tile (mmf_fetch_wq, mmf_store_wq); f32 x reaches it through the bf16 cast (f32x) */
+    di_mm_schedule c = di_mm_schedule_of(p, t);
     return di_dtype_packed(p->dtypes[w]) && di_spec_dim(s, p, "K") % DI_PACK_BLOCK == 0 && !p->ksplits &&
-           di_mm_schedule_of(p, t).producers > 0;
+           c.producers > 0 && c.tma;
 }
 
 static bool w_packed(const di_spec *s, const di_specialization *p) { return di_dtype_packed(p->dtypes[di_spec_arg(s, "w")]); }
@@ -458,55 +460,15 @@ static const char device_helpers[] =
 
 /* Packed w (dsl/dsl.h's Q4X8 / Q8X8 records, as the CPU and the exact profile read them): the
  * [TN][BK] tile of bf16 the bf16 kernel would stage, made by the loading threads in registers.
- * Chunk (row, cc) is the 8 weights k0 + 8 cc .. + 7 of output n0 + row: one 32-bit code word
- * (two for 8-bit codes) of record (n / 8, k / 32) and that lane's d and m; each weight is
- * bf16(d * code + m), d * code exact in f32 (at most 11 + 6 + 8 bits), the sum rounded once
- * (__fadd_rn: never contracted), then to bf16 by di_f32_to_bf16 (nearest even), which is the
+ * A set is 4 adjacent outputs (half a record's lanes) x 8 k, cc = id % CPR its 16-byte chunk of
+ * the row: one 16-byte load of code words (two for 8-bit codes) and that half's d and m, so a
+ * warp reads whole 128-byte code blocks. Each weight is bf16(d * code + m): the code as an exact
+ * float (2^23 + code, less 2^23), d * code + m in one rounding (an fma: d * code is exact in f32,
+ * at most 11 + 6 + 8 bits), then two weights to bf16x2 by cvt.rn (nearest even), which is the
  * load-time conversion for every weight model/pack.c packs (it checks each). So the stage holds
- * the bytes the bf16 kernel's copy would: the same products in the same order. */
+ * the bytes the bf16 kernel's copy would: the same products in the same order. The TMA kernel's
+ * loaders fetch a stage one stage ahead (mmf_fetch_wq), then decode and store it (mmf_store_wq). */
 static const char wq_helpers[] =
-    "DI_FN unsigned mmf_pk_w(float d, float m, int code)\n"
-    "{\n"
-    "    return (unsigned)di_f32_to_bf16(__fadd_rn(__fmul_rn(d, (float)code), m));\n"
-    "}\n"
-    "DI_FN void mmf_load_wq(unsigned sb, const unsigned char *w, long n0, long k0, int tid)\n"
-    "{\n"
-    "#pragma unroll 1\n"
-    "    for (int i = 0; i < MMF_BCH; i++) {\n"
-    "        const int id = tid + i * MMF_LOADERS, row = id / MMF_CPR, cc = id % MMF_CPR;\n"
-    "        const long gn = n0 + row, gk = k0 + cc * 8;\n"
-    "        unsigned v[4] = {0u, 0u, 0u, 0u};\n"
-    "        if (gn < N && gk < K) {\n"
-    "            const unsigned char *r = w + ((gn / 8) * (K / 32) + gk / 32) * MMF_PK_REC;\n"
-    "            const int l = (int)(gn % 8);\n"
-    "            const float d = __ldg((const float *)r + l), m = __ldg((const float *)r + 8 + l);\n"
-    "            const unsigned *q = (const unsigned *)(r + 64);\n"
-    "#if MMF_WQ == 1\n"
-    "            const unsigned c = __ldg(q + ((gk % 32) / 8) * 8 + l);   /* nibble s: k = gk + s */\n"
-    "#pragma unroll\n"
-    "            for (int e = 0; e < 4; e++)\n"
-    "                v[e] = mmf_pk_w(d, m, (int)((c >> (8 * e)) & 15u)) | mmf_pk_w(d, m, (int)((c >> (8 * e + 4)) & 15u)) << 16;\n"
-    "#else\n"
-    "            const int j = (int)((gk % 32) / 4);                     /* byte s of word j: k = 32b + 4j + s */\n"
-    "            const unsigned c0 = __ldg(q + j * 8 + l), c1 = __ldg(q + (j + 1) * 8 + l);\n"
-    "#pragma unroll\n"
-    "            for (int e = 0; e < 4; e++) {\n"
-    "                const unsigned c = e < 2 ? c0 : c1;\n"
-    "                const int s0 = 16 * (e % 2);\n"
-    "                v[e] = mmf_pk_w(d, m, (int)(signed char)(c >> s0)) | mmf_pk_w(d, m, (int)(signed char)(c >> (s0 + 8))) << 16;\n"
-    "            }\n"
-    "#endif\n"
-    "        }\n"
-    "        mmf_st16(sb + mmf_off(row, cc), v[0], v[1], v[2], v[3]);\n"
-    "    }\n"
-    "}\n"
-    "#if MMF_TMA\n"
-    "/* The TMA kernel's loaders fetch a stage's records into registers one stage ahead (the\n"
-    " * loads of the next k tile are in flight while this one is decoded), 16 bytes a load: a set\n"
-    " * is 4 adjacent outputs (half a record's lanes) x 8 k, cc = id % CPR its 16-byte chunk of\n"
-    " * the row, so a warp reads whole 128-byte code blocks. The weights are those of mmf_pk_w:\n"
-    " * the code as an exact float (2^23 + code, less 2^23), d * code + m in one rounding (an fma:\n"
-    " * d * code is exact), then two weights to bf16x2 by cvt.rn (nearest even, as di_f32_to_bf16). */\n"
     "#define MMF_WQ_SETS (MMF_TN * MMF_BK / 32 / MMF_LOADERS)\n"
     "#define MMF_WQ_WORDS MMF_WQ                                  /* 16-byte code loads per set */\n"
     "static_assert(MMF_TN * MMF_BK / 32 % MMF_LOADERS == 0, \"sets\");\n"
@@ -569,7 +531,7 @@ static const char wq_helpers[] =
     "        }\n"
     "    }\n"
     "}\n"
-    "#endif\n";
+    "static_assert(MMF_TMA, \"packed w is loaded by the sm_90a TMA kernel's producer warps only\");\n";
 
 /* Fused mode, a split is complete: once its wgmma are done, it joins the running sum
  * (0.0f + p0 + p1 ..., as phase 2 adds them), and the next split's chain starts from 0.
@@ -878,20 +840,10 @@ static const char phase1_ws_body[] =
     "                 * the thread still has in flight, so it must not follow them */\n"
     "                mmf_fetch_x(xr, x_, m0, rvalid, kt * MMF_BK, lt);\n"
     "                mmf_store_x(sa, xr, rpad, lt);\n"
-    "#if MMF_WQ\n"
-    "                mmf_load_wq(sa + MMF_A_BYTES, w_, n0, kt * MMF_BK, lt);\n"
-    "                MMF_FENCE_STORES();\n"
-    "#else\n"
     "                MMF_FENCE_STORES();\n"
     "                mmf_load_w(sa + MMF_A_BYTES, w_, n0, kt * MMF_BK, lt);\n"
-    "#endif\n"
-    "#else\n"
-    "#if MMF_WQ\n"
-    "                mmf_load_wq(sa + MMF_A_BYTES, w_, n0, kt * MMF_BK, lt);\n"
-    "                MMF_FENCE_STORES();   /* before the x copies: the fence would wait for them */\n"
     "#else\n"
     "                mmf_load_w(sa + MMF_A_BYTES, w_, n0, kt * MMF_BK, lt);\n"
-    "#endif\n"
     "                mmf_load_x(sa, x_, m0, rvalid, rpad, kt * MMF_BK, lt);\n"
     "#if !MMF_VEC\n"
     "                MMF_FENCE_STORES();   /* element-wise loads: plain stores, no copies in flight */\n"
@@ -1097,7 +1049,7 @@ static int fast_emit(di_str *o, const di_spec *s, const di_specialization *p, co
                      "#define MMF_WGMMA 0\n#endif\n"
                      "/* phase 1 takes TMA descriptors of x and w; sm_90a loads through them */\n"
                      "#define MMF_TMAP %d\n#define MMF_TMA (MMF_TMAP && MMF_WGMMA)\n"
-                     "/* w: 0 bf16 [N][K]; 1 or 2 packed records of 4- or 8-bit codes (mmf_load_wq) */\n"
+                     "/* w: 0 bf16 [N][K]; 1 or 2 packed records of 4- or 8-bit codes (mmf_store_wq) */\n"
                      "#define MMF_WQ %d\n#define MMF_WTMA (MMF_TMA && !MMF_WQ)\n"
                      "struct __align__(64) di_tmap { unsigned long long v[16]; };\n\n",
                   c->tm, c->tn, c->bk, c->stages, c->warps_m, c->warps_n, block_threads(c), c->producers,

@@ -587,7 +587,6 @@ static int index_of(const char *const *names, size_t n, const char *name)
 }
 
 const char *di_launch_name(di_launch_mode l) { return name_of(NAMES(launch_names), (unsigned)l); }
-const char *di_weights_name(di_weights w) { return name_of(NAMES(weights_names), (unsigned)w); }
 
 bool di_launch_parse(const char *name, di_launch_mode *out)
 {

@@ -41,7 +41,6 @@ typedef enum {
     DI_WEIGHTS_MODES(DI_WEIGHTS_ENUM)
 #undef DI_WEIGHTS_ENUM
 } di_weights;
-const char *di_weights_name(di_weights w);
 bool di_weights_parse(const char *name, di_weights *out);
 
 /* How a step's launches are issued. AUTO: on the GPU in exact and fast, rows padded to a bucket,

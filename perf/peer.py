@@ -103,9 +103,10 @@ def table(a, results):
             lines.append(f"| {name} | {label} | " + " | ".join(fmt(v) for v in vals) +
                          f" | {fmt(ref)}{how if ref else ''} | {ratio(vals[0], ref)} |")
         gb = [det[p]["bytes"] / 1e9 for p in profiles]
+        file_gb = lb["size"] / 1e9 if lb.get("size") else None
         lines.append(f"| {name} | weights kept, GB | " + " | ".join(f"{g:.2f}" for g in gb) +
-                     f" | {lb['size'] / 1e9:.2f} (file tensors) | {ratio(gb[0], lb['size'] / 1e9)} |" if lb.get("size") else "")
-    return "\n".join(l for l in lines if l)
+                     (f" | {file_gb:.2f} (file tensors) | {ratio(gb[0], file_gb)} |" if file_gb else " | - | - |"))
+    return "\n".join(lines)
 
 
 def main():
