@@ -29,6 +29,8 @@ typedef struct di_mm_schedule {
     int producers;            /* warps that only load, handing stages over by mbarrier; wgmma only */
     int tma;                  /* 1: with bf16 x and K % 8 == 0, producers load by TMA */
     int wide_tn, wide_stages; /* single-split TMA kernels: tn and stages instead (0: the same tile) */
+    int few_rows, few_stages; /* packed w, launches of at most few_rows rows (8..32; 0: none): the
+                                 swapped tile (outputs as wgmma's M) with few_stages stages */
 } di_mm_schedule;
 
 /* The fast attention's schedule (ints only, as above). */

@@ -964,6 +964,9 @@ static int class_emit(di_str *o, const di_spec *s, const di_specialization *p, c
     bool packed = s->cls == DI_MATMUL && w >= 0 && di_dtype_packed(p->dtypes[w]);
     /* the fast profile's packed w is the tensor-core matmul's (the same bits as its bf16 w);
      * this lowering's chains would be exact's order, not fast's */
+    if (packed && di_dtype_half_scales(p->dtypes[w]))
+        return di_fail(err, DI_ESPEC, "spec %s: %s weights (binary16 scales) are read by the fast profile's "
+                       "tensor-core matmul only", s->name, di_dtype_name(p->dtypes[w]));
     if (packed && !c && p->profile == DI_PROFILE_FAST)
         return di_fail(err, DI_ESPEC, "spec %s: packed %s weights in the fast profile are read by the tensor-core "
                        "matmul only (K = %ld)", s->name, di_dtype_name(p->dtypes[w]), di_spec_dim(s, p, "K"));

@@ -27,7 +27,7 @@ typedef struct di_target {
 di_target di_target_cuda_default(void);
 di_target di_target_c(void);
 
-enum { DI_MAX_ENTRIES = 2, DI_MAX_DEPS = 4, DI_MAX_LAUNCHES = 4, DI_MAX_PARAMS = DI_MAX_ARGS + DI_MAX_SIZES + 4 };
+enum { DI_MAX_ENTRIES = 6, DI_MAX_DEPS = 4, DI_MAX_LAUNCHES = 4, DI_MAX_PARAMS = DI_MAX_ARGS + DI_MAX_SIZES + 4 };
 
 /* A kernel entry's parameter, as the generated code declares it. */
 typedef enum { DI_P_PTR, DI_P_F32, DI_P_I32, DI_P_LONG, DI_P_TMAP } di_param;

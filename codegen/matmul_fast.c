@@ -195,6 +195,36 @@ enum { REDUCE_THREADS = 256 };
  * fragments that hold rows (the kernel expects exactly these bytes per stage, MMF_X_BOX_ROWS). */
 static long x_box_rows(const di_mm_schedule *c, long rows) { return rows < c->tm ? (rows + 15) / 16 * 16 : c->tm; }
 
+static void add_reduce(const di_spec *s, di_plan *pl, long rows, long n);
+
+/* The few-rows tile (see "few rows" below) for a launch of `rows`, or false: packed w loaded by
+ * TMA, at most few_rows rows (its split sums are phase 2's: MMF_FUSED is false there). */
+static bool few_rows_for(const di_spec *s, const di_specialization *p, const kernel_shape *ks, long rows)
+{
+    return w_packed(s, p) && ks->tmaps && ks->c.few_rows && rows >= 1 && rows <= ks->c.few_rows;
+}
+
+static void few_plan(const di_spec *s, const di_specialization *p, const kernel_shape *ks, long rows, long k, long n,
+                     di_plan *pl)
+{
+    const int nr = (int)(rows + 7) / 8 * 8;
+    const long stage = (long)nr * 128 * 2 + 8L * 4 * (long)di_pack_record_bytes(p->dtypes[di_spec_arg(s, "w")]);
+    pl->workspace = ks->nsplit > 1 ? (size_t)ks->nsplit * (size_t)rows * (size_t)n * sizeof(float) : 0;
+    di_launch *l = &pl->l[pl->n++];
+    l->run = DI_RUN_ENTRY;
+    l->index = 2 + nr / 8 - 1;
+    l->grid[0] = (unsigned)(ceil_div(n, 64) * ks->nsplit);
+    l->grid[1] = l->grid[2] = 1;
+    l->block[0] = 128;
+    l->block[1] = l->block[2] = 1;
+    l->smem = (unsigned)(ks->c.few_stages * (stage + 8));
+    di_launch_spec_args(s, l);
+    di_launch_add(l, DI_A_WS, 0, 0, 0);
+    l->args[l->nargs++] = (di_pa){.kind = DI_A_TMAP, .index = di_spec_arg(s, "x"), .rows = (unsigned long)rows,
+                                  .cols = (unsigned long)k, .box_rows = (unsigned)nr, .box_cols = 64};
+    if (ks->nsplit > 1) add_reduce(s, pl, rows, n);
+}
+
 static int fast_plan(const di_spec *s, const di_specialization *p, const di_target *t, const long *sizes, di_plan *pl,
                      di_err *err)
 {
@@ -210,6 +240,10 @@ static int fast_plan(const di_spec *s, const di_specialization *p, const di_targ
     memset(pl, 0, sizeof *pl);
     pl->workspace = m.fused ? 0 : (size_t)ks.nsplit * (size_t)rows * (size_t)n * sizeof(float);
     if (rows == 0) return DI_OK;
+    if (few_rows_for(s, p, &ks, rows)) {
+        few_plan(s, p, &ks, rows, k, n, pl);
+        return DI_OK;
+    }
     di_launch *l = &pl->l[pl->n++];
     l->run = DI_RUN_ENTRY;
     l->index = 0;
@@ -237,7 +271,13 @@ static int fast_plan(const di_spec *s, const di_specialization *p, const di_targ
         if (!w_packed(s, p)) l->args[l->nargs++] = w;   /* packed w: the producers decode it */
     }
     if (m.fused) return DI_OK;   /* phase 1 stored y */
-    /* phase 2 (split mode): the split partials added in split order */
+    add_reduce(s, pl, rows, n);
+    return DI_OK;
+}
+
+/* phase 2 (split mode): the split partials added in split order */
+static void add_reduce(const di_spec *s, di_plan *pl, long rows, long n)
+{
     di_launch *r = &pl->l[pl->n++];
     r->run = DI_RUN_ENTRY;
     r->index = 1;
@@ -248,7 +288,6 @@ static int fast_plan(const di_spec *s, const di_specialization *p, const di_targ
     r->block[1] = r->block[2] = 1;
     di_launch_spec_args(s, r);
     di_launch_add(r, DI_A_WS, 0, 0, 0);
-    return DI_OK;
 }
 
 int di_matmul_fast_kernel_info(const di_spec *s, const di_specialization *p, const di_target *t,
@@ -469,10 +508,28 @@ static const char device_helpers[] =
  * the bytes the bf16 kernel's copy would: the same products in the same order. The TMA kernel's
  * loaders fetch a stage one stage ahead (mmf_fetch_wq), then decode and store it (mmf_store_wq). */
 static const char wq_helpers[] =
+    "/* a record's scales: d[8] then m[8], f32 or binary16 (Q4X8H, Q8X8H); its code words after them */\n"
+    "#if MMF_PK_HALF\n"
+    "typedef uint2 mmf_sc4;   /* four lanes' scales */\n"
+    "DI_FN float mmf_h2f(unsigned short h) { float f; asm(\"cvt.f32.f16 %0, %1;\" : \"=f\"(f) : \"h\"(h)); return f; }\n"
+    "DI_FN float mmf_sc(const mmf_sc4 &s, int e) { return mmf_h2f((unsigned short)((e < 2 ? s.x : s.y) >> (16 * (e & 1)))); }\n"
+    "DI_FN float mmf_scale(const unsigned char *r, int i) { return mmf_h2f(*(const unsigned short *)(r + 2 * i)); }\n"
+    "#define MMF_SC_LOAD(p) __ldg((const uint2 *)(p))\n"
+    "#define MMF_SC_ZERO make_uint2(0u, 0u)\n"
+    "#define MMF_SC_BYTES 2\n"
+    "#else\n"
+    "typedef float4 mmf_sc4;\n"
+    "DI_FN float mmf_sc(const mmf_sc4 &s, int e) { return e == 0 ? s.x : e == 1 ? s.y : e == 2 ? s.z : s.w; }\n"
+    "DI_FN float mmf_scale(const unsigned char *r, int i) { return *(const float *)(r + 4 * i); }\n"
+    "#define MMF_SC_LOAD(p) __ldg((const float4 *)(p))\n"
+    "#define MMF_SC_ZERO make_float4(0.0f, 0.0f, 0.0f, 0.0f)\n"
+    "#define MMF_SC_BYTES 4\n"
+    "#endif\n"
+    "#define MMF_PK_Q (16 * MMF_SC_BYTES)   /* the code words' offset in a record */\n"
     "#define MMF_WQ_SETS (MMF_TN * MMF_BK / 32 / MMF_LOADERS)\n"
     "#define MMF_WQ_WORDS MMF_WQ                                  /* 16-byte code loads per set */\n"
     "static_assert(MMF_TN * MMF_BK / 32 % MMF_LOADERS == 0, \"sets\");\n"
-    "struct mmf_wq_raw { uint4 q[MMF_WQ_SETS][MMF_WQ_WORDS]; float4 d[MMF_WQ_SETS], m[MMF_WQ_SETS]; };\n"
+    "struct mmf_wq_raw { uint4 q[MMF_WQ_SETS][MMF_WQ_WORDS]; mmf_sc4 d[MMF_WQ_SETS], m[MMF_WQ_SETS]; };\n"
     "DI_FN void mmf_fetch_wq(mmf_wq_raw &raw, const unsigned char *w, long n0, long k0, int tid)\n"
     "{\n"
     "    const long np = (N + 7) / 8 * 8;   /* outputs with records (past N: zero records) */\n"
@@ -483,13 +540,13 @@ static const char wq_helpers[] =
     "        if (gn < np && gk < K) {\n"
     "            const unsigned char *r = w + ((gn / 8) * (K / 32) + gk / 32) * MMF_PK_REC;\n"
     "            const int half = (int)(gn % 8) / 4, j = (int)(gk % 32) / 8;\n"
-    "            raw.d[i] = __ldg((const float4 *)(r + 16 * half));\n"
-    "            raw.m[i] = __ldg((const float4 *)(r + 32 + 16 * half));\n"
+    "            raw.d[i] = MMF_SC_LOAD(r + 4 * MMF_SC_BYTES * half);\n"
+    "            raw.m[i] = MMF_SC_LOAD(r + 8 * MMF_SC_BYTES + 4 * MMF_SC_BYTES * half);\n"
     "#pragma unroll\n"
     "            for (int h = 0; h < MMF_WQ_WORDS; h++)\n"
-    "                raw.q[i][h] = __ldg((const uint4 *)(r + 64 + 32 * (MMF_WQ_WORDS * j + h) + 16 * half));\n"
+    "                raw.q[i][h] = __ldg((const uint4 *)(r + MMF_PK_Q + 32 * (MMF_WQ_WORDS * j + h) + 16 * half));\n"
     "        } else {\n"
-    "            raw.d[i] = raw.m[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);\n"
+    "            raw.d[i] = raw.m[i] = MMF_SC_ZERO;\n"
     "#pragma unroll\n"
     "            for (int h = 0; h < MMF_WQ_WORDS; h++) raw.q[i][h] = make_uint4(0u, 0u, 0u, 0u);\n"
     "        }\n"
@@ -515,8 +572,8 @@ static const char wq_helpers[] =
     "#pragma unroll\n"
     "    for (int i = 0; i < MMF_WQ_SETS; i++) {\n"
     "        const int id = tid + i * MMF_LOADERS, cc = id % MMF_CPR, r4 = id / MMF_CPR;\n"
-    "        const float d[4] = {raw.d[i].x, raw.d[i].y, raw.d[i].z, raw.d[i].w};\n"
-    "        const float m[4] = {raw.m[i].x, raw.m[i].y, raw.m[i].z, raw.m[i].w};\n"
+    "        const float d[4] = {mmf_sc(raw.d[i], 0), mmf_sc(raw.d[i], 1), mmf_sc(raw.d[i], 2), mmf_sc(raw.d[i], 3)};\n"
+    "        const float m[4] = {mmf_sc(raw.m[i], 0), mmf_sc(raw.m[i], 1), mmf_sc(raw.m[i], 2), mmf_sc(raw.m[i], 3)};\n"
     "#pragma unroll\n"
     "        for (int e = 0; e < 4; e++) {\n"
     "            unsigned wd[MMF_WQ_WORDS];\n"
@@ -1024,6 +1081,187 @@ static void emit_wgmma_helpers(di_str *o, int tn)
                    "#endif\n");
 }
 
+/* ---- few rows: the outputs as wgmma's M (packed w) ------------------------------------------
+ * At a handful of rows the tile above multiplies a 64-row wgmma per k16 step for one or a few
+ * valid rows, and its producer warps decode each record into shared memory for the multiplying
+ * warps to read back: at batch 1 on the 8B shape that ran at 0.44 TB/s. A launch of at most
+ * few_rows rows of a packed-w kernel takes the swapped tile instead: a block is one warpgroup
+ * owning 64 outputs and every row (rounded up to NR = 8, 16, 24 or 32), and each k16 step is one
+ * wgmma.m64nNRk16 with w as the A operand, decoded from the records straight into the A
+ * fragment registers (the same bf16 values as mmf_store_wq), and x as the B operand (TMA boxes
+ * of NR rows, the same 128-byte swizzled rows). Records and x arrive by bulk asynchronous copies,
+ * MMV_STAGES stages ahead, issued by one thread.
+ *
+ * Why the bits are those of the large tile: a block takes the same K split z (KS from K and N),
+ * walks its k16 steps in increasing k up to the split's last 64-k tile (zeros past K, both
+ * operands), starting from 0.0f, with the same instruction on the same bf16 values; then the
+ * partial goes to ws[z][rows][N] for phase 2 (one split: 0.0f + p, then the epilogue, as the
+ * large tile's fused store). Only which operand holds which matrix changes; gpu_fast checks
+ * every row count 1..few_rows against the large tile bitwise (packed_w_matmul_equals_bf16_w).
+ *
+ * A thread of warp q holds, per k16 step, outputs n0 + 16q + g and + 8 (g = lane / 4) at k
+ * 2t, 2t + 1, 2t + 8, 2t + 9 (t = lane % 4): the A fragment layout. In a record those are
+ * code word i = k / 8 (Q4X8; Q8X8: k / 4) of lane g, so a thread decodes nibbles 2t, 2t + 1 of
+ * its words (bytes 2(t % 2), +1 of every other word for Q8X8). The high code of the pair is
+ * taken in place, as 16 x code (256 x code), and multiplied by d / 16 (d / 256): exact, since
+ * d is 0 or at least 2^-24 in magnitude (an f16 scale, times a 6-bit one for the K quants; pack.c
+ * checks it), so the product, and the fma's one rounding, are those of d * code. */
+static const char few_helpers[] =
+    "#define MMV_BKS 128                                 /* k per stage */\n"
+    "#define MMV_RPS (MMV_BKS / 32)                      /* records per output group per stage */\n"
+    "#define MMV_REC_BYTES (8 * MMV_RPS * MMF_PK_REC)    /* a stage's records: 8 groups of 8 outputs */\n"
+    "#define MMV_STAGE_BYTES(NR) ((NR) * MMV_BKS * 2 + MMV_REC_BYTES)\n"
+    "static_assert(MMV_REC_BYTES % 1024 == 0 && MMF_BK == 64, \"stages stay 1024-byte aligned (swizzle atoms)\");\n"
+    "DI_FN void mmv_bulk(unsigned dst, const void *src, unsigned bytes, unsigned bar)\n"
+    "{\n"
+    "    asm volatile(\"cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\\n\"\n"
+    "                 ::\"r\"(dst), \"l\"(src), \"r\"(bytes), \"r\"(bar) : \"memory\");\n"
+    "}\n"
+    "/* weights (n, k = 32b + 8i + 2t, + 1), i = 0..3, of lane g of the record at r, as bf16x2 */\n"
+    "DI_FN void mmv_decode(unsigned (&wv)[4], const unsigned char *r, int g, int t)\n"
+    "{\n"
+    "    const float d = mmf_scale(r, g), m = mmf_scale(r, 8 + g);\n"
+    "#if MMF_WQ == 1\n"
+    "    const float d_hi = d * 0.0625f;   /* the high nibble arrives as 16 x code */\n"
+    "#pragma unroll\n"
+    "    for (int i = 0; i < 4; i++) {\n"
+    "        const unsigned v = *(const unsigned *)(r + MMF_PK_Q + 32 * i + 4 * g) >> (8 * t);\n"
+    "        const float lo = __uint_as_float((v & 15u) | 0x4b000000u) - 8388608.0f;\n"
+    "        const float hi = __uint_as_float((v & 240u) | 0x4b000000u) - 8388608.0f;\n"
+    "        wv[i] = mmf_bf16x2(__fmaf_rn(d, lo, m), __fmaf_rn(d_hi, hi, m));\n"
+    "    }\n"
+    "#else\n"
+    "    const float d_hi = d * 0.00390625f;   /* the high byte arrives as 256 x code */\n"
+    "#pragma unroll\n"
+    "    for (int i = 0; i < 4; i++) {\n"
+    "        const unsigned v = *(const unsigned *)(r + MMF_PK_Q + 32 * (t / 2 + 2 * i) + 4 * g) >> (16 * (t & 1));\n"
+    "        const float lo = __uint_as_float((v & 255u) ^ 0x4b000080u) - 8388736.0f;\n"
+    "        const float hi = __uint_as_float((v & 65280u) ^ 0x4b008000u) - 8421376.0f;\n"
+    "        wv[i] = mmf_bf16x2(__fmaf_rn(d, lo, m), __fmaf_rn(d_hi, hi, m));\n"
+    "    }\n"
+    "#endif\n"
+    "}\n";
+
+/* One k16 step of the swapped tile: D[64 outputs][nr rows] += A (registers) . B (descriptor). */
+static void emit_few_wgmma(di_str *o, int nr)
+{
+    int nc = nr / 2;
+    di_str_printf(o, "DI_FN void mmv_wgmma%d(float (&c)[%d], const unsigned *a, unsigned long long db)\n{\n", nr, nc);
+    di_str_printf(o, "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, 1, 0;\\n\"\n"
+                     "                 \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.bf16.bf16 {", nr);
+    for (int i = 0; i < nc; i++) di_str_printf(o, "%s%%%d", i ? ", " : "", i);
+    di_str_printf(o, "}, {%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1, 0;\\n}\\n\"\n                 : ", nc, nc + 1, nc + 2,
+                  nc + 3, nc + 4);
+    for (int i = 0; i < nc; i++) di_str_printf(o, "%s\"+f\"(c[%d])", i ? ", " : "", i);
+    di_str_puts(o, "\n                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(db) : \"memory\");\n}\n");
+}
+
+static const char few_body[] =
+    "    extern __shared__ __align__(1024) unsigned char mmf_smem[];\n"
+    "    const int tid = threadIdx.x, lane = tid & 31, wq = tid >> 5, g = lane >> 2, t = lane & 3;\n"
+    "    const long ncg = (N + 63) / 64, n0 = blockIdx.x % ncg * 64, z = blockIdx.x / ncg;\n"
+    "    const long nkt = (K + MMF_BK - 1) / MMF_BK, kb = z * MMF_KS;\n"
+    "    /* the split's k tiles, as the large tile walks them (the last one may run past K) */\n"
+    "    const long ke = kb + MMF_KS < nkt * MMF_BK ? kb + MMF_KS : nkt * MMF_BK;\n"
+    "    const int steps = (int)((ke - kb + MMV_BKS - 1) / MMV_BKS);\n"
+    "    const long groups = (N + 7) / 8, g0 = n0 / 8;   /* output groups with records; the block's first */\n"
+    "    const int gv = groups - g0 < 8 ? (int)(groups - g0) : 8;\n"
+    "    const unsigned s0 = (unsigned)__cvta_generic_to_shared(mmf_smem);\n"
+    "    const unsigned full = s0 + MMV_STAGES * MMV_STAGE_BYTES(MMV_NR);\n"
+    "    /* step i: k [kb + 128 i, +128) into stage i % STAGES: x boxes, then each group's records */\n"
+    "    auto load = [&](int i) {\n"
+    "        const unsigned sa = s0 + (i % MMV_STAGES) * MMV_STAGE_BYTES(MMV_NR), bar = full + 8 * (i % MMV_STAGES);\n"
+    "        const long k0 = kb + (long)i * MMV_BKS;\n"
+    "        const int boxes = (int)((ke - k0 < MMV_BKS ? ke - k0 : MMV_BKS) / MMF_BK);\n"
+    "        const int recs = (K - k0) / 32 < MMV_RPS ? (int)((K - k0) / 32) : MMV_RPS;\n"
+    "        mmf_bar_expect(bar, (unsigned)(boxes * MMV_NR * 128 + gv * recs * MMF_PK_REC));\n"
+    "        for (int b = 0; b < boxes; b++) mmf_tma_load(sa + b * MMV_NR * 128, &mmf_tx, (int)(k0 + b * MMF_BK), 0, bar);\n"
+    "        for (int gi = 0; gi < gv; gi++)\n"
+    "            mmv_bulk(sa + MMV_NR * MMV_BKS * 2 + gi * MMV_RPS * MMF_PK_REC,\n"
+    "                     w_ + ((g0 + gi) * (K / 32) + k0 / 32) * MMF_PK_REC, (unsigned)(recs * MMF_PK_REC), bar);\n"
+    "    };\n"
+    "    if (tid == 0) {\n"
+    "        for (int st = 0; st < MMV_STAGES; st++) mmf_bar_init(full + 8 * st, 1);\n"
+    "        asm volatile(\"fence.mbarrier_init.release.cluster;\\n\" ::: \"memory\");\n"
+    "        for (int i = 0; i < MMV_STAGES && i < steps; i++) load(i);\n"
+    "    }\n"
+    "    __syncthreads();\n"
+    "    float c[MMV_NR / 2];\n"
+    "#pragma unroll\n"
+    "    for (int e = 0; e < MMV_NR / 2; e++) c[e] = 0.0f;\n"
+    "    /* step i: decode its records into A (4 registers per k16 step), then its k16 steps */\n"
+    "    auto step = [&](int i, unsigned (&a)[MMV_RPS * 8]) {\n"
+    "        const int st = i % MMV_STAGES;\n"
+    "        mmf_bar_wait(full + 8 * st, (unsigned)(i / MMV_STAGES) & 1u);\n"
+    "        const unsigned sx = s0 + st * MMV_STAGE_BYTES(MMV_NR);\n"
+    "        const unsigned char *rec = mmf_smem + st * MMV_STAGE_BYTES(MMV_NR) + MMV_NR * MMV_BKS * 2;\n"
+    "        const long k0 = kb + (long)i * MMV_BKS;\n"
+    "        const int nk = (int)((ke - k0 < MMV_BKS ? ke - k0 : MMV_BKS) / 16);\n"
+    "        const bool in_a = 2 * wq < gv, in_b = 2 * wq + 1 < gv;\n"
+    "#pragma unroll\n"
+    "        for (int b = 0; b < MMV_RPS; b++) {\n"
+    "            unsigned wa[4] = {0u, 0u, 0u, 0u}, wb[4] = {0u, 0u, 0u, 0u};\n"
+    "            if (k0 + 32 * b < K) {   /* past K: zeros, as the large tile's padding */\n"
+    "                if (in_a) mmv_decode(wa, rec + (2 * wq * MMV_RPS + b) * MMF_PK_REC, g, t);\n"
+    "                if (in_b) mmv_decode(wb, rec + ((2 * wq + 1) * MMV_RPS + b) * MMF_PK_REC, g, t);\n"
+    "            }\n"
+    "#pragma unroll\n"
+    "            for (int h = 0; h < 2; h++) {\n"
+    "                a[8 * b + 4 * h] = wa[2 * h], a[8 * b + 4 * h + 1] = wb[2 * h];\n"
+    "                a[8 * b + 4 * h + 2] = wa[2 * h + 1], a[8 * b + 4 * h + 3] = wb[2 * h + 1];\n"
+    "            }\n"
+    "        }\n"
+    "#pragma unroll\n"
+    "        for (int e = 0; e < MMV_NR / 2; e++) asm volatile(\"\" : \"+f\"(c[e])::\"memory\");\n"
+    "        asm volatile(\"wgmma.fence.sync.aligned;\\n\" ::: \"memory\");\n"
+    "#pragma unroll\n"
+    "        for (int kk = 0; kk < MMV_RPS * 2; kk++)\n"
+    "            if (kk < nk) MMV_WGMMA(c, &a[4 * kk], mmf_desc(sx + kk / 4 * MMV_NR * 128 + kk % 4 * 32));\n"
+    "        asm volatile(\"wgmma.commit_group.sync.aligned;\\n\" ::: \"memory\");\n"
+    "        asm volatile(\"wgmma.wait_group.sync.aligned 1;\\n\" ::: \"memory\");   /* step i - 1 is done */\n"
+    "#pragma unroll\n"
+    "        for (int e = 0; e < MMV_NR / 2; e++) asm volatile(\"\" : \"+f\"(c[e])::\"memory\");\n"
+    "        __syncthreads();   /* every warp is done with step i - 1's stage: refill it */\n"
+    "        if (tid == 0 && i >= 1 && i - 1 + MMV_STAGES < steps) load(i - 1 + MMV_STAGES);\n"
+    "    };\n"
+    "    unsigned a0[MMV_RPS * 8], a1[MMV_RPS * 8];   /* step i's A while step i - 1's wgmma may still read the other */\n"
+    "    for (int i = 0; i < steps; i += 2) {\n"
+    "        step(i, a0);\n"
+    "        if (i + 1 < steps) step(i + 1, a1);\n"
+    "    }\n"
+    "    asm volatile(\"wgmma.wait_group.sync.aligned 0;\\n\" ::: \"memory\");\n"
+    "#pragma unroll\n"
+    "    for (int e = 0; e < MMV_NR / 2; e++) asm volatile(\"\" : \"+f\"(c[e])::\"memory\");\n"
+    "    /* c[4j + e]: output n0 + 16q + g (+8 for e >= 2), row 8j + 2t (+1 for odd e) */\n"
+    "#pragma unroll\n"
+    "    for (int j = 0; j < MMV_NR / 8; j++)\n"
+    "#pragma unroll\n"
+    "        for (int e = 0; e < 4; e++) {\n"
+    "            const long rr = 8 * j + 2 * t + (e & 1), nn = n0 + 16 * wq + g + 8 * (e >> 1);\n"
+    "            if (rr >= rows || nn >= N) continue;\n"
+    "#if MMF_NSPLIT == 1\n"
+    "            MMF_EPILOGUE(rr, nn, __fadd_rn(0.0f, c[4 * j + e]));\n"
+    "#else\n"
+    "            ws[(z * rows + rr) * N + nn] = c[4 * j + e];\n"
+    "#endif\n"
+    "        }\n";
+
+/* The few-rows entries, one per NR in 8, 16 .. few_rows (after phase 1 and phase 2). */
+static void emit_few(di_str *o, const di_spec *s, const di_specialization *p, const di_mm_schedule *c, const char *name)
+{
+    di_str_printf(o, "\n/* few rows (swapped tile): at most NR rows, outputs as wgmma's M */\n#define MMV_STAGES %d\n%s",
+                  c->few_stages, few_helpers);
+    for (int nr = 8; nr <= c->few_rows; nr += 8) emit_few_wgmma(o, nr);
+    for (int nr = 8; nr <= c->few_rows; nr += 8) {
+        di_str_printf(o, "\n#define MMV_NR %d\n#define MMV_WGMMA mmv_wgmma%d\n"
+                         "extern \"C\" __global__ void __launch_bounds__(128) %s_rows%d(", nr, nr, name, nr);
+        emit_params(o, s, p);
+        di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx)\n{\n");
+        di_str_puts(o, few_body);
+        di_str_puts(o, "}\n#undef MMV_NR\n#undef MMV_WGMMA\n");
+    }
+}
+
 static int fast_emit(di_str *o, const di_spec *s, const di_specialization *p, const di_target *t, const char *name,
                      di_err *err)
 {
@@ -1034,7 +1272,7 @@ static int fast_emit(di_str *o, const di_spec *s, const di_specialization *p, co
     bool x_f32 = p->dtypes[di_spec_arg(s, "x")] == DI_F32, y_bf16 = p->dtypes[di_spec_arg(s, "y")] == DI_BF16;
     long n = di_spec_dim(s, p, "N");
     di_dtype wt = p->dtypes[di_spec_arg(s, "w")];
-    int wq = wt == DI_Q4X8 ? 1 : wt == DI_Q8X8 ? 2 : 0;
+    int wq = di_dtype_packed(wt) ? di_pack_code_bits(wt) / 4 : 0;
 
     di_str_printf(o, "/* fast matmul: tensor cores, one tile for every M, K split size fixed by K and N (codegen/matmul_fast.c) */\n"
                      "#define MMF_TM %d\n#define MMF_TN %d\n#define MMF_BK %d\n#define MMF_STAGES %d\n"
@@ -1057,7 +1295,14 @@ static int fast_emit(di_str *o, const di_spec *s, const di_specialization *p, co
                   (long)c->fuse_min_rows, c->group_m, x_f32 ? 1 : 0, reduce_vec(n), c->wgmma ? 1 : 0, ks.tmaps ? 1 : 0, wq);
     di_str_puts(o, di_cuda_mma_helpers);
     di_str_puts(o, device_helpers);
-    if (wq) di_str_printf(o, "#define MMF_PK_REC %zu   /* bytes per packed record */\n%s", di_pack_record_bytes(wt), wq_helpers);
+    if (wq)
+        di_str_printf(o, "#define MMF_PK_REC %zu   /* bytes per packed record */\n#define MMF_PK_HALF %d\n%s",
+                      di_pack_record_bytes(wt), di_dtype_half_scales(wt) ? 1 : 0, wq_helpers);
+    if (wq && c->few_rows)
+        di_str_printf(o, "/* launches of at most %d rows run the few-rows tile, whose split sums phase 2 always adds */\n"
+                         "#undef MMF_FUSED\n#define MMF_FUSED(rows) ((rows) > %d && (MMF_NSPLIT == 1 || (MMF_FUSE_TILES > 0 && \\\n"
+                         "                         (rows) >= MMF_FUSE_ROWS && MMF_TILES(rows) >= MMF_FUSE_TILES)))\n",
+                      c->few_rows, c->few_rows);
     if (c->wgmma) emit_wgmma_helpers(o, c->tn);
     di_str_puts(o, split_helper);
     if (c->producers) di_str_puts(o, ws_helpers);
@@ -1081,6 +1326,7 @@ static int fast_emit(di_str *o, const di_spec *s, const di_specialization *p, co
     di_str_puts(o, ")\n{\n");
     di_str_puts(o, phase2_body);
     di_str_puts(o, "}\n");
+    if (wq && c->few_rows) emit_few(o, s, p, c, name);
     return DI_OK;
 }
 
@@ -1100,7 +1346,16 @@ static int fast_entries(const di_spec *s, const di_specialization *p, const di_t
         out[0].params[out[0].nparams++] = DI_P_TMAP;
         if (!w_packed(s, p)) out[0].params[out[0].nparams++] = DI_P_TMAP;
     }
-    return 2;
+    if (!w_packed(s, p) || !ks.c.few_rows) return 2;
+    /* the few-rows entries: the spec's parameters, the workspace, x's TMA descriptor */
+    int n = 2;
+    for (int nr = 8; nr <= ks.c.few_rows; nr += 8, n++) {
+        snprintf(out[n].name, sizeof out[n].name, "%.240s_rows%d", out[0].name, nr);
+        di_entry_spec_params(s, &out[n]);
+        out[n].params[out[n].nparams++] = DI_P_PTR;
+        out[n].params[out[n].nparams++] = DI_P_TMAP;
+    }
+    return n;
 }
 
 const di_lowering di_lowering_matmul_fast = {

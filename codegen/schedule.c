@@ -8,7 +8,7 @@
 typedef struct { const char *name, *target; di_mm_schedule s; } mm_row;
 typedef struct { const char *name, *target; di_att_schedule s; } att_row;
 
-_Static_assert(sizeof(di_mm_schedule) == 17 * sizeof(int), "di_mm_schedule must be padding-free ints");
+_Static_assert(sizeof(di_mm_schedule) == 19 * sizeof(int), "di_mm_schedule must be padding-free ints");
 _Static_assert(sizeof(di_att_schedule) == 5 * sizeof(int), "di_att_schedule must be padding-free ints");
 
 static const mm_row mm_rows[] = {
@@ -105,6 +105,9 @@ static const char *mm_problem(const di_mm_schedule *c)
                        (long)c->wide_stages * (c->tm + c->wide_tn) * c->bk * 2 > 227L * 1024 || !c->tma))
         return "wide_tn must be a multiple of 16 up to 256, with wide_stages 4..8 that fit 227 KiB "
                "(it applies to TMA-loading kernels only)";
+    if (c->few_rows && (c->few_rows % 8 || c->few_rows > 32 || c->few_stages < 2 || c->few_stages > 8 || !c->tma ||
+                        !c->wgmma || c->bk != 64))
+        return "few_rows must be 8, 16, 24 or 32, with few_stages 2..8, on the wgmma TMA schedule (bk 64)";
     return NULL;
 }
 

@@ -27,10 +27,15 @@
  * and the weight is bf16(d[l] * (float)code + m[l]) in f32, rounded to bf16 by
  * t = v * 65537, t - (t - v) (Veltkamp's split: round to nearest even at 8 bits for every
  * normal f32 below 2^100, checked exhaustively); model/pack.c builds the records and checks
- * every weight against the load-time bf16 conversion. Outputs past N are zero records. */
+ * every weight against the load-time bf16 conversion. Outputs past N are zero records.
+ * Q4X8H / Q8X8H: the same with d[8] and m[8] as IEEE binary16 (uint16 d[8], m[8], then q at
+ * byte 32), for matrices whose every d and m is one (Q4_0, Q4_1, Q5_x, Q8_0: f16 scales; not
+ * the K quants, whose d is an f16 times a 6-bit scale): 0.625 bytes a 4-bit weight, as Q4_1.
+ * The fast profile's matmul reads them (the same bf16 weights); the C lowering does not. */
 #define DI_DTYPES(X) \
     X(F32, "f32", "float", 4) X(BF16, "bf16", "di_bf16", 2) X(I32, "i32", "int", 4) \
-    X(Q4X8, "q4x8", "unsigned char", 0) X(Q8X8, "q8x8", "unsigned char", 0)
+    X(Q4X8, "q4x8", "unsigned char", 0) X(Q8X8, "q8x8", "unsigned char", 0) \
+    X(Q4X8H, "q4x8h", "unsigned char", 0) X(Q8X8H, "q8x8h", "unsigned char", 0)
 typedef enum {
 #define X(id, name, ctype, bytes) DI_##id,
     DI_DTYPES(X)
@@ -38,7 +43,11 @@ typedef enum {
     DI_NUM_DTYPES
 } di_dtype;
 enum { DI_PACK_LANES = 8, DI_PACK_BLOCK = 32 };
-static inline bool di_dtype_packed(di_dtype t) { return t == DI_Q4X8 || t == DI_Q8X8; }
+static inline bool di_dtype_half_scales(di_dtype t) { return t == DI_Q4X8H || t == DI_Q8X8H; }
+static inline bool di_dtype_packed(di_dtype t) { return t == DI_Q4X8 || t == DI_Q8X8 || di_dtype_half_scales(t); }
+static inline int di_pack_code_bits(di_dtype t) { return t == DI_Q4X8 || t == DI_Q4X8H ? 4 : 8; }
+/* the half-scale form of a packed format (itself if it has one already) */
+static inline di_dtype di_pack_half(di_dtype t) { return t == DI_Q4X8 ? DI_Q4X8H : t == DI_Q8X8 ? DI_Q8X8H : t; }
 
 /* ---- numerics profiles (dsl/profiles.def) ------------------------------------------ */
 enum { DI_ON_CPU = 1, DI_ON_CUDA = 2 };   /* the backends a profile runs on */

@@ -75,7 +75,11 @@ bool di_dtype_parse(const char *name, di_dtype *out)
 }
 
 /* d[8], m[8] (64 bytes), then the codes: 32 x 8 nibbles or bytes */
-size_t di_pack_record_bytes(di_dtype t) { return t == DI_Q4X8 ? 64 + 128 : t == DI_Q8X8 ? 64 + 256 : 0; }
+size_t di_pack_record_bytes(di_dtype t)
+{
+    if (!di_dtype_packed(t)) return 0;
+    return (di_dtype_half_scales(t) ? 32 : 64) + (di_pack_code_bits(t) == 4 ? 128 : 256);
+}
 
 size_t di_pack_bytes(di_dtype t, long n, long k)
 {

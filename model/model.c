@@ -210,8 +210,25 @@ static bool reads_packed(const di_model *m, di_dtype fmt, uint64_t rows, uint64_
     return di_rt_op_available(m->rt, DI_OP_matmul, dv, 2, (const di_arg_dtype[]){{"w", fmt}, {"x", DI_BF16}}, 2);
 }
 
+/* The stacked matrix packed as fmt into dst->buf, or dst->buf NULL when some weight would
+ * decode to another value than its bf16 conversion (or a scale does not fit fmt's). */
+static int pack_matrix(di_model *m, const di_pack_src *src, di_dtype fmt, uint64_t rows, wmat *dst, const char *name,
+                       di_err *err)
+{
+    size_t bytes = di_pack_bytes(fmt, (long)rows, (long)src->in);
+    pack_ctx pc = {src, fmt, calloc(1, bytes), true};
+    int rc = !pc.dst ? di_fail(err, DI_ENOMEM, "out of memory loading %s", name)
+                     : for_rows(rows, DI_PACK_LANES, pack_rows, &pc, err);
+    if (!rc && atomic_load(&pc.same) && !(rc = di_buf_alloc(m->rt, bytes, &dst->buf, err)))
+        rc = di_buf_write(dst->buf, 0, pc.dst, bytes, err);
+    free(pc.dst);
+    if (!rc && dst->buf) dst->fmt = fmt;
+    return rc;
+}
+
 /* Several GGUF matrices [in, out_i] stacked row-wise into one [sum out_i, in] buffer: packed
- * when the runtime's kernels read packs and every weight decodes to its bf16 value, else bf16. */
+ * when the runtime's kernels read packs and every weight decodes to its bf16 value, else bf16.
+ * The fast profile tries binary16 scales first (Q4X8H, Q8X8H: the file's bytes for Q4_1). */
 static int load_matrix(di_model *m, const char *const *names, const uint64_t *outs, int count, uint64_t in,
                        bool packable, wmat *dst, di_err *err)
 {
@@ -223,18 +240,19 @@ static int load_matrix(di_model *m, const char *const *names, const uint64_t *ou
     }
     di_pack_src src = {m->g, ts, outs, count, in};
     dst->bf16_bytes = rows * in * 2;
-    dst->fmt = m->pack && packable ? di_pack_format(&src) : DI_BF16;
-    if (dst->fmt != DI_BF16 && !reads_packed(m, dst->fmt, rows, in)) dst->fmt = DI_BF16;
-    if (dst->fmt != DI_BF16) {
-        size_t bytes = di_pack_bytes(dst->fmt, (long)rows, (long)in);
-        pack_ctx pc = {&src, dst->fmt, calloc(1, bytes), true};
-        int rc = !pc.dst ? di_fail(err, DI_ENOMEM, "out of memory loading %s", names[0])
-                         : for_rows(rows, DI_PACK_LANES, pack_rows, &pc, err);
-        if (!rc && atomic_load(&pc.same) && !(rc = di_buf_alloc(m->rt, bytes, &dst->buf, err)))
-            rc = di_buf_write(dst->buf, 0, pc.dst, bytes, err);
-        free(pc.dst);
-        if (rc || dst->buf) return rc;
-        dst->fmt = DI_BF16;   /* a weight that would decode otherwise: the matrix stays bf16 */
+    di_dtype fmt = m->pack && packable ? di_pack_format(&src) : DI_BF16;
+    dst->fmt = DI_BF16;
+    if (fmt != DI_BF16) {
+        bool fast = di_rt_profile(m->rt) == DI_PROFILE_FAST;
+        const di_dtype tries[2] = {fast ? di_pack_half(fmt) : fmt, fmt};
+        for (int i = 0; i < 2 && !dst->buf; i++) {
+            if (i && tries[1] == tries[0]) break;
+            if (!reads_packed(m, tries[i], rows, in)) continue;
+            int rc = pack_matrix(m, &src, tries[i], rows, dst, names[0], err);
+            if (rc) return rc;
+        }
+        if (dst->buf) return DI_OK;
+        /* a weight that would decode otherwise: the matrix stays bf16 */
     }
     uint16_t *b = malloc(rows * in * 2);
     int rc = !b ? di_fail(err, DI_ENOMEM, "out of memory loading %s", names[0]) : DI_OK;

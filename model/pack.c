@@ -1,6 +1,7 @@
 /* Packing GGUF matrices for the C backend's matmul (model/pack.h). */
 #include "model/pack.h"
 #include "model/quant.h"
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,18 +24,43 @@ static float pk_round(float v)
     return t - (t - v);
 }
 
+/* where a record's code words start: after d[8] and m[8], f32 or binary16 */
+static size_t codes_at(di_dtype fmt) { return di_dtype_half_scales(fmt) ? 32 : 64; }
+
+static float scale_at(di_dtype fmt, const uint8_t *rec, int i)
+{
+    float v;
+    if (!di_dtype_half_scales(fmt)) {
+        memcpy(&v, rec + 4 * i, 4);
+        return v;
+    }
+    di_quant_type_of(DI_GGML_F16)->dequant(rec + 2 * i, 1, &v);   /* binary16, little-endian */
+    return v;
+}
+
+/* d (i = l) or m (i = 8 + l) into a record; false when a half-scale record cannot hold it */
+static bool put_scale(di_dtype fmt, uint8_t *rec, int i, float v)
+{
+    if (!di_dtype_half_scales(fmt)) {
+        memcpy(rec + 4 * i, &v, 4);
+        return true;
+    }
+    uint16_t h;
+    if (!di_f16_exact(v, &h)) return false;
+    memcpy(rec + 2 * i, &h, 2);
+    return true;
+}
+
 float di_pack_weight(di_dtype fmt, const uint8_t *rec, int l, int j)
 {
-    float d, m;
+    float d = scale_at(fmt, rec, l), m = scale_at(fmt, rec, 8 + l);
     uint32_t w;
-    memcpy(&d, rec + 4 * l, 4);
-    memcpy(&m, rec + 32 + 4 * l, 4);
     int code;
-    if (fmt == DI_Q4X8) {
-        memcpy(&w, rec + 64 + 4 * ((j / 8) * 8 + l), 4);
+    if (di_pack_code_bits(fmt) == 4) {
+        memcpy(&w, rec + codes_at(fmt) + 4 * ((j / 8) * 8 + l), 4);
         code = (int)((w >> (4 * (j % 8))) & 15u);
     } else {
-        memcpy(&w, rec + 64 + 4 * ((j / 4) * 8 + l), 4);
+        memcpy(&w, rec + codes_at(fmt) + 4 * ((j / 4) * 8 + l), 4);
         code = (int8_t)(uint8_t)(w >> (8 * (j % 4)));
     }
     return pk_round(d * (float)code + m);
@@ -43,9 +69,10 @@ float di_pack_weight(di_dtype fmt, const uint8_t *rec, int l, int j)
 static void put_code(di_dtype fmt, uint8_t *rec, int l, int j, int code)
 {
     uint32_t w;
-    size_t at = fmt == DI_Q4X8 ? 64 + 4 * ((j / 8) * 8 + l) : 64 + 4 * ((j / 4) * 8 + l);
+    bool q4 = di_pack_code_bits(fmt) == 4;
+    size_t at = codes_at(fmt) + 4 * (q4 ? (j / 8) * 8 + l : (j / 4) * 8 + l);
     memcpy(&w, rec + at, 4);
-    if (fmt == DI_Q4X8) w |= (uint32_t)code << (4 * (j % 8));
+    if (q4) w |= (uint32_t)code << (4 * (j % 8));
     else w |= (uint32_t)(uint8_t)(int8_t)code << (8 * (j % 4));
     memcpy(rec + at, &w, 4);
 }
@@ -74,8 +101,11 @@ static int pack_row(const di_pack_src *s, di_dtype fmt, const di_gguf_tensor *t,
         di_codes32 c;
         di_quant_codes32(t->type, row + k / q->block_elems * q->block_bytes, (int)(k % q->block_elems / DI_PACK_BLOCK), &c);
         uint8_t *rec = group + b * rb;
-        memcpy(rec + 4 * l, &c.d, 4);
-        memcpy(rec + 32 + 4 * l, &c.m, 4);
+        /* the GPU's few-rows decoder scales d by 2^-4 or 2^-8 (codegen/matmul_fast.c): exact for
+         * 0 and |d| >= 2^-100 (every GGUF scale is an f16, at least 2^-24, or that times a 6-bit
+         * one); any other d keeps the matrix in bf16 */
+        if (c.d != 0.0f && fabsf(c.d) < 0x1p-100f) *same = false;
+        if (!put_scale(fmt, rec, l, c.d) || !put_scale(fmt, rec, 8 + l, c.m)) *same = false;
         for (int j = 0; j < DI_PACK_BLOCK; j++) put_code(fmt, rec, l, j, c.code[j]);
         for (int j = 0; j < DI_PACK_BLOCK && *same; j++) *same = same_weight(di_pack_weight(fmt, rec, l, j), ref[k + j]);
     }

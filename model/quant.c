@@ -36,6 +36,25 @@ static float half_to_f32(uint16_t h)
     return f32_bits(sign | (uint32_t)(127 - 14 - shift) << 23 | (man & 1023) << 13);
 }
 
+/* f's binary16 bits when f is one (every f16 value is an f32 one), else false. */
+bool di_f16_exact(float f, uint16_t *h)
+{
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    uint32_t sign = b >> 31 << 15, exp = (b >> 23) & 255, man = b & 0x7fffffu;
+    uint16_t c;
+    if (exp == 255) return false;
+    if (exp == 0 && man == 0) c = (uint16_t)sign;
+    else if (exp >= 113 && exp <= 142 && !(man & 8191)) c = (uint16_t)(sign | (exp - 112) << 10 | man >> 13);
+    else if (exp >= 103 && exp < 113) {   /* an f16 subnormal: (1.man) 2^(exp - 127) = k 2^-24, k < 1024 */
+        uint32_t full = man | 0x800000u, shift = 126 - exp;   /* k = full 2^(exp - 150 + 24) */
+        if (full & ((1u << shift) - 1)) return false;
+        c = (uint16_t)(sign | full >> shift);
+    } else return false;
+    *h = c;
+    return true;
+}
+
 /* ---- plain floats ------------------------------------------------------------------------ */
 
 static void deq_f32(const uint8_t *p, uint64_t n, float *out) { memcpy(out, p, (size_t)n * 4); }

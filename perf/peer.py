@@ -3,7 +3,7 @@
 
     perf/peer.py --llama-bin DIR --build BUILD_DIR -m MODEL.gguf [-m MODEL2.gguf ...]
         [--device cuda|cpu] [--threads N] [--prompt 512] [--gen 128] [--batches 1,8,32]
-        [--profiles fast,vendor] [--out FILE.md]
+        [--profiles fast,vendor] [--out FILE.md]   (a profile may name its weights: fast:packed)
 
 DIR holds llama-bench and llama-batched-bench (../shared/peer/llamacpp builds them, on the device
 with build-cuda; never committed). For each model, back to back: llama-bench (pp PROMPT and tg GEN,
@@ -69,9 +69,11 @@ def llama_batched(a, model, log):
     return out
 
 
-def detinfer(a, model, profile, log):
+def detinfer(a, model, config, log):
+    """config: PROFILE or PROFILE:WEIGHTS (bench_model --weights auto|packed|bf16)"""
+    profile, _, weights = config.partition(":")
     cmd = [os.path.join(a.build, "bench_model"), "-m", model, "--device", a.device, "--profile", profile,
-           "--prompt-len", str(a.prompt), "--batch", a.batches, "--json"]
+           "--prompt-len", str(a.prompt), "--batch", a.batches, "--json"] + (["--weights", weights] if weights else [])
     if a.device == "cpu":
         cmd += ["-t", str(a.threads)]
     log.append(" ".join(cmd))

@@ -95,6 +95,42 @@ Test(lowering, exact_and_fast_plans_differ_only_in_grids)
     check_invariant_plans(DI_PROFILE_FAST, &other);
 }
 
+/* Packed w in fast: launches of at most few_rows rows take the few-rows tile (an entry per 8
+ * rows of width), every other launch the large tile. Within each of those buckets only grids,
+ * workspace, TMA boxes and modes differ; gpu_fast's packed_w_matmul_equals_bf16_w_bitwise shows
+ * the buckets give the large tile's bits. */
+Test(lowering, fast_packed_plans_change_tile_only_at_few_rows)
+{
+    di_target cuda = di_target_cuda_default();
+    const struct { const char *op; long k, n; di_dtype w; } cases[] = {
+        {"matmul", 4096, 6144, DI_Q4X8}, {"matmul_residual", 14336, 4096, DI_Q8X8}, {"matmul", 96, 40, DI_Q8X8}};
+    for (int i = 0; i < 3; i++) {
+        const di_spec *s = di_spec_find(cases[i].op);
+        model_op m = {cases[i].op, {"K", "N"}, {cases[i].k, cases[i].n}};
+        di_specialization p = spec_of(&m, DI_PROFILE_FAST);
+        p.dtypes[di_spec_arg(s, "w")] = cases[i].w;
+        p.dtypes[di_spec_arg(s, "x")] = DI_BF16;
+        const di_lowering *lw = di_lowering_for(s, &p, &cuda);
+        cr_assert_eq(lw, &di_lowering_matmul_fast, "%s: %s", s->name, lw->name);
+        int few = di_mm_schedule_of(&p, &cuda).few_rows;
+        cr_assert_eq(few, 32, "the sm_90a schedule's few_rows");
+        /* first[b]: rows 8b + 1, the first of bucket b (b = 4: past few_rows, the large tile) */
+        di_plan first[5];
+        for (int b = 0; b < 5; b++) {
+            first[b] = plan_at(s, &p, &cuda, 8 * b + 1);
+            cr_assert_eq(first[b].l[0].index, b < 4 ? 2 + b : 0, "%s: %d rows run entry %d", s->name, 8 * b + 1,
+                         first[b].l[0].index);
+        }
+        for (long rows = 2; rows <= 300; rows++) {
+            const di_plan *ref = &first[rows <= few ? (rows - 1) / 8 : 4];
+            di_plan pl = plan_at(s, &p, &cuda, rows);
+            cr_assert(pl.n >= 1 && pl.n <= 2, "%s rows %ld: %d launches", s->name, rows, pl.n);
+            int n = pl.n < ref->n ? pl.n : ref->n;
+            for (int l = 0; l < n; l++) same_wiring(s, &pl.l[l], &ref->l[l], rows, "fast packed");
+        }
+    }
+}
+
 /* The negative control: the vendor dispatchers pick another variant as the rows grow. */
 Test(lowering, vendor_plans_follow_the_rows)
 {

@@ -77,33 +77,43 @@ static uint8_t *pack_all(packed_case *c, di_dtype fmt, long k, long n, bool *sam
     return dst;
 }
 
-static const struct { int type; di_dtype fmt; } CODE_TYPES[] = {
-    {DI_GGML_Q4_0, DI_Q4X8}, {DI_GGML_Q4_1, DI_Q4X8}, {DI_GGML_Q5_0, DI_Q8X8}, {DI_GGML_Q5_1, DI_Q8X8},
-    {DI_GGML_Q8_0, DI_Q8X8}, {DI_GGML_IQ4_NL, DI_Q8X8}, {DI_GGML_Q4_K, DI_Q4X8}, {DI_GGML_Q5_K, DI_Q8X8},
+/* half: every d and m is a binary16 (the half-scale records hold them); the K quants' d is an f16
+ * times a 6-bit scale */
+static const struct { int type; di_dtype fmt; bool half; } CODE_TYPES[] = {
+    {DI_GGML_Q4_0, DI_Q4X8, true},  {DI_GGML_Q4_1, DI_Q4X8, true},   {DI_GGML_Q5_0, DI_Q8X8, true},
+    {DI_GGML_Q5_1, DI_Q8X8, true},  {DI_GGML_Q8_0, DI_Q8X8, true},   {DI_GGML_IQ4_NL, DI_Q8X8, true},
+    {DI_GGML_Q4_K, DI_Q4X8, false}, {DI_GGML_Q5_K, DI_Q8X8, false},
 };
 enum { N_CODE_TYPES = sizeof CODE_TYPES / sizeof CODE_TYPES[0] };
 
 Test(pack, every_code_type_decodes_to_its_bf16_conversion)
 {
     const long K = 512, N = 21;   /* N: the last record has padding lanes */
-    for (int c = 0; c < N_CODE_TYPES; c++) {
-        int type = CODE_TYPES[c].type;
+    for (int c = 0; c < 2 * N_CODE_TYPES; c++) {
+        int type = CODE_TYPES[c / 2].type;
+        di_dtype fmt = c % 2 ? di_pack_half(CODE_TYPES[c / 2].fmt) : CODE_TYPES[c / 2].fmt;
         packed_case pc;
-        open_case(&pc, type, K, N, 77 + (uint64_t)c, NULL, 0);
-        cr_assert_eq(di_pack_format(&pc.src), CODE_TYPES[c].fmt, "%s packs as %s", di_ggml_type_name(type),
+        open_case(&pc, type, K, N, 77 + (uint64_t)(c / 2), NULL, 0);
+        cr_assert_eq(di_pack_format(&pc.src), CODE_TYPES[c / 2].fmt, "%s packs as %s", di_ggml_type_name(type),
                      di_dtype_name(di_pack_format(&pc.src)));
         bool same;
-        uint8_t *p = pack_all(&pc, CODE_TYPES[c].fmt, K, N, &same);
-        cr_assert(same, "%s: pack found a weight that decodes otherwise", di_ggml_type_name(type));
+        uint8_t *p = pack_all(&pc, fmt, K, N, &same);
+        if (c % 2 && !CODE_TYPES[c / 2].half) {   /* scales that are no binary16: refused */
+            cr_assert(!same, "%s packed as %s", di_ggml_type_name(type), di_dtype_name(fmt));
+            free(p);
+            close_case(&pc);
+            continue;
+        }
+        cr_assert(same, "%s as %s: pack found a weight that decodes otherwise", di_ggml_type_name(type), di_dtype_name(fmt));
         float *ref = malloc((size_t)(K * N) * sizeof(float));
         di_err e = {0};
         cr_assert_eq(di_gguf_to_f32(pc.g, pc.t, ref, &e), 0, "%s", e.msg);
-        size_t rb = di_pack_record_bytes(CODE_TYPES[c].fmt);
+        size_t rb = di_pack_record_bytes(fmt);
         long zero_signs = 0;
         for (long n = 0; n < (N + 7) / 8 * 8; n++)
             for (long k = 0; k < K; k++) {
                 const uint8_t *rec = p + ((size_t)(n / 8) * (size_t)(K / 32) + (size_t)(k / 32)) * rb;
-                float w = di_pack_weight(CODE_TYPES[c].fmt, rec, (int)(n % 8), (int)(k % 32));
+                float w = di_pack_weight(fmt, rec, (int)(n % 8), (int)(k % 32));
                 uint32_t got, want = n < N ? (uint32_t)th_bf16(ref[n * K + k]) << 16 : 0;
                 memcpy(&got, &w, 4);
                 if (got != want && (got | want) == 0x80000000u && type == DI_GGML_Q4_0) { zero_signs++; continue; }
@@ -297,12 +307,14 @@ Test(gpu, exact_packed_matmul_equals_cpu_bitwise, .timeout = 300)
 }
 
 /* The fast profile's tensor-core matmul reads the records too (its producer warps decode them
- * into the bf16 tile): its outputs equal those of the same kernel on the bf16 matrix, bitwise,
+ * into the bf16 tile; at most 32 rows, the few-rows tile decodes them into wgmma's A registers,
+ * outputs as M): its outputs equal those of the same kernel on the bf16 matrix, bitwise,
  * at every row count, with f32 x (cast first) and bf16 x, in split and fused modes, the wide
  * single-split tile (K 96, whose second k tile runs past K), a padded record (N 37, 44). */
 static void check_fast_packed(di_rt *gpu, const char *spec, int type, di_dtype fmt, long K, long N, bool x16)
 {
-    static const long ROWS[] = {1, 3, 16, 17, 64, 65, 130, 257};
+    /* 1..32: the few-rows tile (8, 16, 24, 32 rows wide), the rest the large tile */
+    static const long ROWS[] = {1, 2, 3, 5, 7, 8, 9, 12, 16, 17, 23, 24, 25, 31, 32, 33, 64, 65, 130, 257};
     packed_case pc;
     open_case(&pc, type, K, N, (uint64_t)(K * 7 + N + type), NULL, 0);
     uint16_t *h;
@@ -353,7 +365,10 @@ Test(gpu_fast, packed_w_matmul_equals_bf16_w_bitwise, .timeout = 600)
     di_rt *gpu = th_gpu_rt_or_skip(DI_PROFILE_FAST);
     static const struct { int type; di_dtype fmt; long k, n; } CASES[] = {
         {DI_GGML_Q4_1, DI_Q4X8, 576, 44}, {DI_GGML_Q8_0, DI_Q8X8, 96, 40}, {DI_GGML_Q4_K, DI_Q4X8, 512, 37},
-        {DI_GGML_Q5_0, DI_Q8X8, 576, 130}, {DI_GGML_Q4_1, DI_Q4X8, 4096, 300}};
+        {DI_GGML_Q5_0, DI_Q8X8, 576, 130}, {DI_GGML_Q4_1, DI_Q4X8, 4096, 300}, {DI_GGML_Q4_K, DI_Q4X8, 14336, 72},
+        /* binary16 scales (what the fast profile packs where they fit) */
+        {DI_GGML_Q4_1, DI_Q4X8H, 576, 44}, {DI_GGML_Q8_0, DI_Q8X8H, 96, 40}, {DI_GGML_Q4_0, DI_Q4X8H, 4096, 300},
+        {DI_GGML_Q5_0, DI_Q8X8H, 14336, 72}};
     for (size_t c = 0; c < sizeof CASES / sizeof CASES[0]; c++)
         for (int x16 = 0; x16 < 2; x16++)
             check_fast_packed(gpu, c % 2 ? "matmul" : "matmul_residual", CASES[c].type, CASES[c].fmt, CASES[c].k,
