@@ -21,11 +21,16 @@
  *                     [--shapes KxN,...] [--ms M,...]
  *                     [--schedule NAME] [--bk N] [--stages N] [--tm N] [--tn N] [--wm N] [--wn N]
  *                     [--ks-min N] [--ks-max N] [--fuse-tiles N] [--fuse-rows N] [--group-m N] [--wgmma 0|1]
- *                     [--producers N] [--tma 0|1] [--wide-tn N]
+ *                     [--producers N] [--tma 0|1] [--wide-tn N] [--few-rows N] [--few-stages N]
+ *                     [--w bf16|q4x8|q8x8|q4x8h|q8x8h]
+ * --w: the fast kernels read w as packed records (dsl/dsl.h) of random codes and scales; cuBLAS,
+ * the exact pass and the accuracy reference read those records' bf16 values (the same matrix).
  * The fast kernels run the target's schedule of schedules.def, or the row --schedule names, with
  * the tile flags' fields replaced: the schedule is part of the kernels' specialization (an input,
  * as everywhere), so a changed field makes another kernel. */
 #include "codegen/matmul_fast.h"
+#include "model/pack.h"
+#include "model/quant.h"
 #include <stddef.h>
 #include "runtime/backend.h"
 #include "vendor/cublaslt.h"
@@ -54,7 +59,8 @@ static const struct { const char *flag; size_t off; } sched_flags[] = {
     {"--fuse-tiles", offsetof(di_mm_schedule, fuse_min_tiles)}, {"--fuse-rows", offsetof(di_mm_schedule, fuse_min_rows)},
     {"--group-m", offsetof(di_mm_schedule, group_m)}, {"--wgmma", offsetof(di_mm_schedule, wgmma)},
     {"--producers", offsetof(di_mm_schedule, producers)}, {"--tma", offsetof(di_mm_schedule, tma)},
-    {"--wide-tn", offsetof(di_mm_schedule, wide_tn)},
+    {"--wide-tn", offsetof(di_mm_schedule, wide_tn)}, {"--few-rows", offsetof(di_mm_schedule, few_rows)},
+    {"--few-stages", offsetof(di_mm_schedule, few_stages)},
 };
 enum { NSCHED_FLAGS = sizeof sched_flags / sizeof sched_flags[0] };
 
@@ -64,6 +70,7 @@ typedef struct {
     bool set[NSCHED_FLAGS];
     int value[NSCHED_FLAGS];
     di_mm_schedule sched;            /* what the fast kernels run (after the runtime is open) */
+    di_dtype w;                      /* the fast kernels' w: bf16 or a packed format */
     bool exact, cublas;
     long exact_max_m;
     int nshapes, nms;
@@ -108,6 +115,38 @@ static uint16_t *random_bf16(size_t n, uint64_t seed)
     uint16_t *p = malloc(n * sizeof *p);
     if (p)
         for (size_t i = 0; i < n; i++) p[i] = to_bf16(rng_uniform(&seed));
+    return p;
+}
+
+/* Random packed records of an [n][k] matrix (codes, scales of binary16 values, so every format
+ * holds them), and their weights as bf16 into w (what cuBLAS and the references read). */
+static uint8_t *random_records(di_dtype fmt, long n, long k, uint64_t seed, uint16_t *w)
+{
+    size_t rb = di_pack_record_bytes(fmt), bytes = di_pack_bytes(fmt, n, k);
+    uint8_t *p = calloc(1, bytes);
+    if (!p) return NULL;
+    bool q4 = di_pack_code_bits(fmt) == 4, half = di_dtype_half_scales(fmt);
+    for (long g = 0; g < (n + 7) / 8; g++)
+        for (long b = 0; b < k / 32; b++) {
+            uint8_t *rec = p + ((size_t)g * (size_t)(k / 32) + (size_t)b) * rb;
+            for (int l = 0; l < 8; l++) {
+                float d = (float)(1 + rng_next(&seed) % 1024) * 0x1p-17f, m = q4 ? -8.0f * d : 0.0f;
+                uint16_t hd, hm;
+                di_f16_exact(d, &hd), di_f16_exact(m, &hm);
+                if (half) memcpy(rec + 2 * l, &hd, 2), memcpy(rec + 16 + 2 * l, &hm, 2);
+                else memcpy(rec + 4 * l, &d, 4), memcpy(rec + 32 + 4 * l, &m, 4);
+                uint8_t *q = rec + (half ? 32 : 64);
+                for (int j = 0; j < 32; j++) {
+                    uint32_t c = (uint32_t)(rng_next(&seed) & (q4 ? 15u : 255u)), word;
+                    size_t at = 4 * (q4 ? (j / 8) * 8 + l : (j / 4) * 8 + l);
+                    memcpy(&word, q + at, 4);
+                    word |= c << (q4 ? 4 * (j % 8) : 8 * (j % 4));
+                    memcpy(q + at, &word, 4);
+                }
+                if (8 * g + l < n)
+                    for (int j = 0; j < 32; j++) w[(8 * g + l) * k + 32 * b + j] = to_bf16(di_pack_weight(fmt, rec, l, j));
+            }
+        }
     return p;
 }
 
@@ -349,14 +388,14 @@ static di_buf *buf_of(di_rt *rt, const void *data, size_t bytes, di_err *err)
     return b;
 }
 
-static int fast_shape(di_rt *rt, const options *o, shape sh, const uint16_t *x, const uint16_t *w, long max_m,
-                      row_result *res, shape_checks *chk, di_err *err)
+static int fast_shape(di_rt *rt, const options *o, shape sh, const uint16_t *x, const uint16_t *w, const uint8_t *wp,
+                      long max_m, row_result *res, shape_checks *chk, di_err *err)
 {
     const di_spec *s = di_spec_find("matmul");
     di_specialization p;
     di_spec_defaults(s, &p);
     if (di_spec_set_dim(s, &p, "K", sh.k, err) || di_spec_set_dim(s, &p, "N", sh.n, err) ||
-        di_spec_set_dtype(s, &p, "x", DI_BF16, err))
+        di_spec_set_dtype(s, &p, "x", DI_BF16, err) || di_spec_set_dtype(s, &p, "w", o->w, err))
         return err->code;
     p.profile = DI_PROFILE_FAST;
     p.mm = o->sched;
@@ -367,12 +406,13 @@ static int fast_shape(di_rt *rt, const options *o, shape sh, const uint16_t *x, 
     size_t wbytes = (size_t)sh.n * sh.k * 2, ybytes = (size_t)max_m * sh.n * sizeof(float);
     fc.x = buf_of(rt, x, (size_t)max_m * sh.k * 2, err);
     fc.y = buf_of(rt, NULL, ybytes, err);
-    for (int i = 0; i < WCOPIES; i++) fc.w[i] = buf_of(rt, w, wbytes, err);
+    size_t pbytes = wp ? di_pack_bytes(o->w, sh.n, sh.k) : wbytes;
+    for (int i = 0; i < WCOPIES; i++) fc.w[i] = buf_of(rt, wp ? (const void *)wp : w, pbytes, err);
     if (o->cublas) {
         cc.y = buf_of(rt, NULL, ybytes, err);
         cc.ws = buf_of(rt, NULL, 32u << 20, err);
         cc.x = fc.x;
-        for (int i = 0; i < WCOPIES; i++) cc.w[i] = fc.w[i];
+        for (int i = 0; i < WCOPIES; i++) cc.w[i] = wp ? buf_of(rt, w, wbytes, err) : fc.w[i];
     }
     for (int i = 0; i < WCOPIES; i++)
         if (!fc.w[i]) rc = err->code;
@@ -421,6 +461,8 @@ out:
     di_buf_free(fc.x);
     di_buf_free(fc.y);
     for (int i = 0; i < WCOPIES; i++) di_buf_free(fc.w[i]);
+    if (wp)
+        for (int i = 0; i < WCOPIES; i++) di_buf_free(cc.w[i]);
     di_buf_free(cc.y);
     di_buf_free(cc.ws);
     return rc;
@@ -497,13 +539,14 @@ static int usage(const char *why)
     fprintf(stderr, "bench_matmul: %s\nusage: bench_matmul [--runs N] [--no-exact] [--no-cublas] [--exact-max-m M]\n"
                     "       [--shapes KxN,...] [--ms M,...] [--schedule NAME] [--bk N] [--stages N] [--tm N] [--tn N]\n"
                     "       [--wm N] [--wn N] [--ks-min N] [--ks-max N] [--fuse-tiles N] [--fuse-rows N] [--group-m N]\n"
-                    "       [--wgmma 0|1] [--producers N] [--tma 0|1] [--wide-tn N]\n", why);
+                    "       [--wgmma 0|1] [--producers N] [--tma 0|1] [--wide-tn N] [--few-rows N] [--few-stages N]\n"
+                    "       [--w bf16|q4x8|q8x8|q4x8h|q8x8h]\n", why);
     return 2;
 }
 
 static int parse_options(int argc, char **argv, options *o)
 {
-    *o = (options){.runs = 25, .exact = true, .cublas = true, .exact_max_m = 512, .nshapes = 3, .nms = 7,
+    *o = (options){.runs = 25, .w = DI_BF16, .exact = true, .cublas = true, .exact_max_m = 512, .nshapes = 3, .nms = 7,
                    .shapes = {{4096, 6144}, {4096, 28672}, {14336, 4096}}, .ms = {1, 8, 32, 128, 512, 2048, 8192}};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -522,6 +565,10 @@ static int parse_options(int argc, char **argv, options *o)
             o->value[f] = (int)n;
         }
         else if (!strcmp(a, "--schedule")) o->schedule = v;
+        else if (!strcmp(a, "--w")) {
+            if (!di_dtype_parse(v, &o->w) || (o->w != DI_BF16 && !di_dtype_packed(o->w)))
+                return usage("--w takes bf16, q4x8, q8x8, q4x8h or q8x8h");
+        }
         else if (!num && strcmp(a, "--shapes") && strcmp(a, "--ms")) return usage("a flag takes an integer");
         else if (!strcmp(a, "--runs")) o->runs = n < 20 ? 20 : (int)n;
         else if (!strcmp(a, "--exact-max-m")) o->exact_max_m = n;
@@ -591,15 +638,17 @@ int main(int argc, char **argv)
     row_result res[MAX_SHAPES][MAX_MS];
     shape_checks chk[MAX_SHAPES];
     uint16_t *xs[MAX_SHAPES] = {0}, *ws[MAX_SHAPES] = {0};
+    uint8_t *wps[MAX_SHAPES] = {0};
     int status = 0;
     for (int si = 0; si < o.nshapes; si++) {
         shape sh = o.shapes[si];
         for (int j = 0; j < o.nms; j++) res[si][j] = (row_result){o.ms[j], sh.k, sh.n, -1, -1, -1};
         xs[si] = random_bf16((size_t)max_m * sh.k, 1000 + si);
         ws[si] = random_bf16((size_t)sh.n * sh.k, 2000 + si);
-        if (!xs[si] || !ws[si]) { fprintf(stderr, "bench_matmul: out of host memory\n"); status = 2; break; }
-        printf("shape K=%ld N=%ld (fast + cuBLAS)\n", sh.k, sh.n);
-        if (fast_shape(rt, &o, sh, xs[si], ws[si], max_m, res[si], &chk[si], &err)) {
+        if (ws[si] && o.w != DI_BF16) wps[si] = random_records(o.w, sh.n, sh.k, 3000 + si, ws[si]);
+        if (!xs[si] || !ws[si] || (o.w != DI_BF16 && !wps[si])) { fprintf(stderr, "bench_matmul: out of host memory\n"); status = 2; break; }
+        printf("shape K=%ld N=%ld (fast + cuBLAS; fast w %s)\n", sh.k, sh.n, di_dtype_name(o.w));
+        if (fast_shape(rt, &o, sh, xs[si], ws[si], wps[si], max_m, res[si], &chk[si], &err)) {
             fprintf(stderr, "bench_matmul: K=%ld N=%ld: %s\n", sh.k, sh.n, err.msg);
             status = 2;
             break;
@@ -646,7 +695,8 @@ int main(int argc, char **argv)
         for (int j = 0; j < o.nms; j++) {
             row_result *r = &res[si][j];
             double flops = 2.0 * r->m * r->k * r->n;
-            double bytes = (double)r->n * r->k * 2 + (double)r->m * r->k * 2 + (double)r->m * r->n * 4;
+            double wb = o.w == DI_BF16 ? (double)r->n * r->k * 2 : (double)di_pack_bytes(o.w, r->n, r->k);
+            double bytes = wb + (double)r->m * r->k * 2 + (double)r->m * r->n * 4;
             char ex[16], gb[16], cu[16], sp[16], ct[16];
             cell(ex, sizeof ex, r->exact_us, r->exact_us > 0, 1);
             cell(cu, sizeof cu, r->cublas_us, r->cublas_us > 0, 1);
@@ -656,12 +706,13 @@ int main(int argc, char **argv)
             printf("%6ld %6ld %6ld %10s %10.1f %10s %8s %8s %9.1f %9s\n", r->m, r->k, r->n, cu, r->fast_us, ex, sp, gb,
                    flops / r->fast_us * 1e-6, ct);
         }
-    printf("speed = cublas_us / fast_us (above 1: fast is faster); GB/s counts w + x + y once (M <= 32);\n"
+    printf("speed = cublas_us / fast_us (above 1: fast is faster); GB/s counts w (fast's format) + x + y once (M <= 32);\n"
            "exact (f32 x, scalar FP32) is skipped above M = %ld.%s\n", o.exact_max_m,
            status == 1 ? "\nFAIL: the fast kernel's checks failed (see above)" : "");
     for (int si = 0; si < o.nshapes; si++) {
         free(xs[si]);
         free(ws[si]);
+        free(wps[si]);
     }
     return status;
 }
