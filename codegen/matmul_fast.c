@@ -197,6 +197,8 @@ static long x_box_rows(const di_mm_schedule *c, long rows) { return rows < c->tm
 
 static void add_reduce(const di_spec *s, di_plan *pl, long rows, long n);
 
+enum { FEW_BK = 128 };   /* k per stage of the few-rows tile (a multiple of 64) */
+
 /* The few-rows tile (see "few rows" below) for a launch of `rows`, or false: packed w loaded by
  * TMA, at most few_rows rows (its split sums are phase 2's: MMF_FUSED is false there). */
 static bool few_rows_for(const di_spec *s, const di_specialization *p, const kernel_shape *ks, long rows)
@@ -208,7 +210,8 @@ static void few_plan(const di_spec *s, const di_specialization *p, const kernel_
                      di_plan *pl)
 {
     const int nr = (int)(rows + 7) / 8 * 8;
-    const long stage = (long)nr * 128 * 2 + 8L * 4 * (long)di_pack_record_bytes(p->dtypes[di_spec_arg(s, "w")]);
+    /* a stage: x [nr][FEW_BK] bf16, then 8 groups' FEW_BK / 32 records (the kernel's MMV_STAGE_BYTES) */
+    const long stage = (long)nr * FEW_BK * 2 + 8L * (FEW_BK / 32) * (long)di_pack_record_bytes(p->dtypes[di_spec_arg(s, "w")]);
     pl->workspace = ks->nsplit > 1 ? (size_t)ks->nsplit * (size_t)rows * (size_t)n * sizeof(float) : 0;
     di_launch *l = &pl->l[pl->n++];
     l->run = DI_RUN_ENTRY;
@@ -1107,7 +1110,6 @@ static void emit_wgmma_helpers(di_str *o, int tn)
  * d is 0 or at least 2^-24 in magnitude (an f16 scale, times a 6-bit one for the K quants; pack.c
  * checks it), so the product, and the fma's one rounding, are those of d * code. */
 static const char few_helpers[] =
-    "#define MMV_BKS 128                                 /* k per stage */\n"
     "#define MMV_RPS (MMV_BKS / 32)                      /* records per output group per stage */\n"
     "#define MMV_REC_BYTES (8 * MMV_RPS * MMF_PK_REC)    /* a stage's records: 8 groups of 8 outputs */\n"
     "#define MMV_STAGE_BYTES(NR) ((NR) * MMV_BKS * 2 + MMV_REC_BYTES)\n"
@@ -1197,13 +1199,14 @@ static const char few_body[] =
     "        const unsigned char *rec = mmf_smem + st * MMV_STAGE_BYTES(MMV_NR) + MMV_NR * MMV_BKS * 2;\n"
     "        const long k0 = kb + (long)i * MMV_BKS;\n"
     "        const int nk = (int)((ke - k0 < MMV_BKS ? ke - k0 : MMV_BKS) / 16);\n"
-    "        const bool in_a = 2 * wq < gv, in_b = 2 * wq + 1 < gv;\n"
     "#pragma unroll\n"
     "        for (int b = 0; b < MMV_RPS; b++) {\n"
+    "            /* groups past N decode whatever the stage holds: only their own outputs, never\n"
+    "             * stored, see it (an output of wgmma depends on its own A row alone) */\n"
     "            unsigned wa[4] = {0u, 0u, 0u, 0u}, wb[4] = {0u, 0u, 0u, 0u};\n"
     "            if (k0 + 32 * b < K) {   /* past K: zeros, as the large tile's padding */\n"
-    "                if (in_a) mmv_decode(wa, rec + (2 * wq * MMV_RPS + b) * MMF_PK_REC, g, t);\n"
-    "                if (in_b) mmv_decode(wb, rec + ((2 * wq + 1) * MMV_RPS + b) * MMF_PK_REC, g, t);\n"
+    "                mmv_decode(wa, rec + (2 * wq * MMV_RPS + b) * MMF_PK_REC, g, t);\n"
+    "                mmv_decode(wb, rec + ((2 * wq + 1) * MMV_RPS + b) * MMF_PK_REC, g, t);\n"
     "            }\n"
     "#pragma unroll\n"
     "            for (int h = 0; h < 2; h++) {\n"
@@ -1249,8 +1252,9 @@ static const char few_body[] =
 /* The few-rows entries, one per NR in 8, 16 .. few_rows (after phase 1 and phase 2). */
 static void emit_few(di_str *o, const di_spec *s, const di_specialization *p, const di_mm_schedule *c, const char *name)
 {
-    di_str_printf(o, "\n/* few rows (swapped tile): at most NR rows, outputs as wgmma's M */\n#define MMV_STAGES %d\n%s",
-                  c->few_stages, few_helpers);
+    di_str_printf(o, "\n/* few rows (swapped tile): at most NR rows, outputs as wgmma's M */\n#define MMV_STAGES %d\n"
+                     "#define MMV_BKS %d   /* k per stage */\n%s",
+                  c->few_stages, FEW_BK, few_helpers);
     for (int nr = 8; nr <= c->few_rows; nr += 8) emit_few_wgmma(o, nr);
     for (int nr = 8; nr <= c->few_rows; nr += 8) {
         di_str_printf(o, "\n#define MMV_NR %d\n#define MMV_WGMMA mmv_wgmma%d\n"
