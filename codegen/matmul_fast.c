@@ -66,6 +66,11 @@
  * Which block runs a unit, and after which other units (v4, v5 are persistent), never
  * changes the unit's arithmetic either.
  *
+ * Few rows (packed w only, section "few rows" below): a launch of at most few_rows rows runs a
+ * swapped tile, the outputs as wgmma's M and the rows as its N, on the same K splits, k16 steps
+ * and instruction; the plan picks it from the row count, which the rule allows because the
+ * order does not change (gpu_fast checks every row count against the large tile, bitwise).
+ *
  * Resources (nvcc -Xptxas -v, sm_90a, default config): phase 1 uses 163 registers (the limit
  * for 384 threads is 168), no local memory, 192 KiB of shared memory (6 stages of 32 KiB, so
  * the runtime raises the per-function limit); phase 2 ~30. Why 128 x 256 (as cuBLAS) only
@@ -1093,7 +1098,8 @@ static void emit_wgmma_helpers(di_str *o, int tn)
  * wgmma.m64nNRk16 with w as the A operand, decoded from the records straight into the A
  * fragment registers (the same bf16 values as mmf_store_wq), and x as the B operand (TMA boxes
  * of NR rows, the same 128-byte swizzled rows). Records and x arrive by bulk asynchronous copies,
- * MMV_STAGES stages ahead, issued by one thread.
+ * MMV_STAGES stages ahead, issued by one thread. Measured (perf/RESULTS.md "few rows"): 0.5-1.0
+ * TB/s of records, still 1.2-1.7x the bf16 kernel's time; half of it is the decode.
  *
  * Why the bits are those of the large tile: a block takes the same K split z (KS from K and N),
  * walks its k16 steps in increasing k up to the split's last 64-k tile (zeros past K, both
