@@ -3,8 +3,10 @@
  *  - For exact and fast, the plans for rows = 1..300 differ only in grids, workspace sizes,
  *    TMA box heights and the fast lowerings' mode (fused or split sum, fold or split KV: their
  *    own GPU suites prove the modes give the same bits); never in the kernels, entries, blocks,
- *    shared memory or the arguments' wiring. The vendor profile's plans must differ (negative
- *    control: its dispatchers pick a variant from the rows).
+ *    shared memory or the arguments' wiring. The one exception, a tile that follows the rows with
+ *    the order fixed: packed w in fast takes the few-rows tile up to few_rows rows (its own test
+ *    below; gpu_fast shows it gives the large tile's bits). The vendor profile's plans must
+ *    differ (negative control: its dispatchers pick a variant from the rows).
  *  - Generating every kernel in one order and then in another gives the same bytes: no state. */
 #include "helpers.h"
 #include "codegen/lowering.h"
