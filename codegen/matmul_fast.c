@@ -204,6 +204,13 @@ static void add_reduce(const di_spec *s, di_plan *pl, long rows, long n);
 
 enum { FEW_BK = 128 };   /* k per stage of the few-rows tile (a multiple of 64) */
 
+/* A stage of the few-rows tile for nr rows: x [nr][FEW_BK] bf16, then 8 groups' FEW_BK / 32
+ * records (the kernel's MMV_STAGE_BYTES; a multiple of 1024, the swizzle atom, for every format) */
+static long few_stage_bytes(int nr, di_dtype w)
+{
+    return (long)nr * FEW_BK * 2 + 8L * (FEW_BK / 32) * (long)di_pack_record_bytes(w);
+}
+
 /* The few-rows tile (see "few rows" below) for a launch of `rows`, or false: packed w loaded by
  * TMA, at most few_rows rows (its split sums are phase 2's: MMF_FUSED is false there). */
 static bool few_rows_for(const di_spec *s, const di_specialization *p, const kernel_shape *ks, long rows)
@@ -215,8 +222,7 @@ static void few_plan(const di_spec *s, const di_specialization *p, const kernel_
                      di_plan *pl)
 {
     const int nr = (int)(rows + 7) / 8 * 8;
-    /* a stage: x [nr][FEW_BK] bf16, then 8 groups' FEW_BK / 32 records (the kernel's MMV_STAGE_BYTES) */
-    const long stage = (long)nr * FEW_BK * 2 + 8L * (FEW_BK / 32) * (long)di_pack_record_bytes(p->dtypes[di_spec_arg(s, "w")]);
+    const long stage = few_stage_bytes(nr, p->dtypes[di_spec_arg(s, "w")]);
     pl->workspace = ks->nsplit > 1 ? (size_t)ks->nsplit * (size_t)rows * (size_t)n * sizeof(float) : 0;
     di_launch *l = &pl->l[pl->n++];
     l->run = DI_RUN_ENTRY;
@@ -1117,9 +1123,7 @@ static void emit_wgmma_helpers(di_str *o, int tn)
  * checks it), so the product, and the fma's one rounding, are those of d * code. */
 static const char few_helpers[] =
     "#define MMV_RPS (MMV_BKS / 32)                      /* records per output group per stage */\n"
-    "#define MMV_REC_BYTES (8 * MMV_RPS * MMF_PK_REC)    /* a stage's records: 8 groups of 8 outputs */\n"
-    "#define MMV_STAGE_BYTES(NR) ((NR) * MMV_BKS * 2 + MMV_REC_BYTES)\n"
-    "static_assert(MMV_REC_BYTES % 1024 == 0 && MMF_BK == 64, \"stages stay 1024-byte aligned (swizzle atoms)\");\n"
+    "static_assert(MMF_BK == 64, \"x boxes of 64 k (128-byte swizzled rows)\");\n"
     "DI_FN void mmv_bulk(unsigned dst, const void *src, unsigned bytes, unsigned bar)\n"
     "{\n"
     "    asm volatile(\"cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\\n\"\n"
@@ -1175,10 +1179,10 @@ static const char few_body[] =
     "    const long groups = (N + 7) / 8, g0 = n0 / 8;   /* output groups with records; the block's first */\n"
     "    const int gv = groups - g0 < 8 ? (int)(groups - g0) : 8;\n"
     "    const unsigned s0 = (unsigned)__cvta_generic_to_shared(mmf_smem);\n"
-    "    const unsigned full = s0 + MMV_STAGES * MMV_STAGE_BYTES(MMV_NR);\n"
+    "    const unsigned full = s0 + MMV_STAGES * MMV_STAGE_BYTES;\n"
     "    /* step i: k [kb + 128 i, +128) into stage i % STAGES: x boxes, then each group's records */\n"
     "    auto load = [&](int i) {\n"
-    "        const unsigned sa = s0 + (i % MMV_STAGES) * MMV_STAGE_BYTES(MMV_NR), bar = full + 8 * (i % MMV_STAGES);\n"
+    "        const unsigned sa = s0 + (i % MMV_STAGES) * MMV_STAGE_BYTES, bar = full + 8 * (i % MMV_STAGES);\n"
     "        const long k0 = kb + (long)i * MMV_BKS;\n"
     "        const int boxes = (int)((ke - k0 < MMV_BKS ? ke - k0 : MMV_BKS) / MMF_BK);\n"
     "        const int recs = (K - k0) / 32 < MMV_RPS ? (int)((K - k0) / 32) : MMV_RPS;\n"
@@ -1201,8 +1205,8 @@ static const char few_body[] =
     "    auto step = [&](int i, unsigned (&a)[MMV_RPS * 8]) {\n"
     "        const int st = i % MMV_STAGES;\n"
     "        mmf_bar_wait(full + 8 * st, (unsigned)(i / MMV_STAGES) & 1u);\n"
-    "        const unsigned sx = s0 + st * MMV_STAGE_BYTES(MMV_NR);\n"
-    "        const unsigned char *rec = mmf_smem + st * MMV_STAGE_BYTES(MMV_NR) + MMV_NR * MMV_BKS * 2;\n"
+    "        const unsigned sx = s0 + st * MMV_STAGE_BYTES;\n"
+    "        const unsigned char *rec = mmf_smem + st * MMV_STAGE_BYTES + MMV_NR * MMV_BKS * 2;\n"
     "        const long k0 = kb + (long)i * MMV_BKS;\n"
     "        const int nk = (int)((ke - k0 < MMV_BKS ? ke - k0 : MMV_BKS) / 16);\n"
     "#pragma unroll\n"
@@ -1263,12 +1267,14 @@ static void emit_few(di_str *o, const di_spec *s, const di_specialization *p, co
                   c->few_stages, FEW_BK, few_helpers);
     for (int nr = 8; nr <= c->few_rows; nr += 8) emit_few_wgmma(o, nr);
     for (int nr = 8; nr <= c->few_rows; nr += 8) {
-        di_str_printf(o, "\n#define MMV_NR %d\n#define MMV_WGMMA mmv_wgmma%d\n"
-                         "extern \"C\" __global__ void __launch_bounds__(128) %s_rows%d(", nr, nr, name, nr);
+        di_str_printf(o, "\n#define MMV_NR %d\n#define MMV_WGMMA mmv_wgmma%d\n#define MMV_STAGE_BYTES %ld\n"
+                         "static_assert(MMV_STAGE_BYTES %% 1024 == 0, \"stages stay 1024-byte aligned (swizzle atoms)\");\n"
+                         "extern \"C\" __global__ void __launch_bounds__(128) %s_rows%d(", nr, nr,
+                      few_stage_bytes(nr, p->dtypes[di_spec_arg(s, "w")]), name, nr);
         emit_params(o, s, p);
         di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx)\n{\n");
         di_str_puts(o, few_body);
-        di_str_puts(o, "}\n#undef MMV_NR\n#undef MMV_WGMMA\n");
+        di_str_puts(o, "}\n#undef MMV_NR\n#undef MMV_WGMMA\n#undef MMV_STAGE_BYTES\n");
     }
 }
 

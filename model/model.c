@@ -199,10 +199,10 @@ static int pack_rows(void *arg, uint64_t row0, uint64_t row1, di_err *err)
     return rc;
 }
 
-/* Whether the matmul for a [rows, in] matrix reads packed records with the bf16 matrix's bits:
- * the C backend and the GPU's exact profile always (the class lowering's decode); the fast
- * profile where its tensor-core matmul takes the shape (its producer warps decode the records
- * into the bf16 tile the bf16 kernel would stage; no other fast matmul reads them). */
+/* Whether the matmul for a [rows, in] matrix reads packed records (format fmt) with the bf16
+ * matrix's bits: the C backend and the GPU's exact profile always (the class lowering's decode);
+ * the fast profile where its tensor-core matmul takes the shape (the large tile's producer warps
+ * and the few-rows tile decode them; no other fast matmul reads them). */
 static bool reads_packed(const di_model *m, di_dtype fmt, uint64_t rows, uint64_t in)
 {
     if (di_rt_profile(m->rt) != DI_PROFILE_FAST) return true;

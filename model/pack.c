@@ -77,6 +77,17 @@ static void put_code(di_dtype fmt, uint8_t *rec, int l, int j, int code)
     memcpy(rec + at, &w, 4);
 }
 
+bool di_pack_put(di_dtype fmt, uint8_t *rec, int l, const di_codes32 *c)
+{
+    /* the GPU's few-rows decoder scales d by 2^-4 or 2^-8 (codegen/matmul_fast.c): exact for
+     * 0 and |d| >= 2^-100 (every GGUF scale is an f16, at least 2^-24, or that times a 6-bit
+     * one); any other d keeps the matrix in bf16 */
+    bool ok = c->d == 0.0f || fabsf(c->d) >= 0x1p-100f;
+    ok = put_scale(fmt, rec, l, c->d) && put_scale(fmt, rec, 8 + l, c->m) && ok;
+    for (int j = 0; j < DI_PACK_BLOCK; j++) put_code(fmt, rec, l, j, c->code[j]);
+    return ok;
+}
+
 /* The bf16 conversion's value, and the packed one, are the same weight: equal bits, or both
  * zeros. (A zero's sign cannot reach a result: every chain starts at +0.0f, and +0.0f plus a
  * zero of either sign is +0.0f, so x * (+0) and x * (-0) leave every partial sum alike.) */
@@ -101,12 +112,7 @@ static int pack_row(const di_pack_src *s, di_dtype fmt, const di_gguf_tensor *t,
         di_codes32 c;
         di_quant_codes32(t->type, row + k / q->block_elems * q->block_bytes, (int)(k % q->block_elems / DI_PACK_BLOCK), &c);
         uint8_t *rec = group + b * rb;
-        /* the GPU's few-rows decoder scales d by 2^-4 or 2^-8 (codegen/matmul_fast.c): exact for
-         * 0 and |d| >= 2^-100 (every GGUF scale is an f16, at least 2^-24, or that times a 6-bit
-         * one); any other d keeps the matrix in bf16 */
-        if (c.d != 0.0f && fabsf(c.d) < 0x1p-100f) *same = false;
-        if (!put_scale(fmt, rec, l, c.d) || !put_scale(fmt, rec, 8 + l, c.m)) *same = false;
-        for (int j = 0; j < DI_PACK_BLOCK; j++) put_code(fmt, rec, l, j, c.code[j]);
+        if (!di_pack_put(fmt, rec, l, &c)) *same = false;
         for (int j = 0; j < DI_PACK_BLOCK && *same; j++) *same = same_weight(di_pack_weight(fmt, rec, l, j), ref[k + j]);
     }
     return DI_OK;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include "dsl/dsl.h"
 #include "model/gguf.h"
+#include "model/quant.h"   /* di_codes32 */
 
 /* Tensors [in, outs[i]] stacked by rows into one [sum outs, in] matrix. */
 typedef struct di_pack_src {
@@ -27,6 +28,11 @@ di_dtype di_pack_format(const di_pack_src *s);
  * other than its bf16 conversion (a non-finite or huge scale): the caller keeps bf16 then. */
 int di_pack_rows(const di_pack_src *s, di_dtype fmt, uint64_t row0, uint64_t row1, uint8_t *dst, bool *same,
                  di_err *err);
+
+/* Lane l of record rec (zeroed before its first lane): c's scales and 32 codes. False when fmt
+ * cannot hold them as they are (a scale that is no binary16 in a half-scale format, or a d the
+ * GPU's decoder would not scale exactly): the matrix must not be packed so. */
+bool di_pack_put(di_dtype fmt, uint8_t *rec, int l, const di_codes32 *c);
 
 /* The weight the generated code decodes from record rec, lane l, element j (as its di_pk_w). */
 float di_pack_weight(di_dtype fmt, const uint8_t *rec, int l, int j);

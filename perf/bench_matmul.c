@@ -30,7 +30,6 @@
  * as everywhere), so a changed field makes another kernel. */
 #include "codegen/matmul_fast.h"
 #include "model/pack.h"
-#include "model/quant.h"
 #include <stddef.h>
 #include "runtime/backend.h"
 #include "vendor/cublaslt.h"
@@ -125,24 +124,17 @@ static uint8_t *random_records(di_dtype fmt, long n, long k, uint64_t seed, uint
     size_t rb = di_pack_record_bytes(fmt), bytes = di_pack_bytes(fmt, n, k);
     uint8_t *p = calloc(1, bytes);
     if (!p) return NULL;
-    bool q4 = di_pack_code_bits(fmt) == 4, half = di_dtype_half_scales(fmt);
+    bool q4 = di_pack_code_bits(fmt) == 4;
     for (long g = 0; g < (n + 7) / 8; g++)
         for (long b = 0; b < k / 32; b++) {
             uint8_t *rec = p + ((size_t)g * (size_t)(k / 32) + (size_t)b) * rb;
             for (int l = 0; l < 8; l++) {
-                float d = (float)(1 + rng_next(&seed) % 1024) * 0x1p-17f, m = q4 ? -8.0f * d : 0.0f;
-                uint16_t hd, hm;
-                di_f16_exact(d, &hd), di_f16_exact(m, &hm);
-                if (half) memcpy(rec + 2 * l, &hd, 2), memcpy(rec + 16 + 2 * l, &hm, 2);
-                else memcpy(rec + 4 * l, &d, 4), memcpy(rec + 32 + 4 * l, &m, 4);
-                uint8_t *q = rec + (half ? 32 : 64);
-                for (int j = 0; j < 32; j++) {
-                    uint32_t c = (uint32_t)(rng_next(&seed) & (q4 ? 15u : 255u)), word;
-                    size_t at = 4 * (q4 ? (j / 8) * 8 + l : (j / 4) * 8 + l);
-                    memcpy(&word, q + at, 4);
-                    word |= c << (q4 ? 4 * (j % 8) : 8 * (j % 4));
-                    memcpy(q + at, &word, 4);
-                }
+                di_codes32 c;
+                c.d = (float)(1 + rng_next(&seed) % 1024) * 0x1p-17f;   /* a binary16, as every format holds */
+                c.m = q4 ? -8.0f * c.d : 0.0f;
+                for (int j = 0; j < 32; j++)
+                    c.code[j] = q4 ? (int)(rng_next(&seed) & 15u) : (int)(int8_t)(uint8_t)rng_next(&seed);
+                di_pack_put(fmt, rec, l, &c);
                 if (8 * g + l < n)
                     for (int j = 0; j < 32; j++) w[(8 * g + l) * k + 32 * b + j] = to_bf16(di_pack_weight(fmt, rec, l, j));
             }

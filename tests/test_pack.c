@@ -175,6 +175,14 @@ static uint8_t *pack_and_bf16(packed_case *pc, di_dtype fmt, long K, long N, uin
     return p;
 }
 
+/* y from packed w against y from the bf16 matrix, bit for bit; what names the case */
+static void expect_same_bits(const float *yp, const float *yb, long rows, long N, const char *what)
+{
+    for (long i = 0; i < rows * N; i++)
+        cr_assert(!memcmp(&yp[i], &yb[i], 4), "%s, %ld rows: y[%ld][%ld] = %a packed, %a bf16", what, rows, i / N, i % N,
+                  (double)yp[i], (double)yb[i]);
+}
+
 static di_rt *cpu_rt(di_cpu_compiler c)
 {
     di_rt_opts o = {.backend = DI_BACKEND_C, .profile = DI_PROFILE_EXACT, .threads = 2, .cpu_compiler = c};
@@ -220,9 +228,9 @@ static void check_matmul(di_rt *rt, const char *tier, int type, di_dtype fmt, lo
             th_launch(rt, kb, (di_val[]){{.buf = byb}, {.buf = bx}, {.buf = wb}, {.buf = br}}, sizes);
             th_read(byp, yp, (size_t)(rows * N) * 4);
             th_read(byb, yb, (size_t)(rows * N) * 4);
-            for (long i = 0; i < rows * N; i++)
-                cr_assert(!memcmp(&yp[i], &yb[i], 4), "%s, %s %s K %ld N %ld, %ld rows: y[%ld][%ld] = %a packed, %a bf16",
-                          tier, specs[sp], di_ggml_type_name(type), K, N, rows, i / N, i % N, (double)yp[i], (double)yb[i]);
+            char what[160];
+            snprintf(what, sizeof what, "%s, %s %s K %ld N %ld", tier, specs[sp], di_ggml_type_name(type), K, N);
+            expect_same_bits(yp, yb, rows, N, what);
             di_buf_free(bx); di_buf_free(br); di_buf_free(byp); di_buf_free(byb);
             free(x); free(res); free(yp); free(yb);
         }
@@ -347,10 +355,10 @@ static void check_fast_packed(di_rt *gpu, const char *spec, int type, di_dtype f
         th_launch(gpu, kb, vb, sizes);
         th_read(op_, yp, yb);
         th_read(ob, ybf, yb);
-        for (long i = 0; i < rows * N; i++)
-            cr_assert(!memcmp(&yp[i], &ybf[i], 4), "%s %s K %ld N %ld x %s, %ld rows: y[%ld][%ld] = %a packed, %a bf16",
-                      spec, di_ggml_type_name(type), K, N, x16 ? "bf16" : "f32", rows, i / N, i % N, (double)yp[i],
-                      (double)ybf[i]);
+        char what[160];
+        snprintf(what, sizeof what, "%s %s as %s, K %ld N %ld x %s", spec, di_ggml_type_name(type), di_dtype_name(fmt), K, N,
+                 x16 ? "bf16" : "f32");
+        expect_same_bits(yp, ybf, rows, N, what);
         di_buf_free(bx); di_buf_free(br); di_buf_free(op_); di_buf_free(ob);
         free(x); free(res); free(yp); free(ybf);
     }
