@@ -25,7 +25,7 @@
  * tensor infos and then extends the file to its full size without writing data (a sparse
  * file, reading as zeros): readers can check every key, shape and offset at no disk cost.
  *
- * usage: make_random_gguf OUT.gguf --shape NAME [--seed S] [--type bf16|q4_1] [--vocab FILE]
+ * usage: make_random_gguf OUT.gguf --shape NAME [--seed S] [--type bf16|q4_1|q4_k_m] [--vocab FILE]
  *                         [--layers N] [--threads N] [--header-only] [--quiet] */
 #include "tools/cli.h"
 #include <errno.h>
@@ -44,11 +44,14 @@ enum {
     ALIGN = 32,
     QK = 32,                        /* q4_1 block */
     Q4_1_BYTES = 4 + QK / 2,
-    CHUNK_ELEMS = 1 << 22,          /* elements generated per write (a multiple of QK) */
+    QK_K = 256,                     /* q4_k / q6_k super-block */
+    Q4_K_BYTES = 144, Q6_K_BYTES = 210,
+    CHUNK_ELEMS = 1 << 22,          /* elements generated per write (a multiple of QK_K) */
     MAX_THREADS = 64,
     GGUF_U32 = 4, GGUF_I32 = 5, GGUF_F32 = 6, GGUF_BOOL = 7, GGUF_STRING = 8, GGUF_ARRAY = 9,
-    GGML_F32 = 0, GGML_Q4_1 = 3, GGML_BF16 = 30,
-    FTYPE_Q4_1 = 3, FTYPE_BF16 = 32,   /* llama.cpp's general.file_type values */
+    GGML_F32 = 0, GGML_Q4_1 = 3, GGML_Q4_K = 12, GGML_Q6_K = 14, GGML_BF16 = 30,
+    GGML_Q4_K_M = -2,                  /* --type q4_k_m: Q4_K, some matrices Q6_K (mixed_type) */
+    FTYPE_Q4_1 = 3, FTYPE_Q4_K_M = 15, FTYPE_BF16 = 32,   /* llama.cpp's general.file_type values */
 };
 
 typedef struct shape {
@@ -148,17 +151,42 @@ typedef struct tensor {
 
 static uint64_t align_up(uint64_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
 
-static void add_tensor(tensor *t, int *n, const char *name, int type, uint64_t d0, uint64_t d1, tensor_kind kind)
+/* elements per block of a tensor type, and bytes for `elems` elements (a multiple of it) */
+static uint64_t block_elems(int type) { return type == GGML_Q4_1 ? QK : type == GGML_Q4_K || type == GGML_Q6_K ? QK_K : 1; }
+static uint64_t bytes_of(int type, uint64_t elems)
+{
+    switch (type) {
+    case GGML_F32: return elems * 4;
+    case GGML_BF16: return elems * 2;
+    case GGML_Q4_1: return elems / QK * Q4_1_BYTES;
+    case GGML_Q4_K: return elems / QK_K * Q4_K_BYTES;
+    default: return elems / QK_K * Q6_K_BYTES;
+    }
+}
+
+/* --type q4_k_m: which type a matrix gets, as llama.cpp's Q4_K_M recipe chooses (its
+ * use_more_bits): the lm head, and attn_v and ffn_down in the first and last eighth of the layers
+ * and every third layer between, are Q6_K; the rest Q4_K. */
+static int mixed_type(const char *name, int layer, int layers)
+{
+    bool more = layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
+    if (!strcmp(name, "output.weight")) return GGML_Q6_K;
+    if (layer >= 0 && more && (strstr(name, "attn_v.weight") || strstr(name, "ffn_down.weight"))) return GGML_Q6_K;
+    return GGML_Q4_K;
+}
+
+static void add_tensor(tensor *t, int *n, const char *name, int type, uint64_t d0, uint64_t d1, tensor_kind kind,
+                       int layer, int layers)
 {
     tensor *x = &t[(*n)++];
     snprintf(x->name, sizeof x->name, "%s", name);
-    x->type = kind != T_MATRIX ? GGML_F32 : type;
+    x->type = kind != T_MATRIX ? GGML_F32 : type == GGML_Q4_K_M ? mixed_type(name, layer, layers) : type;
     x->dims[0] = d0;
     x->dims[1] = d1;
     x->n_dims = d1 ? 2 : 1;
     x->kind = kind;
     uint64_t elems = d0 * (d1 ? d1 : 1);
-    x->nbytes = x->type == GGML_F32 ? elems * 4 : x->type == GGML_BF16 ? elems * 2 : elems / QK * Q4_1_BYTES;
+    x->nbytes = bytes_of(x->type, elems);
 }
 
 static int head_dim(const shape *s) { return s->head_dim ? s->head_dim : s->dim / s->heads; }
@@ -169,10 +197,10 @@ static int build_tensors(const shape *s, int type, tensor *t)
     uint64_t D = (uint64_t)s->dim, HD = (uint64_t)head_dim(s), Q = (uint64_t)s->heads * HD,
              KV = (uint64_t)s->kv_heads * HD, F = (uint64_t)s->ffn, V = (uint64_t)s->vocab;
     char name[64];
-    add_tensor(t, &n, "token_embd.weight", type, D, V, T_MATRIX);
-    add_tensor(t, &n, "output_norm.weight", type, D, 0, T_NORM);
-    if (!s->tied) add_tensor(t, &n, "output.weight", type, D, V, T_MATRIX);
-    if (s->llama3_factor) add_tensor(t, &n, "rope_freqs.weight", type, HD / 2, 0, T_FACTORS);
+    add_tensor(t, &n, "token_embd.weight", type, D, V, T_MATRIX, -1, s->layers);
+    add_tensor(t, &n, "output_norm.weight", type, D, 0, T_NORM, -1, s->layers);
+    if (!s->tied) add_tensor(t, &n, "output.weight", type, D, V, T_MATRIX, -1, s->layers);
+    if (s->llama3_factor) add_tensor(t, &n, "rope_freqs.weight", type, HD / 2, 0, T_FACTORS, -1, s->layers);
     for (int l = 0; l < s->layers; l++) {
         struct { const char *what; uint64_t in, out; tensor_kind kind; bool on; } parts[] = {
             {"attn_norm.weight", D, 0, T_NORM, true}, {"attn_q.weight", D, Q, T_MATRIX, true},
@@ -187,7 +215,7 @@ static int build_tensors(const shape *s, int type, tensor *t)
         for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
             if (!parts[i].on) continue;
             snprintf(name, sizeof name, "blk.%d.%s", l, parts[i].what);
-            add_tensor(t, &n, name, type, parts[i].in, parts[i].out, parts[i].kind);
+            add_tensor(t, &n, name, type, parts[i].in, parts[i].out, parts[i].kind, l, s->layers);
         }
     }
     uint64_t off = 0;
@@ -311,7 +339,7 @@ static int metadata(mbuf *b, const shape *s, int type, uint64_t seed, const char
     kv_str(b, &n, "general.architecture", s->arch);
     kv_str(b, &n, "general.name", name);
     kv_u32(b, &n, "general.alignment", ALIGN);
-    kv_u32(b, &n, "general.file_type", type == GGML_BF16 ? FTYPE_BF16 : FTYPE_Q4_1);
+    kv_u32(b, &n, "general.file_type", type == GGML_BF16 ? FTYPE_BF16 : type == GGML_Q4_K_M ? FTYPE_Q4_K_M : FTYPE_Q4_1);
     kv_u32(b, &n, "general.quantization_version", 2);
     kv_u32(b, &n, akey(s, "block_count"), (uint32_t)s->layers);
     kv_u32(b, &n, akey(s, "context_length"), (uint32_t)s->ctx);
@@ -355,6 +383,87 @@ typedef struct job {
     uint8_t *out;                 /* where element `first` goes */
 } job;
 
+/* binary16 bits to their value (finite, as to_f16 gives them) */
+static float f16_value(uint16_t h)
+{
+    int e = (h >> 10) & 31, m = h & 1023;
+    float v = e ? ldexpf((float)(1024 + m), e - 25) : ldexpf((float)m, -24);
+    return h & 0x8000u ? -v : v;
+}
+
+static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* One Q4_K super-block of x (ggml's layout: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins,
+ * then 128 bytes of codes; element 64c + l is the low nibble of qs[32c + l], 64c + 32 + l the high
+ * one; value d * sc[s] * q - dmin * m[s] for sub-block s of 32). A plain min / max quantizer (not
+ * llama.cpp's search): the blocks are random weights in the format, what a speed figure needs. */
+static void put_q4_k(const float *x, uint8_t *blk)
+{
+    float scale[8], mins[8], smax = 0, mmax = 0;
+    for (int s = 0; s < 8; s++) {
+        float mn = 0, mx = 0;
+        for (int l = 0; l < 32; l++) {
+            mn = x[32 * s + l] < mn ? x[32 * s + l] : mn;
+            mx = x[32 * s + l] > mx ? x[32 * s + l] : mx;
+        }
+        scale[s] = (mx - mn) / 15.0f;
+        mins[s] = -mn;
+        smax = scale[s] > smax ? scale[s] : smax;
+        mmax = mins[s] > mmax ? mins[s] : mmax;
+    }
+    uint16_t hd = to_f16(smax / 63.0f), hm = to_f16(mmax / 63.0f);
+    float d = f16_value(hd), dmin = f16_value(hm);
+    int sc[8], m[8];
+    for (int s = 0; s < 8; s++) {
+        sc[s] = d > 0 ? clampi((int)(scale[s] / d + 0.5f), 0, 63) : 0;
+        m[s] = dmin > 0 ? clampi((int)(mins[s] / dmin + 0.5f), 0, 63) : 0;
+    }
+    memcpy(blk, &hd, 2);
+    memcpy(blk + 2, &hm, 2);
+    uint8_t *q = blk + 4;   /* the inverse of ggml's get_scale_min_k4 */
+    for (int i = 0; i < 4; i++) {
+        q[i] = (uint8_t)((sc[i] & 63) | (sc[i + 4] >> 4) << 6);
+        q[i + 4] = (uint8_t)((m[i] & 63) | (m[i + 4] >> 4) << 6);
+        q[i + 8] = (uint8_t)((sc[i + 4] & 15) | (m[i + 4] & 15) << 4);
+    }
+    uint8_t *qs = blk + 16;
+    memset(qs, 0, 128);
+    for (int e = 0; e < QK_K; e++) {
+        int s = e / 32;
+        float step = d * (float)sc[s];
+        int c = step > 0 ? clampi((int)((x[e] + dmin * (float)m[s]) / step + 0.5f), 0, 15) : 0;
+        qs[32 * (e / 64) + e % 32] |= (uint8_t)(c << (4 * (s % 2)));
+    }
+}
+
+/* One Q6_K super-block (ql[128], qh[64], int8 scales[16], f16 d; element e = 128j + r has the low
+ * nibble (ql[64j + r % 64] >> 4 (r / 64)) and the high two bits (qh[32j + r % 32] >> 2 (r / 32)) of
+ * q, value d * sc[e / 16] * (q - 32)). */
+static void put_q6_k(const float *x, uint8_t *blk)
+{
+    float scale[16], amax = 0;
+    for (int s = 0; s < 16; s++) {
+        float a = 0;
+        for (int l = 0; l < 16; l++) a = fabsf(x[16 * s + l]) > a ? fabsf(x[16 * s + l]) : a;
+        scale[s] = a / 31.0f;
+        amax = scale[s] > amax ? scale[s] : amax;
+    }
+    uint16_t hd = to_f16(amax / 127.0f);
+    float d = f16_value(hd);
+    int8_t *sc = (int8_t *)(blk + 192);
+    uint8_t *ql = blk, *qh = blk + 128;
+    memset(blk, 0, 192);
+    for (int s = 0; s < 16; s++) sc[s] = (int8_t)(d > 0 ? clampi((int)(scale[s] / d + 0.5f), 0, 127) : 0);
+    for (int e = 0; e < QK_K; e++) {
+        float step = d * (float)sc[e / 16];
+        int q = step > 0 ? clampi((int)lrintf(x[e] / step) + 32, 0, 63) : 32;
+        int jj = e / 128, r = e % 128;
+        ql[64 * jj + r % 64] |= (uint8_t)((q & 15) << (4 * (r / 64)));
+        qh[32 * jj + r % 32] |= (uint8_t)((q >> 4) << (2 * (r / 32)));
+    }
+    memcpy(blk + 208, &hd, 2);
+}
+
 static void fill(const job *j)
 {
     const tensor *t = j->t;
@@ -370,6 +479,13 @@ static void fill(const job *j)
     } else if (t->type == GGML_BF16) {
         uint16_t *o = (uint16_t *)j->out;
         for (uint64_t i = 0; i < j->count; i++) o[i] = to_bf16(std * gauss(j->key, j->first + i));
+    } else if (t->type == GGML_Q4_K || t->type == GGML_Q6_K) {
+        for (uint64_t b = 0; b < j->count / QK_K; b++) {
+            float x[QK_K];
+            for (int k = 0; k < QK_K; k++) x[k] = std * gauss(j->key, j->first + b * QK_K + (uint64_t)k);
+            if (t->type == GGML_Q4_K) put_q4_k(x, j->out + b * Q4_K_BYTES);
+            else put_q6_k(x, j->out + b * Q6_K_BYTES);
+        }
     } else { /* q4_1, as ggml's reference quantizer: d = (max - min) / 15, m = min */
         for (uint64_t b = 0; b < j->count / QK; b++) {
             float x[QK], mn = INFINITY, mx = -INFINITY;
@@ -399,10 +515,6 @@ static void *fill_thread(void *p)
     return NULL;
 }
 
-static uint64_t bytes_of(int type, uint64_t elems)
-{
-    return type == GGML_F32 ? elems * 4 : type == GGML_BF16 ? elems * 2 : elems / QK * Q4_1_BYTES;
-}
 
 /* Generates the tensor chunk by chunk, nthreads workers per chunk, and writes it. */
 static int write_tensor(FILE *f, const shape *s, const tensor *t, uint64_t seed, int nthreads, uint8_t *buf,
@@ -411,17 +523,18 @@ static int write_tensor(FILE *f, const shape *s, const tensor *t, uint64_t seed,
     uint64_t elems = t->dims[0] * (t->n_dims > 1 ? t->dims[1] : 1), key = tensor_key(seed, t->name);
     for (uint64_t first = 0; first < elems; first += CHUNK_ELEMS) {
         uint64_t count = elems - first < CHUNK_ELEMS ? elems - first : CHUNK_ELEMS;
-        /* split into per-thread ranges on QK boundaries */
-        uint64_t blocks = count / QK, per = (blocks + (uint64_t)nthreads - 1) / (uint64_t)nthreads;
+        /* split into per-thread ranges on block boundaries (32 or 256 elements) */
+        const uint64_t be = block_elems(t->type) < QK ? QK : block_elems(t->type);
+        uint64_t blocks = count / be, per = (blocks + (uint64_t)nthreads - 1) / (uint64_t)nthreads;
         job jobs[MAX_THREADS];
         pthread_t th[MAX_THREADS];
         int nj = 0;
-        if (count % QK || nthreads == 1 || count < 65536) {
+        if (count % be || nthreads == 1 || count < 65536) {
             jobs[nj++] = (job){s, t, key, first, count, buf};
         } else {
             for (uint64_t b = 0; b < blocks; b += per, nj++) {
                 uint64_t nb = blocks - b < per ? blocks - b : per;
-                jobs[nj] = (job){s, t, key, first + b * QK, nb * QK, buf + bytes_of(t->type, b * QK)};
+                jobs[nj] = (job){s, t, key, first + b * be, nb * be, buf + bytes_of(t->type, b * be)};
             }
         }
         int started = 0;
@@ -455,7 +568,7 @@ static int usage(const char *why, const char *arg)
         fprintf(stderr, "\n");
     }
     fprintf(why ? stderr : stdout,
-            "usage: make_random_gguf OUT.gguf --shape NAME [--seed S] [--type bf16|q4_1] [--vocab FILE]\n"
+            "usage: make_random_gguf OUT.gguf --shape NAME [--seed S] [--type bf16|q4_1|q4_k_m] [--vocab FILE]\n"
             "                        [--layers N] [--threads N] [--header-only] [--quiet]\n"
             "  --shape        tiny (2 layers, dim 128, 4/2 heads, ffn 256, vocab 512);\n"
             "                 smollm2 (30 x 576, 9/3 heads, ffn 1536, vocab 49152, tied lm head);\n"
@@ -464,7 +577,8 @@ static int usage(const char *why, const char *arg)
             "                 reference models (every feature of the architecture, a few layers of dim 128)\n"
             "  --vocab FILE   the tokenizer.* keys of FILE instead of a placeholder vocabulary\n"
             "  --seed S       weights are a function of (S, tensor name, index) (default 1)\n"
-            "  --type T       matrices bf16 (default) or q4_1; norms are f32\n"
+            "  --type T       matrices bf16 (default), q4_1, or q4_k_m (Q4_K, the lm head and some attn_v and\n"
+            "                 ffn_down Q6_K, as llama.cpp's Q4_K_M; rows a multiple of 256); norms are f32\n"
             "  --layers N     only the first N layers (same weights as the full shape's)\n"
             "  --threads N    generator threads (default: all cores, at most %d)\n"
             "  --head-std S   the lm head's weights are S g instead of 0.02 g (peaked next-token distributions:\n"
@@ -517,8 +631,9 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         if (!strcmp(shapes[i].name, shape_name)) sp = &shapes[i];
     if (!sp) return usage("no --shape '%s' (make_random_gguf --help lists the shapes)", shape_name);
-    int type = !strcmp(type_name, "bf16") ? GGML_BF16 : !strcmp(type_name, "q4_1") ? GGML_Q4_1 : -1;
-    if (type < 0) return usage("--type takes bf16 or q4_1, not '%s'", type_name);
+    int type = !strcmp(type_name, "bf16") ? GGML_BF16 : !strcmp(type_name, "q4_1") ? GGML_Q4_1
+             : !strcmp(type_name, "q4_k_m") ? GGML_Q4_K_M : -1;
+    if (type == -1) return usage("--type takes bf16, q4_1 or q4_k_m, not '%s'", type_name);
     shape s = *sp;
     if (layers) s.layers = (int)layers;
     s.head_std = head_std;
@@ -532,6 +647,13 @@ int main(int argc, char **argv)
     mbuf kv = {0}, info = {0};
     if (!ts) { fprintf(stderr, "make_random_gguf: out of memory\n"); return 1; }
     int nt = build_tensors(&s, type, ts);
+    for (int i = 0; i < nt; i++)
+        if (ts[i].dims[0] % block_elems(ts[i].type)) {
+            fprintf(stderr, "make_random_gguf: --type %s: %s has rows of %llu elements, not a multiple of %llu "
+                    "(shape %s)\n", type_name, ts[i].name, (unsigned long long)ts[i].dims[0],
+                    (unsigned long long)block_elems(ts[i].type), s.name);
+            return 2;
+        }
     int nkv = metadata(&kv, &s, type, seed, vocab);
     if (nkv < 0) return 2;
     for (int i = 0; i < nt; i++) {
