@@ -365,6 +365,8 @@ int di_quant_code_bits(int type)
     return di_quant_codes32(type, zero, 0, &c);
 }
 
+float di_f16_to_f32(uint16_t h) { return half_to_f32(h); }
+
 uint16_t di_bf16_of(float f)
 {
     uint32_t u;

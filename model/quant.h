@@ -79,6 +79,8 @@ int di_quant_codes32(int type, const uint8_t *block, int group, di_codes32 *out)
 int di_quant_code_bits(int type);   /* what di_quant_codes32 returns for this type */
 /* f32 to bf16 bits: round to nearest even; NaN stays a (quiet) NaN. The load-time conversion. */
 uint16_t di_bf16_of(float f);
+/* IEEE binary16 bits to binary32, exact for every input. */
+float di_f16_to_f32(uint16_t h);
 /* f's IEEE binary16 bits when f is exactly one (the half-scale records' d and m), else false. */
 bool di_f16_exact(float f, uint16_t *h);
 

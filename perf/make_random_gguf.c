@@ -39,13 +39,13 @@
 #include <time.h>
 #include <unistd.h>
 #include "model/gguf.h"
+#include "model/quant.h"
 
 enum {
     ALIGN = 32,
     QK = 32,                        /* q4_1 block */
     Q4_1_BYTES = 4 + QK / 2,
-    QK_K = 256,                     /* q4_k / q6_k super-block */
-    Q4_K_BYTES = 144, Q6_K_BYTES = 210,
+    QK_K = 256,                     /* q4_k / q6_k super-block (model/quant.h has the sizes) */
     CHUNK_ELEMS = 1 << 22,          /* elements generated per write (a multiple of QK_K) */
     MAX_THREADS = 64,
     GGUF_U32 = 4, GGUF_I32 = 5, GGUF_F32 = 6, GGUF_BOOL = 7, GGUF_STRING = 8, GGUF_ARRAY = 9,
@@ -151,17 +151,12 @@ typedef struct tensor {
 
 static uint64_t align_up(uint64_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
 
-/* elements per block of a tensor type, and bytes for `elems` elements (a multiple of it) */
-static uint64_t block_elems(int type) { return type == GGML_Q4_1 ? QK : type == GGML_Q4_K || type == GGML_Q6_K ? QK_K : 1; }
+/* elements per block of a tensor type, and bytes for `elems` elements (a multiple of it): ggml's
+ * layouts, from the project's type table */
+static uint64_t block_elems(int type) { return di_quant_type_of(type)->block_elems; }
 static uint64_t bytes_of(int type, uint64_t elems)
 {
-    switch (type) {
-    case GGML_F32: return elems * 4;
-    case GGML_BF16: return elems * 2;
-    case GGML_Q4_1: return elems / QK * Q4_1_BYTES;
-    case GGML_Q4_K: return elems / QK_K * Q4_K_BYTES;
-    default: return elems / QK_K * Q6_K_BYTES;
-    }
+    return elems / block_elems(type) * di_quant_type_of(type)->block_bytes;
 }
 
 /* --type q4_k_m: which type a matrix gets, as llama.cpp's Q4_K_M recipe chooses (its
@@ -383,14 +378,6 @@ typedef struct job {
     uint8_t *out;                 /* where element `first` goes */
 } job;
 
-/* binary16 bits to their value (finite, as to_f16 gives them) */
-static float f16_value(uint16_t h)
-{
-    int e = (h >> 10) & 31, m = h & 1023;
-    float v = e ? ldexpf((float)(1024 + m), e - 25) : ldexpf((float)m, -24);
-    return h & 0x8000u ? -v : v;
-}
-
 static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
 /* One Q4_K super-block of x (ggml's layout: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins,
@@ -412,7 +399,7 @@ static void put_q4_k(const float *x, uint8_t *blk)
         mmax = mins[s] > mmax ? mins[s] : mmax;
     }
     uint16_t hd = to_f16(smax / 63.0f), hm = to_f16(mmax / 63.0f);
-    float d = f16_value(hd), dmin = f16_value(hm);
+    float d = di_f16_to_f32(hd), dmin = di_f16_to_f32(hm);
     int sc[8], m[8];
     for (int s = 0; s < 8; s++) {
         sc[s] = d > 0 ? clampi((int)(scale[s] / d + 0.5f), 0, 63) : 0;
@@ -449,7 +436,7 @@ static void put_q6_k(const float *x, uint8_t *blk)
         amax = scale[s] > amax ? scale[s] : amax;
     }
     uint16_t hd = to_f16(amax / 127.0f);
-    float d = f16_value(hd);
+    float d = di_f16_to_f32(hd);
     int8_t *sc = (int8_t *)(blk + 192);
     uint8_t *ql = blk, *qh = blk + 128;
     memset(blk, 0, 192);
@@ -483,8 +470,8 @@ static void fill(const job *j)
         for (uint64_t b = 0; b < j->count / QK_K; b++) {
             float x[QK_K];
             for (int k = 0; k < QK_K; k++) x[k] = std * gauss(j->key, j->first + b * QK_K + (uint64_t)k);
-            if (t->type == GGML_Q4_K) put_q4_k(x, j->out + b * Q4_K_BYTES);
-            else put_q6_k(x, j->out + b * Q6_K_BYTES);
+            if (t->type == GGML_Q4_K) put_q4_k(x, j->out + bytes_of(GGML_Q4_K, b * QK_K));
+            else put_q6_k(x, j->out + bytes_of(GGML_Q6_K, b * QK_K));
         }
     } else { /* q4_1, as ggml's reference quantizer: d = (max - min) / 15, m = min */
         for (uint64_t b = 0; b < j->count / QK; b++) {
@@ -514,7 +501,6 @@ static void *fill_thread(void *p)
     fill(p);
     return NULL;
 }
-
 
 /* Generates the tensor chunk by chunk, nthreads workers per chunk, and writes it. */
 static int write_tensor(FILE *f, const shape *s, const tensor *t, uint64_t seed, int nthreads, uint8_t *buf,
