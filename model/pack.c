@@ -34,8 +34,9 @@ static float scale_at(di_dtype fmt, const uint8_t *rec, int i)
         memcpy(&v, rec + 4 * i, 4);
         return v;
     }
-    di_quant_type_of(DI_GGML_F16)->dequant(rec + 2 * i, 1, &v);   /* binary16, little-endian */
-    return v;
+    uint16_t h;   /* binary16, little-endian */
+    memcpy(&h, rec + 2 * i, 2);
+    return di_f16_to_f32(h);
 }
 
 /* d (i = l) or m (i = 8 + l) into a record; false when a half-scale record cannot hold it */
