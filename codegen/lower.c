@@ -69,9 +69,57 @@ static void lower_map(di_str *o, const di_spec *s, const di_specialization *p)
     di_str_printf(o, "    DI_MAP_FOR(i, %s) {\n        %s\n    }\n", s->cols, s->body);
 }
 
+/* Elements of argument a a block reads: its row's when sliced, else the whole shape. */
+static void arg_extent(const di_arg *a, char *n, size_t len)
+{
+    if (di_row_sliced(a, n, len)) return;
+    size_t k = (size_t)snprintf(n, len, "(");
+    for (const char *c = a->shape; *c && k + 4 < len; c++) {
+        if (*c == ',') k += (size_t)snprintf(n + k, len - k, ") * (");
+        else n[k++] = *c;
+    }
+    snprintf(n + k, len > k ? len - k : 0, ")");
+}
+
+/* GPU: a row's inputs into L1 before its lanes walk them. A lane folds its terms one after
+ * another in a fixed order and its loads came one at a time: one warp per row took 54 us for a
+ * 4096-wide rmsnorm on the H200 (perf/RESULTS.md). Now, where the block's inputs fit L1 with
+ * room (at most L1_WARM_BYTES), every thread of the block first asks for a share of their
+ * 128-byte lines, all at once; where they do not (a vocabulary row), each lane asks for the
+ * line LANE_AHEAD of its terms ahead as it goes (`ahead`, text for the lane loop). Prefetches
+ * only: the reductions' arithmetic, and so every operation and its order, is as before.
+ * Grouped reductions (a block per group of a row) read only a part: neither. */
+enum { L1_WARM_BYTES = 64 * 1024, LANE_AHEAD = 16 };
+static void emit_l1_warm(di_str *o, const di_spec *s, const di_specialization *p, di_str *ahead)
+{
+    if (s->groups) return;
+    char n[256], sum[1024] = "0";
+    size_t k = 1;
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
+        const di_arg *a = &s->args[i];
+        if (a->role == DI_ROLE_SCALAR || a->role == DI_ROLE_OUT) continue;
+        arg_extent(a, n, sizeof n);
+        k += (size_t)snprintf(sum + k, k < sizeof sum ? sizeof sum - k : 0, " + (%s) * %d", n, (int)di_dtype_size(p->dtypes[i]));
+    }
+    if (k >= sizeof sum) return;
+    di_str_printf(o, "    const bool di_warm = (long)(%s) <= %d;   /* the block's inputs fit L1 */\n"
+                     "    if (di_warm) {   /* every line asked for at once */\n", sum, L1_WARM_BYTES);
+    for (int i = 0; i < DI_MAX_ARGS && s->args[i].name; i++) {
+        const di_arg *a = &s->args[i];
+        if (a->role == DI_ROLE_SCALAR || a->role == DI_ROLE_OUT) continue;
+        arg_extent(a, n, sizeof n);
+        di_str_printf(o, "        for (long di_b = 128L * threadIdx.x; di_b < (long)(%s) * %d; di_b += 128L * blockDim.x)\n"
+                         "            asm volatile(\"prefetch.global.L1 [%%0];\" ::\"l\"((const char *)%s + di_b));\n",
+                      n, (int)di_dtype_size(p->dtypes[i]), a->name);
+        di_str_printf(ahead, "            if (!di_warm) asm volatile(\"prefetch.global.L1 [%%0];\" ::\"l\"(%s + (i + %d * LANES < (long)(%s) ? i + %d * LANES : (long)(%s) - 1)));\n",
+                      a->name, LANE_AHEAD, n, LANE_AHEAD, n);
+    }
+    di_str_puts(o, "    }\n");
+}
+
 /* Lane l folds i = l, l + LANES, ... in order; then lanes combine by a halving tree
  * (lane l takes lane l + s for s = LANES/2 ... 1). Same for every row count. */
-static void emit_reduce(di_str *o, const di_spec *s, const di_reduce *r, bool c)
+static void emit_reduce(di_str *o, const di_spec *s, const di_reduce *r, bool c, const char *ahead)
 {
     if (r->op == DI_RONCE) {
         di_str_printf(o, "    const float %s = %s;   /* once per row */\n", r->name, r->expr);
@@ -99,13 +147,14 @@ static void emit_reduce(di_str *o, const di_spec *s, const di_reduce *r, bool c)
         di_str_printf(o, "    DI_FOR_THREADS(l, LANES) {\n"
                          "        float a = %s;\n"
                          "        for (long i = l; i < (long)(%s); i += LANES) {\n"
+                         "%s"
                          "            float e = %s;\n"
                          "            a = %s;\n"
                          "        }\n"
                          "        di_lane[l] = a;\n"
                          "    }\n"
                          "    DI_SYNC();\n",
-                      sum ? "0.0f" : "-DI_INF", s->cols, r->expr, sum ? "a + e" : "e > a ? e : a");
+                      sum ? "0.0f" : "-DI_INF", s->cols, ahead, r->expr, sum ? "a + e" : "e > a ? e : a");
     di_str_printf(o, "    for (int s = LANES / 2; s > 0; s >>= 1) {\n"
                      "        DI_FOR_THREADS(l, s) {\n"
                      "            di_lane[l] = %s;\n"
@@ -123,8 +172,12 @@ static void lower_row_reduce(di_str *o, const di_spec *s, const di_specializatio
     di_str_puts(o, "    const long r = by;\n");
     if (s->groups) di_str_puts(o, "    const long g = bx;   /* the group of the row this block reduces */\n");
     emit_slices(o, s, p, "r", "    ");
+    di_str ahead = {0};
+    if (!c) emit_l1_warm(o, s, p, &ahead);
     di_str_puts(o, "    DI_SHARED float di_lane[LANES];\n");
-    for (int i = 0; i < DI_MAX_REDUCE && s->reduce[i].name; i++) emit_reduce(o, s, &s->reduce[i], c);
+    for (int i = 0; i < DI_MAX_REDUCE && s->reduce[i].name; i++)
+        emit_reduce(o, s, &s->reduce[i], c, ahead.len ? ahead.p : "");
+    di_str_free(&ahead);
     di_str_printf(o, "    DI_FOR_THREADS(i, %s) {\n        %s\n    }\n", s->cols, s->post);
 }
 
@@ -134,6 +187,8 @@ static void lower_sample(di_str *o, const di_spec *s, const di_specialization *p
 {
     di_str_puts(o, "    const long r = by;\n");
     emit_slices(o, s, p, "r", "    ");
+    di_str ahead = {0};
+    if (!c) emit_l1_warm(o, s, p, &ahead);
     di_str_puts(o, "    DI_SHARED float di_bv[LANES];\n"
                    "    DI_SHARED int di_bi[LANES];\n");
     if (c)   /* each lane's scan as below; the lanes run side by side (SIMD), not one after another */
@@ -160,13 +215,15 @@ static void lower_sample(di_str *o, const di_spec *s, const di_specialization *p
             "        float bv = -DI_INF;\n"
             "        int bi = -1;\n"
             "        for (long i = l; i < (long)(%s); i += LANES) {\n"
+            "%s"
             "            float v = x[i];\n"
             "            if (v > bv || (bi < 0 && v == v)) { bv = v; bi = (int)i; }\n"
             "        }\n"
             "        di_bv[l] = bv;\n"
             "        di_bi[l] = bi;\n"
             "    }\n",
-            s->cols);
+            s->cols, ahead.len ? ahead.p : "");
+    di_str_free(&ahead);
     di_str_puts(o,
         "    DI_SYNC();\n"
         "    for (int s = LANES / 2; s > 0; s >>= 1) {\n"

@@ -216,8 +216,10 @@ static bool check_class(vctx *v)
     case DI_SAMPLE:
         if (!s->cols) return bad(v, "cols", "missing");
         if (!pow2(k->lanes)) return bad(v, "schedule.lanes", "%d is not a power of two", k->lanes);
-        if (k->threads != k->lanes)
-            return bad(v, "schedule.threads", "must equal lanes (%d): one GPU thread per lane", k->lanes);
+        /* a GPU thread per lane; the threads past LANES share only the map after the reduction */
+        if (k->threads < k->lanes || k->threads % k->lanes)
+            return bad(v, "schedule.threads", "%d is not a multiple of lanes (%d): one GPU thread per lane", k->threads,
+                       k->lanes);
         if (s->cls == DI_SAMPLE) return require_arg(v, "id", DI_ROLE_OUT) && require_arg(v, "x", DI_ROLE_IN);
         return true;
     case DI_MATMUL:
