@@ -1137,10 +1137,10 @@ static void emit_wgmma_helpers(di_str *o, int tn)
  * checks it), so the product, and the fma's one rounding, are those of d * code. */
 static const char few_helpers[] =
     "#define MMV_RPS (MMV_BKS / 32)                      /* records per output group per stage */\n"
-    "/* every stage whole (K and the split size multiples of a stage): no k guard at all, so the\n"
-    " * stage's wgmma issue back to back (a guard between them costs a branch and an arrive each) */\n"
+    "/* every stage whole (K and the split size multiples of a stage): no record is past K, so the\n"
+    " * decode takes no guard (the wgmma keep theirs: without those branches ptxas moves the decode\n"
+    " * between the wgmma and then serializes them, its C7513) */\n"
     "#define MMV_WHOLE (K % MMV_BKS == 0 && MMF_KS % MMV_BKS == 0)\n"
-
     "static_assert(MMF_BK == 64, \"x boxes of 64 k (128-byte swizzled rows)\");\n"
     "DI_FN void mmv_bulk(unsigned dst, const void *src, unsigned bytes, unsigned bar)\n"
     "{\n"
@@ -1244,7 +1244,6 @@ static const char few_body[] =
     "        }\n"
     "#pragma unroll\n"
     "        for (int e = 0; e < MMV_NR / 2; e++) asm volatile(\"\" : \"+f\"(c[e])::\"memory\");\n"
-
     "        asm volatile(\"wgmma.fence.sync.aligned;\\n\" ::: \"memory\");\n"
     "#pragma unroll\n"
     "        for (int kk = 0; kk < MMV_RPS * 2; kk++)\n"
