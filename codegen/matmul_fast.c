@@ -229,9 +229,9 @@ static void few_plan(const di_spec *s, const di_specialization *p, const kernel_
     l->index = 2 + nr / 8 - 1;
     l->grid[0] = (unsigned)(ceil_div(n, 64) * ks->nsplit);
     l->grid[1] = l->grid[2] = 1;
-    l->block[0] = 128;
+    l->block[0] = 160;   /* the multiplying warpgroup, then the loading warp */
     l->block[1] = l->block[2] = 1;
-    l->smem = (unsigned)(ks->c.few_stages * (stage + 8));
+    l->smem = (unsigned)(ks->c.few_stages * (stage + 16));
     di_launch_spec_args(s, l);
     di_launch_add(l, DI_A_WS, 0, 0, 0);
     l->args[l->nargs++] = (di_pa){.kind = DI_A_TMAP, .index = di_spec_arg(s, "x"), .rows = (unsigned long)rows,
@@ -1118,8 +1118,10 @@ static void emit_wgmma_helpers(di_str *o, int tn)
  * wgmma.m64nNRk16 with w as the A operand, decoded from the records straight into the A
  * fragment registers (the same bf16 values as mmf_store_wq), and x as the B operand (TMA boxes
  * of NR rows, the same 128-byte swizzled rows). Records and x arrive by bulk asynchronous copies,
- * MMV_STAGES stages ahead, issued by one thread. Measured (perf/RESULTS.md "few rows"): 0.5-1.0
- * TB/s of records, still 1.2-1.7x the bf16 kernel's time; half of it is the decode.
+ * MMV_STAGES stages ahead, issued by a fifth warp that only loads: it refills a stage once the
+ * four multiplying warps have each arrived on its empty barrier (their wgmma on it waited for), so
+ * they never run the loads' instructions or wait on a block barrier (that was half of warp 0's
+ * instructions a stage; perf/RESULTS.md "loading warp": 1.1-1.5 TB/s of records at M = 1).
  *
  * Why the bits are those of the large tile: a block takes the same K split z (KS from K and N),
  * walks its k16 steps in increasing k up to the split's last 64-k tile (zeros past K, both
@@ -1152,13 +1154,13 @@ static const char few_helpers[] =
     "{\n"
     "    const float d = mmf_scale(r, g), m = mmf_scale(r, 8 + g);\n"
     "#if MMF_WQ == 1\n"
-    "    const float d_hi = d * 0.0625f;   /* the high nibble arrives as 16 x code */\n"
     "#pragma unroll\n"
     "    for (int i = 0; i < 4; i++) {\n"
-    "        const unsigned v = *(const unsigned *)(r + MMF_PK_Q + 32 * i + 4 * g) >> (8 * t);\n"
+    "        const unsigned v = r[MMF_PK_Q + 32 * i + 4 * g + t];   /* byte t of the word: nibbles 2t, 2t + 1 */\n"
     "        const float lo = __uint_as_float(mmf_and_or(v, 15u, 0x4b000000u)) - 8388608.0f;\n"
-    "        const float hi = __uint_as_float(mmf_and_or(v, 240u, 0x4b000000u)) - 8388608.0f;\n"
-    "        wv[i] = mmf_bf16x2(__fmaf_rn(d, lo, m), __fmaf_rn(d_hi, hi, m));\n"
+    "        /* (2^23 + 16 code) / 16 - 2^19 = code, every step exact */\n"
+    "        const float hi = __fmaf_rn(__uint_as_float(mmf_and_or(v, 240u, 0x4b000000u)), 0.0625f, -524288.0f);\n"
+    "        wv[i] = mmf_bf16x2(__fmaf_rn(d, lo, m), __fmaf_rn(d, hi, m));\n"
     "    }\n"
     "#else\n"
     "    const float d_hi = d * 0.00390625f;   /* the high byte arrives as 256 x code */\n"
@@ -1188,7 +1190,8 @@ static void emit_few_wgmma(di_str *o, int nr)
 
 static const char few_body[] =
     "    extern __shared__ __align__(1024) unsigned char mmf_smem[];\n"
-    "    const int tid = threadIdx.x, lane = tid & 31, wq = tid >> 5, g = lane >> 2, t = lane & 3;\n"
+    "    const int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;\n"
+    "    const int wq = __shfl_sync(0xffffffffu, tid >> 5, 0);   /* warp-uniform, as ptxas must see it */\n"
     "    const long ncg = (N + 63) / 64, n0 = blockIdx.x % ncg * 64, z = blockIdx.x / ncg;\n"
     "    const long nkt = (K + MMF_BK - 1) / MMF_BK, kb = z * MMF_KS;\n"
     "    /* the split's k tiles, as the large tile walks them (the last one may run past K) */\n"
@@ -1197,7 +1200,7 @@ static const char few_body[] =
     "    const long groups = (N + 7) / 8, g0 = n0 / 8;   /* output groups with records; the block's first */\n"
     "    const int gv = groups - g0 < 8 ? (int)(groups - g0) : 8;\n"
     "    const unsigned s0 = (unsigned)__cvta_generic_to_shared(mmf_smem);\n"
-    "    const unsigned full = s0 + MMV_STAGES * MMV_STAGE_BYTES;\n"
+    "    const unsigned full = s0 + MMV_STAGES * MMV_STAGE_BYTES, empty = full + 8 * MMV_STAGES;\n"
     "    /* step i: k [kb + 128 i, +128) into stage i % STAGES: x boxes, then each group's records */\n"
     "    auto load = [&](int i) {\n"
     "        const unsigned sa = s0 + (i % MMV_STAGES) * MMV_STAGE_BYTES, bar = full + 8 * (i % MMV_STAGES);\n"
@@ -1211,11 +1214,20 @@ static const char few_body[] =
     "                     w_ + ((g0 + gi) * (K / 32) + k0 / 32) * MMF_PK_REC, (unsigned)(recs * MMF_PK_REC), bar);\n"
     "    };\n"
     "    if (tid == 0) {\n"
-    "        for (int st = 0; st < MMV_STAGES; st++) mmf_bar_init(full + 8 * st, 1);\n"
+    "        for (int st = 0; st < MMV_STAGES; st++) mmf_bar_init(full + 8 * st, 1), mmf_bar_init(empty + 8 * st, 4);\n"
     "        asm volatile(\"fence.mbarrier_init.release.cluster;\\n\" ::: \"memory\");\n"
-    "        for (int i = 0; i < MMV_STAGES && i < steps; i++) load(i);\n"
     "    }\n"
     "    __syncthreads();\n"
+    "    /* warp 4 only loads: stage i once the four multiplying warps are done with step i - STAGES,\n"
+    "     * so that they never wait on each other or run the loads' instructions themselves */\n"
+    "    if (wq == 4) {\n"
+    "        if (lane == 0)\n"
+    "            for (int i = 0; i < steps; i++) {\n"
+    "                if (i >= MMV_STAGES) mmf_bar_wait(empty + 8 * (i % MMV_STAGES), (unsigned)(i / MMV_STAGES - 1) & 1u);\n"
+    "                load(i);\n"
+    "            }\n"
+    "        return;\n"
+    "    }\n"
     "    float c[MMV_NR / 2];\n"
     "#pragma unroll\n"
     "    for (int e = 0; e < MMV_NR / 2; e++) c[e] = 0.0f;\n"
@@ -1223,7 +1235,9 @@ static const char few_body[] =
     "    auto step = [&](int i, unsigned (&a)[MMV_RPS * 8]) {\n"
     "        const int st = i % MMV_STAGES;\n"
     "        mmf_bar_wait(full + 8 * st, (unsigned)(i / MMV_STAGES) & 1u);\n"
-    "        const unsigned sx = s0 + st * MMV_STAGE_BYTES;\n"
+    "        /* x's descriptor; a box or k16 further is its address field plus offset / 16 (shared\n"
+    "         * addresses stay below 2^18, so the field never carries) */\n"
+    "        const unsigned long long dx = mmf_desc(s0 + st * MMV_STAGE_BYTES);\n"
     "        const unsigned char *rec = mmf_smem + st * MMV_STAGE_BYTES + MMV_NR * MMV_BKS * 2;\n"
     "        const long k0 = kb + (long)i * MMV_BKS;\n"
     "        const int nk = (int)((ke - k0 < MMV_BKS ? ke - k0 : MMV_BKS) / 16);\n"
@@ -1247,13 +1261,12 @@ static const char few_body[] =
     "        asm volatile(\"wgmma.fence.sync.aligned;\\n\" ::: \"memory\");\n"
     "#pragma unroll\n"
     "        for (int kk = 0; kk < MMV_RPS * 2; kk++)\n"
-    "            if (kk < nk) MMV_WGMMA(c, &a[4 * kk], mmf_desc(sx + kk / 4 * MMV_NR * 128 + kk % 4 * 32));\n"
+    "            if (kk < nk) MMV_WGMMA(c, &a[4 * kk], dx + (kk / 4 * MMV_NR * 128 + kk % 4 * 32) / 16);\n"
     "        asm volatile(\"wgmma.commit_group.sync.aligned;\\n\" ::: \"memory\");\n"
     "        asm volatile(\"wgmma.wait_group.sync.aligned 1;\\n\" ::: \"memory\");   /* step i - 1 is done */\n"
     "#pragma unroll\n"
     "        for (int e = 0; e < MMV_NR / 2; e++) asm volatile(\"\" : \"+f\"(c[e])::\"memory\");\n"
-    "        __syncthreads();   /* every warp is done with step i - 1's stage: refill it */\n"
-    "        if (tid == 0 && i >= 1 && i - 1 + MMV_STAGES < steps) load(i - 1 + MMV_STAGES);\n"
+    "        if (i >= 1 && lane == 0) mmf_bar_arrive(empty + 8 * ((i - 1) % MMV_STAGES));   /* its stage may refill */\n"
     "    };\n"
     "    unsigned a0[MMV_RPS * 8], a1[MMV_RPS * 8];   /* step i's A while step i - 1's wgmma may still read the other */\n"
     "    for (int i = 0; i < steps; i += 2) {\n"
@@ -1287,7 +1300,7 @@ static void emit_few(di_str *o, const di_spec *s, const di_specialization *p, co
     for (int nr = 8; nr <= c->few_rows; nr += 8) {
         di_str_printf(o, "\n#define MMV_NR %d\n#define MMV_WGMMA mmv_wgmma%d\n#define MMV_STAGE_BYTES %ld\n"
                          "static_assert(MMV_STAGE_BYTES %% 1024 == 0, \"stages stay 1024-byte aligned (swizzle atoms)\");\n"
-                         "extern \"C\" __global__ void __launch_bounds__(128) %s_rows%d(", nr, nr,
+                         "extern \"C\" __global__ void __launch_bounds__(160) %s_rows%d(", nr, nr,
                       few_stage_bytes(nr, p->dtypes[di_spec_arg(s, "w")]), name, nr);
         emit_params(o, s, p);
         di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx)\n{\n");
