@@ -1121,7 +1121,7 @@ static void emit_wgmma_helpers(di_str *o, int tn)
  * MMV_STAGES stages ahead, issued by a fifth warp that only loads: it refills a stage once the
  * four multiplying warps have each arrived on its empty barrier (their wgmma on it waited for), so
  * they never run the loads' instructions or wait on a block barrier (that was half of warp 0's
- * instructions a stage; perf/RESULTS.md "loading warp": 1.1-1.5 TB/s of records at M = 1).
+ * instructions a stage; perf/RESULTS.md "loading warp": 0.7-1.5 TB/s at M = 1, as bench_matmul counts).
  *
  * Why the bits are those of the large tile: a block takes the same K split z (KS from K and N),
  * walks its k16 steps in increasing k up to the split's last 64-k tile (zeros past K, both
