@@ -203,6 +203,9 @@ static long x_box_rows(const di_mm_schedule *c, long rows) { return rows < c->tm
 static void add_reduce(const di_spec *s, di_plan *pl, long rows, long n);
 
 enum { FEW_BK = 128 };   /* k per stage of the few-rows tile (a multiple of 64) */
+/* its block: the multiplying warpgroup (warps 0-3), then the loading warp; per stage a full
+ * and an empty mbarrier */
+enum { FEW_MMA_WARPS = 4, FEW_THREADS = 32 * (FEW_MMA_WARPS + 1), FEW_BARRIER_BYTES = 16 };
 
 /* A stage of the few-rows tile for nr rows: x [nr][FEW_BK] bf16, then 8 groups' FEW_BK / 32
  * records (the kernel's MMV_STAGE_BYTES; a multiple of 1024, the swizzle atom, for every format) */
@@ -229,9 +232,9 @@ static void few_plan(const di_spec *s, const di_specialization *p, const kernel_
     l->index = 2 + nr / 8 - 1;
     l->grid[0] = (unsigned)(ceil_div(n, 64) * ks->nsplit);
     l->grid[1] = l->grid[2] = 1;
-    l->block[0] = 160;   /* the multiplying warpgroup, then the loading warp */
+    l->block[0] = FEW_THREADS;
     l->block[1] = l->block[2] = 1;
-    l->smem = (unsigned)(ks->c.few_stages * (stage + 16));
+    l->smem = (unsigned)(ks->c.few_stages * (stage + FEW_BARRIER_BYTES));
     di_launch_spec_args(s, l);
     di_launch_add(l, DI_A_WS, 0, 0, 0);
     l->args[l->nargs++] = (di_pa){.kind = DI_A_TMAP, .index = di_spec_arg(s, "x"), .rows = (unsigned long)rows,
@@ -1134,9 +1137,10 @@ static void emit_wgmma_helpers(di_str *o, int tn)
  * 2t, 2t + 1, 2t + 8, 2t + 9 (t = lane % 4): the A fragment layout. In a record those are
  * code word i = k / 8 (Q4X8; Q8X8: k / 4) of lane g, so a thread decodes nibbles 2t, 2t + 1 of
  * its words (bytes 2(t % 2), +1 of every other word for Q8X8). The high code of the pair is
- * taken in place, as 16 x code (256 x code), and multiplied by d / 16 (d / 256): exact, since
- * d is 0 or at least 2^-24 in magnitude (an f16 scale, times a 6-bit one for the K quants; pack.c
- * checks it), so the product, and the fma's one rounding, are those of d * code. */
+ * taken in place, as 16 x code (256 x code): Q4X8 scales it back to the code in an exact fma
+ * (x / 16 - 2^19), Q8X8 multiplies by d / 256, exact since d is 0 or at least 2^-24 in magnitude
+ * (an f16 scale, times a 6-bit one for the K quants; pack.c checks it); either way the product,
+ * and the fma's one rounding, are those of d * code. */
 static const char few_helpers[] =
     "#define MMV_RPS (MMV_BKS / 32)                      /* records per output group per stage */\n"
     "/* every stage whole (K and the split size multiples of a stage): no record is past K, so the\n"
@@ -1214,13 +1218,13 @@ static const char few_body[] =
     "                     w_ + ((g0 + gi) * (K / 32) + k0 / 32) * MMF_PK_REC, (unsigned)(recs * MMF_PK_REC), bar);\n"
     "    };\n"
     "    if (tid == 0) {\n"
-    "        for (int st = 0; st < MMV_STAGES; st++) mmf_bar_init(full + 8 * st, 1), mmf_bar_init(empty + 8 * st, 4);\n"
+    "        for (int st = 0; st < MMV_STAGES; st++) mmf_bar_init(full + 8 * st, 1), mmf_bar_init(empty + 8 * st, MMV_MMA_WARPS);\n"
     "        asm volatile(\"fence.mbarrier_init.release.cluster;\\n\" ::: \"memory\");\n"
     "    }\n"
     "    __syncthreads();\n"
     "    /* warp 4 only loads: stage i once the four multiplying warps are done with step i - STAGES,\n"
     "     * so that they never wait on each other or run the loads' instructions themselves */\n"
-    "    if (wq == 4) {\n"
+    "    if (wq == MMV_MMA_WARPS) {\n"
     "        if (lane == 0)\n"
     "            for (int i = 0; i < steps; i++) {\n"
     "                if (i >= MMV_STAGES) mmf_bar_wait(empty + 8 * (i % MMV_STAGES), (unsigned)(i / MMV_STAGES - 1) & 1u);\n"
@@ -1294,14 +1298,14 @@ static const char few_body[] =
 static void emit_few(di_str *o, const di_spec *s, const di_specialization *p, const di_mm_schedule *c, const char *name)
 {
     di_str_printf(o, "\n/* few rows (swapped tile): at most NR rows, outputs as wgmma's M */\n#define MMV_STAGES %d\n"
-                     "#define MMV_BKS %d   /* k per stage */\n%s",
-                  c->few_stages, FEW_BK, few_helpers);
+                     "#define MMV_BKS %d   /* k per stage */\n#define MMV_MMA_WARPS %d\n%s",
+                  c->few_stages, FEW_BK, FEW_MMA_WARPS, few_helpers);
     for (int nr = 8; nr <= c->few_rows; nr += 8) emit_few_wgmma(o, nr);
     for (int nr = 8; nr <= c->few_rows; nr += 8) {
         di_str_printf(o, "\n#define MMV_NR %d\n#define MMV_WGMMA mmv_wgmma%d\n#define MMV_STAGE_BYTES %ld\n"
                          "static_assert(MMV_STAGE_BYTES %% 1024 == 0, \"stages stay 1024-byte aligned (swizzle atoms)\");\n"
-                         "extern \"C\" __global__ void __launch_bounds__(160) %s_rows%d(", nr, nr,
-                      few_stage_bytes(nr, p->dtypes[di_spec_arg(s, "w")]), name, nr);
+                         "extern \"C\" __global__ void __launch_bounds__(%d) %s_rows%d(", nr, nr,
+                      few_stage_bytes(nr, p->dtypes[di_spec_arg(s, "w")]), FEW_THREADS, name, nr);
         emit_params(o, s, p);
         di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx)\n{\n");
         di_str_puts(o, few_body);
