@@ -449,6 +449,20 @@ static void mm_packed_helpers(di_str *o, const mm_c *m)
                    "typedef float di_v16f __attribute__((vector_size(64)));\n"
                    "typedef int di_v16i __attribute__((vector_size(64)));\n"
                    "typedef unsigned di_v16u __attribute__((vector_size(64)));\n"
+                   /* two instructions by name (no intrinsics header: it would cost every unit ~0.1 s) */
+                   "/* c * d + m in one rounding: the two roundings' value, d * c being exact (model/pack.c\n"
+                   " * checks that for every weight it packs); -ffp-contract=off makes no other fma */\n"
+                   "DI_FN di_v16f di_pk_fma(di_v16f c, di_v16f d, di_v16f m)\n"
+                   "{ __asm__(\"vfmadd213ps %[m], %[d], %[c]\" : [c] \"+v\"(c) : [d] \"v\"(d), [m] \"vm\"(m)); return c; }\n"
+                   "/* byte s of each 32-bit lane of q to its top byte, the rest zero (vpshufb, per 16 bytes) */\n"
+                   "DI_FN di_v16i di_pk_top(di_v16u q, int s)\n"
+                   "{\n"
+                   "    const di_v16u c = (di_v16u){0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12} + (unsigned)s;\n"
+                   "    const di_v16u ctl = c << 24 | 0x808080u;\n"
+                   "    di_v16i r;\n"
+                   "    __asm__(\"vpshufb %[ctl], %[q], %[r]\" : [r] \"=v\"(r) : [q] \"v\"(q), [ctl] \"vm\"(ctl));\n"
+                   "    return r;\n"
+                   "}\n"
                    "#define DI_PK_CAT(a, b) __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)\n"
                    "DI_FN di_v16f di_pk_f16(const unsigned char *a, const unsigned char *b)\n"
                    "{ di_v8f u, v; __builtin_memcpy(&u, a, 32); __builtin_memcpy(&v, b, 32); return DI_PK_CAT(u, v); }\n"
@@ -458,18 +472,53 @@ static void mm_packed_helpers(di_str *o, const mm_c *m)
                    "#endif\n\n");
 }
 
+/* The codes at step s of word q, as floats, and the d vector they take. With 8 lanes (AVX2)
+ * the code is shifted down and masked: d itself. The AVX-512 forms leave it in place, so that
+ * one instruction takes it out: a 4-bit code masked where it lies (c * 16^s, as unsigned),
+ * an 8-bit one moved to the top byte of its lane by a byte shuffle (c * 2^24, signed); the d
+ * they take is scaled by the inverse power of two (d<s>, or dq), which is exact for every
+ * packed d (model/pack.c checks it), so that each product is d * c itself. */
+static void mm_packed_code(char *out, size_t len, char *dname, size_t dlen, bool q8, int s, int lanes, const char *q)
+{
+    if (lanes == 8) {
+        if (q8) snprintf(out, len, "__builtin_convertvector((di_v8i)(%s << %d) >> 24, di_v8f)", q, 24 - 8 * s);
+        else snprintf(out, len, "__builtin_convertvector((di_v8i)((%s >> %d) & 15u), di_v8f)", q, 4 * s);
+        snprintf(dname, dlen, "d");
+    } else if (q8) {
+        snprintf(out, len, "__builtin_convertvector(di_pk_top(%s, %d), di_v16f)", q, s);
+        snprintf(dname, dlen, "dq");
+    } else {
+        snprintf(out, len, "__builtin_convertvector(%s & 0x%xu, di_v16f)", q, 15u << (4 * s));
+        snprintf(dname, dlen, "d%d", s);
+    }
+}
+
 /* The lanes' weights at k = 32b + per_word * jj + s, as di_pk_w decodes one: w, then `use`
  * (a format with %1$d for per_word and %2$d for s); lanes is 8 or 16. */
 static void mm_packed_step(di_str *o, bool q8, int s, int per_word, int lanes, const char *use)
 {
-    char code[96], tail[1024];
-    if (q8) snprintf(code, sizeof code, "(di_v%di)(q << %d) >> 24", lanes, 24 - 8 * s);
-    else snprintf(code, sizeof code, "(di_v%di)((q >> %d) & 15u)", lanes, 4 * s);
+    char code[160], d[8], tail[4096];
     snprintf(tail, sizeof tail, use, per_word, s);
-    di_str_printf(o, "                        { const di_v%1$df v = d * __builtin_convertvector(%2$s, di_v%1$df) + m;\n"
-                     "                          const di_v%1$df t = v * 65537.0f, w = t - (t - v);\n"
-                     "                          %3$s }\n",
-                  lanes, code, tail);
+    mm_packed_code(code, sizeof code, d, sizeof d, q8, s, lanes, "q");
+    if (lanes == 16)
+        di_str_printf(o, "                        { const di_v16f v = di_pk_fma(%s, %s, m);\n", code, d);
+    else
+        di_str_printf(o, "                        { const di_v8f v = %s * %s + m;\n", d, code);
+    di_str_printf(o, "                          const di_v%1$df t = v * 65537.0f, w = t - (t - v);\n"
+                     "                          %2$s }\n",
+                  lanes, tail);
+}
+
+/* The scaled d vectors of mm_packed_code. */
+static void mm_packed_scales(di_str *o, bool q8)
+{
+    if (q8) {
+        di_str_puts(o, "                    const di_v16f dq = d * 0x1p-24f;\n");
+        return;
+    }
+    di_str_puts(o, "                    const di_v16f d0 = d");
+    for (int s = 1; s < 8; s++) di_str_printf(o, ", d%d = d * 0x1p-%df", s, 4 * s);
+    di_str_puts(o, ";\n");
 }
 
 /* Record r's d and m (and with 16 lanes record r2's beside them), the prefetch of the stream
@@ -481,12 +530,13 @@ static void mm_packed_record(di_str *o, bool q8, int lanes, const char *use)
                    "                        __builtin_prefetch(r + DI_PK_PF + l);\n");
     if (lanes == 16) di_str_puts(o, "                        __builtin_prefetch(r2 + DI_PK_PF + l);\n");
     di_str_puts(o, "                    }\n");
-    if (lanes == 16)
-        di_str_printf(o, "                    const di_v16f d = di_pk_f16(r, r2), m = di_pk_f16(r + 32, r2 + 32);\n"
-                         "                    for (int jj = 0; jj < %d; jj++) {\n"
+    if (lanes == 16) {
+        di_str_puts(o, "                    const di_v16f d = di_pk_f16(r, r2), m = di_pk_f16(r + 32, r2 + 32);\n");
+        mm_packed_scales(o, q8);
+        di_str_printf(o, "                    for (int jj = 0; jj < %d; jj++) {\n"
                          "                        const di_v16u q = di_pk_u16(r + 64 + 32 * jj, r2 + 64 + 32 * jj);\n",
                       32 / per_word);
-    else
+    } else {
         di_str_printf(o, "                    di_v8f d, m;\n"
                          "                    __builtin_memcpy(&d, r, 32);\n"
                          "                    __builtin_memcpy(&m, r + 32, 32);\n"
@@ -494,6 +544,7 @@ static void mm_packed_record(di_str *o, bool q8, int lanes, const char *use)
                          "                        di_v8u q;\n"
                          "                        __builtin_memcpy(&q, r + 64 + 32 * jj, 32);\n",
                       32 / per_word);
+    }
     for (int st = 0; st < per_word; st++) mm_packed_step(o, q8, st, per_word, lanes, use);
     di_str_puts(o, "                    }\n");
 }

@@ -24,6 +24,28 @@ static float pk_round(float v)
     return t - (t - v);
 }
 
+static uint32_t f32_bits(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return u;
+}
+
+/* d * code + m rounded to bf16 as the generated code's decoders compute it: two roundings
+ * (libtcc, AVX2) or one fma (AVX-512: the same value where d * code is exact, as it is for
+ * every GGUF scale: an f16, or one times a 6-bit scale, times a code of at most 8 bits), then
+ * Veltkamp's split at 8 bits. NaN where the two could disagree, or where the split is not
+ * bf16's rounding to nearest even, so that the caller's check keeps such a matrix in bf16
+ * rather than trust one of them. */
+static float decoded(float d, int code, float m)
+{
+    const float v = d * (float)code + m, w = pk_round(v);
+    const uint32_t split = f32_bits(w), nearest_even = (uint32_t)di_bf16_of(v) << 16;
+    if (fmaf(d, (float)code, m) != v) return NAN;
+    if (split != nearest_even && ((split | nearest_even) & 0x7fffffffu)) return NAN;
+    return w;
+}
+
 /* where a record's code words start: after d[8] and m[8], f32 or binary16 */
 static size_t codes_at(di_dtype fmt) { return di_dtype_half_scales(fmt) ? 32 : 64; }
 
@@ -64,7 +86,7 @@ float di_pack_weight(di_dtype fmt, const uint8_t *rec, int l, int j)
         memcpy(&w, rec + codes_at(fmt) + 4 * ((j / 4) * 8 + l), 4);
         code = (int8_t)(uint8_t)(w >> (8 * (j % 4)));
     }
-    return pk_round(d * (float)code + m);
+    return decoded(d, code, m);
 }
 
 static void put_code(di_dtype fmt, uint8_t *rec, int l, int j, int code)
@@ -84,6 +106,8 @@ bool di_pack_put(di_dtype fmt, uint8_t *rec, int l, const di_codes32 *c)
      * 0 and |d| >= 2^-100 (every GGUF scale is an f16, at least 2^-24, or that times a 6-bit
      * one); any other d keeps the matrix in bf16 */
     bool ok = c->d == 0.0f || fabsf(c->d) >= 0x1p-100f;
+    /* the CPU's AVX-512 decoders take d * 2^-4s (s < 8) and d * 2^-24: exact where these are */
+    ok = ok && c->d * 0x1p-28f * 0x1p28f == c->d;
     ok = put_scale(fmt, rec, l, c->d) && put_scale(fmt, rec, 8 + l, c->m) && ok;
     for (int j = 0; j < DI_PACK_BLOCK; j++) put_code(fmt, rec, l, j, c->code[j]);
     return ok;

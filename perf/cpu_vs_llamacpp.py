@@ -2,14 +2,16 @@
 """detinfer on the CPU against llama.cpp, in one run on one machine.
 
     perf/cpu_vs_llamacpp.py --llama-bench DIR/build-cpu/bin/llama-bench -m MODEL.gguf
-        [--rounds 3] [--threads 2] [--prompt 128] [--gen 32] [--configs cc,cc:bf16,tcc]
+        [--rounds 3] [--threads 2] [--prompt 128] [--gen 32] [--configs cc,cc:bf16,tcc] [--baseline DIR]
 
 llama-bench is built by ../shared/peer/llamacpp build-cpu DIR (never committed). Each round
 runs llama-bench (pp PROMPT and tg GEN, -r 3) and then build/bench_model for each config, a CPU
 compiler and optionally ":bf16" for every matrix converted to bf16 instead of packed (prefill
 PROMPT, decode batch 1 and 8 with the prompts cached), back to back, so that a busy
 machine slows both sides alike; the table gives the median over the rounds and every round's
-figure, because on a shared machine the spread is the honest part of the answer.
+figure, because on a shared machine the spread is the honest part of the answer. --baseline
+DIR runs a second build's bench_model (an earlier commit) in the same rounds, for an A/B of a
+change that the machine's drift cannot fake.
 Goals (issue 16): decode batch 1 >= llama.cpp tg; prefill >= 0.5x llama.cpp pp; batch 8 decode
 >= 4x batch 1's tokens/s."""
 import argparse
@@ -49,9 +51,9 @@ def llama_round(a):
     return pp, tg, tgd
 
 
-def detinfer_round(a, config):
+def detinfer_round(a, config, build):
     compiler, _, weights = config.partition(":")
-    out = run([os.path.join(a.build, "bench_model"), "-m", a.model, "--device", "cpu", "-t", str(a.threads),
+    out = run([os.path.join(build, "bench_model"), "-m", a.model, "--device", "cpu", "-t", str(a.threads),
                "--cpu-compiler", compiler, "--weights", weights or "auto", "--prompt-len", str(a.prompt),
                "--batch", "1,8", "--steps", "16",
                "--warmup", "2", "--prefill-runs", "3", "--json"])
@@ -70,10 +72,14 @@ def main():
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--configs", default="cc,cc:bf16,tcc")
+    ap.add_argument("--baseline", help="a second build directory, run as 'baseline CONFIG' in each round")
     a = ap.parse_args()
     if not a.model:
         sys.exit("cpu_vs_llamacpp: -m MODEL (or DETINFER_MODEL) is required")
-    compilers = a.configs.split(",")
+    runs = [(c, c, a.build) for c in a.configs.split(",")]
+    if a.baseline:
+        runs += [(f"baseline {c}", c, a.baseline) for c in a.configs.split(",")]
+    compilers = [name for name, _, _ in runs]
     rows = {"llama.cpp": {"pp": [], "tg": [], "tgd": []}}
     for c in compilers:
         rows[c] = {"pp": [], "tg": [], "b8": []}
@@ -86,8 +92,8 @@ def main():
         rows["llama.cpp"]["pp"].append(pp)
         rows["llama.cpp"]["tg"].append(tg)
         rows["llama.cpp"]["tgd"].append(tgd)
-        for c in compilers:
-            pp, b1, b8, dev = detinfer_round(a, c)
+        for c, config, build in runs:
+            pp, b1, b8, dev = detinfer_round(a, config, build)
             rows[c]["pp"].append(pp)
             rows[c]["tg"].append(b1)
             rows[c]["b8"].append(b8)
