@@ -24,26 +24,15 @@ static float pk_round(float v)
     return t - (t - v);
 }
 
-static uint32_t f32_bits(float v)
-{
-    uint32_t u;
-    memcpy(&u, &v, 4);
-    return u;
-}
-
 /* d * code + m rounded to bf16 as the generated code's decoders compute it: two roundings
  * (libtcc, AVX2) or one fma (AVX-512: the same value where d * code is exact, as it is for
  * every GGUF scale: an f16, or one times a 6-bit scale, times a code of at most 8 bits), then
- * Veltkamp's split at 8 bits. NaN where the two could disagree, or where the split is not
- * bf16's rounding to nearest even, so that the caller's check keeps such a matrix in bf16
- * rather than trust one of them. */
+ * Veltkamp's split at 8 bits. NaN where the two could disagree, so that the caller's check
+ * keeps such a matrix in bf16 rather than trust one of them. */
 static float decoded(float d, int code, float m)
 {
-    const float v = d * (float)code + m, w = pk_round(v);
-    const uint32_t split = f32_bits(w), nearest_even = (uint32_t)di_bf16_of(v) << 16;
-    if (fmaf(d, (float)code, m) != v) return NAN;
-    if (split != nearest_even && ((split | nearest_even) & 0x7fffffffu)) return NAN;
-    return w;
+    const float v = d * (float)code + m;
+    return fmaf(d, (float)code, m) == v ? pk_round(v) : NAN;
 }
 
 /* where a record's code words start: after d[8] and m[8], f32 or binary16 */

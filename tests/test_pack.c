@@ -245,7 +245,7 @@ static void check_tier(di_cpu_compiler c)
 {
     di_rt *rt = cpu_rt(c);
     /* K 96: a short last chunk of the 64-long split; N 44: a padded record, two column blocks;
-     * N 60: a last block of 28 columns, whose fourth record is half padding (32 lanes on AVX512_BF16) */
+     * N 60: a last block of 28 columns, whose second 16-lane pair of records is half padding */
     static const long SHAPES[][2] = {{96, 44}, {576, 40}, {96, 60}};
     int types[] = {DI_GGML_Q4_1, DI_GGML_Q8_0, DI_GGML_Q4_K, DI_GGML_Q5_0};
     for (size_t s = 0; s < sizeof SHAPES / sizeof SHAPES[0]; s++)
