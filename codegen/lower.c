@@ -324,7 +324,8 @@ static void lower_matmul(di_str *o, const di_spec *s, const di_specialization *p
  * 32-bit load (the low half is w[k], little-endian hosts only, as x86-64 and arm64 are). */
 enum { MM_CG = 32, MM_RB = 32, MM_DIRECT = 4, MM_TK = 64, MM_LANES = 8 };
 /* Packed weights: up to 8 rows decode each record once in registers (mm_rows_packed); more
- * rows (prefill) decode a tile once per block of 32 rows. */
+ * rows (prefill) decode a tile once per block of 32 rows, except with 16 lanes, where groups of
+ * 8 rows on the direct path are faster at every row count. */
 enum { MM_DIRECT_PACKED = 9, MM_PACK_ROWS = 8 };
 
 typedef struct mm_c {
@@ -493,85 +494,140 @@ static void mm_packed_code(char *out, size_t len, char *dname, size_t dlen, bool
     }
 }
 
-/* The lanes' weights at k = 32b + per_word * jj + s, as di_pk_w decodes one: w, then `use`
- * (a format with %1$d for per_word and %2$d for s); lanes is 8 or 16. */
-static void mm_packed_step(di_str *o, bool q8, int s, int per_word, int lanes, const char *use)
+/* The 8 lanes' weights at k = 32b + per_word * jj + s, as di_pk_w decodes one: w, then `use`
+ * (a format with %1$d for per_word and %2$d for s). */
+static void mm_packed_step(di_str *o, bool q8, int s, int per_word, const char *use)
 {
     char code[160], d[8], tail[4096];
     snprintf(tail, sizeof tail, use, per_word, s);
-    mm_packed_code(code, sizeof code, d, sizeof d, q8, s, lanes, "q");
-    if (lanes == 16)
-        di_str_printf(o, "                        { const di_v16f v = di_pk_fma(%s, %s, m);\n", code, d);
-    else
-        di_str_printf(o, "                        { const di_v8f v = %s * %s + m;\n", d, code);
-    di_str_printf(o, "                          const di_v%1$df t = v * 65537.0f, w = t - (t - v);\n"
-                     "                          %2$s }\n",
-                  lanes, tail);
+    mm_packed_code(code, sizeof code, d, sizeof d, q8, s, 8, "q");
+    di_str_printf(o, "                        { const di_v8f v = %s * %s + m;\n"
+                     "                          const di_v8f t = v * 65537.0f, w = t - (t - v);\n"
+                     "                          %s }\n",
+                  d, code, tail);
 }
 
-/* The scaled d vectors of mm_packed_code. */
-static void mm_packed_scales(di_str *o, bool q8)
-{
-    if (q8) {
-        di_str_puts(o, "                    const di_v16f dq = d * 0x1p-24f;\n");
-        return;
-    }
-    di_str_puts(o, "                    const di_v16f d0 = d");
-    for (int s = 1; s < 8; s++) di_str_printf(o, ", d%d = d * 0x1p-%df", s, 4 * s);
-    di_str_puts(o, ";\n");
-}
-
-/* Record r's d and m (and with 16 lanes record r2's beside them), the prefetch of the stream
- * ahead, and the loop over its code words q, for the steps inside. */
-static void mm_packed_record(di_str *o, bool q8, int lanes, const char *use)
+/* Record r's d and m (8 lanes), the prefetch of the stream ahead, and the loop over its code
+ * words q, for the steps inside. */
+static void mm_packed_record(di_str *o, bool q8, const char *use)
 {
     int per_word = q8 ? 4 : 8;
-    di_str_puts(o, "                    for (int l = 0; l < DI_PK_REC; l += 64) {\n"
-                   "                        __builtin_prefetch(r + DI_PK_PF + l);\n");
-    if (lanes == 16) di_str_puts(o, "                        __builtin_prefetch(r2 + DI_PK_PF + l);\n");
-    di_str_puts(o, "                    }\n");
-    if (lanes == 16) {
-        di_str_puts(o, "                    const di_v16f d = di_pk_f16(r, r2), m = di_pk_f16(r + 32, r2 + 32);\n");
-        mm_packed_scales(o, q8);
-        di_str_printf(o, "                    for (int jj = 0; jj < %d; jj++) {\n"
-                         "                        const di_v16u q = di_pk_u16(r + 64 + 32 * jj, r2 + 64 + 32 * jj);\n",
-                      32 / per_word);
-    } else {
-        di_str_printf(o, "                    di_v8f d, m;\n"
-                         "                    __builtin_memcpy(&d, r, 32);\n"
-                         "                    __builtin_memcpy(&m, r + 32, 32);\n"
-                         "                    for (int jj = 0; jj < %d; jj++) {\n"
-                         "                        di_v8u q;\n"
-                         "                        __builtin_memcpy(&q, r + 64 + 32 * jj, 32);\n",
-                      32 / per_word);
-    }
-    for (int st = 0; st < per_word; st++) mm_packed_step(o, q8, st, per_word, lanes, use);
+    di_str_printf(o, "                    for (int l = 0; l < DI_PK_REC; l += 64) __builtin_prefetch(r + DI_PK_PF + l);\n"
+                     "                    di_v8f d, m;\n"
+                     "                    __builtin_memcpy(&d, r, 32);\n"
+                     "                    __builtin_memcpy(&m, r + 32, 32);\n"
+                     "                    for (int jj = 0; jj < %d; jj++) {\n"
+                     "                        di_v8u q;\n"
+                     "                        __builtin_memcpy(&q, r + 64 + 32 * jj, 32);\n",
+                  32 / per_word);
+    for (int st = 0; st < per_word; st++) mm_packed_step(o, q8, st, per_word, use);
     di_str_puts(o, "                    }\n");
 }
 
-/* Columns j.. of R rows (one group of 8, or two of 16 lanes): each record is decoded once for
- * all the rows, and each row's chunk chain for the lanes is one vector c<i>; a chunk's sums
- * join at[] in chunk order. */
-static void mm_rows_packed_group(di_str *o, const mm_c *m, int rows, int lanes)
+/* Columns j.. of R rows, one group of 8 lanes: each record is decoded once for all the rows,
+ * and each row's chunk chain for the lanes is one vector c<i>; a chunk's sums join at[] in chunk
+ * order. */
+static void mm_rows_packed_group8(di_str *o, const mm_c *m, int rows)
 {
-    di_str_printf(o, "            const unsigned char *wg = w_ + (n0 + j) / 8 * nb * DI_PK_REC%s;\n"
-                     "            for (long kc = 0; kc < K; kc += SPLIT) {\n"
-                     "                const long be = (kc + SPLIT < K ? kc + SPLIT : K) / 32;\n",
-                  lanes == 16 ? ", *wg2 = wg + nb * DI_PK_REC" : "");
-    for (int i = 0; i < rows; i++) di_str_printf(o, "                di_v%df c%d = {0};\n", lanes, i);
-    di_str_printf(o, "                for (long b = kc / 32; b < be; b++) {\n"
-                     "                    const unsigned char *r = wg + b * DI_PK_REC%s;\n"
-                     "                    const long kb = b * 32;\n",
-                  lanes == 16 ? ", *r2 = wg2 + b * DI_PK_REC" : "");
+    di_str_puts(o, "            const unsigned char *wg = w_ + (n0 + j) / 8 * nb * DI_PK_REC;\n"
+                   "            for (long kc = 0; kc < K; kc += SPLIT) {\n"
+                   "                const long be = (kc + SPLIT < K ? kc + SPLIT : K) / 32;\n");
+    for (int i = 0; i < rows; i++) di_str_printf(o, "                di_v8f c%d = {0};\n", i);
+    di_str_puts(o, "                for (long b = kc / 32; b < be; b++) {\n"
+                   "                    const unsigned char *r = wg + b * DI_PK_REC;\n"
+                   "                    const long kb = b * 32;\n");
     di_str use = {0};
     for (int i = 0; i < rows; i++)
         di_str_printf(&use, "%sc%d = c%d + %s(x%d[kb + %%1$d * jj + %%2$d]) * w;", i ? " " : "", i, i, m->lx, i);
-    mm_packed_record(o, m->wt == DI_Q8X8, lanes, use.p);
+    mm_packed_record(o, m->wt == DI_Q8X8, use.p);
     di_str_free(&use);
     di_str_puts(o, "                }\n");
     for (int i = 0; i < rows; i++)
-        di_str_printf(o, "                { di_v%1$df a; __builtin_memcpy(&a, at + %2$d * DI_MM_CG + j, %3$d); a = a + c%2$d; "
-                         "__builtin_memcpy(at + %2$d * DI_MM_CG + j, &a, %3$d); }\n", lanes, i, lanes * 4);
+        di_str_printf(o, "                { di_v8f a; __builtin_memcpy(&a, at + %1$d * DI_MM_CG + j, 32); a = a + c%1$d; "
+                         "__builtin_memcpy(at + %1$d * DI_MM_CG + j, &a, 32); }\n", i);
+    di_str_puts(o, "            }\n");
+}
+
+/* The 16-lane group (two records side by side) decodes one code word ahead of the rows' chains:
+ * while the rows take word jj's weights w0.., the next word's are decoded into the same
+ * registers, so the decode's latency (mask, convert, fma and the rounding's three: about 15
+ * cycles) overlaps the rows' products instead of stalling at each word (Zen 5, 8 rows: 2.62 ->
+ * 1.71 ns a step of 16 outputs). Each chain is the same sequence of operations as before; only
+ * the order in which independent lanes' work is written changed. A 4-bit word's upper four codes
+ * are taken from q >> 16 against d0..d3, to free four registers for the rows. */
+static void mm_pk16_record(di_str *o, bool q8, const char *rec, const char *ind)
+{
+    di_str_printf(o, "%1$s{ const unsigned char *r = wg + (%2$s) * DI_PK_REC, *r2 = wg2 + (%2$s) * DI_PK_REC;\n"
+                     "%1$s  const di_v16f d = di_pk_f16(r, r2); m = di_pk_f16(r + 32, r2 + 32);\n",
+                  ind, rec);
+    if (q8) di_str_printf(o, "%s  dq = d * 0x1p-24f; }\n", ind);
+    else di_str_printf(o, "%s  d0 = d; d1 = d * 0x1p-4f; d2 = d * 0x1p-8f; d3 = d * 0x1p-12f; }\n", ind);
+}
+
+static void mm_pk16_word(di_str *o, bool q8, const char *rec, const char *word, const char *ind)
+{
+    di_str_printf(o, "%1$sq = di_pk_u16(wg + (%2$s) * DI_PK_REC + 64 + 32 * (%3$s), wg2 + (%2$s) * DI_PK_REC + 64 + 32 * (%3$s));%4$s\n",
+                  ind, rec, word, q8 ? "" : " qh = q >> 16;");
+}
+
+/* Step s: the rows take w<s> (when use is given), then w<s> becomes the next word's weight. */
+static void mm_pk16_steps(di_str *o, bool q8, const char *use, bool decode, const char *ind)
+{
+    const int per_word = q8 ? 4 : 8;
+    for (int s = 0; s < per_word; s++) {
+        char code[160], d[8], tail[4096];
+        if (use) {
+            snprintf(tail, sizeof tail, use, per_word, s);
+            di_str_printf(o, "%s%s\n", ind, tail);
+        }
+        if (!decode) continue;
+        mm_packed_code(code, sizeof code, d, sizeof d, q8, q8 ? s : s % 4, 16, q8 || s < 4 ? "q" : "qh");
+        di_str_printf(o, "%s{ const di_v16f v = di_pk_fma(%s, %s, m), t = v * 65537.0f; w%d = t - (t - v); }\n", ind, code, d, s);
+    }
+}
+
+static void mm_rows_packed_group16(di_str *o, const mm_c *m, int rows)
+{
+    const bool q8 = m->wt == DI_Q8X8;
+    const int per_word = q8 ? 4 : 8, words = 32 / per_word;
+    const char *in = "                    ", *in2 = "                        ";
+    di_str_puts(o, "            const unsigned char *wg = w_ + (n0 + j) / 8 * nb * DI_PK_REC, *wg2 = wg + nb * DI_PK_REC;\n"
+                   "            for (long kc = 0; kc < K; kc += SPLIT) {\n"
+                   "                const long be = (kc + SPLIT < K ? kc + SPLIT : K) / 32;\n");
+    for (int i = 0; i < rows; i++) di_str_printf(o, "                di_v16f c%d = {0};\n", i);
+    di_str_printf(o, "                di_v16f m, %s", q8 ? "dq" : "d0, d1, d2, d3");
+    for (int s = 0; s < per_word; s++) di_str_printf(o, ", w%d", s);
+    di_str_printf(o, ";\n                di_v16u q%s;\n                long b = kc / 32;\n", q8 ? "" : ", qh");
+    mm_pk16_record(o, q8, "b", "                ");
+    mm_pk16_word(o, q8, "b", "0", "                ");
+    mm_pk16_steps(o, q8, NULL, true, "                ");
+    di_str_puts(o, "                for (; b < be; b++) {\n"
+                   "                    const long kb = b * 32;\n"
+                   "                    for (int l = 0; l < DI_PK_REC; l += 64) {\n"
+                   "                        __builtin_prefetch(wg + b * DI_PK_REC + DI_PK_PF + l);\n"
+                   "                        __builtin_prefetch(wg2 + b * DI_PK_REC + DI_PK_PF + l);\n"
+                   "                    }\n");
+    di_str use = {0};
+    for (int i = 0; i < rows; i++)
+        di_str_printf(&use, "%sc%d = c%d + %s(x%d[kb + %%1$d * jj + %%2$d]) * w%%2$d;", i ? " " : "", i, i, m->lx, i);
+    di_str_printf(o, "%sfor (int jj = 0; jj < %d; jj++) {\n", in, words - 1);
+    mm_pk16_word(o, q8, "b", "jj + 1", in2);
+    mm_pk16_steps(o, q8, use.p, true, in2);
+    di_str_printf(o, "%s}\n"
+                     "%s{\n"
+                     "%s    const int jj = %d;\n"
+                     "%s    if (b + 1 < be) {\n",
+                  in, in, in, words - 1, in);
+    mm_pk16_record(o, q8, "b + 1", "                            ");
+    mm_pk16_word(o, q8, "b + 1", "0", "                            ");
+    mm_pk16_steps(o, q8, use.p, true, "                            ");
+    di_str_printf(o, "%s    } else {\n", in);
+    mm_pk16_steps(o, q8, use.p, false, "                            ");
+    di_str_printf(o, "%s    }\n%s}\n                }\n", in, in);
+    di_str_free(&use);
+    for (int i = 0; i < rows; i++)
+        di_str_printf(o, "                { di_v16f a; __builtin_memcpy(&a, at + %1$d * DI_MM_CG + j, 64); a = a + c%1$d; "
+                         "__builtin_memcpy(at + %1$d * DI_MM_CG + j, &a, 64); }\n", i);
     di_str_puts(o, "            }\n");
 }
 
@@ -587,11 +643,11 @@ static void mm_rows_packed(di_str *o, const mm_c *m, int rows)
     di_str_puts(o, "    long j = 0;\n"
                    "#ifdef DI_PK_V16\n"
                    "    for (; j + 8 < nc; j += 16) {\n");
-    mm_rows_packed_group(o, m, rows, 16);
+    mm_rows_packed_group16(o, m, rows);
     di_str_puts(o, "    }\n"
                    "#endif\n"
                    "    for (; j < nc; j += 8) {\n");
-    mm_rows_packed_group(o, m, rows, 8);
+    mm_rows_packed_group8(o, m, rows);
     di_str_puts(o, "    }\n"
                    "}\n\n");
 }
@@ -663,7 +719,7 @@ static void mm_tile(di_str *o, const mm_c *m)
                        "                for (long b = k0 / 32; b < (k0 + kn) / 32; b++) {\n"
                        "                    const unsigned char *r = wg + b * DI_PK_REC;\n"
                        "                    float *dst = wt + (b * 32 - k0) * DI_MM_CG + jg;\n");
-        mm_packed_record(o, m->wt == DI_Q8X8, 8, "__builtin_memcpy(dst + (%1$d * jj + %2$d) * DI_MM_CG, &w, 32);");
+        mm_packed_record(o, m->wt == DI_Q8X8, "__builtin_memcpy(dst + (%1$d * jj + %2$d) * DI_MM_CG, &w, 32);");
         di_str_puts(o, "                }\n"
                        "            }\n"
                        "#else\n"
@@ -743,16 +799,19 @@ static void lower_matmul_c(di_str *o, const di_spec *s, const di_specialization 
     m.store = m.yt == DI_BF16 ? "di_f32_to_bf16" : "";
     m.pairs = m.wt == DI_BF16 && di_spec_dim(s, p, "K") % 2 == 0 && mm_split(s, p) % 2 == 0;
     /* libtcc does not vectorise, and its code is fastest on the direct path at every row count:
-     * there the threshold is out of reach. Either path gives every output the same order. */
+     * there the threshold is out of reach; so it is for packed weights in 16 lanes (Zen 5, 32
+     * rows: 0.21 ns a row and step of 16 outputs against the tile's 0.35), not in 8 (0.71
+     * against 0.47). Either path gives every output the same order. */
     di_str_printf(o, "#define DI_MM_CG %d      /* columns per block */\n"
                      "#define DI_MM_RB %d      /* rows per block */\n"
                      "#define DI_MM_TK %d      /* k per tile */\n"
-                     "#ifdef __TINYC__\n"
+                     "#if defined(__TINYC__)%s\n"
                      "#define DI_MM_DIRECT (DI_MM_RB + 1)\n"
                      "#else\n"
                      "#define DI_MM_DIRECT %d   /* fewer rows than this: weights read in place */\n"
                      "#endif\n\n",
-                  MM_CG, MM_RB, MM_TK, di_dtype_packed(m.wt) ? MM_DIRECT_PACKED : MM_DIRECT);
+                  MM_CG, MM_RB, MM_TK, di_dtype_packed(m.wt) ? " || defined(__AVX512F__)" : "",
+                  di_dtype_packed(m.wt) ? MM_DIRECT_PACKED : MM_DIRECT);
     if (di_dtype_packed(m.wt)) {
         mm_packed_helpers(o, &m);
         mm_direct_packed(o, &m);

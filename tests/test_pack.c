@@ -204,7 +204,8 @@ static di_kernel *mm_kernel(di_rt *rt, const char *spec, long k, long n, di_dtyp
 }
 
 /* y from the packed and from the bf16 matrix, rows 1..40: the direct path (up to 8 rows at once
- * with cc), the tile (9 rows and more), one and two row blocks, every tail */
+ * with cc; every row count where cc has 16 lanes), the tile (9 rows and more with 8 lanes), one
+ * and two row blocks, every tail */
 static void check_matmul(di_rt *rt, const char *tier, int type, di_dtype fmt, long K, long N)
 {
     static const long ROWS[] = {1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 33, 40};
