@@ -74,20 +74,7 @@ static void relax(void)
 #endif
 }
 
-/* Slots [s0, s1) of job j: slot s is block (s / gy, s % gy) of the gx x gy grid, so that a run
- * walks one column of blocks (the same weights, for each block of rows) before the next, and a
- * region is a stretch of columns. */
-static void run_slots(const job *j, long s0, long s1)
-{
-    const long gy = j->gx > 0 && j->nblocks % j->gx == 0 ? j->nblocks / j->gx : 1;
-    if (gy == 1) { j->fn(s0, s1, j->gx, j->argv); return; }
-    for (long s = s0; s < s1; s++) {
-        const long b = s % gy * j->gx + s / gy;
-        j->fn(b, b + 1, j->gx, j->argv);
-    }
-}
-
-/* Claims and runs runs of slots of region r of job j until none are left there. */
+/* Claims and runs runs of blocks of region r of job j until none are left there. */
 static void work_region(di_pool *p, const job *j, int r)
 {
     const long end = region_start(p, j, r + 1);
@@ -98,7 +85,7 @@ static void work_region(di_pool *p, const job *j, int r)
         uint64_t want = (j->gen << 32) | (uint64_t)b1;
         if (!atomic_compare_exchange_weak_explicit(claim, &c, want, memory_order_acq_rel, memory_order_acquire))
             continue;
-        run_slots(j, b0, b1);
+        j->fn(b0, b1, j->gx, j->argv);
         atomic_fetch_add_explicit(&p->done, b1 - b0, memory_order_release);
         c = atomic_load_explicit(claim, memory_order_acquire);
     }

@@ -10,8 +10,7 @@ di_pool *di_pool_new(int threads);   /* threads <= 1: everything runs on the cal
 void di_pool_free(di_pool *p);
 int di_pool_threads(const di_pool *p);
 /* Runs blocks [0, nblocks) of fn, in ranges of consecutive blocks, each block once; returns
- * when all are done. Where nblocks is gx times a row count gy, blocks b and b + gx (the same
- * column, the next row) tend to run one after the other on one thread. */
+ * when all are done. Consecutive blocks tend to run one after the other on one thread. */
 void di_pool_run(di_pool *p, di_block_fn fn, long nblocks, long gx, void **argv);
 
 #endif

@@ -25,7 +25,7 @@ static void check_pool(int threads)
     for (int round = 0; round < 40; round++)
         for (size_t i = 0; i < sizeof BLOCKS / sizeof BLOCKS[0]; i++) {
             long n = BLOCKS[i];
-            /* one row of blocks, a grid of gx columns (gx dividing n), gx not dividing n */
+            /* gx is only passed through: one row of blocks, gx dividing n, gx not dividing n */
             const long gxs[] = {n, n % 4 == 0 ? n / 4 : 1, n % 7 + 1};
             for (int g = 0; g < 3; g++) {
                 atomic_int *hits = calloc((size_t)n, sizeof *hits);
