@@ -27,6 +27,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 enum { SPIN_NS = 200 * 1000 };   /* how long an idle thread polls before it sleeps */
@@ -48,7 +49,8 @@ struct di_pool {
     atomic_bool quit;
     job job;                    /* under mu; written before its generation is published */
     int regions;                /* min(n, MAX_REGIONS) */
-    _Atomic uint64_t claim[MAX_REGIONS];   /* per region: (generation << 32) | next unclaimed block */
+    struct { _Alignas(64) _Atomic uint64_t word; } claim[MAX_REGIONS];   /* per region, a cache line
+                                 each: (generation << 32) | next unclaimed block */
     atomic_long done;           /* blocks of the current job finished */
 };
 
@@ -78,7 +80,7 @@ static void relax(void)
 static void work_region(di_pool *p, const job *j, int r)
 {
     const long end = region_start(p, j, r + 1);
-    _Atomic uint64_t *claim = &p->claim[r];
+    _Atomic uint64_t *claim = &p->claim[r].word;
     uint64_t c = atomic_load_explicit(claim, memory_order_acquire);
     while (gen_of(c) == j->gen && next_of(c) < end) {
         long b0 = next_of(c), b1 = b0 + j->chunk < end ? b0 + j->chunk : end;
@@ -106,20 +108,20 @@ static void *worker(void *arg)
     uint64_t seen = 0;
     for (;;) {
         /* poll for a new generation for a while, then sleep until the caller signals */
-        uint64_t c = atomic_load_explicit(&p->claim[0], memory_order_acquire);
+        uint64_t c = atomic_load_explicit(&p->claim[0].word, memory_order_acquire);
         long t0 = now_ns();
         for (int i = 0; gen_of(c) == seen && !atomic_load(&p->quit); i++) {
             relax();
             if ((i & 255) == 255 && now_ns() - t0 > SPIN_NS) {
                 pthread_mutex_lock(&p->mu);
                 p->sleepers++;
-                while (gen_of(atomic_load(&p->claim[0])) == seen && !atomic_load(&p->quit))
+                while (gen_of(atomic_load(&p->claim[0].word)) == seen && !atomic_load(&p->quit))
                     pthread_cond_wait(&p->go, &p->mu);
                 p->sleepers--;
                 pthread_mutex_unlock(&p->mu);
                 t0 = now_ns();
             }
-            c = atomic_load_explicit(&p->claim[0], memory_order_acquire);
+            c = atomic_load_explicit(&p->claim[0].word, memory_order_acquire);
         }
         if (atomic_load(&p->quit)) break;
         seen = gen_of(c);
@@ -133,13 +135,14 @@ static void *worker(void *arg)
 
 di_pool *di_pool_new(int threads)
 {
-    di_pool *p = calloc(1, sizeof *p);
+    di_pool *p = aligned_alloc(_Alignof(di_pool), (sizeof *p + _Alignof(di_pool) - 1) / _Alignof(di_pool) * _Alignof(di_pool));
     if (!p) return NULL;
+    memset(p, 0, sizeof *p);
     p->n = threads < 1 ? 1 : threads;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->go, NULL);
     p->regions = p->n < MAX_REGIONS ? p->n : MAX_REGIONS;
-    for (int r = 0; r < MAX_REGIONS; r++) atomic_init(&p->claim[r], 0);
+    for (int r = 0; r < MAX_REGIONS; r++) atomic_init(&p->claim[r].word, 0);
     atomic_init(&p->done, 0);
     atomic_init(&p->quit, false);
     p->tid = calloc((size_t)p->n, sizeof *p->tid);
@@ -179,13 +182,13 @@ void di_pool_run(di_pool *p, di_block_fn fn, long nblocks, long gx, void **argv)
     /* runs of about an eighth of a thread's share: small enough to even out, large enough
      * that the counters are not contended */
     long chunk = nblocks / (8L * p->n);
-    job j = {gen_of(atomic_load(&p->claim[0])) + 1, fn, nblocks, gx, chunk < 1 ? 1 : chunk, argv};
+    job j = {gen_of(atomic_load(&p->claim[0].word)) + 1, fn, nblocks, gx, chunk < 1 ? 1 : chunk, argv};
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     pthread_mutex_lock(&p->mu);
     p->job = j;
     /* region 0 last: it publishes the job to the workers, whose other regions are ready */
     for (int r = p->regions - 1; r >= 0; r--)
-        atomic_store_explicit(&p->claim[r], j.gen << 32 | (uint64_t)region_start(p, &j, r), memory_order_release);
+        atomic_store_explicit(&p->claim[r].word, j.gen << 32 | (uint64_t)region_start(p, &j, r), memory_order_release);
     if (p->sleepers) pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
     work(p, &j, 0);
