@@ -802,22 +802,21 @@ static void lower_matmul_c(di_str *o, const di_spec *s, const di_specialization 
      * there the threshold is out of reach; so it is for packed weights in 16 lanes (Zen 5, 32
      * rows: 0.21 ns a row and step of 16 outputs against the tile's 0.35), not in 8 (0.71
      * against 0.47). Either path gives every output the same order. */
+    const bool packed = di_dtype_packed(m.wt);
     di_str_printf(o, "#define DI_MM_CG %d      /* columns per block */\n"
                      "#define DI_MM_RB %d      /* rows per block */\n"
-                     "#define DI_MM_TK %d      /* k per tile */\n"
-                     "#if defined(__TINYC__)%s\n"
+                     "#define DI_MM_TK %d      /* k per tile */\n",
+                  MM_CG, MM_RB, MM_TK);
+    if (packed) mm_packed_helpers(o, &m);   /* they say whether there are 16 lanes (DI_PK_V16) */
+    di_str_printf(o, "%s\n"
                      "#define DI_MM_DIRECT (DI_MM_RB + 1)\n"
                      "#else\n"
                      "#define DI_MM_DIRECT %d   /* fewer rows than this: weights read in place */\n"
                      "#endif\n\n",
-                  MM_CG, MM_RB, MM_TK, di_dtype_packed(m.wt) ? " || defined(__AVX512F__)" : "",
-                  di_dtype_packed(m.wt) ? MM_DIRECT_PACKED : MM_DIRECT);
-    if (di_dtype_packed(m.wt)) {
-        mm_packed_helpers(o, &m);
-        mm_direct_packed(o, &m);
-    } else {
-        mm_direct(o, &m);
-    }
+                  packed ? "#if defined(__TINYC__) || defined(DI_PK_V16)" : "#ifdef __TINYC__",
+                  packed ? MM_DIRECT_PACKED : MM_DIRECT);
+    if (packed) mm_direct_packed(o, &m);
+    else mm_direct(o, &m);
     mm_tile(o, &m);
     di_str_printf(o, "static void %s_block(long bx, long by, ", name);
     di_emit_params(o, s, p);

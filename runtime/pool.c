@@ -135,7 +135,7 @@ static void *worker(void *arg)
 
 di_pool *di_pool_new(int threads)
 {
-    di_pool *p = aligned_alloc(_Alignof(di_pool), (sizeof *p + _Alignof(di_pool) - 1) / _Alignof(di_pool) * _Alignof(di_pool));
+    di_pool *p = aligned_alloc(_Alignof(di_pool), sizeof *p);   /* a struct's size is a multiple of its alignment */
     if (!p) return NULL;
     memset(p, 0, sizeof *p);
     p->n = threads < 1 ? 1 : threads;
