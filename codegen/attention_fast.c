@@ -445,13 +445,13 @@ static int af_emit(di_str *o, const di_spec *s, const di_specialization *p, cons
                      "extern \"C\" __global__ void __launch_bounds__(%d) %s(",
                   c.warps * 32, name);
     emit_params(o, s, p);
-    di_str_puts(o, ")\n{\n");
+    di_str_puts(o, DI_CUDA_ENTRY_OPEN);
     di_str_puts(o, phase1_body);
     di_str_printf(o, "}\n\n/* phase 2: the per-split results folded in split order */\n"
                      "extern \"C\" __global__ void __launch_bounds__(%d) %s_merge(",
                   c.merge_threads, name);
     emit_params(o, s, p);
-    di_str_puts(o, ")\n{\n");
+    di_str_puts(o, DI_CUDA_ENTRY_OPEN);
     di_str_puts(o, phase2_body);
     di_str_puts(o, "}\n");
     return DI_OK;

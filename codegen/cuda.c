@@ -36,5 +36,15 @@ void di_prelude_cuda(di_str *out)
         "#define DI_AS_U32(x) __float_as_uint(x)\n"
         "#define di_sqrtf(x) __fsqrt_rn(x)\n"
         "#define DI_MM_RT 1\n"
-        "#define DI_MM_CG (THREADS * TILE_N)\n");
+        "#define DI_MM_CG (THREADS * TILE_N)\n"
+        "/* Every entry opens with this. The runtime launches kernels on sm_90+ with programmatic\n"
+        " * stream serialization: a kernel may be scheduled while the one before it in the stream\n"
+        " * still runs, and waits here until that one has finished and its writes are visible (so no\n"
+        " * read or write of this kernel can meet it); then it lets the kernel after it be scheduled\n"
+        " * (which waits in turn). Only when blocks start moves; no operation or order changes. */\n"
+        "#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900\n"
+        "#define DI_GRID_ENTRY() asm volatile(\"griddepcontrol.wait;\\n\\tgriddepcontrol.launch_dependents;\" ::: \"memory\")\n"
+        "#else\n"
+        "#define DI_GRID_ENTRY() ((void)0)\n"
+        "#endif\n");
 }

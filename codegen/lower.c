@@ -1149,7 +1149,7 @@ static int class_emit(di_str *o, const di_spec *s, const di_specialization *p, c
     } else {
         di_str_printf(o, "extern \"C\" __global__ void __launch_bounds__(THREADS) %s(", name);
         di_emit_params(o, s, p);
-        di_str_puts(o, ")\n{\n    const long bx = blockIdx.x, by = blockIdx.y;\n");
+        di_str_puts(o, DI_CUDA_ENTRY_OPEN "    const long bx = blockIdx.x, by = blockIdx.y;\n");
     }
     di_str_puts(o, "    (void)bx; (void)by;\n");
     int rc = di_lower_body(o, s, p, c, err);

@@ -1307,7 +1307,7 @@ static void emit_few(di_str *o, const di_spec *s, const di_specialization *p, co
                          "extern \"C\" __global__ void __launch_bounds__(%d) %s_rows%d(", nr, nr,
                       few_stage_bytes(nr, p->dtypes[di_spec_arg(s, "w")]), FEW_THREADS, name, nr);
         emit_params(o, s, p);
-        di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx)\n{\n");
+        di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx" DI_CUDA_ENTRY_OPEN);
         di_str_puts(o, few_body);
         di_str_puts(o, "}\n#undef MMV_NR\n#undef MMV_WGMMA\n#undef MMV_STAGE_BYTES\n");
     }
@@ -1365,7 +1365,7 @@ static int fast_emit(di_str *o, const di_spec *s, const di_specialization *p, co
     emit_params(o, s, p);
     if (ks.tmaps) di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx");
     if (ks.tmaps && !wq) di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tw");
-    di_str_puts(o, ")\n{\n");
+    di_str_puts(o, DI_CUDA_ENTRY_OPEN);
     di_str_puts(o, c->producers ? phase1_ws_body : phase1_body);
     di_str_puts(o, phase1_store);
     if (c->producers) di_str_puts(o, "    }   /* next unit */\n");
@@ -1374,7 +1374,7 @@ static int fast_emit(di_str *o, const di_spec *s, const di_specialization *p, co
     di_str_printf(o, "/* phase 2: partials added in split order from 0.0f, then the epilogue */\n"
                      "extern \"C\" __global__ void __launch_bounds__(%d) %s_reduce(", REDUCE_THREADS, name);
     emit_params(o, s, p);
-    di_str_puts(o, ")\n{\n");
+    di_str_puts(o, DI_CUDA_ENTRY_OPEN);
     di_str_puts(o, phase2_body);
     di_str_puts(o, "}\n");
     if (wq && c->few_rows) emit_few(o, s, p, c, name);

@@ -44,6 +44,20 @@ enum {
     CU_EVENT_DEFAULT_FLAGS = 0,
     CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1,
 };
+/* cuLaunchKernelEx's configuration (CUlaunchConfig, CUlaunchAttribute: the value a 64-byte
+ * union after 8 bytes of id) */
+typedef struct cu_launch_attr {
+    int id;
+    char pad[4];
+    union { int allowed; char bytes[64]; } value;
+} cu_launch_attr;
+typedef struct cu_launch_config {
+    unsigned grid[3], block[3], smem;
+    cu_stream stream;
+    cu_launch_attr *attrs;
+    unsigned nattrs;
+} cu_launch_config;
+enum { CU_LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION = 6 };
 /* Dynamic shared memory above this needs the per-function opt-in attribute. */
 #define DEFAULT_SMEM_LIMIT (48u * 1024u)
 
@@ -85,6 +99,8 @@ static struct {
     cu_result (*tensor_map_encode_tiled)(void *map, int dtype, unsigned rank, void *base, const uint64_t *dims,
                                          const uint64_t *strides, const unsigned *box, const unsigned *elem_strides,
                                          int interleave, int swizzle, int l2_promotion, int oob_fill);
+    /* optional (CUDA 11.8+): launches with attributes */
+    cu_result (*launch_ex)(const cu_launch_config *config, cu_function f, void **params, void **extra);
     /* optional (CUDA 11.4+): graphs */
     cu_result (*capture_begin)(cu_stream s, int mode);
     cu_result (*capture_end)(cu_stream s, cu_graph *g);
@@ -165,6 +181,7 @@ static void load_driver(void)
     }
     const cu_symbol optional[] = {
         {&cu.tensor_map_encode_tiled, {"cuTensorMapEncodeTiled"}},
+        {&cu.launch_ex, {"cuLaunchKernelEx"}},
         {&cu.capture_begin, {"cuStreamBeginCapture_v2"}},
         {&cu.capture_end, {"cuStreamEndCapture"}},
         {&cu.graph_instantiate, {"cuGraphInstantiateWithFlags"}},
@@ -456,8 +473,8 @@ int di_cuda_function(di_cuda_module *m, const char *name, void **fn, di_err *err
     return DI_OK;
 }
 
-int di_cuda_launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3], unsigned smem_bytes,
-                   void **params, di_err *err)
+static int launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3], unsigned smem_bytes,
+                  void **params, bool waits, di_err *err)
 {
     /* An empty grid (no rows this step) has nothing to do, as on the CPU backend. */
     if (!grid[0] || !grid[1] || !grid[2]) return DI_OK;
@@ -476,15 +493,34 @@ int di_cuda_launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned 
             return cu_fail(r, "cuFuncSetAttribute", what, err);
         }
     }
-    cu_result r = cu.launch(f, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem_bytes, c->stream, params,
-                            NULL);
+    cu_result r;
+    if (waits && cu.launch_ex && c->info.cc_major >= 9) {
+        cu_launch_attr attr = {.id = CU_LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION, .value.allowed = 1};
+        const cu_launch_config cfg = {{grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]}, smem_bytes,
+                                      c->stream, &attr, 1};
+        r = cu.launch_ex(&cfg, f, params, NULL);
+    } else {
+        r = cu.launch(f, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem_bytes, c->stream, params, NULL);
+    }
     if (r) {
         char what[160];
         snprintf(what, sizeof what, "grid (%u,%u,%u), block (%u,%u,%u), %u bytes of shared memory", grid[0], grid[1],
                  grid[2], block[0], block[1], block[2], smem_bytes);
-        return cu_fail(r, "cuLaunchKernel", what, err);
+        return cu_fail(r, waits && cu.launch_ex ? "cuLaunchKernelEx" : "cuLaunchKernel", what, err);
     }
     return DI_OK;
+}
+
+int di_cuda_launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3], unsigned smem_bytes,
+                   void **params, di_err *err)
+{
+    return launch(c, fn, grid, block, smem_bytes, params, false, err);
+}
+
+int di_cuda_launch_waiting(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3], unsigned smem_bytes,
+                           void **params, di_err *err)
+{
+    return launch(c, fn, grid, block, smem_bytes, params, true, err);
 }
 
 int di_cuda_tensor_map_bf16(di_cuda *c, di_tensor_map *m, di_dptr base, uint64_t rows, uint64_t cols,

@@ -99,6 +99,10 @@ Test(codegen, every_spec_lowers_and_compiles_on_both_backends)
         cr_assert(strstr(out.ptx, ".target sm_90a"), "%s: PTX is not for sm_90a", s->name);
         cr_assert(strstr(out.ptx, name), "%s: PTX lacks the entry %s", s->name, name);
         cr_assert_null(strstr(out.ptx, "fma.rn.f32"), "%s: exact-profile PTX holds a contracted fma", s->name);
+        int entries = 0, waits = 0;
+        for (const char *at = strstr(out.ptx, ".entry"); at; at = strstr(at + 1, ".entry")) entries++;
+        for (const char *at = strstr(out.ptx, "griddepcontrol.wait"); at; at = strstr(at + 1, "griddepcontrol.wait")) waits++;
+        cr_assert(entries >= 1 && waits == entries, "%s: %d entries, %d griddepcontrol.wait", s->name, entries, waits);
         di_nvrtc_out_free(&out);
         free(src);
     }

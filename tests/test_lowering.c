@@ -186,6 +186,49 @@ Test(lowering, sources_do_not_depend_on_what_was_generated_before)
         }
 }
 
+/* Every CUDA entry of every lowering opens with DI_GRID_ENTRY() before any statement: the
+ * runtime launches them all with programmatic stream serialization (runtime/cuda.c), which is
+ * only safe for a kernel that waits for the one before it. Every op at model and default
+ * specializations in each profile, and the fast matmul with packed w (its few-rows entries). */
+static int entries_checked(const di_spec *s, const di_specialization *p, const di_target *t)
+{
+    char *src = NULL;
+    di_err e = {0};
+    cr_assert_eq(di_rt_source_for(s, p, t, &src, &e), 0, "%s: %s", s->name, e.msg);
+    int n = 0;
+    for (const char *at = strstr(src, "__global__"); at; at = strstr(at + 1, "__global__"), n++) {
+        const char *open = strstr(at, ")\n{\n");
+        cr_assert(open, "%s (%s): an entry without a body", s->name, di_profile_name(p->profile));
+        cr_assert(!strncmp(open + 4, "    DI_GRID_ENTRY();\n", 21), "%s (%s): entry %d does not open with DI_GRID_ENTRY",
+                  s->name, di_profile_name(p->profile), n);
+    }
+    free(src);
+    return n;
+}
+
+Test(lowering, every_cuda_entry_waits_for_the_kernel_before_it)
+{
+    const di_target cuda = di_target_cuda_default();
+    int entries = 0;
+    for (int i = 0; i < NOPS; i++)
+        for (int prof = 0; prof < 3; prof++) {
+            di_specialization p = spec_of(&ops[i], (di_profile)prof);
+            entries += entries_checked(di_spec_find(ops[i].op), &p, &cuda);
+        }
+    const di_dtype packed[] = {DI_Q4X8, DI_Q8X8, DI_Q4X8H, DI_Q8X8H};
+    for (int i = 0; i < 4; i++) {
+        model_op m = {"matmul_residual", {"K", "N"}, {4096, 6144}};
+        const di_spec *s = di_spec_find(m.op);
+        di_specialization p = spec_of(&m, DI_PROFILE_FAST);
+        p.dtypes[di_spec_arg(s, "w")] = packed[i];
+        p.dtypes[di_spec_arg(s, "x")] = DI_BF16;
+        int n = entries_checked(s, &p, &cuda);
+        cr_assert_geq(n, 6, "packed fast matmul: %d entries (phase 1, phase 2, four few-rows)", n);
+        entries += n;
+    }
+    cr_assert_geq(entries, 3 * NOPS, "only %d entries seen", entries);
+}
+
 /* The profile table is the one place profile names live. */
 Test(lowering, profiles_parse_from_the_table_only)
 {
