@@ -858,6 +858,23 @@ static const char phase1_ws_body[] =
     "    __syncthreads();   /* the only block-wide barrier: the mbarriers exist */\n"
     "\n"
     "    if (tid >= MMF_CONSUMERS) {\n"
+    "#if MMF_TMA && !MMF_WQ\n"
+    "        /* w's first stages of the block's first unit before the wait (DI_GRID_ENTRY): no kernel\n"
+    "         * writes weights, so their bytes may stream while the kernel before this one still runs */\n"
+    "        long pre = 0;\n"
+    "        if (tid == MMF_CONSUMERS && blockIdx.x < units) {\n"
+    "            long m0, n0, kt0, kt1, z;\n"
+    "            mmf_unit(blockIdx.x, fused, gn, gm, tiles, m0, n0, kt0, kt1, z);\n"
+    "            const unsigned pre_bytes = (unsigned)(MMF_X_BOX_ROWS(rows) + MMF_TN) * MMF_BK * 2;\n"
+    "            pre = kt1 - kt0 < MMF_STAGES ? kt1 - kt0 : MMF_STAGES;\n"
+    "            for (int st = 0; st < pre; st++) {\n"
+    "                mmf_bar_expect(full + 8 * st, pre_bytes);\n"
+    "                mmf_tma_load(s0 + st * MMF_STAGE_BYTES + MMF_A_BYTES, &mmf_tw, (int)((kt0 + st) * MMF_BK), (int)n0,\n"
+    "                             full + 8 * st);\n"
+    "            }\n"
+    "        }\n"
+    "#endif\n"
+    "        DI_GRID_ENTRY();\n"
     "        /* loaders: the block's units in order, k tile after k tile into stage after stage,\n"
     "         * each stage once its last readers are done (so they run ahead across units) */\n"
     "        const int lt = tid - MMF_CONSUMERS;\n"
@@ -915,11 +932,15 @@ static const char phase1_ws_body[] =
     "                const unsigned sa = s0 + st * MMF_STAGE_BYTES;\n"
     "#if MMF_TMA\n"
     "                /* whole boxes land (rows past `rows`, columns past N as zeros), so the full\n"
-    "                 * barrier waits for the stage's bytes */\n"
+    "                 * barrier waits for the stage's bytes (a prefetched stage expects them already) */\n"
+    "#if !MMF_WQ\n"
+    "                const bool fetched = u == blockIdx.x && kt - kt0 < pre;\n"
+    "                if (!fetched) mmf_bar_expect(full + 8 * st, stage_bytes);\n"
+    "                mmf_tma_load(sa, &mmf_tx, (int)(kt * MMF_BK), (int)m0, full + 8 * st);\n"
+    "                if (!fetched) mmf_tma_load(sa + MMF_A_BYTES, &mmf_tw, (int)(kt * MMF_BK), (int)n0, full + 8 * st);\n"
+    "#else\n"
     "                mmf_bar_expect(full + 8 * st, stage_bytes);\n"
     "                mmf_tma_load(sa, &mmf_tx, (int)(kt * MMF_BK), (int)m0, full + 8 * st);\n"
-    "#if !MMF_WQ\n"
-    "                mmf_tma_load(sa + MMF_A_BYTES, &mmf_tw, (int)(kt * MMF_BK), (int)n0, full + 8 * st);\n"
     "#endif\n"
     "#else\n"
     "#if MMF_XSTAGE\n"
@@ -946,6 +967,7 @@ static const char phase1_ws_body[] =
     "        return;\n"
     "    }\n"
     "\n"
+    "    DI_GRID_ENTRY();\n"
     "    /* multiplying warps: warp wm owns rows [16 wm, 16 wm + 16) of the tile, all TN columns */\n"
     "    const int lane = tid & 31, wm = tid >> 5, wn = 0;\n"
     "    float c[MMF_MT][MMF_NT][4], sum[MMF_MT][MMF_NT][4];\n"
@@ -1205,17 +1227,23 @@ static const char few_body[] =
     "    const int gv = groups - g0 < 8 ? (int)(groups - g0) : 8;\n"
     "    const unsigned s0 = (unsigned)__cvta_generic_to_shared(mmf_smem);\n"
     "    const unsigned full = s0 + MMV_STAGES * MMV_STAGE_BYTES, empty = full + 8 * MMV_STAGES;\n"
-    "    /* step i: k [kb + 128 i, +128) into stage i % STAGES: x boxes, then each group's records */\n"
-    "    auto load = [&](int i) {\n"
+    "    /* step i: k [kb + 128 i, +128) into stage i % STAGES: each group's records (load_w, with\n"
+    "     * the stage's expected bytes), then x's boxes (load_x) */\n"
+    "    auto load_w = [&](int i) {\n"
     "        const unsigned sa = s0 + (i % MMV_STAGES) * MMV_STAGE_BYTES, bar = full + 8 * (i % MMV_STAGES);\n"
     "        const long k0 = kb + (long)i * MMV_BKS;\n"
     "        const int boxes = (int)((ke - k0 < MMV_BKS ? ke - k0 : MMV_BKS) / MMF_BK);\n"
     "        const int recs = (K - k0) / 32 < MMV_RPS ? (int)((K - k0) / 32) : MMV_RPS;\n"
     "        mmf_bar_expect(bar, (unsigned)(boxes * MMV_NR * 128 + gv * recs * MMF_PK_REC));\n"
-    "        for (int b = 0; b < boxes; b++) mmf_tma_load(sa + b * MMV_NR * 128, &mmf_tx, (int)(k0 + b * MMF_BK), 0, bar);\n"
     "        for (int gi = 0; gi < gv; gi++)\n"
     "            mmv_bulk(sa + MMV_NR * MMV_BKS * 2 + gi * MMV_RPS * MMF_PK_REC,\n"
     "                     w_ + ((g0 + gi) * (K / 32) + k0 / 32) * MMF_PK_REC, (unsigned)(recs * MMF_PK_REC), bar);\n"
+    "    };\n"
+    "    auto load_x = [&](int i) {\n"
+    "        const unsigned sa = s0 + (i % MMV_STAGES) * MMV_STAGE_BYTES, bar = full + 8 * (i % MMV_STAGES);\n"
+    "        const long k0 = kb + (long)i * MMV_BKS;\n"
+    "        const int boxes = (int)((ke - k0 < MMV_BKS ? ke - k0 : MMV_BKS) / MMF_BK);\n"
+    "        for (int b = 0; b < boxes; b++) mmf_tma_load(sa + b * MMV_NR * 128, &mmf_tx, (int)(k0 + b * MMF_BK), 0, bar);\n"
     "    };\n"
     "    if (tid == 0) {\n"
     "        for (int st = 0; st < MMV_STAGES; st++) mmf_bar_init(full + 8 * st, 1), mmf_bar_init(empty + 8 * st, MMV_MMA_WARPS);\n"
@@ -1225,13 +1253,22 @@ static const char few_body[] =
     "    /* warp 4 only loads: stage i once the four multiplying warps are done with step i - STAGES,\n"
     "     * so that they never wait on each other or run the loads' instructions themselves */\n"
     "    if (wq == MMV_MMA_WARPS) {\n"
-    "        if (lane == 0)\n"
-    "            for (int i = 0; i < steps; i++) {\n"
-    "                if (i >= MMV_STAGES) mmf_bar_wait(empty + 8 * (i % MMV_STAGES), (unsigned)(i / MMV_STAGES - 1) & 1u);\n"
-    "                load(i);\n"
+    "        if (lane == 0) {\n"
+    "            /* the first stages' records before the wait (DI_GRID_ENTRY): no kernel writes\n"
+    "             * weights, so they may stream while the kernel before this one still runs */\n"
+    "            const int pre = steps < MMV_STAGES ? steps : MMV_STAGES;\n"
+    "            for (int i = 0; i < pre; i++) load_w(i);\n"
+    "            DI_GRID_ENTRY();\n"
+    "            for (int i = 0; i < pre; i++) load_x(i);\n"
+    "            for (int i = pre; i < steps; i++) {\n"
+    "                mmf_bar_wait(empty + 8 * (i % MMV_STAGES), (unsigned)(i / MMV_STAGES - 1) & 1u);\n"
+    "                load_w(i);\n"
+    "                load_x(i);\n"
     "            }\n"
+    "        }\n"
     "        return;\n"
     "    }\n"
+    "    DI_GRID_ENTRY();\n"
     "    float c[MMV_NR / 2];\n"
     "#pragma unroll\n"
     "    for (int e = 0; e < MMV_NR / 2; e++) c[e] = 0.0f;\n"
@@ -1307,7 +1344,7 @@ static void emit_few(di_str *o, const di_spec *s, const di_specialization *p, co
                          "extern \"C\" __global__ void __launch_bounds__(%d) %s_rows%d(", nr, nr,
                       few_stage_bytes(nr, p->dtypes[di_spec_arg(s, "w")]), FEW_THREADS, name, nr);
         emit_params(o, s, p);
-        di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx" DI_CUDA_ENTRY_OPEN);
+        di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx)\n{\n");   /* it waits itself, after its w prefetch */
         di_str_puts(o, few_body);
         di_str_puts(o, "}\n#undef MMV_NR\n#undef MMV_WGMMA\n#undef MMV_STAGE_BYTES\n");
     }
@@ -1365,7 +1402,8 @@ static int fast_emit(di_str *o, const di_spec *s, const di_specialization *p, co
     emit_params(o, s, p);
     if (ks.tmaps) di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tx");
     if (ks.tmaps && !wq) di_str_puts(o, ", const __grid_constant__ di_tmap mmf_tw");
-    di_str_puts(o, DI_CUDA_ENTRY_OPEN);
+    /* the warp-specialized body waits for the kernel before it itself (after its w prefetch) */
+    di_str_puts(o, c->producers ? ")\n{\n" : DI_CUDA_ENTRY_OPEN);
     di_str_puts(o, c->producers ? phase1_ws_body : phase1_body);
     di_str_puts(o, phase1_store);
     if (c->producers) di_str_puts(o, "    }   /* next unit */\n");
