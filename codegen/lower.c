@@ -119,6 +119,32 @@ static void emit_l1_warm(di_str *o, const di_spec *s, const di_specialization *p
 
 /* Lane l folds i = l, l + LANES, ... in order; then lanes combine by a halving tree
  * (lane l takes lane l + s for s = LANES/2 ... 1). Same for every row count. */
+/* A term that is one call, f(...): its value reaches the lane's add as is, so no compiler can
+ * contract a multiply of it into that add (fast builds with --fmad=true). */
+static bool term_is_call(const char *e)
+{
+    const char *p = e;
+    while (*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')) p++;
+    if (p == e || *p != '(') return false;
+    int depth = 0;
+    for (; *p; p++) {
+        if (*p == '(') depth++;
+        else if (*p == ')' && --depth == 0) return p[1] == '\0';
+    }
+    return false;
+}
+
+/* On the GPU with more threads than lanes, a call term (log_softmax's exp) is staged: every
+ * thread computes the terms of a stretch of DI_STAGE elements into shared memory, then each
+ * lane adds its own ones. DI_STAGE is a multiple of LANES, so lane l still takes elements
+ * l, l + LANES, ... in increasing order into the same chain: the same values (the term is a
+ * function of i), the same adds, the same bits; only the terms' arithmetic is spread over the
+ * block instead of a quarter of it. */
+static bool staged(const di_spec *s, const di_reduce *r, bool c)
+{
+    return !c && r->op != DI_RONCE && s->sched.threads > s->sched.lanes && term_is_call(r->expr);
+}
+
 static void emit_reduce(di_str *o, const di_spec *s, const di_reduce *r, bool c, const char *ahead)
 {
     if (r->op == DI_RONCE) {
@@ -142,6 +168,27 @@ static void emit_reduce(di_str *o, const di_spec *s, const di_reduce *r, bool c,
                          "        }\n"
                          "        for (long l = 0; l < LANES; l++) di_lane[l] = di_a[l];\n"
                          "    }\n",
+                      sum ? "0.0f" : "-DI_INF", s->cols, s->cols, s->cols, r->expr, sum ? "a + e" : "e > a ? e : a");
+    else if (staged(s, r, c))
+        di_str_printf(o, "    {\n"
+                         "        float a = %s;   /* lane threadIdx.x's chain (threads past LANES keep none) */\n"
+                         "        for (long i0 = 0; i0 < (long)(%s); i0 += DI_STAGE) {\n"
+                         "            const long n = (long)(%s) - i0 < DI_STAGE ? (long)(%s) - i0 : DI_STAGE;\n"
+                         "            for (long j = threadIdx.x; j < n; j += blockDim.x) {\n"
+                         "                const long i = i0 + j;\n"
+                         "                di_term[j] = %s;\n"
+                         "            }\n"
+                         "            DI_SYNC();\n"
+                         "            if (threadIdx.x < LANES)\n"
+                         "                for (long j = threadIdx.x; j < n; j += LANES) {\n"
+                         "                    const float e = di_term[j];\n"
+                         "                    a = %s;\n"
+                         "                }\n"
+                         "            DI_SYNC();\n"
+                         "        }\n"
+                         "        if (threadIdx.x < LANES) di_lane[threadIdx.x] = a;\n"
+                         "    }\n"
+                         "    DI_SYNC();\n",
                       sum ? "0.0f" : "-DI_INF", s->cols, s->cols, s->cols, r->expr, sum ? "a + e" : "e > a ? e : a");
     else
         di_str_printf(o, "    DI_FOR_THREADS(l, LANES) {\n"
@@ -175,6 +222,9 @@ static void lower_row_reduce(di_str *o, const di_spec *s, const di_specializatio
     di_str ahead = {0};
     if (!c) emit_l1_warm(o, s, p, &ahead);
     di_str_puts(o, "    DI_SHARED float di_lane[LANES];\n");
+    bool stage = false;
+    for (int i = 0; i < DI_MAX_REDUCE && s->reduce[i].name; i++) stage |= staged(s, &s->reduce[i], c);
+    if (stage) di_str_puts(o, "#define DI_STAGE (16 * LANES)\n    DI_SHARED float di_term[DI_STAGE];   /* staged terms */\n");
     for (int i = 0; i < DI_MAX_REDUCE && s->reduce[i].name; i++)
         emit_reduce(o, s, &s->reduce[i], c, ahead.len ? ahead.p : "");
     di_str_free(&ahead);

@@ -249,3 +249,28 @@ Test(codegen, bf16_store_of_a_body_output_is_cuda_only)
     cr_assert_eq(di_spec_set_dtype(s, &q, "x", DI_BF16, &e), DI_ESPEC, "rmsnorm's x took bf16");
     cr_assert_eq(di_spec_set_dtype(s, &q, "y", DI_Q4X8, &e), DI_ESPEC, "rmsnorm's y took q4x8");
 }
+
+/* GPU row reductions stage a call term (log_softmax's exp) in shared memory for the lanes to
+ * add, and only a call: a product term (rmsnorm's x * x) stays in the lane's loop, where the
+ * fast profile contracts it with the add into one fma (moving it out would change its bits).
+ * The C backend's loops are untouched. The bits of the staged form: the GPU suites and the
+ * model digests on the device (perf/RESULTS.md "staged terms"). */
+Test(codegen, gpu_row_reductions_stage_call_terms_only)
+{
+    const struct { const char *op; bool staged; } cases[] = {{"log_softmax", true}, {"rmsnorm", false}, {"qk_norm", false}};
+    for (int i = 0; i < 3; i++)
+        for (int prof = 0; prof < 2; prof++) {
+            const di_spec *s = di_spec_find(cases[i].op);
+            di_specialization p = th_spec(cases[i].op, NULL);
+            p.profile = prof ? DI_PROFILE_FAST : DI_PROFILE_EXACT;
+            char *src = NULL;
+            di_err e = {0};
+            cr_assert_eq(di_rt_source(s, &p, DI_BACKEND_CUDA, &src, &e), 0, "%s", e.msg);
+            cr_assert_eq(strstr(src, "di_term[j] = ") != NULL, cases[i].staged, "%s: staged %d", cases[i].op, !cases[i].staged);
+            free(src);
+            if (prof) continue;
+            cr_assert_eq(di_rt_source(s, &p, DI_BACKEND_C, &src, &e), 0, "%s", e.msg);
+            cr_assert_null(strstr(src, "di_term"), "%s: the C loops staged", cases[i].op);
+            free(src);
+        }
+}
