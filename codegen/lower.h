@@ -13,9 +13,9 @@ long di_attention_c_heads(const di_spec *s, const di_specialization *p);
  * floats to bf16 (nearest even, lo in the low half) and di_mma_16816(c, a, b0, b1) is
  * c += a . b on one m16n8k16 fragment, bf16 in, f32 accumulate. */
 extern const char di_cuda_mma_helpers[];
-/* How every CUDA entry's body opens (after its parameter list): DI_GRID_ENTRY() (cuda.c's
- * prelude) before any memory access, so that the runtime may start it while the kernel before
- * it in the stream is still running. */
+/* How a CUDA entry's body opens (after its parameter list): DI_GRID_ENTRY() (cuda.c's prelude)
+ * before any memory access, so that the runtime may start it while the kernel before it in the
+ * stream is still running. */
 #define DI_CUDA_ENTRY_OPEN ")\n{\n    DI_GRID_ENTRY();\n"
 /* "rows, NH + 2 * NKV, HD" -> row length "(NH + 2 * NKV) * (HD)"; true when led by "rows". */
 bool di_row_sliced(const di_arg *a, char *rowlen, size_t len);

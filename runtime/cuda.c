@@ -12,7 +12,9 @@
  * Ordering: all kernels go to one stream created at open with default (blocking) flags.
  * Uploads, downloads and memsets use the synchronous legacy-stream calls, which the driver
  * orders against every blocking stream of the context: a download sees all earlier
- * launches, a launch sees all earlier uploads. */
+ * launches, a launch sees all earlier uploads. A launch with programmatic stream serialization
+ * (di_cuda_launch_waiting) relaxes only its dependency on the kernel before it, which its own
+ * griddepcontrol.wait then restores; copies and memsets before it are waited for as before. */
 #include "runtime/cuda.h"
 #include <dlfcn.h>
 #include <pthread.h>
@@ -494,7 +496,8 @@ static int launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned b
         }
     }
     cu_result r;
-    if (waits && cu.launch_ex && c->info.cc_major >= 9) {
+    const bool ex = waits && cu.launch_ex && c->info.cc_major >= 9;   /* griddepcontrol is sm_90's */
+    if (ex) {
         cu_launch_attr attr = {.id = CU_LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION, .value.allowed = 1};
         const cu_launch_config cfg = {{grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]}, smem_bytes,
                                       c->stream, &attr, 1};
@@ -506,7 +509,7 @@ static int launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned b
         char what[160];
         snprintf(what, sizeof what, "grid (%u,%u,%u), block (%u,%u,%u), %u bytes of shared memory", grid[0], grid[1],
                  grid[2], block[0], block[1], block[2], smem_bytes);
-        return cu_fail(r, waits && cu.launch_ex ? "cuLaunchKernelEx" : "cuLaunchKernel", what, err);
+        return cu_fail(r, ex ? "cuLaunchKernelEx" : "cuLaunchKernel", what, err);
     }
     return DI_OK;
 }

@@ -41,9 +41,10 @@ int di_cuda_function(di_cuda_module *m, const char *name, void **fn, di_err *err
 /* params: array of pointers to each argument's value, as cuLaunchKernel takes them. */
 int di_cuda_launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3],
                    unsigned smem_bytes, void **params, di_err *err);
-/* The same for a kernel that opens with griddepcontrol.wait (codegen's DI_GRID_ENTRY, every
- * generated entry): on sm_90+ it is launched with programmatic stream serialization, so it may
- * be scheduled while the kernel before it still runs; its wait orders it after that one. */
+/* The same for a kernel that runs griddepcontrol.wait before it touches memory other kernels
+ * use (codegen's DI_GRID_ENTRY, in every generated entry): on sm_90+ it is launched with
+ * programmatic stream serialization, so it may be scheduled while the kernel before it still
+ * runs; its wait orders it after that one. */
 int di_cuda_launch_waiting(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3],
                            unsigned smem_bytes, void **params, di_err *err);
 int di_cuda_sync(di_cuda *c, di_err *err);
