@@ -496,7 +496,8 @@ static int launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned b
         }
     }
     cu_result r;
-    const bool ex = waits && cu.launch_ex && c->info.cc_major >= 9;   /* griddepcontrol is sm_90's */
+    /* griddepcontrol is sm_90's; stream capture records programmatic edges from CUDA 12.3 */
+    const bool ex = waits && cu.launch_ex && c->info.cc_major >= 9 && c->info.driver_version >= 12030;
     if (ex) {
         cu_launch_attr attr = {.id = CU_LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION, .value.allowed = 1};
         const cu_launch_config cfg = {{grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]}, smem_bytes,
