@@ -117,8 +117,6 @@ static void emit_l1_warm(di_str *o, const di_spec *s, const di_specialization *p
     di_str_puts(o, "    }\n");
 }
 
-/* Lane l folds i = l, l + LANES, ... in order; then lanes combine by a halving tree
- * (lane l takes lane l + s for s = LANES/2 ... 1). Same for every row count. */
 /* A term that is one call, f(...): its value reaches the lane's add as is, so no compiler can
  * contract a multiply of it into that add (fast builds with --fmad=true). */
 static bool term_is_call(const char *e)
@@ -145,6 +143,8 @@ static bool staged(const di_spec *s, const di_reduce *r, bool c)
     return !c && r->op != DI_RONCE && s->sched.threads > s->sched.lanes && term_is_call(r->expr);
 }
 
+/* Lane l folds i = l, l + LANES, ... in order; then lanes combine by a halving tree
+ * (lane l takes lane l + s for s = LANES/2 ... 1). Same for every row count. */
 static void emit_reduce(di_str *o, const di_spec *s, const di_reduce *r, bool c, const char *ahead)
 {
     if (r->op == DI_RONCE) {
