@@ -4,6 +4,7 @@
  * here, once, for both backends. */
 #include "codegen/lower.h"
 #include "codegen/lowering.h"
+#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -121,9 +122,10 @@ static void emit_l1_warm(di_str *o, const di_spec *s, const di_specialization *p
  * contract a multiply of it into that add (fast builds with --fmad=true). */
 static bool term_is_call(const char *e)
 {
+    if (!(isalpha((unsigned char)*e) || *e == '_')) return false;
     const char *p = e;
-    while (*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')) p++;
-    if (p == e || *p != '(') return false;
+    while (isalnum((unsigned char)*p) || *p == '_') p++;
+    if (*p != '(') return false;
     int depth = 0;
     for (; *p; p++) {
         if (*p == '(') depth++;
