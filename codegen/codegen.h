@@ -31,6 +31,10 @@ typedef struct di_mm_schedule {
     int wide_tn, wide_stages; /* single-split TMA kernels: tn and stages instead (0: the same tile) */
     int few_rows, few_stages; /* packed w, launches of at most few_rows rows (8..32; 0: none): the
                                  swapped tile (outputs as wgmma's M) with few_stages stages */
+    int split_cluster;        /* split mode with 2..split_cluster splits (at most 8; 0: never), one
+                                 block per unit: a tile's splits run as one thread-block cluster and
+                                 add their partials in split order through distributed shared
+                                 memory, no second kernel (sm_90) */
 } di_mm_schedule;
 
 /* The fast attention's schedule (ints only, as above). */

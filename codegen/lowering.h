@@ -72,6 +72,7 @@ typedef struct di_launch {
     di_run run;
     int index;
     unsigned grid[3], block[3], smem;   /* DI_RUN_ENTRY; on the C backend grid[0] * grid[1] blocks, gx = grid[0] */
+    unsigned cluster;                   /* CUDA: > 1, blocks in clusters of this many along grid x */
     int nargs;
     di_pa args[DI_MAX_PARAMS];
 } di_launch;

@@ -182,14 +182,21 @@ static int shape_of(const di_spec *s, const di_specialization *p, const di_targe
 typedef struct mode {
     long tiles, units;
     bool fused;
+    bool clustered;   /* split mode, one unit a block, a tile's splits one cluster: no phase 2 */
 } mode;
 
-static mode mode_for(const kernel_shape *ks, long rows, long n, const di_mm_schedule *base)
+/* Split mode's sum in a cluster of the tile's blocks (the schedule's split_cluster): 2..8 splits. */
+static bool cluster_splits(const kernel_shape *ks) { return ks->nsplit >= 2 && ks->nsplit <= ks->c.split_cluster; }
+
+static mode mode_for(const kernel_shape *ks, long rows, long n, const di_mm_schedule *base, const di_target *t)
 {
     mode m;
     m.tiles = ceil_div(rows, ks->c.tm) * ceil_div(n, ks->c.tn);
     m.fused = ks->nsplit == 1 || (base->fuse_min_tiles > 0 && rows >= base->fuse_min_rows && m.tiles >= base->fuse_min_tiles);
     m.units = m.fused ? m.tiles : m.tiles * ks->nsplit;
+    /* persistent blocks: only where a block per SM takes one unit each (a block walking several
+     * units would hold its cluster at every one) */
+    m.clustered = !m.fused && ks->c.producers && cluster_splits(ks) && m.units <= t->sm_count;
     return m;
 }
 
@@ -221,16 +228,21 @@ static bool few_rows_for(const di_spec *s, const di_specialization *p, const ker
     return w_packed(s, p) && ks->tmaps && ks->c.few_rows && rows >= 1 && rows <= ks->c.few_rows;
 }
 
-static void few_plan(const di_spec *s, const di_specialization *p, const kernel_shape *ks, long rows, long k, long n,
-                     di_plan *pl)
+static void few_plan(const di_spec *s, const di_specialization *p, const di_target *t, const kernel_shape *ks, long rows,
+                     long k, long n, di_plan *pl)
 {
     const int nr = (int)(rows + 7) / 8 * 8;
     const long stage = few_stage_bytes(nr, p->dtypes[di_spec_arg(s, "w")]);
-    pl->workspace = ks->nsplit > 1 ? (size_t)ks->nsplit * (size_t)rows * (size_t)n * sizeof(float) : 0;
+    /* only grids of one wave: where more blocks wait for SMs, a block held at its cluster's barrier
+     * keeps the next one out (8B Q4_1 decode b32 3,921 -> 3,427 tok/s so, perf/RESULTS.md "cluster sum") */
+    const long blocks = ceil_div(n, 64) * ks->nsplit;
+    const bool clustered = cluster_splits(ks) && blocks <= t->sm_count;
+    pl->workspace = ks->nsplit > 1 && !clustered ? (size_t)ks->nsplit * (size_t)rows * (size_t)n * sizeof(float) : 0;
     di_launch *l = &pl->l[pl->n++];
     l->run = DI_RUN_ENTRY;
     l->index = 2 + nr / 8 - 1;
-    l->grid[0] = (unsigned)(ceil_div(n, 64) * ks->nsplit);
+    l->grid[0] = (unsigned)blocks;
+    l->cluster = clustered ? (unsigned)ks->nsplit : 0;
     l->grid[1] = l->grid[2] = 1;
     l->block[0] = FEW_THREADS;
     l->block[1] = l->block[2] = 1;
@@ -239,7 +251,7 @@ static void few_plan(const di_spec *s, const di_specialization *p, const kernel_
     di_launch_add(l, DI_A_WS, 0, 0, 0);
     l->args[l->nargs++] = (di_pa){.kind = DI_A_TMAP, .index = di_spec_arg(s, "x"), .rows = (unsigned long)rows,
                                   .cols = (unsigned long)k, .box_rows = (unsigned)nr, .box_cols = 64};
-    if (ks->nsplit > 1) add_reduce(s, pl, rows, n);
+    if (ks->nsplit > 1 && !clustered) add_reduce(s, pl, rows, n);
 }
 
 static int fast_plan(const di_spec *s, const di_specialization *p, const di_target *t, const long *sizes, di_plan *pl,
@@ -252,13 +264,13 @@ static int fast_plan(const di_spec *s, const di_specialization *p, const di_targ
     kernel_shape ks;
     if (shape_of(s, p, t, &ks, err)) return err->code;
     di_mm_schedule base = di_mm_schedule_of(p, t);
-    mode m = mode_for(&ks, rows, n, &base);
+    mode m = mode_for(&ks, rows, n, &base, t);
     const di_mm_schedule *c = &ks.c;
     memset(pl, 0, sizeof *pl);
-    pl->workspace = m.fused ? 0 : (size_t)ks.nsplit * (size_t)rows * (size_t)n * sizeof(float);
+    pl->workspace = m.fused || m.clustered ? 0 : (size_t)ks.nsplit * (size_t)rows * (size_t)n * sizeof(float);
     if (rows == 0) return DI_OK;
     if (few_rows_for(s, p, &ks, rows)) {
-        few_plan(s, p, &ks, rows, k, n, pl);
+        few_plan(s, p, t, &ks, rows, k, n, pl);
         return DI_OK;
     }
     di_launch *l = &pl->l[pl->n++];
@@ -268,6 +280,7 @@ static int fast_plan(const di_spec *s, const di_specialization *p, const di_targ
         /* persistent: one block per SM (the stages fill its shared memory), each walking units */
         l->grid[0] = (unsigned)(m.units < t->sm_count ? m.units : t->sm_count);
         l->grid[1] = l->grid[2] = 1;
+        l->cluster = m.clustered ? (unsigned)ks.nsplit : 0;   /* then grid[0] = units, one each */
     } else {
         l->grid[0] = (unsigned)ceil_div(n, c->tn);
         l->grid[1] = (unsigned)ceil_div(rows, c->tm);
@@ -287,7 +300,7 @@ static int fast_plan(const di_spec *s, const di_specialization *p, const di_targ
         l->args[l->nargs++] = x;
         if (!w_packed(s, p)) l->args[l->nargs++] = w;   /* packed w: the producers decode it */
     }
-    if (m.fused) return DI_OK;   /* phase 1 stored y */
+    if (m.fused || m.clustered) return DI_OK;   /* phase 1 stored y */
     add_reduce(s, pl, rows, n);
     return DI_OK;
 }
@@ -735,6 +748,31 @@ static const char phase1_store[] =
     "\n"
     "    /* fragment element e of (i, j): row g (+8 for e >= 2), columns 2q, 2q + 1 */\n"
     "    const int g = lane >> 2, q = lane & 3;\n"
+    "#if MMF_PRODUCERS && MMF_NSPLIT > 1 && __CUDA_ARCH__ >= 900\n"
+    "    if (!fused && mmf_cluster_blocks() > 1) {\n"
+    "        /* one unit a block, a tile's splits one cluster: partials as [row][TN] of the tile's valid\n"
+    "         * rows, then this block (rank zsplit) sums outputs o = zsplit * CONSUMERS + tid, + NSPLIT *\n"
+    "         * CONSUMERS, ...: a thread an output, spread over the whole cluster */\n"
+    "        float *part = (float *)mmf_smem;\n"
+    "        static_assert(MMF_TM * MMF_TN * 4 <= MMF_STAGES * MMF_STAGE_BYTES, \"partials fit the stages\");\n"
+    "        const int rvalid = rows - m0 < MMF_TM ? (int)(rows - m0) : MMF_TM;\n"
+    "        mmf_consumers_sync(MMF_CONSUMERS);\n"
+    "#pragma unroll\n"
+    "        for (int i = 0; i < MMF_MT; i++)\n"
+    "#pragma unroll\n"
+    "            for (int j = 0; j < MMF_NT; j++)\n"
+    "#pragma unroll\n"
+    "                for (int e = 0; e < 4; e++) {\n"
+    "                    const int lr = wm * MMF_WTM + i * 16 + g + (e >> 1) * 8, lc = wn * MMF_WTN + j * 8 + q * 2 + (e & 1);\n"
+    "                    if (lr < rvalid) part[lr * MMF_TN + lc] = c[i][j][e];\n"
+    "                }\n"
+    "        mmf_cluster_sync();\n"
+    "        for (int o = (int)zsplit * MMF_CONSUMERS + tid; o < rvalid * MMF_TN; o += (int)MMF_NSPLIT * MMF_CONSUMERS)\n"
+    "            if (n0 + o % MMF_TN < N) MMF_EPILOGUE(m0 + o / MMF_TN, n0 + o % MMF_TN, mmf_cluster_sum(part + o));\n"
+    "        mmf_cluster_sync();   /* the others have read this block's partials */\n"
+    "        continue;\n"
+    "    }\n"
+    "#endif\n"
     "#pragma unroll\n"
     "    for (int i = 0; i < MMF_MT; i++)\n"
     "#pragma unroll\n"
@@ -809,16 +847,16 @@ static const char ws_helpers[] =
     "                     \"selp.u32 %0, 1, 0, p;\\n}\\n\" : \"=r\"(done) : \"r\"(bar), \"r\"(parity) : \"memory\");\n"
     "    } while (!done);\n"
     "}\n"
-    "/* Work unit u of a persistent block: a tile and (split mode) one K split of it, split-major\n"
-    " * (u = split * tiles + tile), tiles in the grouped raster: GROUP_M row tiles side by side, so\n"
-    " * units that run together share slices of x and w in L2. Which block runs a unit, and after\n"
-    " * which other units, never changes its arithmetic. */\n"
-    "DI_FN void mmf_unit(long u, bool fused, long gn, long gm, long tiles, long &m0, long &n0, long &kt0, long &kt1,\n"
+    "/* Work unit u of a persistent block: a tile and (split mode) one K split of it, tile-major\n"
+    " * (u = tile * NSPLIT + split: a cluster's blocks are one tile's splits), tiles in the grouped\n"
+    " * raster: GROUP_M row tiles side by side, so units that run together share slices of x and w\n"
+    " * in L2. Which block runs a unit, and after which other units, never changes its arithmetic. */\n"
+    "DI_FN void mmf_unit(long u, bool fused, long gn, long gm, long &m0, long &n0, long &kt0, long &kt1,\n"
     "                    long &z)\n"
     "{\n"
     "    const long nkt = (K + MMF_BK - 1) / MMF_BK, tps = MMF_KS / MMF_BK;\n"
-    "    z = fused ? 0 : u / tiles;\n"
-    "    const long pid = fused ? u : u % tiles;\n"
+    "    z = fused ? 0 : u % MMF_NSPLIT;\n"
+    "    const long pid = fused ? u : u / MMF_NSPLIT;\n"
     "    const long span = (long)MMF_GROUP_M * gn, fm = pid / span * MMF_GROUP_M;\n"
     "    const long gs = gm - fm < MMF_GROUP_M ? gm - fm : MMF_GROUP_M;\n"
     "    m0 = (fm + pid % span % gs) * MMF_TM;\n"
@@ -826,6 +864,56 @@ static const char ws_helpers[] =
     "    kt0 = fused ? 0 : z * tps;\n"
     "    kt1 = fused ? nkt : (kt0 + tps < nkt ? kt0 + tps : nkt);\n"
     "}\n"
+    "/* Clusters (split mode, plan's split_cluster): a cluster's blocks are one tile's splits, rank z\n"
+    " * = split z. Each stores its partials in its own shared memory; after a cluster barrier every\n"
+    " * block adds a share of the outputs from all of them in split order; a second barrier keeps\n"
+    " * each block's shared memory alive until the others have read it. Outside a cluster launch a\n"
+    " * block is a cluster of one. */\n"
+    "DI_FN unsigned mmf_cluster_blocks(void)\n"
+    "{\n"
+    "    unsigned n = 1;\n"
+    "#if __CUDA_ARCH__ >= 900\n"
+    "    asm volatile(\"mov.u32 %0, %%cluster_nctarank;\\n\" : \"=r\"(n));\n"
+    "#endif\n"
+    "    return n;\n"
+    "}\n"
+    "/* every thread of the cluster: stores before it are seen by loads after it */\n"
+    "DI_FN void mmf_cluster_sync(void)\n"
+    "{\n"
+    "#if __CUDA_ARCH__ >= 900\n"
+    "    asm volatile(\"barrier.cluster.arrive.release;\\nbarrier.cluster.wait.acquire;\\n\" ::: \"memory\");\n"
+    "#endif\n"
+    "}\n"
+    "/* a thread done before the split sum (a loader) still takes its part in both of its barriers */\n"
+    "#define MMF_CLUSTER_LEAVE() do { if (mmf_cluster_blocks() > 1) { mmf_cluster_sync(); mmf_cluster_sync(); } } while (0)\n"
+    "/* the block's `threads` multiplying threads (warps 0 ..), named barrier 1: their wgmma have\n"
+    " * all finished reading the stages before any of them reuses the stages' memory */\n"
+    "DI_FN void mmf_consumers_sync(int threads)\n"
+    "{\n"
+    "    asm volatile(\"bar.sync 1, %0;\\n\" ::\"r\"(threads) : \"memory\");\n"
+    "}\n"
+    "#if __CUDA_ARCH__ >= 900\n"
+    "/* the float at p in the shared memory of the cluster's block `rank` */\n"
+    "DI_FN float mmf_peer_f32(const float *p, unsigned rank)\n"
+    "{\n"
+    "    unsigned a = (unsigned)__cvta_generic_to_shared(p), r;\n"
+    "    float v;\n"
+    "    asm volatile(\"mapa.shared::cluster.u32 %0, %1, %2;\\n\" : \"=r\"(r) : \"r\"(a), \"r\"(rank));\n"
+    "    asm volatile(\"ld.shared::cluster.f32 %0, [%1];\\n\" : \"=f\"(v) : \"r\"(r));\n"
+    "    return v;\n"
+    "}\n"
+    "/* the partial at p in every block of the cluster, added in split order from 0.0f as phase 2\n"
+    " * adds them; all NSPLIT loads are issued before the first add (one round trip, not NSPLIT) */\n"
+    "DI_FN float mmf_cluster_sum(const float *p)\n"
+    "{\n"
+    "    float v[MMF_NSPLIT], a = 0.0f;\n"
+    "#pragma unroll\n"
+    "    for (unsigned q = 0; q < (unsigned)MMF_NSPLIT; q++) v[q] = mmf_peer_f32(p, q);\n"
+    "#pragma unroll\n"
+    "    for (int q = 0; q < (int)MMF_NSPLIT; q++) a = __fadd_rn(a, v[q]);\n"
+    "    return a;\n"
+    "}\n"
+    "#endif\n"
     "/* plain st.shared by this thread -> later wgmma reads (async proxy); cp.async copies are\n"
     " * fenced by the multiplying warps after the full barrier instead */\n"
     "#if MMF_WGMMA\n"
@@ -864,7 +952,7 @@ static const char phase1_ws_body[] =
     "        long pre = 0;\n"
     "        if (tid == MMF_CONSUMERS && blockIdx.x < units) {\n"
     "            long m0, n0, kt0, kt1, z;\n"
-    "            mmf_unit(blockIdx.x, fused, gn, gm, tiles, m0, n0, kt0, kt1, z);\n"
+    "            mmf_unit(blockIdx.x, fused, gn, gm, m0, n0, kt0, kt1, z);\n"
     "            const unsigned pre_bytes = (unsigned)(MMF_X_BOX_ROWS(rows) + MMF_TN) * MMF_BK * 2;\n"
     "            pre = kt1 - kt0 < MMF_STAGES ? kt1 - kt0 : MMF_STAGES;\n"
     "            for (int st = 0; st < pre; st++) {\n"
@@ -879,7 +967,7 @@ static const char phase1_ws_body[] =
     "         * each stage once its last readers are done (so they run ahead across units) */\n"
     "        const int lt = tid - MMF_CONSUMERS;\n"
     "#if MMF_TMA\n"
-    "        if (!MMF_WQ && lt != 0) return;   /* one thread: the tensor copies (packed w: all decode it) */\n"
+    "        if (!MMF_WQ && lt != 0) { MMF_CLUSTER_LEAVE(); return; }   /* one thread: the tensor copies (packed w: all decode it) */\n"
     "        /* x boxes are MMF_X_BOX_ROWS(rows) tall (the runtime encodes the same): below one tile\n"
     "         * of rows, only the 16-row fragments that hold rows are fetched */\n"
     "        const unsigned stage_bytes = (unsigned)(MMF_X_BOX_ROWS(rows) + (MMF_WQ ? 0 : MMF_TN)) * MMF_BK * 2;\n"
@@ -893,13 +981,13 @@ static const char phase1_ws_body[] =
     "            long u = blockIdx.x, m0 = 0, n0 = 0, kt = 0, kt0 = 0, kt1 = 0, z;\n"
     "            mmf_wq_raw cur, nxt;\n"
     "            if (u < units) {\n"
-    "                mmf_unit(u, fused, gn, gm, tiles, m0, n0, kt0, kt1, z);\n"
+    "                mmf_unit(u, fused, gn, gm, m0, n0, kt0, kt1, z);\n"
     "                kt = kt0;\n"
     "                mmf_fetch_wq(cur, w_, n0, kt * MMF_BK, lt);\n"
     "            }\n"
     "            while (u < units) {\n"
     "                long u2 = u, m2 = m0, n2 = n0, k2 = kt + 1, k2end = kt1;\n"
-    "                if (k2 >= kt1 && (u2 += gridDim.x) < units) mmf_unit(u2, fused, gn, gm, tiles, m2, n2, k2, k2end, z);\n"
+    "                if (k2 >= kt1 && (u2 += gridDim.x) < units) mmf_unit(u2, fused, gn, gm, m2, n2, k2, k2end, z);\n"
     "                if (u2 < units) mmf_fetch_wq(nxt, w_, n2, k2 * MMF_BK, lt);\n"
     "                mmf_bar_wait(empty + 8 * st, ph ^ 1);\n"
     "                const unsigned sa = s0 + st * MMF_STAGE_BYTES;\n"
@@ -913,6 +1001,7 @@ static const char phase1_ws_body[] =
     "                if (++st == MMF_STAGES) st = 0, ph ^= 1;\n"
     "                u = u2, m0 = m2, n0 = n2, kt = k2, kt1 = k2end, cur = nxt;\n"
     "            }\n"
+    "            MMF_CLUSTER_LEAVE();\n"
     "            return;\n"
     "        }\n"
     "#endif\n"
@@ -923,7 +1012,7 @@ static const char phase1_ws_body[] =
     "        unsigned ph = 0;\n"
     "        for (long u = blockIdx.x; u < units; u += gridDim.x) {\n"
     "            long m0, n0, kt0, kt1, z;\n"
-    "            mmf_unit(u, fused, gn, gm, tiles, m0, n0, kt0, kt1, z);\n"
+    "            mmf_unit(u, fused, gn, gm, m0, n0, kt0, kt1, z);\n"
     "            const int rvalid = rows - m0 < MMF_TM ? (int)(rows - m0) : MMF_TM;\n"
     "            const int rpad = (rvalid + 15) / 16 * 16;\n"
     "            (void)rpad;\n"
@@ -964,6 +1053,7 @@ static const char phase1_ws_body[] =
     "                if (++st == MMF_STAGES) st = 0, ph ^= 1;\n"
     "            }\n"
     "        }\n"
+    "        MMF_CLUSTER_LEAVE();\n"
     "        return;\n"
     "    }\n"
     "\n"
@@ -975,7 +1065,7 @@ static const char phase1_ws_body[] =
     "    unsigned ph = 0;\n"
     "    for (long u = blockIdx.x; u < units; u += gridDim.x) {\n"
     "        long m0, n0, kt0, kt1, zsplit;\n"
-    "        mmf_unit(u, fused, gn, gm, tiles, m0, n0, kt0, kt1, zsplit);\n"
+    "        mmf_unit(u, fused, gn, gm, m0, n0, kt0, kt1, zsplit);\n"
     "        const int rvalid = rows - m0 < MMF_TM ? (int)(rows - m0) : MMF_TM;\n"
     "        const int rpad = (rvalid + 15) / 16 * 16;\n"
     "#if MMF_WGMMA\n"
@@ -1218,7 +1308,8 @@ static const char few_body[] =
     "    extern __shared__ __align__(1024) unsigned char mmf_smem[];\n"
     "    const int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t = lane & 3;\n"
     "    const int wq = __shfl_sync(0xffffffffu, tid >> 5, 0);   /* warp-uniform, as ptxas must see it */\n"
-    "    const long ncg = (N + 63) / 64, n0 = blockIdx.x % ncg * 64, z = blockIdx.x / ncg;\n"
+    "    /* tile-major: a cluster's blocks are one tile's splits (rank z = split z) */\n"
+    "    const long n0 = blockIdx.x / MMF_NSPLIT * 64, z = blockIdx.x % MMF_NSPLIT;\n"
     "    const long nkt = (K + MMF_BK - 1) / MMF_BK, kb = z * MMF_KS;\n"
     "    /* the split's k tiles, as the large tile walks them (the last one may run past K) */\n"
     "    const long ke = kb + MMF_KS < nkt * MMF_BK ? kb + MMF_KS : nkt * MMF_BK;\n"
@@ -1266,6 +1357,7 @@ static const char few_body[] =
     "                load_x(i);\n"
     "            }\n"
     "        }\n"
+    "        MMF_CLUSTER_LEAVE();\n"
     "        return;\n"
     "    }\n"
     "    DI_GRID_ENTRY();\n"
@@ -1317,6 +1409,7 @@ static const char few_body[] =
     "    asm volatile(\"wgmma.wait_group.sync.aligned 0;\\n\" ::: \"memory\");\n"
     "#pragma unroll\n"
     "    for (int e = 0; e < MMV_NR / 2; e++) asm volatile(\"\" : \"+f\"(c[e])::\"memory\");\n"
+    "    const bool clustered = MMF_NSPLIT > 1 && mmf_cluster_blocks() > 1;\n"
     "    /* c[4j + e]: output n0 + 16q + g (+8 for e >= 2), row 8j + 2t (+1 for odd e) */\n"
     "#pragma unroll\n"
     "    for (int j = 0; j < MMV_NR / 8; j++)\n"
@@ -1327,9 +1420,27 @@ static const char few_body[] =
     "#if MMF_NSPLIT == 1\n"
     "            MMF_EPILOGUE(rr, nn, __fadd_rn(0.0f, c[4 * j + e]));\n"
     "#else\n"
-    "            ws[(z * rows + rr) * N + nn] = c[4 * j + e];\n"
+    "            if (!clustered) ws[(z * rows + rr) * N + nn] = c[4 * j + e];\n"
     "#endif\n"
-    "        }\n";
+    "        }\n"
+    "#if MMF_NSPLIT > 1\n"
+    "    if (clustered) {\n"
+    "        /* the tile's splits are this cluster: partials as [row][64], then this block (rank z)\n"
+    "         * sums outputs o = 128 z + tid, + 128 NSPLIT, ... (mmf_cluster_sum, as phase 2 adds them) */\n"
+    "        float *part = (float *)mmf_smem;\n"
+    "        static_assert(MMV_NR * 64 * 4 <= MMV_STAGES * MMV_STAGE_BYTES, \"partials fit the stages\");\n"
+    "        mmf_consumers_sync(32 * MMV_MMA_WARPS);\n"
+    "#pragma unroll\n"
+    "        for (int j = 0; j < MMV_NR / 8; j++)\n"
+    "#pragma unroll\n"
+    "            for (int e = 0; e < 4; e++)\n"
+    "                if (8 * j + 2 * t + (e & 1) < rows) part[(8 * j + 2 * t + (e & 1)) * 64 + 16 * wq + g + 8 * (e >> 1)] = c[4 * j + e];\n"
+    "        mmf_cluster_sync();\n"
+    "        for (int o = 128 * (int)z + tid; o < (int)rows * 64; o += 128 * (int)MMF_NSPLIT)\n"
+    "            if (n0 + o % 64 < N) MMF_EPILOGUE(o / 64, n0 + o % 64, mmf_cluster_sum(part + o));\n"
+    "        mmf_cluster_sync();   /* the others have read this block's partials */\n"
+    "    }\n"
+    "#endif\n";
 
 /* The few-rows entries, one per NR in 8, 16 .. few_rows (after phase 1 and phase 2). */
 static void emit_few(di_str *o, const di_spec *s, const di_specialization *p, const di_mm_schedule *c, const char *name)

@@ -8,7 +8,7 @@
 typedef struct { const char *name, *target; di_mm_schedule s; } mm_row;
 typedef struct { const char *name, *target; di_att_schedule s; } att_row;
 
-_Static_assert(sizeof(di_mm_schedule) == 19 * sizeof(int), "di_mm_schedule must be padding-free ints");
+_Static_assert(sizeof(di_mm_schedule) == 20 * sizeof(int), "di_mm_schedule must be padding-free ints");
 _Static_assert(sizeof(di_att_schedule) == 5 * sizeof(int), "di_att_schedule must be padding-free ints");
 
 static const mm_row mm_rows[] = {
@@ -108,6 +108,8 @@ static const char *mm_problem(const di_mm_schedule *c)
     if (c->few_rows && (c->few_rows % 8 || c->few_rows > 32 || c->few_stages < 2 || c->few_stages > 8 || !c->tma ||
                         !c->wgmma || c->bk != 64))
         return "few_rows must be 8, 16, 24 or 32, with few_stages 2..8, on the wgmma TMA schedule (bk 64)";
+    if (c->split_cluster && (c->split_cluster < 2 || c->split_cluster > 8 || !c->wgmma))
+        return "split_cluster must be 0 or 2..8 (a portable cluster), on the wgmma schedule (sm_90)";
     return NULL;
 }
 

@@ -680,7 +680,7 @@ static int run_entry(di_rt *rt, di_kernel *k, const di_launch *l, const di_val *
     }
     rt->stats.launches++;
     /* every generated CUDA entry waits for the kernel before it (DI_GRID_ENTRY, codegen/cuda.c) */
-    if (rt->cuda) return di_cuda_launch_waiting(rt->cuda, k->fn[l->index], l->grid, l->block, l->smem, argv, err);
+    if (rt->cuda) return di_cuda_launch_waiting(rt->cuda, k->fn[l->index], l->grid, l->block, l->smem, l->cluster, argv, err);
     di_pool_run(rt->pool, (di_block_fn)k->fn[l->index], (long)l->grid[0] * l->grid[1], l->grid[0], argv);
     return DI_OK;
 }

@@ -51,7 +51,7 @@ enum {
 typedef struct cu_launch_attr {
     int id;
     char pad[4];
-    union { int allowed; char bytes[64]; } value;
+    union { int allowed; unsigned dim[3]; char bytes[64]; } value;
 } cu_launch_attr;
 typedef struct cu_launch_config {
     unsigned grid[3], block[3], smem;
@@ -59,7 +59,7 @@ typedef struct cu_launch_config {
     cu_launch_attr *attrs;
     unsigned nattrs;
 } cu_launch_config;
-enum { CU_LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION = 6 };
+enum { CU_LAUNCH_ATTR_CLUSTER_DIMENSION = 4, CU_LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION = 6 };
 /* Dynamic shared memory above this needs the per-function opt-in attribute. */
 #define DEFAULT_SMEM_LIMIT (48u * 1024u)
 
@@ -476,7 +476,7 @@ int di_cuda_function(di_cuda_module *m, const char *name, void **fn, di_err *err
 }
 
 static int launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3], unsigned smem_bytes,
-                  void **params, bool waits, di_err *err)
+                  unsigned cluster, void **params, bool waits, di_err *err)
 {
     /* An empty grid (no rows this step) has nothing to do, as on the CPU backend. */
     if (!grid[0] || !grid[1] || !grid[2]) return DI_OK;
@@ -495,13 +495,21 @@ static int launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned b
             return cu_fail(r, "cuFuncSetAttribute", what, err);
         }
     }
+    if (cluster > 1 && (!cu.launch_ex || c->info.cc_major < 9 || grid[0] % cluster))
+        return di_fail(err, DI_EDEVICE, "CUDA launch: clusters of %u blocks asked for a grid of %u (%s, sm_%d%d%s)", cluster,
+                       grid[0], c->info.name, c->info.cc_major, c->info.cc_minor,
+                       cu.launch_ex ? "" : ", a driver without cuLaunchKernelEx");
     cu_result r;
     /* griddepcontrol is sm_90's; stream capture records programmatic edges from CUDA 12.3 */
-    const bool ex = waits && cu.launch_ex && c->info.cc_major >= 9 && c->info.driver_version >= 12030;
+    const bool pdl = waits && cu.launch_ex && c->info.cc_major >= 9 && c->info.driver_version >= 12030;
+    const bool ex = pdl || cluster > 1;
     if (ex) {
-        cu_launch_attr attr = {.id = CU_LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION, .value.allowed = 1};
+        cu_launch_attr attrs[2];
+        unsigned n = 0;
+        if (pdl) attrs[n++] = (cu_launch_attr){.id = CU_LAUNCH_ATTR_PROGRAMMATIC_STREAM_SERIALIZATION, .value.allowed = 1};
+        if (cluster > 1) attrs[n++] = (cu_launch_attr){.id = CU_LAUNCH_ATTR_CLUSTER_DIMENSION, .value.dim = {cluster, 1, 1}};
         const cu_launch_config cfg = {{grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]}, smem_bytes,
-                                      c->stream, &attr, 1};
+                                      c->stream, attrs, n};
         r = cu.launch_ex(&cfg, f, params, NULL);
     } else {
         r = cu.launch(f, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem_bytes, c->stream, params, NULL);
@@ -518,13 +526,13 @@ static int launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned b
 int di_cuda_launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3], unsigned smem_bytes,
                    void **params, di_err *err)
 {
-    return launch(c, fn, grid, block, smem_bytes, params, false, err);
+    return launch(c, fn, grid, block, smem_bytes, 0, params, false, err);
 }
 
 int di_cuda_launch_waiting(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3], unsigned smem_bytes,
-                           void **params, di_err *err)
+                           unsigned cluster, void **params, di_err *err)
 {
-    return launch(c, fn, grid, block, smem_bytes, params, true, err);
+    return launch(c, fn, grid, block, smem_bytes, cluster, params, true, err);
 }
 
 int di_cuda_tensor_map_bf16(di_cuda *c, di_tensor_map *m, di_dptr base, uint64_t rows, uint64_t cols,

@@ -44,9 +44,10 @@ int di_cuda_launch(di_cuda *c, void *fn, const unsigned grid[3], const unsigned 
 /* The same for a kernel that runs griddepcontrol.wait before it touches memory other kernels
  * use (codegen's DI_GRID_ENTRY, in every generated entry): on sm_90+ it is launched with
  * programmatic stream serialization, so it may be scheduled while the kernel before it still
- * runs; its wait orders it after that one. */
+ * runs; its wait orders it after that one. cluster > 1: blocks x, x + 1 .. in groups of
+ * `cluster` along grid x form thread-block clusters (sm_90+; grid[0] a multiple of it). */
 int di_cuda_launch_waiting(di_cuda *c, void *fn, const unsigned grid[3], const unsigned block[3],
-                           unsigned smem_bytes, void **params, di_err *err);
+                           unsigned smem_bytes, unsigned cluster, void **params, di_err *err);
 int di_cuda_sync(di_cuda *c, di_err *err);
 
 /* A TMA descriptor (CUtensorMap, 128 bytes, passed to kernels by value) for a row-major bf16

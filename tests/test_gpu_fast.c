@@ -95,11 +95,15 @@ Test(gpu_fast, split_size_depends_on_k_and_n_only)
                 long tiles = (rows[b] + in.tm - 1) / in.tm * ((ns[a] + in.tn - 1) / in.tn);
                 bool fused = in.nsplit == 1 || (rows[b] >= in.fuse_min_rows && tiles >= in.fuse_min_tiles);
                 long units = fused ? tiles : tiles * in.nsplit;
-                cr_assert_eq(pl.workspace, fused ? 0 : (size_t)in.nsplit * rows[b] * ns[a] * 4, "workspace bytes");
+                /* split mode of 2..8 splits in units a block per SM can take: a tile's splits are a
+                 * cluster and add their partials themselves */
+                bool cluster = !fused && in.nsplit <= 8 && units <= 132;
+                cr_assert_eq(pl.workspace, fused || cluster ? 0 : (size_t)in.nsplit * rows[b] * ns[a] * 4, "workspace bytes");
                 /* persistent blocks: as many as units, at most one per SM */
                 cr_assert_eq((long)pl.l[0].grid[0] * pl.l[0].grid[1] * pl.l[0].grid[2], units < 132 ? units : 132);
-                /* phase 2 only in split mode */
-                cr_assert_eq(pl.n, fused ? 1 : 2, "K=%ld N=%ld rows=%ld", ks[i], ns[a], rows[b]);
+                cr_assert_eq(pl.l[0].cluster, cluster ? (unsigned)in.nsplit : 0u, "K=%ld N=%ld rows=%ld", ks[i], ns[a], rows[b]);
+                /* phase 2 only in split mode outside a cluster */
+                cr_assert_eq(pl.n, fused || cluster ? 1 : 2, "K=%ld N=%ld rows=%ld", ks[i], ns[a], rows[b]);
             }
         }
     }
@@ -376,7 +380,9 @@ Test(gpu_fast, matches_a_float64_reference_at_odd_shapes, .timeout = 600)
 }
 
 /* Every row of every M in 1..64 (and 65, 80, 100, 112, 127, 128, 129) equals the same row at
- * M = 257, bitwise, all in `sched` (NULL: the target's). `fuse_tiles` > 0 also runs M = 257 with
+ * M = 257, bitwise, all in `sched` (NULL: the target's). The reference adds its splits in phase 2
+ * (split_cluster 0); M = 257 in `sched` itself, whose splits (where it has 2..8 and the units fit
+ * the SMs) add up in a cluster, must give its bits too. `fuse_tiles` > 0 also runs M = 257 with
  * fuse_min_tiles = fuse_tiles and fuse_min_rows = 1 (the fused mode: one block sums all splits)
  * against the split-mode reference, and every smaller M in that schedule too. */
 static void check_invariance(const mm_case *c, long fuse_tiles, const di_mm_schedule *sched)
@@ -384,8 +390,11 @@ static void check_invariance(const mm_case *c, long fuse_tiles, const di_mm_sche
     enum { MAXM = 257 };
     mm_inputs in = make_inputs(c, MAXM, 4242);
     di_rt *rt = th_gpu_rt_or_skip(DI_PROFILE_FAST);
-    di_mm_schedule base = sched ? *sched : default_schedule(), fused_s = base;
-    float *ref = run_fast(rt, c, &in, MAXM, false, &base);
+    di_mm_schedule base = sched ? *sched : default_schedule(), fused_s = base, phase2_s = base;
+    phase2_s.split_cluster = 0;
+    float *ref = run_fast(rt, c, &in, MAXM, false, &phase2_s), *own = run_fast(rt, c, &in, MAXM, false, &base);
+    cr_assert(th_bits_equal(own, ref, (size_t)MAXM * c->n), "%s: the cluster's and phase 2's split sums differ", c->spec);
+    free(own);
     di_specialization p = fast_spec(c->spec, c->k, c->n, DI_BF16, c->yt);
     p.mm = base;
     di_matmul_fast_info inf = info_of(c->spec, &p);

@@ -1,7 +1,7 @@
 /* The lowering contract (codegen/lowering.h), without a GPU: plans and sources are pure
  * functions of (spec, specialization, target).
  *  - For exact and fast, the plans for rows = 1..300 differ only in grids, workspace sizes,
- *    TMA box heights and the fast lowerings' mode (fused or split sum, fold or split KV: their
+ *    TMA box heights and the fast lowerings' mode (fused, split or cluster sum, fold or split KV: their
  *    own GPU suites prove the modes give the same bits); never in the kernels, entries, blocks,
  *    shared memory or the arguments' wiring. The one exception, a tile that follows the rows with
  *    the order fixed: packed w in fast takes the few-rows tile up to few_rows rows (its own test
