@@ -49,6 +49,12 @@
  *    epilogue. This is what gives a batch of 1 enough units to stream w from every SM.
  *    (Adding the partials in phase 1 instead, by the last unit of each tile to finish or by
  *    the block that started the tile, was measured slower: perf/RESULTS.md section 000.)
+ *  - cluster sum (split mode of 2..split_cluster splits whose grid is one wave, sm_90): a tile's
+ *    splits run as one thread-block cluster; each block leaves its partials in its own shared
+ *    memory, and after a cluster barrier the blocks add them through distributed shared memory,
+ *    a thread an output, in split order from 0.0f as phase 2 does; no phase 2, no workspace.
+ *    Only where the grid is one wave: a block held at its cluster's barrier keeps later blocks off
+ *    its SM (8B packed decode was 12 % slower with several waves).
  *  - fused mode (rows >= 32 and >= 96 output tiles, or a single split): a unit is a tile; it
  *    walks every split of the tile in order, keeps the running sum in registers and adds each
  *    finished split to it exactly as phase 2 would (0.0f + p0 + p1 ...), then applies the
